@@ -85,7 +85,7 @@ class Contributor:
     block: int  # index into the tracer's raw blocks
     bias: str | None
     bias_start: int = 0
-    norm: tuple[NormKind, str, bool] | None = None  # (kind, module path, has running stats)
+    norm: tuple[NormKind, str, bool, bool] | None = None  # kind, module path, running stats, affine
 
 
 @dataclass
@@ -232,6 +232,10 @@ class _Tracer:
         name = _where(node)
         if node.op == "call_function" and target is operator.getitem:
             return self.getitem(node, args, name)
+        if node.meta.get("tensor_meta") is None:
+            return None  # shapes, sizes, asserts: no channels flow through them
+        if target in {F.layer_norm, torch.layer_norm}:
+            return self.functional_layer_norm(node, args[0])
         if target in _ELEMENTWISE_FUNCTIONS or (
             node.op == "call_method" and target in _ELEMENTWISE_METHODS
         ):
@@ -323,28 +327,56 @@ class _Tracer:
 
     def norm(self, node: torch.fx.Node, path: str, mod: nn.Module, x: Chan) -> Chan:
         if isinstance(mod, nn.LayerNorm):
+            self._check_layer_norm(node, path, tuple(mod.normalized_shape), x)
             kind = NormKind.LAYER
-            if len(mod.normalized_shape) != 1 or x.dim != _rank(node.args[0]) - 1:
-                raise EncodingError(
-                    f"{path}: LayerNorm must normalise exactly the channel axis (last); found "
-                    f"normalized_shape={tuple(mod.normalized_shape)}, channel axis {x.dim}"
-                )
         else:
             kind = NormKind.GROUP if isinstance(mod, nn.GroupNorm) else NormKind.BATCH
             if x.dim != 1:
                 raise EncodingError(f"{path}: expected channels on axis 1, found axis {x.dim}")
+        running = getattr(mod, "running_mean", None) is not None
+        affine = getattr(mod, "weight", None) is not None
+        return self.attach_norm(node, path, kind, running, affine, x)
+
+    def functional_layer_norm(self, node: torch.fx.Node, x: Chan) -> Chan:
+        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        where = _where(node)
+        params = [w for w in (weight, bias) if w is not None]
+        if any(not (isinstance(w, torch.fx.Node) and w.op == "get_attr") for w in params):
+            raise EncodingError(f"{where}: layer_norm weights must be module parameters")
+        paths = {str(w.target).rsplit(".", 1)[0] for w in params}
+        names = {str(w.target).rsplit(".", 1)[-1] for w in params}
+        if len(params) == 1 or len(paths) != 1 or names != {"weight", "bias"}:
+            raise EncodingError(f"{where}: layer_norm needs both weight and bias of one module")
+        path = paths.pop() if params else f"{node.name}"
+        self._check_layer_norm(node, path, shape, x)
+        return self.attach_norm(node, path, NormKind.LAYER, False, bool(params), x)
+
+    def _check_layer_norm(self, node: torch.fx.Node, path: str, shape: tuple, x: Chan) -> None:
+        if len(shape) != 1 or x.dim != _rank(node.args[0]) - 1:
+            raise EncodingError(
+                f"{path}: LayerNorm must normalise exactly the channel axis (last); found "
+                f"normalized_shape={shape}, channel axis {x.dim}"
+            )
+
+    def attach_norm(
+        self, node: torch.fx.Node, path: str, kind: NormKind, running: bool, affine: bool, x: Chan
+    ) -> Chan:
+        """Norm values go into the node features of the layer whose output they normalise;
+        a norm over channels that are not one layer's own output gets a node set."""
         if x.inner != 1:
             raise EncodingError(f"{path}: normalisation of flattened channels is not supported")
-        running = getattr(mod, "running_mean", None) is not None
+        norm = (kind, path, running, affine)
         owner = x.fresh if _sole_user(node.args[0]) else None
         if owner is not None and self.contributors[owner].norm is None:
-            self.contributors[owner].norm = (kind, path, running)
+            self.contributors[owner].norm = norm
             return Chan(x.dim, x.segs, fresh=owner)
-        # a norm over channels that are not one layer's own output gets its own node set
         self.depth += 1
-        s = self.new_set(f"{path}", x.size, NodeKind.NORM)
+        s = self.new_set(path, x.size, NodeKind.NORM)
         self.identity_into(x, s, path)
-        self.contributors.append(Contributor(path, len(self.blocks) - 1, None, 0, (kind, path, running)))
+        self.contributors.append(Contributor(path, len(self.blocks) - 1, None, 0, norm))
         self.sets[s].contributors.append(len(self.contributors) - 1)
         return Chan(x.dim, ((s, 0, x.size),), fresh=None)
 
@@ -526,9 +558,8 @@ class _Tracer:
                     placements.append(NodePlacement(con.bias, offsets[r], rs.size, role_column(role, SLOT["bias"]), con.bias_start))
                 norms.append(con.norm[0] if con.norm else NormKind.NONE)
                 if con.norm:
-                    _, path, running = con.norm
-                    mod = self.modules[path]
-                    fields = [("weight", "weight"), ("bias", "norm_bias")] if getattr(mod, "weight", None) is not None else []
+                    _, path, running, affine = con.norm
+                    fields = [("weight", "weight"), ("bias", "norm_bias")] if affine else []
                     if running:
                         fields += [("running_mean", "running_mean"), ("running_var", "running_var")]
                     for attr, slot in fields:
