@@ -35,7 +35,16 @@ from .decode import DecodeError, decode, decode_tensors
 from .encode import clear_plan_cache, encode, plan_for
 from .graph import ModelGraph
 from .plan import Block, Plan
-from .schema import COL, LAYER_COLUMNS, NODE_FEATURES, VALUE_SLOTS, EdgeKind, NodeKind, NormKind, edge_type_key
+from .schema import (
+    COL,
+    LAYER_COLUMNS,
+    NODE_FEATURES,
+    VALUE_SLOTS,
+    EdgeKind,
+    NodeKind,
+    NormKind,
+    edge_type_key,
+)
 from .trace import EncodingError
 
 __all__ = [

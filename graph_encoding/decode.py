@@ -48,7 +48,9 @@ def decode_tensors(
     pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for p in plan.placements:
         src = stats_from if stats_from is not None and p.column % SLOTS_PER_ROLE in _STATS else x
-        pieces.setdefault(p.key, []).append((p.start, src[p.node_offset : p.node_offset + p.size, p.column]))
+        pieces.setdefault(p.key, []).append(
+            (p.start, src[p.node_offset : p.node_offset + p.size, p.column])
+        )
     for key, parts in pieces.items():
         parts.sort(key=lambda t: t[0])
         out[key] = parts[0][1] if len(parts) == 1 else torch.cat([t for _, t in parts])
@@ -73,6 +75,8 @@ def decode(graph: ModelGraph, model: nn.Module) -> dict[str, torch.Tensor]:
     for key, ref in reference.items():
         value = tensors[key]
         if value.shape != ref.shape:
-            raise DecodeError(f"'{key}': expected shape {tuple(ref.shape)}, found {tuple(value.shape)}")
+            raise DecodeError(
+                f"'{key}': expected shape {tuple(ref.shape)}, found {tuple(value.shape)}"
+            )
         state[key] = value.to(ref.dtype).clone()
     return state

@@ -59,12 +59,22 @@ def encode(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, 
     plan = plan_for(model, example_inputs)
     state = model.state_dict()
     with torch.no_grad():
-        flat = torch.cat([state[k].detach().reshape(-1) for k, _ in plan.weights]) if plan.weights else torch.empty(0, dtype=plan.dtype)
+        flat = (
+            torch.cat([state[k].detach().reshape(-1) for k, _ in plan.weights])
+            if plan.weights
+            else torch.empty(0, dtype=plan.dtype)
+        )
         x = plan.node_template().clone()
         for p in plan.placements:
-            x[p.node_offset : p.node_offset + p.size, p.column] = state[p.key].detach()[p.start : p.start + p.size]
+            x[p.node_offset : p.node_offset + p.size, p.column] = state[p.key].detach()[
+                p.start : p.start + p.size
+            ]
         extras = {k: state[k].detach().clone() for k in plan.carried}
     return ModelGraph(
-        x=x, edge_flat=flat, layer_table=plan.layer_table.clone(), num_nodes=plan.num_nodes,
-        plan=plan, extras=extras,
+        x=x,
+        edge_flat=flat,
+        layer_table=plan.layer_table.clone(),
+        num_nodes=plan.num_nodes,
+        plan=plan,
+        extras=extras,
     )

@@ -118,7 +118,9 @@ def block_view(row: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
 def block_edge_index(table: torch.Tensor) -> torch.Tensor:
     parts = []
     for row in table.tolist():
-        out_off, out, in_off, inp, groups = (row[COL[c]] for c in ("out_offset", "out_size", "in_offset", "in_size", "groups"))
+        out_off, out, in_off, inp, groups = (
+            row[COL[c]] for c in ("out_offset", "out_size", "in_offset", "in_size", "groups")
+        )
         if row[COL["kind"]] == EdgeKind.IDENTITY:
             k = torch.arange(out)
             parts.append(torch.stack([in_off + k, out_off + k]))
@@ -136,6 +138,8 @@ def block_edge_attr(table: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     width = int(table[:, COL["width"]].max()) if table.numel() else 1
     parts = []
     for row in table:
-        v = block_view(row, flat).reshape(-1, int(row[COL["width"]]) if int(row[COL["kind"]]) != EdgeKind.IDENTITY else 1)
+        v = block_view(row, flat).reshape(
+            -1, int(row[COL["width"]]) if int(row[COL["kind"]]) != EdgeKind.IDENTITY else 1
+        )
         parts.append(torch.nn.functional.pad(v, (0, width - v.size(1))))
     return torch.cat(parts) if parts else flat.new_zeros(0, width)

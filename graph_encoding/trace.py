@@ -32,27 +32,89 @@ class EncodingError(ValueError):
 
 # ---------------------------------------------------------------- op vocabularies
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
-    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.PReLU, nn.Dropout,
-    nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.PReLU,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Softmax,
+    nn.LogSoftmax,
 )
 _POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
 )
 _ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.silu, F.gelu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid,
-    F.leaky_relu, F.elu, F.mish, F.softplus, F.hardtanh, F.dropout, F.softmax, F.log_softmax,
-    torch.relu, torch.sigmoid, torch.tanh, torch.softmax, torch.log_softmax, torch.clone,
-    torch.nn.functional.relu_, torch.relu_, tv_ops.stochastic_depth,
+    F.relu,
+    F.relu6,
+    F.silu,
+    F.gelu,
+    F.sigmoid,
+    F.tanh,
+    F.hardswish,
+    F.hardsigmoid,
+    F.leaky_relu,
+    F.elu,
+    F.mish,
+    F.softplus,
+    F.hardtanh,
+    F.dropout,
+    F.softmax,
+    F.log_softmax,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.softmax,
+    torch.log_softmax,
+    torch.clone,
+    torch.nn.functional.relu_,
+    torch.relu_,
+    tv_ops.stochastic_depth,
 }
 _ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "softmax",
-    "log_softmax", "to", "float", "type_as", "detach",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "contiguous",
+    "clone",
+    "softmax",
+    "log_softmax",
+    "to",
+    "float",
+    "type_as",
+    "detach",
 }
 _POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
 }
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
@@ -160,7 +222,9 @@ class _Tracer:
         start = 0
         for s, a, b in chan.segs:
             self.blocks.append(
-                RawBlock(name, EdgeKind.IDENTITY, s, a, b - a, out_set, start, b - a, depth=self.depth)
+                RawBlock(
+                    name, EdgeKind.IDENTITY, s, a, b - a, out_set, start, b - a, depth=self.depth
+                )
             )
             start += b - a
 
@@ -173,8 +237,16 @@ class _Tracer:
         return s, 0
 
     def add_layer(
-        self, name: str, kind: EdgeKind, chan: Chan, out_size: int, weight: str, *,
-        bias: str | None, bias_start: int = 0, set_kind: NodeKind = NodeKind.HIDDEN,
+        self,
+        name: str,
+        kind: EdgeKind,
+        chan: Chan,
+        out_size: int,
+        weight: str,
+        *,
+        bias: str | None,
+        bias_start: int = 0,
+        set_kind: NodeKind = NodeKind.HIDDEN,
         **block_kw: object,
     ) -> int:
         """A conv/linear block reading ``chan`` and writing a new node set; returns the
@@ -183,8 +255,19 @@ class _Tracer:
         in_set, in_start = self.contiguous(chan, name)
         out_set = self.new_set(name, out_size, set_kind)
         self.blocks.append(
-            RawBlock(name, kind, in_set, in_start, chan.size, out_set, 0, out_size,
-                     weight=weight, depth=self.depth, **block_kw)  # type: ignore[arg-type]
+            RawBlock(
+                name,
+                kind,
+                in_set,
+                in_start,
+                chan.size,
+                out_set,
+                0,
+                out_size,
+                weight=weight,
+                depth=self.depth,
+                **block_kw,
+            )  # type: ignore[arg-type]
         )
         self.contributors.append(Contributor(name, len(self.blocks) - 1, bias, bias_start))
         cid = len(self.contributors) - 1
@@ -227,7 +310,7 @@ class _Tracer:
         if node.op == "call_module":
             return self.call_module(node, self.modules[str(node.target)], args, kwargs)
         if not chans:
-            return _TupleOf(args[0]) if _is_getitem_of_tuple(node, args) else None
+            return None  # parameters, shapes: no channels
         target = node.target
         name = _where(node)
         if node.op == "call_function" and target is operator.getitem:
@@ -240,9 +323,15 @@ class _Tracer:
             node.op == "call_method" and target in _ELEMENTWISE_METHODS
         ):
             return self.passthrough(node, args[0])
-        if target in _POOL_FUNCTIONS or (node.op == "call_method" and target in {"mean", "sum", "amax"}) or target in {torch.mean, torch.sum}:
+        if (
+            target in _POOL_FUNCTIONS
+            or (node.op == "call_method" and target in {"mean", "sum", "amax"})
+            or target in {torch.mean, torch.sum}
+        ):
             return self.reduce(node, args[0])
-        if target in _RESHAPE_FUNCTIONS or (node.op == "call_method" and target in _RESHAPE_METHODS):
+        if target in _RESHAPE_FUNCTIONS or (
+            node.op == "call_method" and target in _RESHAPE_METHODS
+        ):
             return self.reshape(node, args[0], name)
         if node.op == "call_method" and target in _SHAPE_ONLY:
             return None
@@ -252,11 +341,15 @@ class _Tracer:
             return self.permute(node, args, name)
         if target is torch.cat or target is torch.concat:
             return self.cat(node, args, kwargs, name)
-        if target in _ADD or (node.op == "call_method" and target in {"add", "add_", "sub", "sub_"}):
+        if target in _ADD or (
+            node.op == "call_method" and target in {"add", "add_", "sub", "sub_"}
+        ):
             return self.add(node, args, name)
         if target in _MUL or (node.op == "call_method" and target in {"mul", "mul_"}):
             return self.mul(node, args, name)
-        if target in {operator.truediv, torch.div} or (node.op == "call_method" and target in {"div", "div_"}):
+        if target in {operator.truediv, torch.div} or (
+            node.op == "call_method" and target in {"div", "div_"}
+        ):
             if isinstance(args[1], Chan):
                 raise EncodingError(f"{name}: division by a channel tensor is not supported")
             return self.keep(node, args[0])
@@ -304,10 +397,18 @@ class _Tracer:
         kernel = tuple(mod.weight.shape[2:])
         padding = mod.padding[0] if isinstance(mod.padding, tuple) else -1  # -1: "same"/"valid"
         cid = self.add_layer(
-            path, kind, x, mod.out_channels, f"{path}.weight",
-            bias=f"{path}.bias" if mod.bias is not None else None, groups=mod.groups,
-            width=math.prod(kernel), kernel=kernel, stride=mod.stride[0],
-            dilation=mod.dilation[0], padding=padding,
+            path,
+            kind,
+            x,
+            mod.out_channels,
+            f"{path}.weight",
+            bias=f"{path}.bias" if mod.bias is not None else None,
+            groups=mod.groups,
+            width=math.prod(kernel),
+            kernel=kernel,
+            stride=mod.stride[0],
+            dilation=mod.dilation[0],
+            padding=padding,
         )
         return Chan(1, ((self.set_of(cid), 0, mod.out_channels),), fresh=cid)
 
@@ -319,8 +420,13 @@ class _Tracer:
                 f"{x.size}x{x.inner} on axis {x.dim} of a rank-{rank} tensor"
             )
         cid = self.add_layer(
-            path, EdgeKind.LINEAR, x, mod.out_features, f"{path}.weight",
-            bias=f"{path}.bias" if mod.bias is not None else None, width=x.inner,
+            path,
+            EdgeKind.LINEAR,
+            x,
+            mod.out_features,
+            f"{path}.weight",
+            bias=f"{path}.bias" if mod.bias is not None else None,
+            width=x.inner,
             kernel=(x.inner,) if x.inner > 1 else (),
         )
         return Chan(_rank(node) - 1, ((self.set_of(cid), 0, mod.out_features),), fresh=cid)
@@ -380,13 +486,15 @@ class _Tracer:
         self.sets[s].contributors.append(len(self.contributors) - 1)
         return Chan(x.dim, ((s, 0, x.size),), fresh=None)
 
-    def attention(self, node: torch.fx.Node, path: str, mod: nn.MultiheadAttention, args: tuple, kwargs: dict) -> _TupleOf:
+    def attention(
+        self, node: torch.fx.Node, path: str, mod: nn.MultiheadAttention, args: tuple, kwargs: dict
+    ) -> _TupleOf:
         if not mod._qkv_same_embed_dim or mod.bias_k is not None or mod.add_zero_attn:
             raise EncodingError(
                 f"{path}: MultiheadAttention with separate kdim/vdim, bias_k/bias_v or "
                 "add_zero_attn is not supported"
             )
-        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args) :])[:3]
         e = mod.embed_dim
         bias = f"{path}.in_proj_bias" if mod.in_proj_bias is not None else None
         chans = {}
@@ -394,23 +502,46 @@ class _Tracer:
             (("q", EdgeKind.ATTN_Q, q), ("k", EdgeKind.ATTN_K, k), ("v", EdgeKind.ATTN_V, v))
         ):
             x = _need(x, path, mod)
-            if x.dim != _rank(node.args[i] if i < len(node.args) else node.kwargs[("query", "key", "value")[i]]) - 1:
-                raise EncodingError(f"{path}: expected embeddings on the last axis, found axis {x.dim}")
+            if (
+                x.dim
+                != _rank(
+                    node.args[i]
+                    if i < len(node.args)
+                    else node.kwargs[("query", "key", "value")[i]]
+                )
+                - 1
+            ):
+                raise EncodingError(
+                    f"{path}: expected embeddings on the last axis, found axis {x.dim}"
+                )
             cid = self.add_layer(
-                f"{path}:{tag}", kind, x, e, f"{path}.in_proj_weight", bias=bias, bias_start=i * e,
-                set_kind=NodeKind.ATTENTION, heads=mod.num_heads,
+                f"{path}:{tag}",
+                kind,
+                x,
+                e,
+                f"{path}.in_proj_weight",
+                bias=bias,
+                bias_start=i * e,
+                set_kind=NodeKind.ATTENTION,
+                heads=mod.num_heads,
             )
             self.depth -= 1  # q, k and v are computed side by side
             chans[tag] = Chan(x.dim, ((self.set_of(cid), 0, e),))
         self.depth += 1
         out = mod.out_proj
         cid = self.add_layer(
-            f"{path}.out_proj", EdgeKind.ATTN_OUT, chans["v"], out.out_features,
-            f"{path}.out_proj.weight", bias=f"{path}.out_proj.bias" if out.bias is not None else None,
+            f"{path}.out_proj",
+            EdgeKind.ATTN_OUT,
+            chans["v"],
+            out.out_features,
+            f"{path}.out_proj.weight",
+            bias=f"{path}.out_proj.bias" if out.bias is not None else None,
             heads=mod.num_heads,
         )
         rank = _rank(node.args[0] if node.args else node.kwargs["query"])
-        return _TupleOf([Chan(rank - 1, ((self.set_of(cid), 0, out.out_features),), fresh=cid), None])
+        return _TupleOf(
+            [Chan(rank - 1, ((self.set_of(cid), 0, out.out_features),), fresh=cid), None]
+        )
 
     # ------------------------------------------------------------ functions
     def passthrough(self, node: torch.fx.Node, x: Chan) -> Chan:
@@ -424,7 +555,9 @@ class _Tracer:
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if len(in_shape) == len(out_shape):
             if out_shape[x.dim] != in_shape[x.dim]:
-                raise EncodingError(f"{_where(node)}: reduction over the channel axis is not supported")
+                raise EncodingError(
+                    f"{_where(node)}: reduction over the channel axis is not supported"
+                )
             return Chan(x.dim, x.segs, x.inner)
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = [dims] if isinstance(dims, int) else list(dims or [])
@@ -440,7 +573,9 @@ class _Tracer:
         for d in range(len(out_shape)):
             if math.prod(out_shape[:d]) != before:
                 continue
-            if out_shape[d] == channels and math.prod(out_shape[d + 1 :]) == math.prod(in_shape[x.dim + 1 :]):
+            if out_shape[d] == channels and math.prod(out_shape[d + 1 :]) == math.prod(
+                in_shape[x.dim + 1 :]
+            ):
                 return Chan(d, x.segs, x.inner, x.fresh if _sole_user(node.args[0]) else None)
             # the channel axis merged with the axes after it (flatten)
             tail, e = channels, x.dim + 1
@@ -462,7 +597,11 @@ class _Tracer:
             order = list(range(rank))
             order[a], order[b] = order[b], order[a]
         else:
-            order = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
+            order = (
+                list(rest[0])
+                if len(rest) == 1 and isinstance(rest[0], (list, tuple))
+                else list(rest)
+            )
             order = [int(o) % rank for o in order]
         return Chan(order.index(x.dim), x.segs, x.inner)
 
@@ -474,7 +613,9 @@ class _Tracer:
             return None
         index = index if isinstance(index, tuple) else (index,)
         if any(i is Ellipsis or i is None or isinstance(i, Chan) for i in index):
-            raise EncodingError(f"{name}: indexing with {index!r} is not supported on channel tensors")
+            raise EncodingError(
+                f"{name}: indexing with {index!r} is not supported on channel tensors"
+            )
         if x.dim < len(index) and index[x.dim] != slice(None):
             raise EncodingError(f"{name}: indexing the channel axis is not supported")
         dropped = sum(isinstance(i, int) for i in index[: x.dim])
@@ -502,7 +643,6 @@ class _Tracer:
         _check_aligned(x, y, name)
         fresh = [c.fresh for c, n in chans if c.fresh is not None and _sole_user(n)]
         if fresh:
-            self.depth += 0
             target = self.set_of(fresh[0])
             for f in fresh[1:]:
                 self.merge(target, self.set_of(f), EdgeKind.PROJECTION, name)
@@ -526,13 +666,19 @@ class _Tracer:
                 f"output) applied to another tensor of the same channels"
             )
         base = kept[0]
-        if len(base.segs) != 1 or base.segs[0][1] != 0 or base.segs[0][2] != self.sets[self.find(base.segs[0][0])].size:
+        if (
+            len(base.segs) != 1
+            or base.segs[0][1] != 0
+            or base.segs[0][2] != self.sets[self.find(base.segs[0][0])].size
+        ):
             raise EncodingError(f"{name}: a gate must apply to a whole node set")
         self.merge(base.segs[0][0], self.set_of(gates[0].fresh), EdgeKind.GATE, name)
         return Chan(base.dim, base.segs, base.inner)
 
     # ------------------------------------------------------------ assembly
-    def finish(self, outputs: list[int], state: dict[str, torch.Tensor], param_keys: list[str]) -> Plan:
+    def finish(
+        self, outputs: list[int], state: dict[str, torch.Tensor], param_keys: list[str]
+    ) -> Plan:
         for s in outputs:
             if self.sets[s].kind == NodeKind.HIDDEN:
                 self.sets[s].kind = NodeKind.OUTPUT
@@ -555,7 +701,15 @@ class _Tracer:
             for role, c in enumerate(rs.contributors):
                 con = self.contributors[c]
                 if con.bias is not None:
-                    placements.append(NodePlacement(con.bias, offsets[r], rs.size, role_column(role, SLOT["bias"]), con.bias_start))
+                    placements.append(
+                        NodePlacement(
+                            con.bias,
+                            offsets[r],
+                            rs.size,
+                            role_column(role, SLOT["bias"]),
+                            con.bias_start,
+                        )
+                    )
                 norms.append(con.norm[0] if con.norm else NormKind.NONE)
                 if con.norm:
                     _, path, running, affine = con.norm
@@ -563,7 +717,11 @@ class _Tracer:
                     if running:
                         fields += [("running_mean", "running_mean"), ("running_var", "running_var")]
                     for attr, slot in fields:
-                        placements.append(NodePlacement(f"{path}.{attr}", offsets[r], rs.size, role_column(role, SLOT[slot])))
+                        placements.append(
+                            NodePlacement(
+                                f"{path}.{attr}", offsets[r], rs.size, role_column(role, SLOT[slot])
+                            )
+                        )
             norms += [NormKind.NONE] * (ROLES - len(norms))
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
         blocks, weights, seen = [], [], {}
@@ -573,9 +731,21 @@ class _Tracer:
                 seen[rb.weight] = value_offset
                 weights.append((rb.weight, tuple(state[rb.weight].shape)))
             b = Block(
-                rb.name, rb.kind, offsets[self.find(rb.out_set)] + rb.out_start, rb.out_size,
-                offsets[self.find(rb.in_set)] + rb.in_start, rb.in_size, rb.groups, rb.width,
-                edge_offset, value_offset, rb.kernel, rb.stride, rb.dilation, rb.padding, rb.depth,
+                rb.name,
+                rb.kind,
+                offsets[self.find(rb.out_set)] + rb.out_start,
+                rb.out_size,
+                offsets[self.find(rb.in_set)] + rb.in_start,
+                rb.in_size,
+                rb.groups,
+                rb.width,
+                edge_offset,
+                value_offset,
+                rb.kernel,
+                rb.stride,
+                rb.dilation,
+                rb.padding,
+                rb.depth,
                 rb.heads,
             )
             blocks.append(b)
@@ -586,10 +756,21 @@ class _Tracer:
         carried = [k for k in state_keys if k not in placed]
         dtypes = {state[w].dtype for w, _ in weights}
         if len(dtypes) > 1:
-            raise EncodingError(f"model weights mix dtypes {sorted(map(str, dtypes))}; cast the model first")
+            raise EncodingError(
+                f"model weights mix dtypes {sorted(map(str, dtypes))}; cast the model first"
+            )
         plan = Plan(
-            blocks, infos, placements, weights, carried, param_keys, state_keys, total,
-            edge_offset, value_offset, dtypes.pop() if dtypes else torch.float32,
+            blocks,
+            infos,
+            placements,
+            weights,
+            carried,
+            param_keys,
+            state_keys,
+            total,
+            edge_offset,
+            value_offset,
+            dtypes.pop() if dtypes else torch.float32,
         )
         plan.set_coverage({k: v.numel() for k, v in state.items()})
         return plan
@@ -599,10 +780,6 @@ class _Tracer:
 class _TupleOf:
     def __init__(self, items: object) -> None:
         self.items = list(items) if isinstance(items, (list, tuple)) else [items]
-
-
-def _is_getitem_of_tuple(node: torch.fx.Node, args: tuple) -> bool:
-    return False
 
 
 def _map_args(a: object, env: dict) -> object:
@@ -643,7 +820,9 @@ def _where(node: torch.fx.Node) -> str:
 
 def _need(x: object, path: str, mod: nn.Module) -> Chan:
     if not isinstance(x, Chan):
-        raise EncodingError(f"{path}: {type(mod).__name__} input does not come from the network input")
+        raise EncodingError(
+            f"{path}: {type(mod).__name__} input does not come from the network input"
+        )
     return x
 
 

@@ -60,7 +60,9 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._NormBase):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g))
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if getattr(m, "weight", None) is not None and isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            if getattr(m, "weight", None) is not None and isinstance(
+                m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+            ):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g))
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
     return model

@@ -14,7 +14,12 @@ from metaprune.testing import randomize_norms
 
 def _small_vit() -> nn.Module:
     return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=48,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=48,
         num_classes=10,
     )
 
