@@ -24,6 +24,7 @@ rebuilt from JSON alone (no pickled modules). Structural attributes per module t
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -117,19 +118,27 @@ def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelP
             int (or, for ``normalized_shape``, a non-empty list of positive ints).
     """
     if not isinstance(plan, Mapping):
-        raise ValueError(f"channel plan must be a mapping of module path -> attributes (found {type(plan).__name__})")
+        raise ValueError(
+            f"channel plan must be a mapping of module path -> attributes (found {type(plan).__name__})"
+        )
     out: ChannelPlan = {}
     for path, attrs in plan.items():
         if not isinstance(path, str):
             raise ValueError(f"channel plan: module path must be a string (found {path!r})")
         if not isinstance(attrs, Mapping) or not attrs:
-            raise ValueError(f"channel plan: entry {path!r} must be a non-empty mapping of attributes (found {attrs!r})")
+            raise ValueError(
+                f"channel plan: entry {path!r} must be a non-empty mapping of attributes (found {attrs!r})"
+            )
         entry: dict[str, PlanValue] = {}
         for name, value in attrs.items():
             if not isinstance(name, str):
                 raise ValueError(f"channel plan: {path!r} has a non-string attribute name {name!r}")
             if name == "normalized_shape":
-                if not isinstance(value, (list, tuple)) or not value or not all(_is_pos_int(v) for v in value):
+                if (
+                    not isinstance(value, (list, tuple))
+                    or not value
+                    or not all(_is_pos_int(v) for v in value)
+                ):
                     raise ValueError(
                         f"channel plan: {path}.normalized_shape must be a non-empty list of positive ints (found {value!r})"
                     )
@@ -137,7 +146,9 @@ def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelP
             elif _is_pos_int(value):
                 entry[name] = int(value)  # type: ignore[arg-type]
             else:
-                raise ValueError(f"channel plan: {path}.{name} must be a positive int (found {value!r})")
+                raise ValueError(
+                    f"channel plan: {path}.{name} must be a positive int (found {value!r})"
+                )
         out[path] = entry
     return out
 
@@ -163,10 +174,14 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise ValueError(f"channel plan: module {path!r} not found in {type(model).__name__}") from None
+            raise ValueError(
+                f"channel plan: module {path!r} not found in {type(model).__name__}"
+            ) from None
         current = structural_attrs(module)
         if current is None:
-            raise ValueError(f"channel plan: module {path!r} ({type(module).__name__}) has no structural attributes")
+            raise ValueError(
+                f"channel plan: module {path!r} ({type(module).__name__}) has no structural attributes"
+            )
         unknown = sorted(set(attrs) - set(current))
         if unknown:
             raise ValueError(
@@ -236,7 +251,12 @@ def _resize_conv(module: _ConvNd, new: dict[str, PlanValue], where: str) -> None
 
 def _resize_mha(module: nn.MultiheadAttention, new: dict[str, PlanValue], where: str) -> None:
     e, h, kdim, vdim = new["embed_dim"], new["num_heads"], new["kdim"], new["vdim"]
-    assert isinstance(e, int) and isinstance(h, int) and isinstance(kdim, int) and isinstance(vdim, int)
+    assert (
+        isinstance(e, int)
+        and isinstance(h, int)
+        and isinstance(kdim, int)
+        and isinstance(vdim, int)
+    )
     if e % h:
         raise ValueError(f"{where}: embed_dim={e} is not divisible by num_heads={h}")
     module.embed_dim, module.num_heads, module.kdim, module.vdim = e, h, kdim, vdim
@@ -245,12 +265,17 @@ def _resize_mha(module: nn.MultiheadAttention, new: dict[str, PlanValue], where:
     ref: Tensor = module.out_proj.weight
     if same != module._qkv_same_embed_dim:  # switch between packed and separate q/k/v
         if same:
-            module.register_parameter("in_proj_weight", nn.Parameter(torch.zeros(3 * e, e, dtype=ref.dtype, device=ref.device)))
+            module.register_parameter(
+                "in_proj_weight",
+                nn.Parameter(torch.zeros(3 * e, e, dtype=ref.dtype, device=ref.device)),
+            )
             for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
                 module.register_parameter(name, None)
         else:
             for name, d in (("q_proj_weight", e), ("k_proj_weight", kdim), ("v_proj_weight", vdim)):
-                module.register_parameter(name, nn.Parameter(torch.zeros(e, d, dtype=ref.dtype, device=ref.device)))
+                module.register_parameter(
+                    name, nn.Parameter(torch.zeros(e, d, dtype=ref.dtype, device=ref.device))
+                )
             module.register_parameter("in_proj_weight", None)
         module._qkv_same_embed_dim = same
     if same:

@@ -125,24 +125,32 @@ def _resnet(n: int, num_classes: int, in_channels: int, width: float) -> CifarRe
 
 
 @register_model("cifar_resnet20")
-def cifar_resnet20(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CifarResNet:
+def cifar_resnet20(
+    *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+) -> CifarResNet:
     """ResNet-20 (3 blocks per stage, 0.27 M parameters at width 1)."""
     return _resnet(3, num_classes, in_channels, width)
 
 
 @register_model("cifar_resnet32")
-def cifar_resnet32(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CifarResNet:
+def cifar_resnet32(
+    *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+) -> CifarResNet:
     """ResNet-32 (5 blocks per stage)."""
     return _resnet(5, num_classes, in_channels, width)
 
 
 @register_model("cifar_resnet56")
-def cifar_resnet56(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CifarResNet:
+def cifar_resnet56(
+    *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+) -> CifarResNet:
     """ResNet-56 (9 blocks per stage)."""
     return _resnet(9, num_classes, in_channels, width)
 
 
 @register_model("cifar_resnet110")
-def cifar_resnet110(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> CifarResNet:
+def cifar_resnet110(
+    *, num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+) -> CifarResNet:
     """ResNet-110 (18 blocks per stage)."""
     return _resnet(18, num_classes, in_channels, width)

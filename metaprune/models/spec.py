@@ -64,7 +64,9 @@ class ArchSpec:
         if not is_model(self.name):
             raise UnknownModelError(self.name)
         if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
-            raise SpecError(f"spec {self.name!r}: kwargs must be a mapping with string keys (found {self.kwargs!r})")
+            raise SpecError(
+                f"spec {self.name!r}: kwargs must be a mapping with string keys (found {self.kwargs!r})"
+            )
         try:
             kwargs = json.loads(json.dumps(dict(self.kwargs), allow_nan=False))
         except (TypeError, ValueError) as err:
@@ -109,7 +111,9 @@ class ArchSpec:
             raise SpecError(f"spec must be a JSON object (found {type(data).__name__})")
         unknown = sorted(set(data) - _KEYS)
         if unknown:
-            raise SpecError(f"spec has unknown key(s) {unknown} (expected a subset of {sorted(_KEYS)})")
+            raise SpecError(
+                f"spec has unknown key(s) {unknown} (expected a subset of {sorted(_KEYS)})"
+            )
         version = data.get("format_version")
         if version != SPEC_FORMAT_VERSION:
             raise SpecError(
@@ -118,7 +122,9 @@ class ArchSpec:
             )
         if "name" not in data:
             raise SpecError("spec has no 'name'")
-        return cls(name=data["name"], kwargs=data.get("kwargs", {}), channel_plan=data.get("channel_plan"))
+        return cls(
+            name=data["name"], kwargs=data.get("kwargs", {}), channel_plan=data.get("channel_plan")
+        )
 
     def build(self, device: torch.device | str | None = None) -> nn.Module:
         """Create the model (optionally directly on ``device``, e.g. ``"meta"``) and apply the plan."""
@@ -131,7 +137,15 @@ class ArchSpec:
             apply_channel_plan(model, self.channel_plan)
         return model
 
+    def skeleton(self) -> nn.Module:
+        """The model for inspecting structure and shapes: built on the meta device (no memory,
+        no initialisation cost) where the constructor allows it, else on the CPU."""
+        try:
+            return self.build(device="meta")
+        except (NotImplementedError, RuntimeError):  # e.g. constructors calling .tolist()
+            return self.build()
+
     def with_plan_of(self, model: nn.Module) -> ArchSpec:
         """This spec with the channel plan of ``model``, a pruned instance of the architecture."""
-        base = dataclasses.replace(self, channel_plan=None).build(device="meta")
+        base = dataclasses.replace(self, channel_plan=None).skeleton()
         return dataclasses.replace(self, channel_plan=channel_plan_of(model, base))

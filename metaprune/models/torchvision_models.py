@@ -45,11 +45,12 @@ def replace_first_conv(model: nn.Module, in_channels: int, model_name: str = "mo
         ValueError: if the model has no ``nn.Conv2d`` or its first conv is grouped or does
             not take 3 input channels.
     """
-    for path, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            break
-    else:
-        raise ValueError(f"{model_name}: cannot apply in_channels={in_channels}, no nn.Conv2d found")
+    found = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None:
+        raise ValueError(
+            f"{model_name}: cannot apply in_channels={in_channels}, no nn.Conv2d found"
+        )
+    path, module = found
     if module.in_channels != 3 or module.groups != 1:
         raise ValueError(
             f"{model_name}: cannot apply in_channels={in_channels}: first conv {path!r} has "
@@ -80,13 +81,17 @@ def replace_first_conv(model: nn.Module, in_channels: int, model_name: str = "mo
 def _build(tv_name: str, *, in_channels: int = 3, **kwargs: object) -> nn.Module:
     name = PREFIX + tv_name
     if kwargs.pop("weights", None) is not None:
-        raise ValueError(f"{name}: only weights=None is supported (pretrained weights are never downloaded)")
+        raise ValueError(
+            f"{name}: only weights=None is supported (pretrained weights are never downloaded)"
+        )
     if tv_name in _INIT_WEIGHTS_MODELS:
         kwargs.setdefault("init_weights", True)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"{name}: in_channels must be a positive int (found {in_channels!r})")
     if in_channels != 3 and kwargs.get("transform_input"):
-        raise ValueError(f"{name}: transform_input=True requires in_channels=3 (found {in_channels})")
+        raise ValueError(
+            f"{name}: transform_input=True requires in_channels=3 (found {in_channels})"
+        )
     model = torchvision.models.get_model(tv_name, weights=None, **kwargs)
     if in_channels != 3:
         replace_first_conv(model, in_channels, name)

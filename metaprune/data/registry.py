@@ -1,0 +1,119 @@
+"""The dataset registry: ``register_dataset``, ``get_dataset``, ``list_datasets``.
+
+A dataset builder takes ``(root, seed, **kwargs)`` and returns :class:`DatasetSplits`:
+train / validation (carved from the training data with ``seed``) / test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import inspect
+import os
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetBuilder",
+    "DatasetError",
+    "DatasetSplits",
+    "get_dataset",
+    "list_datasets",
+    "register_dataset",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset is unknown, misconfigured, or its local files are missing."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetSplits:
+    """The three splits of a classification dataset and what a model needs to know about it.
+
+    Attributes:
+        train, val, test: map-style datasets of ``(image, label)`` pairs; images are float
+            tensors ``(in_channels, image_size, image_size)``, labels int64 scalars.
+        num_classes: number of classes; labels are ``0 .. num_classes - 1``.
+        in_channels: image channels.
+        image_size: image height and width.
+        name: the registered dataset name.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    name: str
+
+
+class DatasetBuilder(Protocol):
+    def __call__(
+        self, root: str | os.PathLike[str] | None, seed: int, **kwargs: object
+    ) -> DatasetSplits: ...
+
+
+_B = TypeVar("_B", bound=Callable[..., DatasetSplits])
+_REGISTRY: dict[str, Callable[..., DatasetSplits]] = {}
+
+
+def register_dataset(name: str) -> Callable[[_B], _B]:
+    """Decorator registering a builder ``fn(root, seed, **kwargs) -> DatasetSplits``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string (found {name!r})")
+
+    def decorator(fn: _B) -> _B:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Sorted registered dataset names, optionally filtered by an ``fnmatch`` pattern."""
+    names = sorted(_REGISTRY)
+    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_dataset(
+    name: str, root: str | os.PathLike[str] | None = None, seed: int = 0, **kwargs: object
+) -> DatasetSplits:
+    """Build the splits of dataset ``name``; nothing is ever downloaded.
+
+    Args:
+        name: a name from :func:`list_datasets`.
+        root: local directory of file-based datasets (ignored by built-in ones).
+        seed: seed of the train/validation split (and of synthetic data).
+        **kwargs: dataset-specific options.
+
+    Raises:
+        DatasetError: unknown name (with close matches), or missing/invalid local files.
+    """
+    builder = _REGISTRY.get(name) if isinstance(name, str) else None
+    if builder is None:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise DatasetError(
+            f"unknown dataset {name!r} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DatasetError(f"dataset {name!r}: seed must be an int (found {seed!r})")
+    try:
+        inspect.signature(builder).bind(root, seed, **kwargs)
+    except TypeError as err:
+        options = [
+            p.name
+            for p in inspect.signature(builder).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        ]
+        raise DatasetError(
+            f"dataset {name!r}: {err} (options: {', '.join(options) or 'none'})"
+        ) from None
+    return builder(root, seed, **kwargs)
