@@ -1,0 +1,46 @@
+"""Validation helpers shared by the pruning config and functions: one clear message each."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+
+__all__ = ["ConfigError", "check_choice", "check_int", "check_number"]
+
+
+class ConfigError(ValueError):
+    """A pruning option is invalid; the message names the option, the expectation and the value."""
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) ``>= minimum``, else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int (found {value!r})")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum} (found {value!r})")
+    return value
+
+
+def check_number(
+    name: str, value: object, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    """``value`` as a finite float within ``[minimum, maximum]``, else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (found {value!r})")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else minimum
+        hi = "inf" if maximum is None else maximum
+        raise ConfigError(f"{name} must be in [{lo}, {hi}] (found {value!r})")
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else :class:`ConfigError` with close matches."""
+    if not isinstance(value, str) or value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"{name} must be one of {', '.join(repr(c) for c in choices)} (found {value!r}){hint}"
+        )
+    return value

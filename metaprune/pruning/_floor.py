@@ -1,0 +1,103 @@
+"""``FlooredPruner``: Torch-Pruning's global pruner with a per-layer width floor.
+
+Torch-Pruning's own guard (``max_pruning_ratio``) only stops pruning a group *after* it
+fell below the limit, and one global step can empty most of a layer at once. Here the
+floor is enforced where the decision is made: when a group's importance is estimated,
+its ``floor`` most important channels are marked ``inf`` (never below the global
+threshold), and any of them that a step still selects (when the schedule asks for more
+channels than are prunable) are dropped when the pruning group is built -- before
+Torch-Pruning's own check, which would otherwise reject a group that empties a layer and
+so freeze the layer above its floor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+__all__ = ["FlooredPruner"]
+
+
+class FlooredPruner(tp.pruner.BasePruner):
+    """A ``BasePruner`` whose layers keep at least
+    ``max(min_channels, ceil((1 - max_layer_ratio) * initial width))`` channels, rounded up
+    to ``round_to``; call :meth:`prune_step` instead of ``step``.
+
+    Attributes:
+        saturated: after a step, whether no prunable channel was left above its floor
+            when the step started (further steps cannot change the model).
+    """
+
+    def __init__(
+        self, *args: Any, min_channels: int = 2, max_layer_ratio: float = 0.75, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_channels = min_channels
+        self.max_layer_ratio = max_layer_ratio
+        self.saturated = False
+        self._protected: dict[tuple[nn.Module, bool], set[int]] = {}
+        self._slack = 0
+        build_group = self.DG.get_pruning_group
+
+        def get_pruning_group(module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:
+            # Keys are only present between a group's importance estimate and the end of
+            # the step, i.e. when _prune builds the group it is about to prune.
+            protected = self._protected.get((module, self.DG.is_out_channel_pruning_fn(pruning_fn)))
+            if protected:
+                idxs = [int(i) for i in idxs if int(i) not in protected]
+            return build_group(module, pruning_fn, idxs)
+
+        self.DG.get_pruning_group = get_pruning_group  # type: ignore[method-assign]
+
+    def floor(self, module: nn.Module, out: bool) -> int:
+        """The minimum width of ``module``'s outputs (``out``) or inputs."""
+        initial = (self.layer_init_out_ch if out else self.layer_init_in_ch).get(module)
+        if initial is None:
+            return self.min_channels
+        floor = max(self.min_channels, math.ceil((1.0 - self.max_layer_ratio) * initial - 1e-9))
+        if self.round_to:
+            floor = math.ceil(floor / self.round_to) * self.round_to
+        return min(floor, initial)
+
+    @torch.no_grad()
+    def estimate_importance(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        imp = super().estimate_importance(group)
+        if imp is None:
+            return None
+        dep = group[0].dep
+        module, out = dep.target.module, self.DG.is_out_channel_pruning_fn(dep.handler)
+        width = self.DG.get_out_channels(module) if out else self.DG.get_in_channels(module)
+        ch_groups = self._get_channel_groups(group)
+        if width is None or len(imp) % ch_groups:
+            return imp
+        group_size = len(imp) // ch_groups
+        keep = min(group_size, math.ceil(self.floor(module, out) / ch_groups))
+        self._slack += max(0, len(imp) - keep * ch_groups)
+        scores = torch.nan_to_num(imp.view(ch_groups, group_size).float().mean(0), nan=0.0)
+        positions = torch.topk(scores, k=keep).indices
+        protected = (positions[None, :] + group_size * torch.arange(ch_groups)[:, None]).flatten()
+        imp = imp.clone().float()
+        imp[protected.to(imp.device)] = math.inf
+        root_idxs = group[0].root_idxs
+        self._protected[(module, out)] = {int(root_idxs[i]) for i in protected.tolist()}
+        return imp
+
+    def prune_step(self) -> int:
+        """One pruning step with the floor enforced; returns how many groups were pruned."""
+        self._protected.clear()
+        self._slack = 0
+        pruned = 0
+        try:
+            for group in self.step(interactive=True):
+                if len(group[0].idxs) == 0:  # every selected channel was protected
+                    continue
+                group.prune()
+                pruned += 1
+        finally:
+            self._protected.clear()
+        self.saturated = self._slack == 0
+        return pruned

@@ -1,0 +1,341 @@
+"""``PruneConfig``: everything one pruning job needs, as a typed, frozen, versioned dataclass.
+
+The same object is used by the Python API, the CLI, YAML files and (later) the gRPC
+service, which convert to and from it in one place: :meth:`PruneConfig.to_dict` gives
+plain JSON data and :meth:`PruneConfig.from_dict` parses it back, rejecting unknown
+keys and bad values with a message that names the key, the expectation and what was
+found. Nested groups (target, fine-tune budgets, pruning schedule, latency timing) are
+frozen dataclasses of their own, so ``dataclasses.replace`` works at every level.
+
+Example::
+
+    config = PruneConfig(method="group-l2", target=Target("macs", 3.0),
+                         after_pruning=FinetuneBudget(epochs=20))
+    assert PruneConfig.from_dict(config.to_dict()) == config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from metaprune.pruning._checks import ConfigError, check_choice, check_int, check_number
+
+__all__ = [
+    "CONFIG_VERSION",
+    "METHODS",
+    "TARGET_KINDS",
+    "ConfigError",
+    "FinetuneBudget",
+    "ImportanceOptions",
+    "LatencyOptions",
+    "PruneConfig",
+    "PruningOptions",
+    "SparseTraining",
+    "Target",
+]
+
+CONFIG_VERSION = 1
+TARGET_KINDS = ("macs", "params", "latency")
+METHODS = ("metanet", "group-l2", "group-l2-sl", "random")
+SCHEDULES = ("cosine", "step", "constant")
+NORMALIZERS = ("max", "mean", "sum", "none")
+REDUCTIONS = ("mean", "sum", "max", "first")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What "small enough" means; pruning stops at the first step that reaches it.
+
+    Args:
+        kind: ``"macs"`` (base MACs / pruned MACs, as in the paper), ``"params"`` (base
+            parameters / pruned parameters) or ``"latency"`` (base / pruned median
+            latency, measured with :class:`LatencyOptions`).
+        value: the ratio to reach, ``>= 1`` (``2.0`` = twice as fast / half the params).
+    """
+
+    kind: str = "macs"
+    value: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_choice("target.kind", self.kind, TARGET_KINDS)
+        object.__setattr__(self, "value", check_number("target.value", self.value, minimum=1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneBudget:
+    """One fine-tuning stage: SGD with momentum, model selection on the validation split.
+
+    Args:
+        epochs: passes over the training split (``0`` skips the stage).
+        lr: initial learning rate.
+        schedule: ``"cosine"`` (per iteration, to zero), ``"step"`` (times ``gamma`` at
+            each epoch in ``milestones``; none given = at 50 % and 75 % of the epochs)
+            or ``"constant"``.
+        momentum, weight_decay: SGD options.
+        milestones: epochs at which the ``"step"`` schedule decays.
+        gamma: the ``"step"`` schedule's decay factor.
+    """
+
+    epochs: int = 10
+    lr: float = 0.01
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, minimum=0)
+        object.__setattr__(self, "lr", check_number("lr", self.lr, minimum=0.0))
+        check_choice("schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "momentum", check_number("momentum", self.momentum, 0.0, 1.0))
+        object.__setattr__(
+            self, "weight_decay", check_number("weight_decay", self.weight_decay, minimum=0.0)
+        )
+        if isinstance(self.milestones, (str, bytes)) or not isinstance(
+            self.milestones, (list, tuple)
+        ):
+            raise ConfigError(f"milestones must be a list of epochs (found {self.milestones!r})")
+        for m in self.milestones:
+            check_int("milestones[]", m, minimum=1)
+        object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
+        object.__setattr__(self, "gamma", check_number("gamma", self.gamma, 0.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceOptions:
+    """Group magnitude importance (Torch-Pruning ``GroupMagnitudeImportance``).
+
+    The defaults are the paper's: L2 norm (``p=2``) of each channel's weights, averaged
+    over the coupled layers of a group, divided by the group's maximum so that groups of
+    different scale can be ranked globally.
+    """
+
+    p: int = 2
+    group_reduction: str = "mean"
+    normalizer: str = "max"
+
+    def __post_init__(self) -> None:
+        check_int("importance.p", self.p, minimum=1)
+        check_choice("importance.group_reduction", self.group_reduction, REDUCTIONS)
+        check_choice("importance.normalizer", self.normalizer, NORMALIZERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningOptions:
+    """The progressive global pruning schedule and its per-layer floor.
+
+    Args:
+        steps: resolution of the schedule: step ``k`` removes the globally least
+            important ``k / steps`` of all prunable channels, so pruning everything
+            prunable takes ``steps`` steps; the target is normally met long before.
+        round_to: keep every pruned layer's width a multiple of this (``None`` = off).
+        min_channels, max_layer_ratio: the layer-collapse guard. Every prunable layer keeps
+            at least ``max(min_channels, ceil((1 - max_layer_ratio) * original width))``
+            channels (never more than it had). Global ranking with the max normaliser can
+            otherwise shrink a whole stage to 1-5 channels (seen on ``digits`` ResNet-20
+            at 8x), after which the result depends on luck rather than on the method.
+            The default keeps a quarter of each layer: a balanced 8x MACs reduction keeps
+            about 1/sqrt(8) = 35 % of every layer, so the floor does not bind on sane
+            solutions, yet speed-ups up to 1/0.25^2 = 16x stay reachable; two channels
+            at least, because a single channel is a bottleneck nothing recovers from.
+        curve_every: evaluate validation accuracy for the accuracy-vs-speed-up curve
+            every this many steps (the first and the chosen step are always evaluated);
+            each point costs a BatchNorm recalibration and a pass over validation data.
+        curve_bn_recalibration: recalibrate BatchNorm statistics (on a copy) before each
+            curve evaluation; without it accuracy right after pruning is near chance.
+    """
+
+    steps: int = 200
+    round_to: int | None = None
+    min_channels: int = 2
+    max_layer_ratio: float = 0.75
+    curve_every: int = 5
+    curve_bn_recalibration: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("pruning.steps", self.steps, minimum=1)
+        if self.round_to is not None:
+            check_int("pruning.round_to", self.round_to, minimum=1)
+        check_int("pruning.min_channels", self.min_channels, minimum=1)
+        ratio = check_number("pruning.max_layer_ratio", self.max_layer_ratio, 0.0, 1.0)
+        if ratio >= 1.0:
+            raise ConfigError(
+                f"pruning.max_layer_ratio must be < 1 (found {ratio}); 1 would let a layer vanish"
+            )
+        object.__setattr__(self, "max_layer_ratio", ratio)
+        check_int("pruning.curve_every", self.curve_every, minimum=1)
+        _check_bool("pruning.curve_bn_recalibration", self.curve_bn_recalibration)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseTraining:
+    """DepGraph-style group sparsity for ``group-l2-sl`` (Torch-Pruning ``GroupNormPruner``).
+
+    ``reg`` scales the group-norm gradient added after every backward pass (DepGraph
+    uses 5e-4 on CIFAR). The number of epochs is the ``before_pruning`` budget, the same
+    the ``metanet`` method spends fine-tuning after the metanetwork.
+    """
+
+    reg: float = 5e-4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reg", check_number("sparse.reg", self.reg, minimum=0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyOptions:
+    """How latency is measured: median over ``repeats`` timed forward passes of a batch.
+
+    One thread by default: on a shared machine two threads make timings swing widely.
+    """
+
+    batch_size: int = 64
+    threads: int = 1
+    repeats: int = 10
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        check_int("latency.batch_size", self.batch_size, minimum=1)
+        check_int("latency.threads", self.threads, minimum=1)
+        check_int("latency.repeats", self.repeats, minimum=1)
+        check_int("latency.warmup", self.warmup, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """One pruning job (see :func:`metaprune.pruning.prune` for the stages).
+
+    Args:
+        version: config format version; only ``1`` exists.
+        method: ``"metanet"`` (metanetwork transform first), ``"group-l2"`` (no
+            metanetwork), ``"group-l2-sl"`` (sparse training first) or ``"random"``.
+            ``"group-l2"`` is the default because it needs nothing but the model.
+        target: the ratio to reach.
+        metanet: metanetwork name or path, used by ``method="metanet"`` (unless a
+            metanetwork object is passed to :func:`~metaprune.pruning.prune`).
+        importance, pruning: importance criterion and progressive schedule.
+        before_pruning: the fine-tune before pruning; every method gets the same budget
+            (after the metanetwork for ``metanet``, sparse training for ``group-l2-sl``,
+            a plain fine-tune for the others), so methods are compared fairly.
+        after_pruning: the fine-tune that recovers accuracy after pruning.
+        sparse: options of ``group-l2-sl``'s sparse training.
+        bn_recalibration_batches: training batches used to re-estimate BatchNorm
+            statistics right after pruning (``0`` disables; on by default because
+            accuracy right after pruning is near chance without it).
+        batch_size: training and evaluation batch size.
+        seed: seeds data order, initialisation of random choices and the random method.
+        device: torch device string for training, evaluation and latency.
+        latency: latency measurement options.
+    """
+
+    version: int = CONFIG_VERSION
+    method: str = "group-l2"
+    target: Target = dataclasses.field(default_factory=Target)
+    metanet: str | None = None
+    importance: ImportanceOptions = dataclasses.field(default_factory=ImportanceOptions)
+    pruning: PruningOptions = dataclasses.field(default_factory=PruningOptions)
+    before_pruning: FinetuneBudget = dataclasses.field(default_factory=FinetuneBudget)
+    after_pruning: FinetuneBudget = dataclasses.field(
+        default_factory=lambda: FinetuneBudget(epochs=20)
+    )
+    sparse: SparseTraining = dataclasses.field(default_factory=SparseTraining)
+    bn_recalibration_batches: int = 20
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    latency: LatencyOptions = dataclasses.field(default_factory=LatencyOptions)
+
+    def __post_init__(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"PruneConfig version must be {CONFIG_VERSION} (found {self.version!r}); "
+                "it was written by an incompatible metaprune version"
+            )
+        check_choice("method", self.method, METHODS)
+        for name, cls in _nested_types().items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"{name} must be a {cls.__name__} (found {type(getattr(self, name)).__name__})"
+                )
+        if self.metanet is not None and (not isinstance(self.metanet, str) or not self.metanet):
+            raise ConfigError(
+                f"metanet must be a non-empty string or None (found {self.metanet!r})"
+            )
+        check_int("bn_recalibration_batches", self.bn_recalibration_batches, minimum=0)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string such as 'cpu' (found {self.device!r})")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON/YAML data (nested dicts, lists, numbers, strings)."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
+        """Parse :meth:`to_dict` output; missing keys take their defaults.
+
+        Raises:
+            ConfigError: on unknown keys (named with their full path), wrong types or
+                invalid values.
+        """
+        return _from_dict(cls, data, "")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false (found {value!r})")
+
+
+def _nested_types() -> dict[str, type]:
+    hints = typing.get_type_hints(PruneConfig)
+    return {k: v for k, v in hints.items() if dataclasses.is_dataclass(v)}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping (found {type(data).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(repr(prefix + k) for k in unknown)} "
+            f"(expected a subset of {sorted(fields)})"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value, f"{prefix}{key}.")
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if prefix and not str(err).startswith(prefix.rstrip(".")):
+            raise ConfigError(f"{prefix.rstrip('.')}: {err}") from None
+        raise

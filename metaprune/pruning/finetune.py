@@ -1,0 +1,142 @@
+"""Fine-tuning with model selection on the validation split, and accuracy evaluation.
+
+``finetune`` trains with SGD (momentum, weight decay) under a cosine, step or constant
+schedule, evaluates validation accuracy after every epoch and leaves the model with the
+weights of its best epoch: the validation split selects, the test split is only ever
+evaluated once, by the caller, at the very end. An optional ``regularizer`` runs after
+every backward pass (``group-l2-sl`` adds its group-sparsity gradient there).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from metaprune.pruning.config import FinetuneBudget
+from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
+
+__all__ = ["FinetuneResult", "evaluate", "finetune"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tune did: the selected epoch and the per-epoch history.
+
+    ``best_epoch`` is ``0`` and ``best_val_accuracy`` the starting accuracy if no epoch
+    improved on the model as given (its weights are then kept; see ``select_initial``).
+    """
+
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict[str, float]]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (eval mode; the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for inputs, labels in loader:
+            logits = model(inputs.to(device))
+            correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
+            total += int(labels.numel())
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return correct / total
+
+
+def finetune(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    budget: FinetuneBudget,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+    *,
+    stage: str = "finetune",
+    cancel: CancelToken | None = None,
+    regularizer: Callable[[nn.Module], object] | None = None,
+    select_initial: bool = True,
+) -> FinetuneResult:
+    """Train ``model`` in place for ``budget.epochs`` epochs, then restore its best epoch.
+
+    Args:
+        model: trained in place; left in eval mode with the best validation weights.
+        train_loader, val_loader: batches of ``(inputs, labels)``.
+        budget: epochs, learning rate, schedule, momentum, weight decay.
+        device: where to train (the model must already be there).
+        progress: receives one :class:`ProgressEvent` per epoch (``stage`` as given).
+        cancel: checked between batches.
+        regularizer: called with the model after each ``backward()``, before the step.
+        select_initial: whether the weights as given compete in the selection. True after
+            pruning (a fine-tune must not make the model worse on validation); False before
+            pruning, where training exists to change the weights: with it, sparse training
+            was silently discarded whenever no sparse epoch beat the dense model.
+
+    Raises:
+        PruneCancelled: on cancellation (the model then holds the last weights trained).
+    """
+    device = torch.device(device)
+    start_acc = evaluate(model, val_loader, device)
+    notify(progress, cancel, stage, 0, budget.epochs, val_accuracy=start_acc)
+    if budget.epochs == 0:
+        model.eval()
+        return FinetuneResult(best_epoch=0, best_val_accuracy=start_acc, history=[])
+    best_acc = start_acc if select_initial else -1.0
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=budget.lr, momentum=budget.momentum,
+        weight_decay=budget.weight_decay,
+    )  # fmt: skip
+    iters_per_epoch = max(1, len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(budget, iters_per_epoch))
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, history = 0, []
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(1, budget.epochs + 1):
+        model.train()
+        total_loss, seen = 0.0, 0
+        for inputs, labels in train_loader:
+            check_cancel(cancel, stage)
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), labels)
+            loss.backward()
+            if regularizer is not None:
+                regularizer(model)
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(labels)
+            seen += len(labels)
+        val_acc = evaluate(model, val_loader, device)
+        record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_accuracy": val_acc}
+        history.append(record)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        notify(progress, cancel, stage, epoch, budget.epochs, **record, best_val_accuracy=best_acc)
+    model.load_state_dict(best_state)
+    model.eval()
+    return FinetuneResult(best_epoch=best_epoch, best_val_accuracy=best_acc, history=history)
+
+
+def _lr_factor(budget: FinetuneBudget, iters_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of the initial learning rate after ``it`` optimizer steps."""
+    total = budget.epochs * iters_per_epoch
+    if budget.schedule == "cosine":
+        return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+    if budget.schedule == "step":
+        milestones = budget.milestones or tuple(
+            sorted({max(1, round(budget.epochs * f)) for f in (0.5, 0.75)})
+        )
+        return lambda it: budget.gamma ** sum(it // iters_per_epoch >= m for m in milestones)
+    return lambda it: 1.0

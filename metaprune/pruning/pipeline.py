@@ -1,0 +1,304 @@
+"""``prune``: the product's main job, from a trained model to a smaller, fine-tuned one.
+
+Stages (METHOD.md section 5), each timed and reported to the progress callback:
+
+1. ``evaluate_base``: validation/test accuracy, MACs, parameters, latency of the input.
+2. ``before_pruning``: the method's preparation under the shared budget -- metanetwork
+   transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
+   fine-tune (``group-l2``, ``random``).
+3. ``prune``: progressive global structural pruning until the target is met, recording
+   validation accuracy against speed-up (the curve).
+4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
+5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
+6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
+   the base model) only, never for a choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metaprune import checkpoint
+from metaprune.data import DatasetSplits, get_dataset, make_loaders
+from metaprune.models import ArchSpec
+from metaprune.pruning._checks import ConfigError
+from metaprune.pruning.bn import recalibrate_bn
+from metaprune.pruning.config import PruneConfig
+from metaprune.pruning.finetune import evaluate, finetune
+from metaprune.pruning.latency import measure_latency
+from metaprune.pruning.methods import MethodContext, _load_metanetwork, get_method
+from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
+from metaprune.pruning.progressive import StepInfo, progressive_prune
+from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
+from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
+from metaprune.version import __version__
+
+__all__ = ["PruneResult", "prune"]
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """The outcome of :func:`prune`.
+
+    Attributes:
+        model: the pruned, fine-tuned model (eval mode, on the config's device).
+        spec: its architecture with the channel plan (``None`` if the input model came
+            without a spec; then :meth:`save` cannot write a checkpoint).
+        report: plain JSON data, see :mod:`metaprune.pruning.report`.
+        curve: accuracy vs speed-up along the pruning steps (also in ``report``).
+        config: the config the job ran with.
+    """
+
+    model: nn.Module
+    spec: ArchSpec | None
+    report: dict[str, Any]
+    curve: list[dict[str, Any]]
+    config: PruneConfig
+
+    def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``model.safetensors``, ``report.json`` and ``curve.png`` into ``out_dir``.
+
+        Raises:
+            ValueError: if there is no spec (pass ``spec=`` to :func:`prune`).
+        """
+        if self.spec is None:
+            raise ValueError(
+                "PruneResult has no architecture spec, so no checkpoint can be written; "
+                "prune a checkpoint file or pass spec= to prune()"
+            )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"method": self.config.method, "dataset": str(self.report.get("dataset"))}
+        paths = {
+            "checkpoint": checkpoint.save(self.model, self.spec, out / "model.safetensors", metadata=meta),
+            "report": write_report(self.report, out / "report.json"),
+            "plot": plot_curve(
+                self.curve, out / "curve.png", chosen_step=self.report.get("chosen_step"),
+                target_speedup=self.config.target.value if self.config.target.kind == "macs" else None,
+                title=f"{self.config.method}, {self.report.get('dataset')}",
+                label="val accuracy after pruning"
+                + (" + BN recalibration" if _curve_recalibrates(self.config) else ""),
+            ),
+        }  # fmt: skip
+        return paths
+
+
+def prune(
+    model_or_checkpoint: nn.Module | str | os.PathLike[str],
+    dataset: str | DatasetSplits,
+    config: PruneConfig | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    spec: ArchSpec | None = None,
+    cancel: CancelToken | None = None,
+    metanetwork: nn.Module | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+) -> PruneResult:
+    """Prune a trained classifier to ``config.target`` and fine-tune it (see module doc).
+
+    Args:
+        model_or_checkpoint: a model (copied, never modified) or a checkpoint path.
+        dataset: a registered dataset name or ready :class:`DatasetSplits`.
+        config: the job; default ``PruneConfig()``.
+        progress: receives :class:`ProgressEvent`\\ s; may return ``CANCEL``.
+        spec: the architecture of a model passed as a module (needed to save it).
+        cancel: a :class:`CancelToken` checked between steps.
+        metanetwork: a metanetwork object for ``method="metanet"`` instead of loading
+            ``config.metanet``.
+        data_root: local root of file-based datasets.
+
+    Raises:
+        PruneCancelled: when cancelled. ConfigError, DatasetError, CheckpointError,
+        MetanetUnavailable: on bad input, with a message naming the problem.
+    """
+    config = PruneConfig() if config is None else config
+    if not isinstance(config, PruneConfig):
+        raise ConfigError(f"config must be a PruneConfig (found {type(config).__name__})")
+    method = get_method(config.method)
+    if method.name == "metanet" and metanetwork is None:  # fail before any work is done
+        metanetwork = _load_metanetwork(config)
+    model, spec = _resolve_model(model_or_checkpoint, spec)
+    splits = (
+        dataset
+        if isinstance(dataset, DatasetSplits)
+        else get_dataset(dataset, data_root, config.seed)
+    )
+    torch.manual_seed(config.seed)
+    device = _available(torch.device(config.device))
+    model = model.to(device)
+    train, val, test = make_loaders(splits, config.batch_size, config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    example = torch.randn(
+        1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
+    )
+    example = example.to(device)
+    _check_classes(model, example, splits)
+    input_shape = (splits.in_channels, splits.image_size, splits.image_size)
+    latency = functools.partial(
+        measure_latency, input_shape=input_shape, batch_size=config.latency.batch_size,
+        device=device, threads=config.latency.threads, repeats=config.latency.repeats,
+        warmup=config.latency.warmup,
+    )  # fmt: skip
+    seconds: dict[str, float] = {}
+    timed = functools.partial(_timed, seconds)
+
+    with timed("evaluate_base"):
+        notify(progress, cancel, "evaluate_base", 0, 1)
+        base = _measure(model, example, val, test, device, latency)
+        notify(progress, cancel, "evaluate_base", 1, 1, **base)
+    ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork)
+    with timed("before_pruning"):
+        model = method.prepare(model, ctx)
+    widths_before = layer_widths(model)
+
+    curve: list[dict[str, Any]] = []
+    pruning = config.pruning
+
+    def curve_accuracy(m: nn.Module) -> float:
+        if _curve_recalibrates(config):
+            m = copy.deepcopy(m)
+            recalibrate_bn(m, train, config.bn_recalibration_batches, device)
+        return evaluate(m, val, device)
+
+    def on_step(info: StepInfo, m: nn.Module) -> None:
+        evaluate_now = info.step % pruning.curve_every == 0 or info.reached
+        point = _point(info, curve_accuracy(m) if evaluate_now else None)
+        curve.append(point)
+        notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
+
+    with timed("prune"):
+        history = progressive_prune(
+            model, example, config.target, importance=method.importance, steps=pruning.steps,
+            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
+            min_channels=pruning.min_channels, p=config.importance.p,
+            group_reduction=config.importance.group_reduction,
+            normalizer=config.importance.normalizer, seed=config.seed,
+            latency_fn=latency if config.target.kind == "latency" else None, on_step=on_step,
+        )  # fmt: skip
+        if curve[-1]["val_accuracy"] is None:
+            curve[-1]["val_accuracy"] = curve_accuracy(model)
+    final_step = history[-1]
+    with timed("recalibrate_bn"):
+        notify(progress, cancel, "recalibrate_bn", 0, 1)
+        recalibrate_bn(model, train, config.bn_recalibration_batches, device)
+        pruned_val = evaluate(model, val, device)
+        notify(progress, cancel, "recalibrate_bn", 1, 1, val_accuracy=pruned_val)
+    with timed("after_pruning"):
+        after = finetune(model, train, val, config.after_pruning, device, progress,
+                         stage="after_pruning", cancel=cancel)  # fmt: skip
+    with timed("evaluate"):
+        notify(progress, cancel, "evaluate", 0, 1)
+        final = _measure(model, example, val, test, device, latency)
+        notify(progress, cancel, "evaluate", 1, 1, **final)
+    model.eval()
+
+    pruned_spec = spec.with_plan_of(model) if spec is not None else None
+    widths_after = layer_widths(model)
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "metaprune_version": __version__,
+        "dataset": splits.name,
+        "method": config.method,
+        "target": {"kind": config.target.kind, "value": config.target.value},
+        "target_reached": final_step.reached,
+        "base": base,
+        "pruned": {"val_accuracy": pruned_val, "step": final_step.step},
+        "final": final,
+        "speedup": {
+            "macs": base["macs"] / max(final["macs"], 1),
+            "params": base["params"] / max(final["params"], 1),
+            "latency": base["latency_ms"] / final["latency_ms"],
+        },
+        "stage_seconds": seconds,
+        "stages": {
+            **ctx.info,
+            "after_pruning": {
+                "best_epoch": after.best_epoch,
+                "val_accuracy": after.best_val_accuracy,
+            },
+        },
+        "layer_widths": {k: [v, widths_after.get(k)] for k, v in widths_before.items()},
+        "curve": curve,
+        "chosen_step": final_step.step,
+        "config": config.to_dict(),
+        "spec": pruned_spec.to_json() if pruned_spec is not None else None,
+    }
+    return PruneResult(model=model, spec=pruned_spec, report=report, curve=curve, config=config)
+
+
+def _available(device: torch.device) -> torch.device:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} is not available on this machine (no CUDA)")
+    return device
+
+
+def _curve_recalibrates(config: PruneConfig) -> bool:
+    return config.pruning.curve_bn_recalibration and config.bn_recalibration_batches > 0
+
+
+def _resolve_model(
+    source: nn.Module | str | os.PathLike[str], spec: ArchSpec | None
+) -> tuple[nn.Module, ArchSpec | None]:
+    if isinstance(source, nn.Module):
+        return copy.deepcopy(source), spec
+    if isinstance(source, (str, os.PathLike)):
+        model, loaded = checkpoint.load(source)
+        return model, spec if spec is not None else loaded
+    raise ConfigError(
+        f"model_or_checkpoint must be an nn.Module or a checkpoint path (found {type(source).__name__})"
+    )
+
+
+def _check_classes(model: nn.Module, example: Tensor, splits: DatasetSplits) -> None:
+    try:
+        classifier = find_classifier(model, example)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"the model does not accept inputs of shape {tuple(example.shape)} from dataset "
+            f"{splits.name!r}: {str(err).splitlines()[0]}"
+        ) from None
+    out = getattr(classifier, "out_features", getattr(classifier, "out_channels", None))
+    if out != splits.num_classes:
+        raise ConfigError(
+            f"the model's classifier has {out} outputs but dataset {splits.name!r} has "
+            f"{splits.num_classes} classes"
+        )
+
+
+def _measure(model: nn.Module, example: Tensor, val: Any, test: Any, device: torch.device,
+             latency: Any) -> dict[str, Any]:  # fmt: skip
+    cost = measure_cost(model, example)
+    return {
+        "val_accuracy": evaluate(model, val, device),
+        "test_accuracy": evaluate(model, test, device),
+        "macs": cost.macs,
+        "params": cost.params,
+        "latency_ms": 1000.0 * latency(model),
+    }
+
+
+def _point(info: StepInfo, val_accuracy: float | None) -> dict[str, Any]:
+    return {
+        "step": info.step, "macs_speedup": info.macs_speedup, "param_ratio": info.param_ratio,
+        "latency_speedup": info.latency_speedup, "val_accuracy": val_accuracy,
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = time.perf_counter() - start

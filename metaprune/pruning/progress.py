@@ -1,0 +1,103 @@
+"""Progress events and cancellation for long-running pruning jobs.
+
+Every stage reports :class:`ProgressEvent`\\ s to a caller-supplied callback: the CLI
+draws a progress bar from them and the service streams them to clients. A job is
+cancelled cooperatively, between steps (training batches, pruning steps), in either of
+two ways:
+
+* the callback returns :data:`CANCEL` (or raises :class:`PruneCancelled` itself);
+* a :class:`CancelToken` passed to the job is cancelled from another thread.
+
+Either way the job raises :class:`PruneCancelled` and leaves no partial output behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+__all__ = [
+    "CANCEL",
+    "CancelToken",
+    "ProgressCallback",
+    "ProgressEvent",
+    "PruneCancelled",
+    "check_cancel",
+    "notify",
+]
+
+
+class PruneCancelled(RuntimeError):
+    """The job was cancelled through its progress callback or its :class:`CancelToken`."""
+
+
+class _Cancel:
+    def __repr__(self) -> str:
+        return "CANCEL"
+
+
+#: Return this from a progress callback to cancel the job.
+CANCEL: Final = _Cancel()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report.
+
+    Attributes:
+        stage: the pipeline stage, e.g. ``"before_pruning"``, ``"prune"``, ``"after_pruning"``.
+        step: steps done in this stage (``0`` announces the stage).
+        total: steps the stage will take at most (pruning may stop earlier).
+        metrics: plain numbers/strings for display, e.g. ``{"val_accuracy": 0.93}``.
+    """
+
+    stage: str
+    step: int
+    total: int
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+ProgressCallback = Callable[[ProgressEvent], object]
+
+
+class CancelToken:
+    """A thread-safe flag that cancels a job at its next step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def check_cancel(cancel: CancelToken | None, where: str = "") -> None:
+    """Raise :class:`PruneCancelled` if ``cancel`` was cancelled."""
+    if cancel is not None and cancel.cancelled:
+        raise PruneCancelled(f"pruning cancelled{f' during {where}' if where else ''}")
+
+
+def notify(
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+    stage: str,
+    step: int,
+    total: int,
+    /,
+    **metrics: Any,
+) -> None:
+    """Send one event to ``progress`` and honour a cancellation request.
+
+    Raises:
+        PruneCancelled: if the callback returned :data:`CANCEL` or ``cancel`` is set.
+    """
+    if progress is not None and progress(ProgressEvent(stage, step, total, metrics)) is CANCEL:
+        if cancel is not None:
+            cancel.cancel()
+        raise PruneCancelled(f"pruning cancelled by the progress callback during {stage}")
+    check_cancel(cancel, stage)

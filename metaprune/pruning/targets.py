@@ -1,0 +1,93 @@
+"""What pruning measures: MACs, parameters, per-layer widths, and the classifier to keep.
+
+MACs and parameters come from Torch-Pruning's ``count_ops_and_params`` (multiply-
+accumulates of one forward pass on the example inputs); the paper's "speed-up" is
+base MACs / pruned MACs. The parameter ratio is defined the same way round (base /
+pruned), so every target is a number ``>= 1`` that grows as the model shrinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+__all__ = ["Cost", "find_classifier", "layer_widths", "measure_cost"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """MACs of one forward pass on the example inputs, and the parameter count."""
+
+    macs: int
+    params: int
+
+
+def measure_cost(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Cost:
+    """MACs and parameters of ``model`` (the model is not modified; it is copied)."""
+    was_training = model.training
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)
+    return Cost(macs=int(macs), params=int(params))
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv (``out_channels``), linear (``out_features``) and
+    attention (``embed_dim``) layer, keyed by module path; the report's per-layer view."""
+    widths: dict[str, int] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, _ConvNd):
+            widths[path] = int(module.out_channels)
+        elif isinstance(module, nn.Linear):
+            widths[path] = int(module.out_features)
+        elif isinstance(module, nn.MultiheadAttention):
+            widths[path] = int(module.embed_dim)
+    return widths
+
+
+def find_classifier(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> nn.Module:
+    """The layer that produces the network's output (its outputs must never be pruned).
+
+    Found by running the model once with hooks on every conv/linear layer: the last one
+    called whose output has the shape of the model's output.
+
+    Raises:
+        ValueError: if no conv/linear layer produces an output of that shape.
+    """
+    calls: list[tuple[nn.Module, torch.Size]] = []
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, _inp, out: (
+                calls.append((mod, out.shape)) if isinstance(out, Tensor) else None
+            )
+        )
+        for m in model.modules()
+        if isinstance(m, (_ConvNd, nn.Linear))
+    ]
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(*inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            f"{type(model).__name__} returns {type(output).__name__}; pruning needs a model "
+            "that returns one logits tensor"
+        )
+    for module, shape in reversed(calls):
+        if shape == output.shape:
+            return module
+    raise ValueError(
+        f"cannot find the classifier of {type(model).__name__}: no conv/linear layer outputs "
+        f"the model's output shape {tuple(output.shape)}; pass ignored_layers explicitly"
+    )

@@ -1,0 +1,18 @@
+"""Suite-wide settings.
+
+One intra-op thread for the whole session, set before any fixture runs: the tensors in
+these tests are tiny, and on a shared 2-core machine OpenMP spin-waits of a second
+thread make them 5-15x slower. Worker processes that tests start set their own.
+"""
+
+import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,67 @@
+"""Tests for metaprune/pruning/finetune.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaprune.pruning import CANCEL, FinetuneBudget, PruneCancelled, evaluate, finetune
+from metaprune.pruning.finetune import _lr_factor
+
+
+def test_trains_and_keeps_the_best_validation_epoch(model, loaders):
+    train, val, _ = loaders
+    events = []
+    start = evaluate(model, val)
+    result = finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.05), progress=events.append,
+                      stage="before_pruning")  # fmt: skip
+    assert [e.step for e in events] == [0, 1, 2] and {e.stage for e in events} == {"before_pruning"}
+    accs = [h["val_accuracy"] for h in result.history]
+    assert result.best_val_accuracy == max([start, *accs])
+    assert result.best_epoch == (0 if start >= max(accs) else 1 + accs.index(max(accs)))
+    assert evaluate(model, val) == pytest.approx(result.best_val_accuracy)  # best weights restored
+    assert not model.training
+
+
+def test_trained_weights_win_without_select_initial(model, loaders):
+    train, val, _ = loaders
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune(model, train, val, FinetuneBudget(epochs=1, lr=1e-6), select_initial=False)
+    assert result.best_epoch == 1
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_zero_epochs_changes_nothing(model, loaders):
+    train, val, _ = loaders
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune(model, train, val, FinetuneBudget(epochs=0))
+    assert result.best_epoch == 0 and result.history == []
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_regularizer_runs_after_every_backward(model, loaders):
+    train, val, _ = loaders
+    grads = []
+    finetune(model, train, val, FinetuneBudget(epochs=1),
+             regularizer=lambda m: grads.append(m.fc.weight.grad is not None))  # fmt: skip
+    assert grads == [True] * len(train)
+
+
+def test_cancel_from_the_callback(model, loaders):
+    train, val, _ = loaders
+    with pytest.raises(PruneCancelled, match="finetune"):
+        finetune(model, train, val, FinetuneBudget(epochs=3), progress=lambda e: CANCEL)
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        (FinetuneBudget(epochs=4, schedule="cosine"), [1.0, 0.5, 0.0]),
+        (FinetuneBudget(epochs=4, schedule="step", gamma=0.1), [1.0, 0.1, 0.01]),
+        (FinetuneBudget(epochs=4, schedule="step", milestones=(3,)), [1.0, 1.0, 0.1]),
+        (FinetuneBudget(epochs=4, schedule="constant"), [1.0, 1.0, 1.0]),
+    ],
+)
+def test_schedules(budget, expected):
+    factor = _lr_factor(budget, iters_per_epoch=10)  # checked at epochs 0, 2 and 4 (the end)
+    assert [factor(0), factor(20), factor(40)] == pytest.approx(expected, abs=1e-12)

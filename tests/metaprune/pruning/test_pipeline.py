@@ -1,0 +1,212 @@
+"""Tests for metaprune/pruning/pipeline.py: the end-to-end job, its outputs, cancellation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from metaprune import checkpoint
+from metaprune.pruning import (
+    CANCEL,
+    CancelToken,
+    ConfigError,
+    FinetuneBudget,
+    MetanetUnavailable,
+    PruneCancelled,
+    Target,
+    list_methods,
+    measure_cost,
+    prune,
+)
+
+STAGES = ["evaluate_base", "before_pruning", "prune", "recalibrate_bn", "after_pruning", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, spec, splits, fast_config):
+    """One group-l2 job from a checkpoint file, with every progress event recorded."""
+    torch.manual_seed(0)
+    path = checkpoint.save(spec.build(), spec, tmp_path_factory.mktemp("in") / "base.safetensors")
+    events = []
+    result = prune(path, splits, fast_config, progress=events.append)
+    return result, events
+
+
+def test_reaches_the_target_and_keeps_the_classifier(run, spec):
+    result, _ = run
+    report = result.report
+    assert report["target_reached"] and report["speedup"]["macs"] >= 2.0
+    assert result.model.fc.out_features == 4
+    assert result.spec.channel_plan and result.spec.name == spec.name
+    cost = measure_cost(result.model, torch.zeros(1, 1, 8, 8))
+    assert (cost.macs, cost.params) == (report["final"]["macs"], report["final"]["params"])
+
+
+def test_report_contents(run, fast_config):
+    result, _ = run
+    report = json.loads(json.dumps(result.report))  # plain JSON
+    assert report["report_version"] == 1 and report["method"] == "group-l2"
+    assert report["config"] == fast_config.to_dict()
+    assert list(report["stage_seconds"]) == STAGES
+    for part in ("base", "final"):
+        assert set(report[part]) == {
+            "val_accuracy",
+            "test_accuracy",
+            "macs",
+            "params",
+            "latency_ms",
+        }
+        assert 0 <= report[part]["val_accuracy"] <= 1 and report[part]["latency_ms"] > 0
+    assert report["speedup"]["latency"] == pytest.approx(
+        report["base"]["latency_ms"] / report["final"]["latency_ms"]
+    )
+    widths = report["layer_widths"]
+    assert widths["fc"] == [4, 4] and all(after <= before for before, after in widths.values())
+    assert any(after < before for before, after in widths.values())
+    curve = report["curve"]
+    assert curve[0]["step"] == 0 and curve[0]["macs_speedup"] == 1.0
+    assert curve[-1]["step"] == report["chosen_step"] == report["pruned"]["step"]
+    assert curve[-1]["val_accuracy"] is not None  # the chosen point is always evaluated
+    evaluated = [c["step"] for c in curve if c["val_accuracy"] is not None]
+    assert evaluated[:-1] == [s for s in evaluated[:-1] if s % 4 == 0]  # curve_every=4
+    assert report["spec"] == result.spec.to_json()
+
+
+def test_progress_events_cover_every_stage_in_order(run):
+    _, events = run
+    stages = list(dict.fromkeys(e.stage for e in events))
+    assert stages == STAGES
+    prune_steps = [e.step for e in events if e.stage == "prune"]
+    assert prune_steps == list(range(len(prune_steps)))
+
+
+def test_save_writes_checkpoint_report_and_plot(run, tmp_path):
+    result, _ = run
+    paths = result.save(tmp_path / "out")
+    assert sorted(p.name for p in paths.values()) == [
+        "curve.png",
+        "model.safetensors",
+        "report.json",
+    ]
+    assert json.loads(paths["report"].read_text())["chosen_step"] == result.report["chosen_step"]
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert checkpoint.read_spec(paths["checkpoint"]) == result.spec
+
+
+def test_reloaded_in_a_fresh_process_gives_equal_outputs(run, tmp_path):
+    result, _ = run
+    path = result.save(tmp_path)["checkpoint"]
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    script = textwrap.dedent(f"""
+        import torch
+        from safetensors.torch import load_file, save_file
+        from metaprune.checkpoint import load
+        torch.set_num_threads(1)
+        model, spec = load({str(path)!r})
+        model.eval()
+        with torch.no_grad():
+            y = model(load_file({str(tmp_path / "x.safetensors")!r})["x"])
+        save_file({{"y": y}}, {str(tmp_path / "y.safetensors")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    result.model.eval()
+    with torch.no_grad():
+        expected = result.model(x)
+    assert torch.equal(load_file(str(tmp_path / "y.safetensors"))["y"], expected)
+
+
+@pytest.mark.parametrize("method", sorted(set(list_methods()) - {"metanet", "group-l2"}))
+def test_other_methods_run_under_the_same_budget(method, model, spec, splits, fast_config):
+    config = dataclasses.replace(fast_config, method=method, target=Target("params", 1.5))
+    result = prune(model, splits, config, spec=spec)
+    assert result.report["method"] == method and result.report["target_reached"]
+    assert result.report["speedup"]["params"] >= 1.5
+    assert result.report["stages"]["before_pruning"]["best_epoch"] == 1  # trained weights win
+
+
+def test_latency_target_is_measured_at_every_step(model, splits, fast_config):
+    config = dataclasses.replace(
+        fast_config, target=Target("latency", 1.1), after_pruning=FinetuneBudget(epochs=0)
+    )
+    result = prune(model, splits, config)
+    assert all(isinstance(c["latency_speedup"], float) for c in result.curve)
+    assert result.report["target_reached"] == (result.curve[-1]["latency_speedup"] >= 1.1)
+
+
+def test_metanet_method_with_a_fresh_metanetwork(model, spec, splits, example, fast_config):
+    metanet = pytest.importorskip("metanet")
+    from graph_encoding import encode
+
+    net = metanet.MetaNetwork(
+        num_layers=1, hidden=8, edge_types=metanet.edge_types_of([encode(model, example)])
+    )
+    config = dataclasses.replace(fast_config, method="metanet")
+    stages = []
+    result = prune(
+        model, splits, config, progress=lambda e: stages.append(e.stage), spec=spec, metanetwork=net
+    )
+    assert result.report["target_reached"] and "metanet" in stages
+    assert stages.index("metanet") < stages.index("prune")
+
+
+def test_metanet_without_a_metanetwork_fails_before_any_work(model, splits, fast_config):
+    events = []
+    with pytest.raises(MetanetUnavailable, match="needs a metanetwork"):
+        prune(model, splits, dataclasses.replace(fast_config, method="metanet"), events.append)
+    assert events == []
+
+
+@pytest.mark.parametrize("how", ["callback", "token"])
+def test_cancellation_stops_between_steps(how, model, splits, fast_config):
+    token = CancelToken()
+    seen = []
+
+    def progress(event):
+        seen.append((event.stage, event.step))
+        if event.stage == "prune" and event.step == 2:
+            if how == "token":
+                token.cancel()
+                return None
+            return CANCEL
+        return None
+
+    with pytest.raises(PruneCancelled, match="prune"):
+        prune(model, splits, fast_config, progress, cancel=token)
+    assert seen[-1] == ("prune", 2) and token.cancelled
+
+
+def test_input_model_is_not_modified(model, splits, fast_config):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, splits, dataclasses.replace(fast_config, target=Target("macs", 1.2)))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_bad_inputs_are_clear_errors(model, spec, splits, fast_config):
+    with pytest.raises(ConfigError, match="classifier has 4 outputs but dataset 'digits' has 10"):
+        prune(model, "digits", fast_config)
+    with pytest.raises(ConfigError, match="does not accept inputs of shape"):
+        prune(spec.build(), "synthetic", fast_config)  # 3-channel images, 1-channel model
+    with pytest.raises(ConfigError, match="must be an nn.Module or a checkpoint path"):
+        prune(42, splits, fast_config)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="config must be a PruneConfig"):
+        prune(model, splits, {"method": "random"})  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'cuda' is not available"):
+            prune(model, splits, dataclasses.replace(fast_config, device="cuda"))
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        prune("/nonexistent/model.safetensors", splits, fast_config)
+
+
+def test_save_needs_a_spec(model, splits, fast_config, tmp_path):
+    result = prune(model, splits, dataclasses.replace(fast_config, target=Target("macs", 1.2)))
+    assert result.spec is None and result.report["spec"] is None
+    with pytest.raises(ValueError, match="no architecture spec"):
+        result.save(tmp_path)

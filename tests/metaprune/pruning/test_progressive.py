@@ -1,0 +1,140 @@
+"""Tests for metaprune/pruning/progressive.py (and the floor in _floor.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metaprune.pruning import (
+    ConfigError,
+    StepInfo,
+    Target,
+    find_classifier,
+    layer_widths,
+    list_importances,
+    measure_cost,
+    progressive_prune,
+)
+
+
+@pytest.mark.parametrize("importance", list_importances())
+def test_stops_at_first_step_reaching_the_macs_target(model, example, importance):
+    base = measure_cost(model, example)
+    history = progressive_prune(model, example, 2.0, importance=importance, steps=40)
+    assert [h.step for h in history] == list(range(len(history)))
+    assert history[0] == StepInfo(0, base.macs, base.params, 1.0, 1.0, None, False)
+    assert history[-1].reached and history[-1].macs_speedup >= 2.0
+    assert not any(h.reached for h in history[:-1])  # the first step that reaches it
+    assert all(a.macs >= b.macs for a, b in zip(history, history[1:]))
+    now = measure_cost(model, example)
+    assert (now.macs, now.params) == (history[-1].macs, history[-1].params)
+    assert model.fc.out_features == 4  # the classifier output is never pruned
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 4)
+
+
+def test_params_target_and_callbacks(model, example):
+    seen: list[tuple[int, int]] = []
+    history = progressive_prune(
+        model, example, Target("params", 1.5), steps=40,
+        on_step=lambda info, m: seen.append((info.step, measure_cost(m, example).params)),
+    )  # fmt: skip
+    assert history[-1].param_ratio >= 1.5 and history[-1].reached
+    assert seen == [(h.step, h.params) for h in history]  # called after every step, step 0 too
+
+
+def test_should_stop_ends_early(model, example):
+    history = progressive_prune(model, example, 10.0, steps=40, should_stop=lambda i: i.step == 3)
+    assert len(history) == 4 and not history[-1].reached
+
+
+@pytest.mark.parametrize(("min_channels", "max_layer_ratio"), [(2, 0.75), (3, 0.5)])
+def test_floor_holds_even_when_the_target_is_out_of_reach(
+    model, example, min_channels, max_layer_ratio
+):
+    before = layer_widths(model)
+    history = progressive_prune(
+        model, example, 1000.0, steps=25, min_channels=min_channels, max_layer_ratio=max_layer_ratio
+    )
+    assert not history[-1].reached and len(history) < 26  # stopped: every layer at its floor
+    after = layer_widths(model)
+    for path, width in before.items():
+        if path == "fc":
+            continue
+        floor = min(width, max(min_channels, math.ceil((1 - max_layer_ratio) * width)))
+        assert after[path] >= floor, path
+    assert any(after[p] == min(w, max(min_channels, math.ceil((1 - max_layer_ratio) * w)))
+               for p, w in before.items() if p != "fc")  # fmt: skip
+    assert after["fc"] == 4
+
+
+def test_round_to_keeps_multiples(spec, example):
+    model = type(spec)(spec.name, {**spec.kwargs, "width": 0.5}).build()
+    progressive_prune(model, example, 2.0, steps=30, round_to=2)
+    widths = layer_widths(model)
+    assert all(w % 2 == 0 for p, w in widths.items() if p != "fc")
+
+
+def test_random_importance_is_seeded(spec, example):
+    def widths(seed):
+        model = spec.build()
+        progressive_prune(model, example, 2.0, importance="random", steps=20, seed=seed)
+        return layer_widths(model)
+
+    torch.manual_seed(0)
+    first = widths(1)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert widths(1) == first
+
+
+def test_latency_target_needs_a_latency_function(model, example):
+    with pytest.raises(ConfigError, match="latency_fn"):
+        progressive_prune(model, example, Target("latency", 2.0))
+    calls = []
+
+    def fake_latency(m):  # proportional to MACs: deterministic
+        calls.append(1)
+        return measure_cost(m, example).macs * 1e-9
+
+    history = progressive_prune(
+        model, example, Target("latency", 1.5), steps=30, latency_fn=fake_latency
+    )
+    assert history[-1].reached and history[-1].latency_speedup == pytest.approx(
+        history[-1].macs_speedup
+    )
+    assert len(calls) == len(history) + 1  # base + every step
+
+
+def test_unknown_importance_is_a_clear_error(model, example):
+    with pytest.raises(ConfigError, match="unknown importance 'l2'"):
+        progressive_prune(model, example, 2.0, importance="l2")
+
+
+class _TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, num_heads=4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h = h + self.mlp(h)
+        return self.head(h.mean(dim=1))
+
+
+def test_attention_heads_stay_consistent(example):
+    torch.manual_seed(0)
+    model = _TinyTransformer()
+    x = torch.randn(1, 5, 6)
+    assert find_classifier(model, x) is model.head
+    history = progressive_prune(model, x, 1.5, steps=20, min_channels=1)
+    assert history[-1].reached
+    attn = model.attn
+    assert attn.num_heads == 4 and attn.embed_dim % 4 == 0 and attn.embed_dim < 16
+    assert attn.head_dim * 4 == attn.embed_dim
+    assert model(torch.randn(2, 5, 6)).shape == (2, 3)

@@ -1,0 +1,93 @@
+"""Tests for metaprune/pruning/config.py: defaults, round trip, validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from metaprune.pruning import (
+    CONFIG_VERSION,
+    ConfigError,
+    FinetuneBudget,
+    PruneConfig,
+    PruningOptions,
+    Target,
+)
+
+
+def test_defaults_are_valid_and_versioned():
+    config = PruneConfig()
+    assert config.version == CONFIG_VERSION == 1
+    assert config.method == "group-l2"
+    assert config.target == Target("macs", 2.0)
+    assert config.bn_recalibration_batches > 0  # recalibration is on by default
+    assert config.pruning.max_layer_ratio < 1 and config.pruning.min_channels >= 2
+
+
+def test_frozen_at_every_level():
+    config = PruneConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method = "random"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.target.value = 3.0  # type: ignore[misc]
+
+
+def test_round_trip_through_json_and_yaml():
+    config = PruneConfig(
+        method="group-l2-sl", target=Target("latency", 1.5), metanet=None,
+        after_pruning=FinetuneBudget(epochs=3, schedule="step", milestones=(2, 1)),
+        pruning=PruningOptions(steps=50, round_to=2),
+    )  # fmt: skip
+    data = config.to_dict()
+    assert data["after_pruning"]["milestones"] == [1, 2]  # sorted, a plain list
+    assert PruneConfig.from_dict(json.loads(json.dumps(data))) == config
+    assert PruneConfig.from_dict(yaml.safe_load(yaml.safe_dump(data))) == config
+    assert PruneConfig.from_dict({}) == PruneConfig()  # missing keys take defaults
+
+
+def test_partial_nested_dict_keeps_other_defaults():
+    config = PruneConfig.from_dict({"target": {"value": 4}, "pruning": {"steps": 10}})
+    assert config.target == Target("macs", 4.0)
+    assert config.pruning == PruningOptions(steps=10)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"methd": "random"}, "unknown key(s) 'methd'"),
+        ({"pruning": {"stepz": 3}}, "unknown key(s) 'pruning.stepz'"),
+        ({"target": 3}, "target must be a mapping"),
+        ({"version": 2}, "version must be 1 (found 2)"),
+    ],
+)
+def test_from_dict_rejects_bad_structure(data, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        PruneConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"method": "metanett"}, "did you mean 'metanet'"),
+        ({"target": {"kind": "flops"}}, "target.kind must be one of 'macs', 'params', 'latency'"),
+        ({"target": {"value": 0.5}}, "target.value must be in [1.0, inf] (found 0.5)"),
+        ({"before_pruning": {"epochs": -1}}, "before_pruning: epochs must be an int >= 0"),
+        ({"after_pruning": {"schedule": "linear"}}, "after_pruning: schedule must be one of"),
+        ({"pruning": {"max_layer_ratio": 1.0}}, "pruning.max_layer_ratio must be < 1"),
+        ({"batch_size": True}, "batch_size must be an int (found True)"),
+        ({"device": "gpu7"}, "device 'gpu7' is not a torch device"),
+        ({"metanet": ""}, "metanet must be a non-empty string"),
+    ],
+)
+def test_invalid_values_name_the_option(data, expected):
+    with pytest.raises(ConfigError) as info:
+        PruneConfig.from_dict(data)
+    assert expected in str(info.value)
+
+
+def test_nested_objects_must_have_the_right_type():
+    with pytest.raises(ConfigError, match="target must be a Target"):
+        PruneConfig(target={"kind": "macs"})  # type: ignore[arg-type]
