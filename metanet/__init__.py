@@ -1,1 +1,26 @@
-"""metanet."""
+"""The graph metanetwork: a GNN that rewrites a network's weights so it prunes well.
+
+``MetaNetwork(edge_types=edge_types_of(graphs))`` maps a :class:`graph_encoding.ModelGraph`
+to new node features and edge values; :func:`apply_metanetwork` does it for an
+``nn.Module`` and returns a transformed copy; :func:`transformed_tensors` gives the
+differentiable state tensors that meta-training feeds to ``torch.func.functional_call``.
+Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
+:class:`ReferenceMetaLayer` is the plain PyG formulation of the same function.
+"""
+
+from .apply import apply_metanetwork, transformed_tensors
+from .layer import BlockLayout, MetaLayer, sign_vector
+from .network import MetaNetwork, edge_types_of
+from .reference import ReferenceMetaLayer, ReferenceMetaNetwork
+
+__all__ = [
+    "MetaNetwork",
+    "MetaLayer",
+    "BlockLayout",
+    "ReferenceMetaLayer",
+    "ReferenceMetaNetwork",
+    "apply_metanetwork",
+    "transformed_tensors",
+    "edge_types_of",
+    "sign_vector",
+]

@@ -1,0 +1,172 @@
+"""``MetaNetwork``: per-edge-type encoders, ``L`` :class:`MetaLayer` s and residual decoders
+over the one graph schema of :mod:`graph_encoding` (METHOD.md section 3).
+
+Sizes: with ``num_layers=8, hidden=64`` the layers hold 8 x 33,088 = 264,704 parameters;
+the node encoder/decoder 6,666 and each edge type ``w`` values wide ``4,352 + 129 w``
+(CONV:9 5,513, LINEAR:1 4,481, IDENTITY:1 128: identity edges are never decoded), so a
+CIFAR ResNet metanetwork (CONV:9, PROJECTION:1, LINEAR:1, IDENTITY:1) has 285,973, about
+0.3 M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from graph_encoding import COL, NODE_FEATURES, VALUE_SLOTS, EdgeKind, ModelGraph, edge_type_key
+
+from .layer import BlockLayout, MetaLayer
+
+__all__ = ["MetaNetwork", "edge_types_of"]
+
+
+def edge_types_of(graphs: Iterable[ModelGraph]) -> list[str]:
+    """Sorted edge-type keys (``edge_type_key``, e.g. ``"CONV:9"``) occurring in ``graphs``:
+    the ``edge_types`` a :class:`MetaNetwork` needs to handle them."""
+    keys: set[str] = set()
+    for graph in graphs:
+        table = graph.layer_table
+        keys.update(edge_type_key(k, w) for k, w in table[:, [COL["kind"], COL["width"]]].tolist())
+    return sorted(keys)
+
+
+def _module_key(edge_type: str) -> str:
+    return edge_type.replace(".", "_")  # ModuleDict keys may not contain '.'
+
+
+def _decoder(hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
+
+
+class MetaNetwork(nn.Module):
+    r"""A graph metanetwork that rewrites a network's weights: ``W' = W + r * f(W)``.
+
+    Node features are encoded by ``Linear(NODE_FEATURES, hidden)``, each edge type by its
+    own ``Linear(width, hidden)``; ``num_layers`` :class:`MetaLayer` s run over the graph's
+    dense blocks; decoders (``LayerNorm -> Linear -> SiLU -> Linear``) map back, and the
+    outputs are residual:
+
+    .. math::
+        e' = e + r_e \, \mathrm{dec}_{type}(e_L), \qquad
+        x'_{:, :10} = x_{:, :10} + r_n \, \mathrm{dec}(h_L)
+
+    (only the ``VALUE_SLOTS`` value columns change; flags and depth are copied).
+
+    Args:
+        num_layers (int): Message-passing layers ``L``.
+        hidden (int): Hidden size ``h``.
+        edge_types (Sequence[str]): Edge-type keys it must handle; use
+            :func:`edge_types_of` over the graphs it will see.
+        node_ratio (float): Residual ratio ``r_n`` of node outputs.
+        edge_ratio (float): Residual ratio ``r_e`` of edge outputs.
+
+    Shapes:
+        - **input:** a :class:`~graph_encoding.ModelGraph` or a PyG ``Batch`` of them
+        - **output:** node features :math:`(|V|, NODE\_FEATURES)`, edge values
+          :math:`(|edge\_flat|,)`, ready for :func:`graph_encoding.decode_tensors`
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 8,
+        hidden: int = 64,
+        *,
+        edge_types: Sequence[str],
+        node_ratio: float = 0.01,
+        edge_ratio: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if not edge_types:
+            raise ValueError("MetaNetwork needs at least one edge type (use edge_types=edge_types_of(graphs))")
+        self.num_layers = num_layers
+        self.hidden = hidden
+        self.edge_types = sorted(set(edge_types))
+        self.node_ratio = float(node_ratio)
+        self.edge_ratio = float(edge_ratio)
+        widths = {t: int(t.rsplit(":", 1)[1]) for t in self.edge_types}
+        self.node_encoder = nn.Linear(NODE_FEATURES, hidden)
+        self.edge_encoders = nn.ModuleDict({_module_key(t): nn.Linear(w, hidden) for t, w in widths.items()})
+        self.layers = nn.ModuleList(self._make_layer(hidden) for _ in range(num_layers))
+        self.node_decoder = _decoder(hidden, VALUE_SLOTS)
+        # identity edges hold no values, so they get no decoder
+        self.edge_decoders = nn.ModuleDict(
+            {_module_key(t): _decoder(hidden, w) for t, w in widths.items() if not t.startswith(f"{EdgeKind.IDENTITY.name}:")}
+        )
+
+    def _make_layer(self, hidden: int) -> nn.Module:
+        return MetaLayer(hidden)
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    # ------------------------------------------------------------------ config / export
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as plain JSON-able data (see :meth:`from_config`)."""
+        return {
+            "num_layers": self.num_layers,
+            "hidden": self.hidden,
+            "edge_types": list(self.edge_types),
+            "node_ratio": self.node_ratio,
+            "edge_ratio": self.edge_ratio,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MetaNetwork:
+        return cls(**config)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, graph: ModelGraph) -> tuple[Tensor, Tensor]:
+        """New node features and edge values of ``graph`` (a ModelGraph or a Batch)."""
+        table, x, flat = graph.layer_table, graph.x, graph.edge_flat
+        keys = [edge_type_key(k, w) for k, w in table[:, [COL["kind"], COL["width"]]].tolist()]
+        unknown = sorted(set(keys) - set(self.edge_types))
+        if unknown:
+            raise ValueError(
+                f"graph has edge type(s) {unknown} that this MetaNetwork has no encoder for "
+                f"(it handles {self.edge_types}); construct it with "
+                f"edge_types=edge_types_of(graphs) over every graph it must handle"
+            )
+        rows = table.tolist()
+        h = self.node_encoder(x)
+        edges = [self._encode_block(key, row, flat) for key, row in zip(keys, rows)]
+        h, edges = self._message_passing(h, edges, graph)
+
+        x_new = torch.cat([x[:, :VALUE_SLOTS] + self.node_ratio * self.node_decoder(h), x[:, VALUE_SLOTS:]], dim=1)
+        dense = sorted(
+            (row[COL["value_offset"]], i) for i, row in enumerate(rows) if row[COL["kind"]] != EdgeKind.IDENTITY
+        )
+        values = []
+        for _, i in dense:
+            w_old = _block_values(rows[i], flat)
+            values.append((w_old + self.edge_ratio * self.edge_decoders[_module_key(keys[i])](edges[i])).reshape(-1))
+        flat_new = torch.cat(values) if values else flat.clone()
+        if flat_new.numel() != flat.numel():
+            raise ValueError(f"graph's dense blocks hold {flat_new.numel()} values but edge_flat has {flat.numel()}")
+        return x_new, flat_new
+
+    def _encode_block(self, key: str, row: list[int], flat: Tensor) -> Tensor:
+        encoder = self.edge_encoders[_module_key(key)]
+        if row[COL["kind"]] == EdgeKind.IDENTITY:  # constant feature 1.0 on a diagonal
+            one = flat.new_ones(1, 1)
+            return encoder(one).expand(row[COL["out_size"]], self.hidden)
+        return encoder(_block_values(row, flat))
+
+    def _message_passing(self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph) -> tuple[Tensor, list[Tensor]]:
+        """Run the layers; edge states go in and come out per block, in table order."""
+        layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
+        stacked = layout.stack(edges)
+        for layer in self.layers:
+            h, stacked = layer(h, stacked, layout)
+        return h, layout.unstack(stacked)
+
+
+def _block_values(row: list[int], flat: Tensor) -> Tensor:
+    """The ``(out, in // groups, width)`` out-major view of a dense block's values."""
+    out, inp, groups, width, start = (row[COL[c]] for c in ("out_size", "in_size", "groups", "width", "value_offset"))
+    return flat[start : start + out * (inp // groups) * width].view(out, inp // groups, width)

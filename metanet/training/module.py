@@ -1,0 +1,170 @@
+"""``MetaPruneModule``: meta-training of a :class:`~metanet.MetaNetwork` with Lightning.
+
+Lightning wraps the model, it never becomes it: the metanetwork is a plain ``nn.Module``
+(``self.metanet``) that :func:`metanet.export.export` writes out on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from metaprune.pruning.config import FinetuneBudget
+from metaprune.pruning.finetune import finetune
+
+from ..apply import transformed_tensors
+from ..network import MetaNetwork, edge_types_of
+from ..sparsity import GroupSparsity
+from .data import Member, ZooDataModule
+from .selection import curve_auc, pruning_curve
+
+__all__ = ["MetaPruneModule"]
+
+
+class MetaPruneModule(L.LightningModule):
+    """Meta-training step and checkpoint-selection signal (METHOD.md section 4).
+
+    Training step: one zoo member and one task minibatch; the metanetwork rewrites the
+    member's weights, the rewritten network runs with ``functional_call`` (BatchNorm in
+    eval mode, running statistics of the member), and the loss is its cross-entropy plus
+    the group-sparsity term (:class:`~metanet.sparsity.GroupSparsity`, gamma under
+    stop-gradient).
+
+    Validation: every meta-val member is rewritten, optionally fine-tuned, then pruned
+    progressively to ``val_max_speedup`` with BatchNorm recalibration after each step;
+    ``val/auc`` is the mean accuracy over the speed-up range on the validation split
+    (:func:`~metanet.training.selection.curve_auc`), averaged over members.
+    ``val/auc_base`` is the same for the members as they are (no metanetwork), the
+    number a useful metanetwork must beat.
+
+    Args:
+        num_layers, hidden, node_ratio, edge_ratio: the :class:`MetaNetwork`.
+        edge_types: its edge types; ``None`` reads them from the zoo in :meth:`setup`.
+        lr, weight_decay: AdamW.
+        lr_step_epochs, lr_gamma: StepLR (decay by ``lr_gamma`` every ``lr_step_epochs``).
+        reg, alpha: the sparsity term. ``reg`` multiplies a term added to the *mean*
+            cross-entropy of one minibatch; METHOD.md's ``reg = 10`` is relative to a loss
+            summed over a whole training set, which is hundreds of times larger.
+        val_max_speedup, val_prune_steps, val_recalibrate_batches: the selection curve.
+        val_finetune_epochs, val_finetune_lr: optional fine-tune after the metanetwork (the
+            reference ``val/auc_base`` gets the same fine-tune, so the gain compares equal budgets).
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 8,
+        hidden: int = 64,
+        node_ratio: float = 0.01,
+        edge_ratio: float = 0.01,
+        edge_types: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        lr_step_epochs: int = 30,
+        lr_gamma: float = 0.1,
+        reg: float = 0.05,
+        alpha: float = 16.0,
+        val_max_speedup: float = 3.0,
+        val_prune_steps: int = 40,
+        val_recalibrate_batches: int = 2,
+        val_finetune_epochs: int = 0,
+        val_finetune_lr: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.metanet: MetaNetwork | None = None
+        self._base_auc: dict[str, float] = {}
+        if edge_types is not None:
+            self._build(edge_types)
+
+    def _build(self, edge_types: list[str]) -> None:
+        hp = self.hparams
+        self.metanet = MetaNetwork(hp.num_layers, hp.hidden, edge_types=edge_types,
+                                   node_ratio=hp.node_ratio, edge_ratio=hp.edge_ratio)  # fmt: skip
+        self.hparams["edge_types"] = list(self.metanet.edge_types)  # stored in checkpoints
+
+    def setup(self, stage: str) -> None:
+        dm = self._datamodule()
+        dm.setup(stage)
+        if self.metanet is None:
+            self._build(edge_types_of(dm.graphs()))
+
+    def _datamodule(self) -> ZooDataModule:
+        dm = getattr(self.trainer, "datamodule", None)
+        if not isinstance(dm, ZooDataModule):
+            raise TypeError(f"MetaPruneModule needs a ZooDataModule (found {type(dm).__name__})")
+        return dm
+
+    # ------------------------------------------------------------------ training
+    def sparsity(self, member: Member) -> GroupSparsity:
+        """The sparsity term of ``member`` with this module's ``reg`` and ``alpha``."""
+        return GroupSparsity(member.groups, reg=self.hparams.reg, alpha=self.hparams.alpha)
+
+    def forward(self, member: Member, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits of ``member`` rewritten by the metanetwork, and its rewritten tensors."""
+        tensors = transformed_tensors(self.metanet, member.to(self.device).graph)
+        return functional_call(member.model, tensors, (images,)), tensors
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        index, images, labels = batch
+        member = self._datamodule().train_members[int(index)]
+        logits, tensors = self(member, images)
+        ce = F.cross_entropy(logits, labels)
+        sparsity = self.sparsity(member)(tensors).to(ce.dtype)
+        loss = ce + sparsity
+        n = len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/ce", ce, batch_size=n)
+        self.log("train/sparsity", sparsity, batch_size=n)
+        self.log("train/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ selection
+    def _auc(self, member: Member, rewrite: bool) -> float:
+        # Lightning validates under inference mode; Torch-Pruning traces with autograd
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._auc_impl(member, rewrite)
+
+    def _auc_impl(self, member: Member, rewrite: bool) -> float:
+        hp = self.hparams
+        dm = self._datamodule()
+        model = copy.deepcopy(member.model).to(self.device)
+        if rewrite:
+            with torch.no_grad():
+                tensors = transformed_tensors(self.metanet, member.to(self.device).graph)
+            model.load_state_dict({k: tensors[k].detach().to(v.dtype) for k, v in model.state_dict().items()})
+        train, val = dm.task_loaders()
+        if hp.val_finetune_epochs > 0:
+            budget = FinetuneBudget(epochs=hp.val_finetune_epochs, lr=hp.val_finetune_lr)
+            finetune(model, dm.task_loaders(dm.batch_size)[0], val, budget, device=self.device)
+        model.eval()
+        points = pruning_curve(
+            model, dm.example_inputs.to(self.device), train, val, max_speedup=hp.val_max_speedup,
+            steps=hp.val_prune_steps, recalibrate_batches=hp.val_recalibrate_batches,
+        )  # fmt: skip
+        return curve_auc(points, hp.val_max_speedup)
+
+    def validation_step(self, index: Tensor, batch_idx: int) -> None:
+        member = self._datamodule().val_members[int(index)]
+        if member.name not in self._base_auc:  # the metanetwork-free reference, computed once
+            self._base_auc[member.name] = self._auc(member, rewrite=False)
+        auc = self._auc(member, rewrite=True)
+        self.log("val/auc", auc, batch_size=1, sync_dist=True, prog_bar=True)
+        self.log("val/auc_base", self._base_auc[member.name], batch_size=1, sync_dist=True)
+        self.log("val/auc_gain", auc - self._base_auc[member.name], batch_size=1, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.metanet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, hp.lr_step_epochs), gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # plain data only, so export can read the file with torch.load(weights_only=True)
+        checkpoint["metanet_config"] = self.metanet.config if self.metanet is not None else None

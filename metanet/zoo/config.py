@@ -1,0 +1,102 @@
+"""``ZooConfig``: how a model zoo is built, as a typed, frozen, versioned dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from metaprune.pruning.config import FinetuneBudget
+
+__all__ = ["ZOO_FORMAT_VERSION", "ZooConfig"]
+
+ZOO_FORMAT_VERSION = 1
+
+
+def _budget(data: FinetuneBudget | Mapping[str, Any]) -> FinetuneBudget:
+    if isinstance(data, FinetuneBudget):
+        return data
+    data = dict(data)
+    if "milestones" in data:
+        data["milestones"] = tuple(data["milestones"])
+    return FinetuneBudget(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooConfig:
+    """Everything that determines a zoo's members (METHOD.md section 4, "data models").
+
+    Member ``i`` is trained from scratch with seed ``seed + i`` (initialisation and batch
+    order), pruned with group-L2 importance to ``initial_speedup`` x MACs, its BatchNorm
+    statistics recalibrated, then fine-tuned. Every member sees the same dataset split
+    (``data_seed``), so the validation images stay unseen by every member and by
+    meta-training alike.
+
+    Args:
+        arch: a registered architecture (``metaprune.models.list_models``).
+        arch_kwargs: its constructor kwargs; ``num_classes`` and ``in_channels`` default to
+            the dataset's.
+        dataset: a registered dataset name; ``dataset_kwargs`` its options.
+        data_seed: seed of the dataset's train/val/test split.
+        size: number of members.
+        seed: seed of member 0.
+        batch_size: training batch size.
+        train: the from-scratch training budget (SGD; the best validation epoch is kept).
+        initial_speedup: MACs speed-up of the light "initial" pruning (``1.0`` skips it).
+        prune_steps: steps of the progressive pruner (step ``k`` removes ``k / prune_steps``).
+        recalibrate_batches: BatchNorm recalibration batches after pruning.
+        finetune: the fine-tune budget after pruning.
+        meta_val_fraction: share of members held out for checkpoint selection.
+        split_seed: seed of the meta-train / meta-val split.
+    """
+
+    arch: str = "cifar_resnet20"
+    arch_kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {"in_channels": 1, "width": 1.0})
+    dataset: str = "digits"
+    dataset_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_seed: int = 0
+    size: int = 20
+    seed: int = 0
+    batch_size: int = 64
+    train: FinetuneBudget = FinetuneBudget(epochs=20, lr=0.1, schedule="cosine")
+    initial_speedup: float = 1.3
+    prune_steps: int = 100
+    recalibrate_batches: int = 10
+    finetune: FinetuneBudget = FinetuneBudget(epochs=8, lr=0.01, schedule="cosine")
+    meta_val_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", _budget(self.train))
+        object.__setattr__(self, "finetune", _budget(self.finetune))
+        object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs))
+        object.__setattr__(self, "dataset_kwargs", dict(self.dataset_kwargs))
+        for name in ("size", "batch_size", "prune_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ZooConfig.{name} must be an int >= 1 (found {value!r})")
+        if self.recalibrate_batches < 0:
+            raise ValueError(f"ZooConfig.recalibrate_batches must be >= 0 (found {self.recalibrate_batches})")
+        if not self.initial_speedup >= 1.0:
+            raise ValueError(f"ZooConfig.initial_speedup must be >= 1 (found {self.initial_speedup})")
+        if not 0.0 <= self.meta_val_fraction < 1.0:
+            raise ValueError(f"ZooConfig.meta_val_fraction must be in [0, 1) (found {self.meta_val_fraction})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (nested budgets as dicts, tuples as lists)."""
+        out = dataclasses.asdict(self)
+        for key in ("train", "finetune"):
+            out[key]["milestones"] = list(out[key]["milestones"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ZooConfig:
+        """Parse :meth:`to_dict`'s output; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ZooConfig: unknown key(s) {unknown} (expected a subset of {sorted(known)})")
+        return cls(**dict(data))
+
+    def member_names(self) -> list[str]:
+        return [f"{i:04d}" for i in range(self.size)]

@@ -1,0 +1,119 @@
+"""Meta-training with Lightning on a tiny zoo: a step's loss, a fit, selection, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from metanet import apply_metanetwork, edge_types_of
+from metanet.cli import make_cli
+from metanet.export import load
+from metanet.training import CurvePoint, MetaPruneModule, ZooDataModule, accuracy_at, curve_auc
+from metanet.zoo import build_zoo, tiny_zoo_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "metanet" / "configs"
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("zoo")
+    build_zoo(tiny_zoo_config(size=2), root, progress=False)
+    return root
+
+
+def _trainer(**kwargs: object) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def _module(**kwargs: object) -> MetaPruneModule:
+    defaults = dict(num_layers=1, hidden=8, reg=1e-3, val_max_speedup=1.5, val_prune_steps=8, val_recalibrate_batches=1)
+    defaults.update(kwargs)
+    return MetaPruneModule(**defaults)
+
+
+def test_fit_logs_val_auc_and_trains_the_metanetwork(zoo_dir: Path) -> None:
+    L.seed_everything(0)
+    module, data = _module(), ZooDataModule(str(zoo_dir), batch_size=16, batches_per_member=2)
+    trainer = _trainer()
+    trainer.fit(module, datamodule=data)
+    metrics = trainer.callback_metrics
+    for key in ("val/auc", "val/auc_base", "val/auc_gain", "train/loss", "train/ce", "train/sparsity"):
+        assert key in metrics, key
+    assert 0.0 <= float(metrics["val/auc"]) <= 1.0
+    assert float(metrics["val/auc_gain"]) == pytest.approx(float(metrics["val/auc"]) - float(metrics["val/auc_base"]), abs=1e-6)
+    assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/ce"]) + float(metrics["train/sparsity"]), rel=1e-5)
+    assert float(metrics["train/sparsity"]) > 0
+    assert trainer.global_step == 2
+    assert module.hparams.edge_types == module.metanet.edge_types  # read from the zoo in setup
+    assert module.metanet.edge_types == ["CONV:9", "IDENTITY:1", "LINEAR:1", "PROJECTION:1"]
+
+
+def test_training_step_runs_the_rewritten_network_in_eval_mode(zoo_dir: Path) -> None:
+    L.seed_everything(0)
+    data = ZooDataModule(str(zoo_dir))
+    data.setup("fit")
+    module = _module(edge_types=edge_types_of(data.graphs()))
+    member = data.train_members[0]
+    images = torch.randn(5, 1, 8, 8)
+    logits, tensors = module(member, images)
+    expected = apply_metanetwork(module.metanet, member.model, data.example_inputs).eval()(images)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    loss = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long)) + module.sparsity(member)(tensors)
+    loss.backward()
+    assert all(p.grad is not None for p in module.metanet.parameters() if p.requires_grad)
+
+
+def test_an_identity_metanetwork_scores_exactly_the_base_auc(zoo_dir: Path) -> None:
+    L.seed_everything(0)
+    module = _module(node_ratio=0.0, edge_ratio=0.0)
+    (metrics,) = _trainer().validate(module, datamodule=ZooDataModule(str(zoo_dir)), verbose=False)
+    assert metrics["val/auc"] == metrics["val/auc_base"] and metrics["val/auc_gain"] == 0.0
+    assert 0.0 < metrics["val/auc"] <= 1.0
+
+
+def test_checkpoint_selection_and_export_from_ckpt(zoo_dir: Path, tmp_path: Path) -> None:
+    L.seed_everything(0)
+    module = _module()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/auc", mode="max", filename="best")
+    trainer = _trainer(enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(module, datamodule=ZooDataModule(str(zoo_dir), batches_per_member=2))
+    best = Path(checkpoint.best_model_path)
+    assert best.name == "best.ckpt" and checkpoint.best_model_score is not None
+    restored = load(best)  # torch.load(weights_only=True) on our own file
+    assert restored.config == module.metanet.config
+    selected = MetaPruneModule.load_from_checkpoint(best, weights_only=True)
+    for (name, a), b in zip(selected.metanet.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_curve_auc() -> None:
+    flat = [CurvePoint(1.0, 0.9), CurvePoint(2.0, 0.9), CurvePoint(3.5, 0.9)]
+    assert curve_auc(flat, 3.0) == pytest.approx(0.9)
+    line = [CurvePoint(1.0, 1.0), CurvePoint(3.0, 0.0)]
+    assert curve_auc(line, 3.0) == pytest.approx(0.5)
+    assert curve_auc(line, 2.0) == pytest.approx(0.75)  # cut at 2x by interpolation
+    assert curve_auc([CurvePoint(1.0, 0.8), CurvePoint(1.5, 0.6)], 3.0) == pytest.approx((0.5 * 0.7 + 1.5 * 0.6) / 2)
+    with pytest.raises(ValueError, match="no points"):
+        curve_auc([], 2.0)
+    assert accuracy_at(line, 2.0) == pytest.approx(0.5)
+    assert accuracy_at(line, 0.5) == 1.0 and accuracy_at(line, 9.0) == 0.0
+
+
+def test_print_config_of_the_shipped_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fit", "--config", str(CONFIGS / "metanet_resnet20_digits.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    for needle in ("model:", "data:", "trainer:", "checkpoint:", "monitor: val/auc", "mode: max", "zoo: runs/zoo-resnet20-digits"):
+        assert needle in out, needle
