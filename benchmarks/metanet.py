@@ -93,7 +93,12 @@ def worker(variant: str, mode: str, repeats: int) -> dict:
         _step(net, graph, backward)
         wall.append(time.perf_counter() - w)
         cpu.append(time.process_time() - c)
-    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu), "peak_mb": peak_mb, "first": first}
+    return {
+        "wall": statistics.median(wall),
+        "cpu": statistics.median(cpu),
+        "peak_mb": peak_mb,
+        "first": first,
+    }
 
 
 def check_same_function() -> dict:
@@ -130,8 +135,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--compile", action="store_true", help="also time dense kernels under torch.compile")
-    parser.add_argument("--no-check", action="store_true", help="skip the float64 equivalence check")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time dense kernels under torch.compile"
+    )
+    parser.add_argument(
+        "--no-check", action="store_true", help="skip the float64 equivalence check"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -144,35 +153,51 @@ def main() -> None:
     net = _network("dense", graph)
     params = sum(p.numel() for p in net.parameters())
     load0 = os.getloadavg()[0]
-    print(f"# {datetime.date.today()}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-          f"load average {load0:.1f}")
-    print(f"# {MODEL}: {graph.num_nodes} nodes, {graph.num_edges} edges "
-          f"({int(graph.layer_table.shape[0])} blocks), metanetwork L={LAYERS} h={HIDDEN}, {params:,} parameters")
+    print(
+        f"# {datetime.date.today()}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
+        f"load average {load0:.1f}"
+    )
+    print(
+        f"# {MODEL}: {graph.num_nodes} nodes, {graph.num_edges} edges "
+        f"({int(graph.layer_table.shape[0])} blocks), metanetwork L={LAYERS} h={HIDDEN}, {params:,} parameters"
+    )
     variants = ["dense", "pyg"] + (["dense+compile"] if args.compile else [])
     results = {v: {m: _run_worker(v, m, args) for m in ("fwd", "fwd+bwd")} for v in variants}
     load1 = os.getloadavg()[0]
 
     ref = results["pyg"]
     print()
-    print("| variant | fwd wall s | fwd cpu s | fwd+bwd wall s | fwd+bwd cpu s | peak MB fwd | peak MB fwd+bwd | fwd+bwd speed-up vs pyg (wall / cpu) |")
+    print(
+        "| variant | fwd wall s | fwd cpu s | fwd+bwd wall s | fwd+bwd cpu s | peak MB fwd | peak MB fwd+bwd | fwd+bwd speed-up vs pyg (wall / cpu) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for v, r in results.items():
         f, fb = r["fwd"], r["fwd+bwd"]
-        print(f"| {v} | {f['wall']:.3f} | {f['cpu']:.3f} | {fb['wall']:.3f} | {fb['cpu']:.3f} | "
-              f"{f['peak_mb']:.0f} | {fb['peak_mb']:.0f} | "
-              f"{ref['fwd+bwd']['wall'] / fb['wall']:.1f}x / {ref['fwd+bwd']['cpu'] / fb['cpu']:.1f}x |")
-    print(f"| published (METHOD.md, idle) | {PUBLISHED['fwd']:.1f} | | {PUBLISHED['fwd+bwd']:.1f} | | | "
-          f"{PUBLISHED['peak_mb']:.0f} | |")
+        print(
+            f"| {v} | {f['wall']:.3f} | {f['cpu']:.3f} | {fb['wall']:.3f} | {fb['cpu']:.3f} | "
+            f"{f['peak_mb']:.0f} | {fb['peak_mb']:.0f} | "
+            f"{ref['fwd+bwd']['wall'] / fb['wall']:.1f}x / {ref['fwd+bwd']['cpu'] / fb['cpu']:.1f}x |"
+        )
+    print(
+        f"| published (METHOD.md, idle) | {PUBLISHED['fwd']:.1f} | | {PUBLISHED['fwd+bwd']:.1f} | | | "
+        f"{PUBLISHED['peak_mb']:.0f} | |"
+    )
     fd = results["dense"]
-    print(f"\nforward speed-up vs pyg: {ref['fwd']['wall'] / fd['fwd']['wall']:.1f}x wall, "
-          f"{ref['fwd']['cpu'] / fd['fwd']['cpu']:.1f}x cpu; load average {load0:.1f} -> {load1:.1f}")
+    print(
+        f"\nforward speed-up vs pyg: {ref['fwd']['wall'] / fd['fwd']['wall']:.1f}x wall, "
+        f"{ref['fwd']['cpu'] / fd['fwd']['cpu']:.1f}x cpu; load average {load0:.1f} -> {load1:.1f}"
+    )
     if "dense+compile" in results:
-        print(f"dense+compile first call (compilation): {results['dense+compile']['fwd+bwd']['first']:.1f} s")
+        print(
+            f"dense+compile first call (compilation): {results['dense+compile']['fwd+bwd']['first']:.1f} s"
+        )
     if not args.no_check:
         d = check_same_function()
-        print(f"float64 dense vs pyg, max abs diff: x' {d['x']:.1e}, edge values {d['edge_flat']:.1e} "
-              f"(edge change scale {d['edge_delta_scale']:.1e}), parameter gradients {d['grad']:.1e} "
-              f"(gradient scale {d['grad_scale']:.1e})")
+        print(
+            f"float64 dense vs pyg, max abs diff: x' {d['x']:.1e}, edge values {d['edge_flat']:.1e} "
+            f"(edge change scale {d['edge_delta_scale']:.1e}), parameter gradients {d['grad']:.1e} "
+            f"(gradient scale {d['grad_scale']:.1e})"
+        )
 
 
 if __name__ == "__main__":

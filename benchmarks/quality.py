@@ -89,6 +89,8 @@ FINAL = (4.0, 8.0)
 BASELINES = ("group-l2", "group-l2-sl", "random")
 METHODS = ("metanet", *BASELINES)
 REFERENCES = ("group-l2", "group-l2-sl")
+OLD_SL = "group-l2-sl@best-val"
+OLD_SL_LABEL = "group-l2-sl, best-val epoch (before fix) *"
 METANET_NAME = "resnet20-digits"
 PRETRAINED = ROOT / "metanet" / "pretrained"
 
@@ -293,6 +295,8 @@ def variants(rows) -> list[tuple[str, str, tuple]]:
     for m in METHODS:
         if m in methods:
             out.append((m, m, ("points",)))
+    if OLD_SL in methods:
+        out.append((OLD_SL_LABEL, OLD_SL, ("points",)))
     if "metanet" in methods and any("metanet_0ep" in r.get("metanet", {}) for r in rows.values()):
         out.append(("metanet@0ep *", "metanet", ("metanet_0ep", "points")))
     norms = sorted({k for r in rows.values() for rec in r.values() for k in rec.get("ablation", {})})
@@ -307,6 +311,11 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for rec in results["runs"].values():
         rows.setdefault(rec["heldout"], {})[rec["method"]] = rec
+    old_sl = out / f"results_sl_bestval{suffix}.json"
+    if old_sl.exists():  # group-l2-sl before the keep_last fix, for comparison
+        for rec in json.loads(old_sl.read_text())["runs"].values():
+            if rec["heldout"] in rows:
+                rows[rec["heldout"]][OLD_SL] = rec
     names = sorted(rows)
     settings = results["settings"]
     lines: list[str] = []
@@ -349,50 +358,60 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
     tab = [head, "|" + "---|" * (1 + 3 * len(FINAL))]
     per_seed = ["| method | speed-up | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
     final_series = {}
-    for method in METHODS:
+    for label, method in [(m, m) for m in METHODS] + [(OLD_SL_LABEL, OLD_SL)]:
         if not any(method in rows[n] for n in names):
             continue
-        cells = [method]
-        final_series[method] = []
+        cells = [label]
+        final_series[label] = []
         for t in FINAL:
             k = _get(("final", str(t), "test"))
             accs = [k(rows[n][method]) for n in names if method in rows[n] and k(rows[n][method]) is not None]
             cells.append(_fmt(accs))
-            final_series[method].append((t, *_mean_std(accs)))
+            final_series[label].append((t, *_mean_std(accs)))
             for ref in REFERENCES:
                 diffs, _ = _paired(rows, method, ref, k)
                 cells.append("–" if method == ref else _delta_cell(diffs))
-            per_seed.append(f"| {method} | {t:g}x | " + " | ".join(
+            per_seed.append(f"| {label} | {t:g}x | " + " | ".join(
                 f"{100 * k(rows[n][method]):.1f}" if method in rows[n] and k(rows[n][method]) is not None else "–"
                 for n in names) + " |")
         tab.append("| " + " | ".join(cells) + " |")
     md["final"] = tab + ["", f"Per held-out model (test accuracy %, after {settings['ft_epochs']} fine-tune epochs):", ""] + per_seed
 
     # --- latency
+    paired = results.get("latency_pass", {}).get("speedup")
     base_lat = {n: results["base"][n]["latency_s"] for n in names if n in results.get("base", {})}
     ts = PRUNABILITY + FINAL
-    tab = ["| method | " + " | ".join(f"{t:g}x MACs: latency speed-up" for t in ts) + " |",
-           "|" + "---|" * (1 + len(ts))]
+    tab = ["| method | " + " | ".join(f"{t:g}x MACs" for t in ts) + " |", "|" + "---|" * (1 + len(ts))]
     for method in METHODS:
         if not any(method in rows[n] for n in names):
             continue
         cells = [method]
         for t in ts:
-            src = ("final", str(t), "latency_s") if t in FINAL else ("points", str(t), "latency_s")
-            k = _get(src)
-            sp = [base_lat[n] / k(rows[n][method]) for n in names
-                  if method in rows[n] and n in base_lat and k(rows[n][method])]
-            m, s = _mean_std(sp)
-            cells.append(f"{m:.2f} ± {s:.2f}" if sp else "–")
+            if paired:
+                sp = [paired[f"{n}/{method}"][str(t)] for n in names
+                      if f"{n}/{method}" in paired and str(t) in paired[f"{n}/{method}"]]
+            else:  # timed during the run: drifts with the machine's load
+                k = _get(("final", str(t), "latency_s") if t in FINAL else ("points", str(t), "latency_s"))
+                sp = [base_lat[n] / k(rows[n][method]) for n in names
+                      if method in rows[n] and n in base_lat and k(rows[n][method])]
+            macs = [_get(("points", str(t), "macs_speedup"))(rows[n][method]) for n in names if method in rows[n]]
+            macs = [m for m in macs if m]
+            m, s_ = _mean_std(sp)
+            cells.append(f"{m:.2f} ± {s_:.2f} (MACs {statistics.fmean(macs):.2f})" if sp else "–")
         tab.append("| " + " | ".join(cells) + " |")
     bl = [1000 * v for v in base_lat.values()]
-    md["latency"] = tab + ["", f"Base (held-out model) latency: {statistics.fmean(bl):.1f} ms per batch of "
-                                f"{settings['latency_batch']} (8x8, width 1.0, 1 thread, median of "
-                                f"{settings['latency_repeats']})." if bl else ""]
+    how = ("paired: base and pruned timed back to back, " + str(results["latency_pass"]["rounds"])
+           + " alternating rounds of " + str(results["latency_pass"]["repeats"]) + " passes, ratio of the fastest rounds" if paired else "timed during the run (load drift!)")
+    md["latency"] = tab + ["", f"Measured latency speed-up (base / pruned), mean ± std over held-out models; "
+                                f"in brackets the mean MACs speed-up actually reached. Batch 256, 8x8 inputs, "
+                                f"width 1.0, 1 thread, {how}. Base latency during the run: "
+                                f"{min(bl):.0f}-{max(bl):.0f} ms per batch." if bl else ""]
 
     base_acc = [results["base"][n]["test"] for n in names if n in results.get("base", {})]
     lines.append(f"Held-out models ({len(names)}): {', '.join(names)}; base test accuracy "
                  f"{_fmt(base_acc)} %.")
+    if "metanet" in results:
+        lines.append(f"Metanetwork: {results['metanet']}")
     for part, tab in md.items():
         (out / f"{part}{suffix}.md").write_text("\n".join(tab) + "\n")
     _plots(plot_series, final_series, out, suffix, len(names), settings)

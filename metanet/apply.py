@@ -36,14 +36,15 @@ def apply_metanetwork(
     """A copy of ``model`` whose weights ``metanet`` has rewritten (``model`` is untouched).
 
     ``example_inputs`` fix the input shapes for tracing (see :func:`graph_encoding.encode`).
-    The graph is cast to the metanetwork's dtype and the results back to the model's.
+    The graph is moved to the metanetwork's device and dtype, the results back to the model's.
     """
     graph = encode(model, example_inputs)
-    dtype = next(metanet.parameters()).dtype
-    graph.x, graph.edge_flat = graph.x.to(dtype), graph.edge_flat.to(dtype)
+    param = next(metanet.parameters())
+    graph.x = graph.x.to(param.device, param.dtype)
+    graph.edge_flat = graph.edge_flat.to(param.device, param.dtype)
     with torch.no_grad():
         tensors = transformed_tensors(metanet, graph)
     out = copy.deepcopy(model)
     reference = out.state_dict()
-    out.load_state_dict({k: tensors[k].to(v.dtype) for k, v in reference.items()})
+    out.load_state_dict({k: tensors[k].to(v.device, v.dtype) for k, v in reference.items()})
     return out

@@ -35,8 +35,12 @@ __all__ = [
 
 # ---------------------------------------------------------------------------- zoo build
 def configure_zoo_build(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", required=True, help="zoo directory (created; resumed if it exists)")
-    parser.add_argument("--config", help="YAML/JSON file of ZooConfig fields (see metanet/configs/)")
+    parser.add_argument(
+        "--root", required=True, help="zoo directory (created; resumed if it exists)"
+    )
+    parser.add_argument(
+        "--config", help="YAML/JSON file of ZooConfig fields (see metanet/configs/)"
+    )
     parser.add_argument("--size", type=int, help="override: number of members")
     parser.add_argument("--arch", help="override: architecture name")
     parser.add_argument("--dataset", help="override: dataset name")
@@ -53,7 +57,12 @@ def run_zoo_build(args: argparse.Namespace) -> int:
     for key in ("size", "arch", "dataset"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    zoo = build_zoo(ZooConfig.from_dict(data or {}), args.root, workers=args.workers, progress=not args.no_progress)
+    zoo = build_zoo(
+        ZooConfig.from_dict(data or {}),
+        args.root,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     accs = [zoo.metrics(n)["val_accuracy"] for n in zoo.members]
     print(
         f"zoo {args.root}: {len(accs)} members, val accuracy {min(accs):.4f}-{max(accs):.4f} "
@@ -96,7 +105,11 @@ def make_cli(args: Sequence[str], *, run: bool = True) -> object:
 def configure_metanet_fit(parser: argparse.ArgumentParser) -> None:
     # every argument belongs to LightningCLI: make argparse treat "--x" as plain values
     parser.prefix_chars = "+"
-    parser.add_argument("lightning_args", nargs=argparse.REMAINDER, help="LightningCLI arguments (--config, --print_config, ...)")
+    parser.add_argument(
+        "lightning_args",
+        nargs=argparse.REMAINDER,
+        help="LightningCLI arguments (--config, --print_config, ...)",
+    )
 
 
 def run_metanet_fit(args: argparse.Namespace) -> int:
@@ -106,8 +119,16 @@ def run_metanet_fit(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- metanet export
 def configure_metanet_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `metanet fit` (trusted files only)")
-    parser.add_argument("--out", required=True, help="output path without suffix: writes OUT.safetensors and OUT.json")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="Lightning checkpoint written by `metanet fit` (trusted files only)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output path without suffix: writes OUT.safetensors and OUT.json",
+    )
     parser.add_argument("--info", help="extra JSON object merged into the exported info")
 
 
@@ -121,12 +142,17 @@ def run_metanet_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- registration
-Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+Subcommand = tuple[
+    str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
 
 #: ``group -> [(name, configure, run)]``: ``metaprune GROUP NAME ...``.
 SUBCOMMANDS: dict[str, list[Subcommand]] = {
     "zoo": [("build", configure_zoo_build, run_zoo_build)],
-    "metanet": [("fit", configure_metanet_fit, run_metanet_fit), ("export", configure_metanet_export, run_metanet_export)],
+    "metanet": [
+        ("fit", configure_metanet_fit, run_metanet_fit),
+        ("export", configure_metanet_export, run_metanet_export),
+    ],
 }
 
 _HELP = {
@@ -151,7 +177,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metanet", description="metanetwork zoo and training commands")
+    parser = argparse.ArgumentParser(
+        prog="metanet", description="metanetwork zoo and training commands"
+    )
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -22,7 +22,15 @@ from safetensors.torch import save_file
 
 from .network import MetaNetwork
 
-__all__ = ["EXPORT_FORMAT_VERSION", "PRETRAINED_DIR", "ExportError", "export", "export_checkpoint", "list_pretrained", "load"]
+__all__ = [
+    "EXPORT_FORMAT_VERSION",
+    "PRETRAINED_DIR",
+    "ExportError",
+    "export",
+    "export_checkpoint",
+    "list_pretrained",
+    "load",
+]
 
 EXPORT_FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -39,18 +47,31 @@ def _base(path: str | os.PathLike[str]) -> Path:
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
-def export(metanet: MetaNetwork, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def export(
+    metanet: MetaNetwork, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Write ``metanet`` as ``path.safetensors`` + ``path.json`` (atomically); return both paths."""
     base = _base(path)
     base.parent.mkdir(parents=True, exist_ok=True)
-    weights, config_path = base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+    weights, config_path = (
+        base.with_name(base.name + ".safetensors"),
+        base.with_name(base.name + ".json"),
+    )
     config = metanet.config
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in metanet.state_dict().items()}
-    meta = {_CONFIG_KEY: json.dumps(config, sort_keys=True), _VERSION_KEY: str(EXPORT_FORMAT_VERSION)}
+    tensors = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in metanet.state_dict().items()
+    }
+    meta = {
+        _CONFIG_KEY: json.dumps(config, sort_keys=True),
+        _VERSION_KEY: str(EXPORT_FORMAT_VERSION),
+    }
     document = {"format_version": EXPORT_FORMAT_VERSION, "config": config, "info": info or {}}
     for target, write in (
         (weights, lambda p: save_file(tensors, str(p), metadata=meta)),
-        (config_path, lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")),
+        (
+            config_path,
+            lambda p: p.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n"),
+        ),
     ):
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -107,7 +128,10 @@ def load(path_or_name: str | os.PathLike[str], device: torch.device | str = "cpu
 
 
 def _read_export(base: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    weights, config_path = base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+    weights, config_path = (
+        base.with_name(base.name + ".safetensors"),
+        base.with_name(base.name + ".json"),
+    )
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
@@ -118,10 +142,15 @@ def _read_export(base: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         try:
             document = json.loads(config_path.read_text())
         except ValueError as err:
-            raise ExportError(f"metanetwork config {str(config_path)!r} is not valid JSON: {err}") from None
+            raise ExportError(
+                f"metanetwork config {str(config_path)!r} is not valid JSON: {err}"
+            ) from None
         version, config = document.get("format_version"), document.get("config")
     else:
-        version, config = meta.get(_VERSION_KEY), json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None
+        version, config = (
+            meta.get(_VERSION_KEY),
+            json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None,
+        )
     if str(version) != str(EXPORT_FORMAT_VERSION) or not isinstance(config, dict):
         raise ExportError(
             f"metanetwork {str(weights)!r}: expected format_version {EXPORT_FORMAT_VERSION} and a config "
@@ -138,17 +167,30 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise ExportError(f"cannot read Lightning checkpoint {str(path)!r}: {err}") from None
     config = ckpt.get("metanet_config")
     if not isinstance(config, dict):
-        raise ExportError(f"checkpoint {str(path)!r} was not written by MetaPruneModule (no 'metanet_config')")
+        raise ExportError(
+            f"checkpoint {str(path)!r} was not written by MetaPruneModule (no 'metanet_config')"
+        )
     prefix = "metanet."
-    state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)
+    }
     return config, state
 
 
-def export_checkpoint(ckpt: str | os.PathLike[str], path: str | os.PathLike[str], *, info: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def export_checkpoint(
+    ckpt: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    info: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Export the metanetwork of a fit checkpoint, recording its epoch, step and score."""
     ckpt = Path(ckpt)
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
-    provenance: dict[str, Any] = {"source": ckpt.name, "epoch": raw.get("epoch"), "global_step": raw.get("global_step")}
+    provenance: dict[str, Any] = {
+        "source": ckpt.name,
+        "epoch": raw.get("epoch"),
+        "global_step": raw.get("global_step"),
+    }
     for key, state in (raw.get("callbacks") or {}).items():
         if "ModelCheckpoint" in str(key) and isinstance(state, dict):
             score = state.get("best_model_score")

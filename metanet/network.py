@@ -38,7 +38,9 @@ def _module_key(edge_type: str) -> str:
 
 
 def _decoder(hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
+    return nn.Sequential(
+        nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)
+    )
 
 
 class MetaNetwork(nn.Module):
@@ -80,7 +82,9 @@ class MetaNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if not edge_types:
-            raise ValueError("MetaNetwork needs at least one edge type (use edge_types=edge_types_of(graphs))")
+            raise ValueError(
+                "MetaNetwork needs at least one edge type (use edge_types=edge_types_of(graphs))"
+            )
         self.num_layers = num_layers
         self.hidden = hidden
         self.edge_types = sorted(set(edge_types))
@@ -88,12 +92,18 @@ class MetaNetwork(nn.Module):
         self.edge_ratio = float(edge_ratio)
         widths = {t: int(t.rsplit(":", 1)[1]) for t in self.edge_types}
         self.node_encoder = nn.Linear(NODE_FEATURES, hidden)
-        self.edge_encoders = nn.ModuleDict({_module_key(t): nn.Linear(w, hidden) for t, w in widths.items()})
+        self.edge_encoders = nn.ModuleDict(
+            {_module_key(t): nn.Linear(w, hidden) for t, w in widths.items()}
+        )
         self.layers = nn.ModuleList(self._make_layer(hidden) for _ in range(num_layers))
         self.node_decoder = _decoder(hidden, VALUE_SLOTS)
         # identity edges hold no values, so they get no decoder
         self.edge_decoders = nn.ModuleDict(
-            {_module_key(t): _decoder(hidden, w) for t, w in widths.items() if not t.startswith(f"{EdgeKind.IDENTITY.name}:")}
+            {
+                _module_key(t): _decoder(hidden, w)
+                for t, w in widths.items()
+                if not t.startswith(f"{EdgeKind.IDENTITY.name}:")
+            }
         )
 
     def _make_layer(self, hidden: int) -> nn.Module:
@@ -137,17 +147,27 @@ class MetaNetwork(nn.Module):
         edges = [self._encode_block(key, row, flat) for key, row in zip(keys, rows)]
         h, edges = self._message_passing(h, edges, graph)
 
-        x_new = torch.cat([x[:, :VALUE_SLOTS] + self.node_ratio * self.node_decoder(h), x[:, VALUE_SLOTS:]], dim=1)
+        x_new = torch.cat(
+            [x[:, :VALUE_SLOTS] + self.node_ratio * self.node_decoder(h), x[:, VALUE_SLOTS:]], dim=1
+        )
         dense = sorted(
-            (row[COL["value_offset"]], i) for i, row in enumerate(rows) if row[COL["kind"]] != EdgeKind.IDENTITY
+            (row[COL["value_offset"]], i)
+            for i, row in enumerate(rows)
+            if row[COL["kind"]] != EdgeKind.IDENTITY
         )
         values = []
         for _, i in dense:
             w_old = _block_values(rows[i], flat)
-            values.append((w_old + self.edge_ratio * self.edge_decoders[_module_key(keys[i])](edges[i])).reshape(-1))
+            values.append(
+                (
+                    w_old + self.edge_ratio * self.edge_decoders[_module_key(keys[i])](edges[i])
+                ).reshape(-1)
+            )
         flat_new = torch.cat(values) if values else flat.clone()
         if flat_new.numel() != flat.numel():
-            raise ValueError(f"graph's dense blocks hold {flat_new.numel()} values but edge_flat has {flat.numel()}")
+            raise ValueError(
+                f"graph's dense blocks hold {flat_new.numel()} values but edge_flat has {flat.numel()}"
+            )
         return x_new, flat_new
 
     def _encode_block(self, key: str, row: list[int], flat: Tensor) -> Tensor:
@@ -157,7 +177,9 @@ class MetaNetwork(nn.Module):
             return encoder(one).expand(row[COL["out_size"]], self.hidden)
         return encoder(_block_values(row, flat))
 
-    def _message_passing(self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph) -> tuple[Tensor, list[Tensor]]:
+    def _message_passing(
+        self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph
+    ) -> tuple[Tensor, list[Tensor]]:
         """Run the layers; edge states go in and come out per block, in table order."""
         layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
         stacked = layout.stack(edges)
@@ -168,5 +190,7 @@ class MetaNetwork(nn.Module):
 
 def _block_values(row: list[int], flat: Tensor) -> Tensor:
     """The ``(out, in // groups, width)`` out-major view of a dense block's values."""
-    out, inp, groups, width, start = (row[COL[c]] for c in ("out_size", "in_size", "groups", "width", "value_offset"))
+    out, inp, groups, width, start = (
+        row[COL[c]] for c in ("out_size", "in_size", "groups", "width", "value_offset")
+    )
     return flat[start : start + out * (inp // groups) * width].view(out, inp // groups, width)

@@ -65,7 +65,9 @@ class ReferenceMetaLayer(MessagePassing):
         node_rev, edge_rev = self._direction(edge_index.flip(0), x, z, a, b, edge_attr * self.sign)
         return h + node_fwd + node_rev, edge_attr + edge_fwd + self.sign * edge_rev
 
-    def _direction(self, edge_index: Tensor, x: Tensor, z: Tensor, a: Tensor, b: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    def _direction(
+        self, edge_index: Tensor, x: Tensor, z: Tensor, a: Tensor, b: Tensor, e: Tensor
+    ) -> tuple[Tensor, Tensor]:
         n = x.size(0)
         aggregated = self.propagate(edge_index, x=x, z=z, edge_attr=e, size=(n, n))
         src, dst = edge_index
@@ -86,7 +88,9 @@ class ReferenceMetaNetwork(MetaNetwork):
     def _make_layer(self, hidden: int) -> nn.Module:
         return ReferenceMetaLayer(hidden)
 
-    def _message_passing(self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph) -> tuple[Tensor, list[Tensor]]:
+    def _message_passing(
+        self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph
+    ) -> tuple[Tensor, list[Tensor]]:
         shapes = [e.shape for e in edges]
         e = torch.cat([t.reshape(-1, self.hidden) for t in edges])  # blocks are in edge order
         edge_index = graph.edge_index

@@ -46,7 +46,12 @@ __all__ = ["GroupSparsity", "SparsityGroup", "SparsityTerm", "output_layers"]
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 _NORM_FNS = (function.prune_batchnorm_out_channels, function.prune_layernorm_out_channels)
-_IMPORTANCE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+_IMPORTANCE_TYPES = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,9 @@ class SparsityTerm:
     root_idxs: Tensor
     transposed: bool = False
     repeat: int = 1  # grouped convs: the input importance is tiled over the groups
-    regularize: bool = True  # False: counts for importance only (e.g. LayerNorm, grouped-conv inputs)
+    regularize: bool = (
+        True  # False: counts for importance only (e.g. LayerNorm, grouped-conv inputs)
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,9 @@ class GroupSparsity:
     with respect to the weights, with gamma held constant.
     """
 
-    def __init__(self, groups: Sequence[SparsityGroup], reg: float = 10.0, alpha: float = 16.0) -> None:
+    def __init__(
+        self, groups: Sequence[SparsityGroup], reg: float = 10.0, alpha: float = 16.0
+    ) -> None:
         if reg < 0:
             raise ValueError(f"GroupSparsity: reg must be >= 0 (found {reg})")
         if alpha < 1:
@@ -131,7 +140,9 @@ class GroupSparsity:
         modules = dict(model.named_modules())
         missing = [n for n in ignored_layers if n not in modules]
         if missing:
-            raise ValueError(f"GroupSparsity: ignored_layers {missing} are not modules of {type(model).__name__}")
+            raise ValueError(
+                f"GroupSparsity: ignored_layers {missing} are not modules of {type(model).__name__}"
+            )
         names = {m: n for n, m in modules.items()}
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         roots = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
@@ -140,7 +151,9 @@ class GroupSparsity:
         for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
             terms = [t for i, (dep, idxs) in enumerate(group)
                      if (t := _term(dep, idxs, group[i].root_idxs, names)) is not None]  # fmt: skip
-            size = max((int(t.root_idxs.max()) + 1 for t in terms if t.root_idxs.numel()), default=0)
+            size = max(
+                (int(t.root_idxs.max()) + 1 for t in terms if t.root_idxs.numel()), default=0
+            )
             if terms:
                 groups.append(SparsityGroup(size=size, terms=tuple(terms)))
         return cls(groups, reg=reg, alpha=alpha)
@@ -192,7 +205,9 @@ class GroupSparsity:
         return 0.5 * self.reg * total
 
 
-def _term(dep: object, idxs: Sequence[int], root_idxs: Sequence[int | None], names: dict) -> SparsityTerm | None:
+def _term(
+    dep: object, idxs: Sequence[int], root_idxs: Sequence[int | None], names: dict
+) -> SparsityTerm | None:
     layer, fn = dep.target.module, dep.handler
     if not isinstance(layer, _IMPORTANCE_TYPES) or any(r is None for r in root_idxs):
         return None
@@ -212,7 +227,9 @@ def _term(dep: object, idxs: Sequence[int], root_idxs: Sequence[int | None], nam
         affine = getattr(layer, "affine", getattr(layer, "elementwise_affine", False))
         if not affine or layer.weight is None:
             return None
-        return SparsityTerm(key, "norm", index, root, regularize=isinstance(layer, nn.modules.batchnorm._BatchNorm))
+        return SparsityTerm(
+            key, "norm", index, root, regularize=isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        )
     return None
 
 

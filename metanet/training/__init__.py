@@ -6,4 +6,12 @@ from .data import Member, ZooDataModule
 from .module import MetaPruneModule
 from .selection import CurvePoint, accuracy_at, curve_auc, pruning_curve
 
-__all__ = ["CurvePoint", "Member", "accuracy_at", "MetaPruneModule", "ZooDataModule", "curve_auc", "pruning_curve"]
+__all__ = [
+    "CurvePoint",
+    "Member",
+    "accuracy_at",
+    "MetaPruneModule",
+    "ZooDataModule",
+    "curve_auc",
+    "pruning_curve",
+]

@@ -44,8 +44,15 @@ class _MetaBatches(Dataset):
     """
 
     def __init__(self, members: int, data: Dataset, batch_size: int, per_member: int) -> None:
-        self.members, self.data, self.batch_size, self.per_member = members, data, batch_size, per_member
-        self.images, self.labels = (torch.stack(t) for t in zip(*(data[i] for i in range(len(data)))))
+        self.members, self.data, self.batch_size, self.per_member = (
+            members,
+            data,
+            batch_size,
+            per_member,
+        )
+        self.images, self.labels = (
+            torch.stack(t) for t in zip(*(data[i] for i in range(len(data))))
+        )
 
     def __len__(self) -> int:
         return self.members * self.per_member
@@ -108,7 +115,9 @@ class ZooDataModule(L.LightningDataModule):
         self.zoo = Zoo.open(self.zoo_dir)
         missing = sorted(set(self.zoo.members) - set(self.zoo.finished()))
         if missing:
-            raise ZooError(f"zoo {str(self.zoo_dir)!r} has unfinished members {missing[:5]}; run `metaprune zoo build` to finish it")
+            raise ZooError(
+                f"zoo {str(self.zoo_dir)!r} has unfinished members {missing[:5]}; run `metaprune zoo build` to finish it"
+            )
         self.splits: DatasetSplits = task_splits(self.zoo.config)
         size = self.splits.image_size
         self.example_inputs = torch.zeros(1, self.splits.in_channels, size, size)
@@ -121,7 +130,9 @@ class ZooDataModule(L.LightningDataModule):
             )
         self.train_members = [self._prepare(n) for n in train_names]
         self.val_members = [self._prepare(n) for n in val_names]
-        self._train_batches = _MetaBatches(len(self.train_members), self.splits.train, self.batch_size, self.batches_per_member)
+        self._train_batches = _MetaBatches(
+            len(self.train_members), self.splits.train, self.batch_size, self.batches_per_member
+        )
 
     def _prepare(self, name: str) -> Member:
         model, _ = self.zoo.load_member(name)

@@ -52,7 +52,9 @@ def pruning_curve(
         recalibrate_bn(pruned, train_batches, recalibrate_batches)
         points.append(CurvePoint(info.macs_speedup, evaluate(pruned, val_batches)))
 
-    progressive_prune(model, example_inputs, max_speedup, importance="group-l2", steps=steps, on_step=measure)
+    progressive_prune(
+        model, example_inputs, max_speedup, importance="group-l2", steps=steps, on_step=measure
+    )
     return points
 
 
@@ -70,7 +72,10 @@ def curve_auc(points: Sequence[CurvePoint], max_speedup: float) -> float:
     xs = [min(p.speedup, max_speedup) for p in points]
     ys = [p.accuracy for p in points]
     if points[-1].speedup > max_speedup and len(points) > 1:
-        (x0, y0), (x1, y1) = (points[-2].speedup, points[-2].accuracy), (points[-1].speedup, points[-1].accuracy)
+        (x0, y0), (x1, y1) = (
+            (points[-2].speedup, points[-2].accuracy),
+            (points[-1].speedup, points[-1].accuracy),
+        )
         ys[-1] = y0 + (y1 - y0) * (max_speedup - x0) / (x1 - x0)
     if xs[-1] < max_speedup:
         xs.append(max_speedup)
@@ -89,5 +94,7 @@ def accuracy_at(points: Sequence[CurvePoint], speedup: float) -> float:
         if a.speedup <= speedup <= b.speedup:
             if b.speedup == a.speedup:
                 return b.accuracy
-            return a.accuracy + (b.accuracy - a.accuracy) * (speedup - a.speedup) / (b.speedup - a.speedup)
+            return a.accuracy + (b.accuracy - a.accuracy) * (speedup - a.speedup) / (
+                b.speedup - a.speedup
+            )
     return points[-1].accuracy

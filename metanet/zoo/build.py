@@ -52,7 +52,14 @@ def build_zoo(
     zoo = Zoo.create(root, config)
     done = set(zoo.finished())
     pending = [i for i, n in enumerate(zoo.members) if n not in done]
-    columns = (TextColumn("zoo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("zoo"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("members", total=len(zoo.members), completed=len(done))
 
@@ -67,7 +74,9 @@ def build_zoo(
                 finished(build_member(config, i, zoo.root))
         else:
             context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context, initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(
+                min(workers, len(pending)), mp_context=context, initializer=_init_worker
+            ) as pool:
                 futures = {pool.submit(build_member, config, i, zoo.root) for i in pending}
                 try:
                     while futures:

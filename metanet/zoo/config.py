@@ -51,7 +51,9 @@ class ZooConfig:
     """
 
     arch: str = "cifar_resnet20"
-    arch_kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {"in_channels": 1, "width": 1.0})
+    arch_kwargs: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"in_channels": 1, "width": 1.0}
+    )
     dataset: str = "digits"
     dataset_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_seed: int = 0
@@ -76,11 +78,17 @@ class ZooConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ZooConfig.{name} must be an int >= 1 (found {value!r})")
         if self.recalibrate_batches < 0:
-            raise ValueError(f"ZooConfig.recalibrate_batches must be >= 0 (found {self.recalibrate_batches})")
+            raise ValueError(
+                f"ZooConfig.recalibrate_batches must be >= 0 (found {self.recalibrate_batches})"
+            )
         if not self.initial_speedup >= 1.0:
-            raise ValueError(f"ZooConfig.initial_speedup must be >= 1 (found {self.initial_speedup})")
+            raise ValueError(
+                f"ZooConfig.initial_speedup must be >= 1 (found {self.initial_speedup})"
+            )
         if not 0.0 <= self.meta_val_fraction < 1.0:
-            raise ValueError(f"ZooConfig.meta_val_fraction must be in [0, 1) (found {self.meta_val_fraction})")
+            raise ValueError(
+                f"ZooConfig.meta_val_fraction must be in [0, 1) (found {self.meta_val_fraction})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (nested budgets as dicts, tuples as lists)."""
@@ -95,7 +103,9 @@ class ZooConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"ZooConfig: unknown key(s) {unknown} (expected a subset of {sorted(known)})")
+            raise ValueError(
+                f"ZooConfig: unknown key(s) {unknown} (expected a subset of {sorted(known)})"
+            )
         return cls(**dict(data))
 
     def member_names(self) -> list[str]:

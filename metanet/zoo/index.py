@@ -65,7 +65,9 @@ class Zoo:
                     "use a new directory or the same configuration to resume"
                 )
             return zoo
-        meta_train, meta_val = meta_split(config.member_names(), config.meta_val_fraction, config.split_seed)
+        meta_train, meta_val = meta_split(
+            config.member_names(), config.meta_val_fraction, config.split_seed
+        )
         zoo = cls(root=root, config=config, meta_train=meta_train, meta_val=meta_val)
         zoo.write_index()
         return zoo
@@ -86,7 +88,12 @@ class Zoo:
             )
         config = ZooConfig.from_dict(data["config"])
         split = data["split"]
-        return cls(root=root, config=config, meta_train=list(split["meta_train"]), meta_val=list(split["meta_val"]))
+        return cls(
+            root=root,
+            config=config,
+            meta_train=list(split["meta_train"]),
+            meta_val=list(split["meta_val"]),
+        )
 
     def finished(self) -> list[str]:
         """Members whose metrics file (written last) is present and readable."""
@@ -99,7 +106,9 @@ class Zoo:
     def metrics(self, name: str) -> dict[str, Any]:
         metrics = read_metrics(self.paths(name)[1])
         if metrics is None:
-            raise ZooError(f"zoo {str(self.root)!r}: member {name!r} is not finished (no metrics); run `metaprune zoo build` again")
+            raise ZooError(
+                f"zoo {str(self.root)!r}: member {name!r} is not finished (no metrics); run `metaprune zoo build` again"
+            )
         return metrics
 
     def load_member(self, name: str) -> tuple[nn.Module, ArchSpec]:

@@ -21,7 +21,14 @@ from metaprune.pruning.targets import measure_cost
 
 from .config import ZooConfig
 
-__all__ = ["build_member", "member_paths", "read_metrics", "write_json_atomic", "task_splits", "member_spec"]
+__all__ = [
+    "build_member",
+    "member_paths",
+    "read_metrics",
+    "write_json_atomic",
+    "task_splits",
+    "member_spec",
+]
 
 
 def member_paths(root: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -57,13 +64,19 @@ def _splits(dataset: str, data_seed: int, kwargs_json: str) -> DatasetSplits:
 
 def task_splits(config: ZooConfig) -> DatasetSplits:
     """The dataset splits every member (and meta-training) uses, cached per process."""
-    return _splits(config.dataset, config.data_seed, json.dumps(config.dataset_kwargs, sort_keys=True))
+    return _splits(
+        config.dataset, config.data_seed, json.dumps(config.dataset_kwargs, sort_keys=True)
+    )
 
 
 def member_spec(config: ZooConfig) -> ArchSpec:
     """The unpruned architecture of the zoo's members."""
     splits = task_splits(config)
-    kwargs = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **config.arch_kwargs}
+    kwargs = {
+        "num_classes": splits.num_classes,
+        "in_channels": splits.in_channels,
+        **config.arch_kwargs,
+    }
     return ArchSpec(config.arch, kwargs)
 
 
@@ -87,7 +100,9 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
     trained = finetune(model, train, val, config.train, stage="train")
     base = measure_cost(model, example)
     base_val = evaluate(model, val)
-    history = progressive_prune(model, example, config.initial_speedup, importance="group-l2", steps=config.prune_steps)
+    history = progressive_prune(
+        model, example, config.initial_speedup, importance="group-l2", steps=config.prune_steps
+    )
     recalibrate_bn(model, train, config.recalibrate_batches)
     pruned_val = evaluate(model, val)
     tuned = finetune(model, train, val, config.finetune, stage="finetune")
@@ -111,6 +126,11 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
         "seconds": round(time.perf_counter() - start, 2),
         "recipe": config.to_dict(),
     }
-    save(model, spec.with_plan_of(model), ckpt_path, metadata={"zoo.member": name, "zoo.seed": str(seed)})
+    save(
+        model,
+        spec.with_plan_of(model),
+        ckpt_path,
+        metadata={"zoo.member": name, "zoo.seed": str(seed)},
+    )
     write_json_atomic(metrics_path, metrics)
     return metrics

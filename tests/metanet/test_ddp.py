@@ -33,11 +33,11 @@ def test_two_process_ddp_fit_on_cpu(tmp_path: Path) -> None:
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--checkpoint.dirpath", str(ckpt_dir),
     ]  # fmt: skip
-    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # DDP on CPU uses gloo
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=800)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "distributed_backend=gloo" in result.stderr + result.stdout
-    assert "world_size: 2" in (result.stderr + result.stdout).replace("WORLD_SIZE", "world_size").replace("=", ": ") or "MEMBER: 2/2" in result.stderr
+    output = result.stderr + result.stdout
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
     best = sorted(ckpt_dir.glob("best-*.ckpt"))
     assert len(best) == 1 and (ckpt_dir / "last.ckpt").exists()
     metanet = load(best[0])

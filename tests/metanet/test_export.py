@@ -45,7 +45,11 @@ def test_shipped_names_resolve_against_the_pretrained_directory() -> None:
     assert all((PRETRAINED_DIR / f"{n}.json").exists() for n in names)
     for name in names:
         metanet = load(name)
-        assert isinstance(metanet, MetaNetwork) and metanet.config == json.loads((PRETRAINED_DIR / f"{name}.json").read_text())["config"]
+        assert (
+            isinstance(metanet, MetaNetwork)
+            and metanet.config
+            == json.loads((PRETRAINED_DIR / f"{name}.json").read_text())["config"]
+        )
 
 
 def test_errors_name_the_file(tmp_path: Path) -> None:

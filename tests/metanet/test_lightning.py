@@ -37,7 +37,14 @@ def _trainer(**kwargs: object) -> L.Trainer:
 
 
 def _module(**kwargs: object) -> MetaPruneModule:
-    defaults = dict(num_layers=1, hidden=8, reg=1e-3, val_max_speedup=1.5, val_prune_steps=8, val_recalibrate_batches=1)
+    defaults = dict(
+        num_layers=1,
+        hidden=8,
+        reg=1e-3,
+        val_max_speedup=1.5,
+        val_prune_steps=8,
+        val_recalibrate_batches=1,
+    )
     defaults.update(kwargs)
     return MetaPruneModule(**defaults)
 
@@ -48,11 +55,22 @@ def test_fit_logs_val_auc_and_trains_the_metanetwork(zoo_dir: Path) -> None:
     trainer = _trainer()
     trainer.fit(module, datamodule=data)
     metrics = trainer.callback_metrics
-    for key in ("val/auc", "val/auc_base", "val/auc_gain", "train/loss", "train/ce", "train/sparsity"):
+    for key in (
+        "val/auc",
+        "val/auc_base",
+        "val/auc_gain",
+        "train/loss",
+        "train/ce",
+        "train/sparsity",
+    ):
         assert key in metrics, key
     assert 0.0 <= float(metrics["val/auc"]) <= 1.0
-    assert float(metrics["val/auc_gain"]) == pytest.approx(float(metrics["val/auc"]) - float(metrics["val/auc_base"]), abs=1e-6)
-    assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/ce"]) + float(metrics["train/sparsity"]), rel=1e-5)
+    assert float(metrics["val/auc_gain"]) == pytest.approx(
+        float(metrics["val/auc"]) - float(metrics["val/auc_base"]), abs=1e-6
+    )
+    assert float(metrics["train/loss"]) == pytest.approx(
+        float(metrics["train/ce"]) + float(metrics["train/sparsity"]), rel=1e-5
+    )
     assert float(metrics["train/sparsity"]) > 0
     assert trainer.global_step == 2
     assert module.hparams.edge_types == module.metanet.edge_types  # read from the zoo in setup
@@ -69,14 +87,20 @@ def test_training_step_runs_the_rewritten_network_in_eval_mode(zoo_dir: Path) ->
     logits, tensors = module(member, images)
     expected = apply_metanetwork(module.metanet, member.model, data.example_inputs).eval()(images)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    loss = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long)) + module.sparsity(member)(tensors)
+    loss = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long)) + module.sparsity(member)(
+        tensors
+    )
     loss.backward()
     assert all(p.grad is not None for p in module.metanet.parameters() if p.requires_grad)
 
 
-def test_an_identity_metanetwork_scores_exactly_the_base_auc(zoo_dir: Path) -> None:
+@pytest.mark.parametrize("finetune_epochs", [0, 1])
+def test_an_identity_metanetwork_scores_exactly_the_base_auc(
+    zoo_dir: Path, finetune_epochs: int
+) -> None:
+    # the reference gets the same (seeded) fine-tune, so an identity metanetwork gains exactly 0
     L.seed_everything(0)
-    module = _module(node_ratio=0.0, edge_ratio=0.0)
+    module = _module(node_ratio=0.0, edge_ratio=0.0, val_finetune_epochs=finetune_epochs)
     (metrics,) = _trainer().validate(module, datamodule=ZooDataModule(str(zoo_dir)), verbose=False)
     assert metrics["val/auc"] == metrics["val/auc_base"] and metrics["val/auc_gain"] == 0.0
     assert 0.0 < metrics["val/auc"] <= 1.0
@@ -103,7 +127,9 @@ def test_curve_auc() -> None:
     line = [CurvePoint(1.0, 1.0), CurvePoint(3.0, 0.0)]
     assert curve_auc(line, 3.0) == pytest.approx(0.5)
     assert curve_auc(line, 2.0) == pytest.approx(0.75)  # cut at 2x by interpolation
-    assert curve_auc([CurvePoint(1.0, 0.8), CurvePoint(1.5, 0.6)], 3.0) == pytest.approx((0.5 * 0.7 + 1.5 * 0.6) / 2)
+    assert curve_auc([CurvePoint(1.0, 0.8), CurvePoint(1.5, 0.6)], 3.0) == pytest.approx(
+        (0.5 * 0.7 + 1.5 * 0.6) / 2
+    )
     with pytest.raises(ValueError, match="no points"):
         curve_auc([], 2.0)
     assert accuracy_at(line, 2.0) == pytest.approx(0.5)
@@ -112,8 +138,18 @@ def test_curve_auc() -> None:
 
 def test_print_config_of_the_shipped_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        make_cli(["fit", "--config", str(CONFIGS / "metanet_resnet20_digits.yaml"), "--print_config"])
+        make_cli(
+            ["fit", "--config", str(CONFIGS / "metanet_resnet20_digits.yaml"), "--print_config"]
+        )
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    for needle in ("model:", "data:", "trainer:", "checkpoint:", "monitor: val/auc", "mode: max", "zoo: runs/zoo-resnet20-digits"):
+    for needle in (
+        "model:",
+        "data:",
+        "trainer:",
+        "checkpoint:",
+        "monitor: val/auc",
+        "mode: max",
+        "zoo: runs/zoo-resnet20-digits",
+    ):
         assert needle in out, needle

@@ -13,7 +13,9 @@ from metaprune.models import create_model
 from metaprune.testing import TinyConvNet, randomize_norms
 
 
-def _regularize_grad(model: nn.Module, x: torch.Tensor, ignored: list[str], reg: float, alpha: float) -> dict[str, torch.Tensor]:
+def _regularize_grad(
+    model: nn.Module, x: torch.Tensor, ignored: list[str], reg: float, alpha: float
+) -> dict[str, torch.Tensor]:
     """The gradient ``GroupNormPruner.regularize`` adds to zero gradients."""
     modules = dict(model.named_modules())
     pruner = tp.pruner.GroupNormPruner(
@@ -29,8 +31,16 @@ def _regularize_grad(model: nn.Module, x: torch.Tensor, ignored: list[str], reg:
 @pytest.mark.parametrize(
     "make, shape",
     [
-        (lambda: randomize_norms(TinyConvNet(in_channels=2, width=4, num_classes=3), seed=1), (1, 2, 6, 6)),
-        (lambda: randomize_norms(create_model("cifar_resnet20", in_channels=1, num_classes=5, width=0.25), seed=2), (1, 1, 8, 8)),
+        (
+            lambda: randomize_norms(TinyConvNet(in_channels=2, width=4, num_classes=3), seed=1),
+            (1, 2, 6, 6),
+        ),
+        (
+            lambda: randomize_norms(
+                create_model("cifar_resnet20", in_channels=1, num_classes=5, width=0.25), seed=2
+            ),
+            (1, 1, 8, 8),
+        ),
     ],
     ids=["tiny", "resnet20"],
 )
@@ -73,7 +83,9 @@ def test_loss_value_and_flat_groups() -> None:
     model = TinyConvNet()
     x = torch.randn(1, 3, 6, 6)
     sparsity = GroupSparsity.from_model(model, x, reg=2.0)
-    state = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {
+        k: torch.ones_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()
+    }
     # every channel equally important: gamma = 1, loss = reg/2 * sum of squares of the terms
     expected = sum(
         float(state[t.key].index_select(1 if t.mode == "in" else 0, t.idxs).numel())

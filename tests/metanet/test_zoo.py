@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from metanet.cli import main
 from metanet.zoo import (
     INDEX_NAME,
     Zoo,
@@ -46,7 +48,15 @@ def test_zoo_layout_index_and_metrics(zoo_dir: Path) -> None:
         ckpt, metrics_path = zoo.paths(name)
         assert ckpt == zoo_dir / "members" / f"{name}.safetensors" and metrics_path.exists()
         metrics = zoo.metrics(name)
-        for key in ("val_accuracy", "test_accuracy", "macs", "params", "macs_speedup", "seed", "recipe"):
+        for key in (
+            "val_accuracy",
+            "test_accuracy",
+            "macs",
+            "params",
+            "macs_speedup",
+            "seed",
+            "recipe",
+        ):
             assert key in metrics, key
         assert metrics["macs_speedup"] >= 1.3 and metrics["macs"] < metrics["base_macs"]
         assert metrics["params"] < metrics["base_params"]
@@ -78,6 +88,19 @@ def test_resume_skips_finished_and_rebuilds_interrupted_members(zoo_dir: Path) -
     assert rebuilt["val_accuracy"] == before["0001"]["val_accuracy"]  # seeded: same member again
     assert rebuilt["macs"] == before["0001"]["macs"]
     assert json.loads((zoo_dir / INDEX_NAME).read_text())["complete"] is True
+
+
+def test_cli_resumes_a_finished_zoo(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump(tiny_zoo_config(size=2).to_dict()))
+    assert (
+        main(["zoo", "build", "--root", str(zoo_dir), "--config", str(config), "--no-progress"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "2 members" in out and "meta-train 1, meta-val 1" in out
 
 
 def test_other_configuration_in_the_same_directory_is_refused(zoo_dir: Path) -> None:
