@@ -1,6 +1,6 @@
 """Encode / decode speed against a plain ``torch.cat`` of the same parameters.
 
-    .venv/bin/python benchmarks/encode.py [--repeats 7]
+    .venv/bin/python benchmarks/encode.py [--repeats 7] [--threads 1]
 
 Prints one table: cold encode (trace + plan + values), warm encode (plan cached, as for
 every further model of one architecture), decode, graph sizes, and the ``torch.cat`` time
@@ -56,7 +56,9 @@ def bench(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = [
         bench("cifar_resnet56", create_model("cifar_resnet56"), torch.randn(1, 3, 32, 32), args.repeats),

@@ -9,6 +9,7 @@ Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
 """
 
 from .apply import apply_metanetwork, transformed_tensors
+from .export import export, list_pretrained, load
 from .layer import BlockLayout, MetaLayer, sign_vector
 from .network import MetaNetwork, edge_types_of
 from .reference import ReferenceMetaLayer, ReferenceMetaNetwork
@@ -23,4 +24,7 @@ __all__ = [
     "transformed_tensors",
     "edge_types_of",
     "sign_vector",
+    "export",
+    "load",
+    "list_pretrained",
 ]
