@@ -89,8 +89,11 @@ FINAL = (4.0, 8.0)
 BASELINES = ("group-l2", "group-l2-sl", "random")
 METHODS = ("metanet", *BASELINES)
 REFERENCES = ("group-l2", "group-l2-sl")
-OLD_SL = "group-l2-sl@best-val"
-OLD_SL_LABEL = "group-l2-sl, best-val epoch (before fix) *"
+# (file in --out, key, label) of superseded runs kept for comparison
+EXTRA = (
+    ("results_sl_bestval", "group-l2-sl@best-val", "group-l2-sl, best-val epoch (before fix) *"),
+    ("results_metanet_provisional", "metanet@provisional", "metanet, provisional checkpoint (epoch 7) *"),
+)
 METANET_NAME = "resnet20-digits"
 PRETRAINED = ROOT / "metanet" / "pretrained"
 
@@ -295,8 +298,9 @@ def variants(rows) -> list[tuple[str, str, tuple]]:
     for m in METHODS:
         if m in methods:
             out.append((m, m, ("points",)))
-    if OLD_SL in methods:
-        out.append((OLD_SL_LABEL, OLD_SL, ("points",)))
+    for _f, key, label in EXTRA:
+        if key in methods:
+            out.append((label, key, ("points",)))
     if "metanet" in methods and any("metanet_0ep" in r.get("metanet", {}) for r in rows.values()):
         out.append(("metanet@0ep *", "metanet", ("metanet_0ep", "points")))
     norms = sorted({k for r in rows.values() for rec in r.values() for k in rec.get("ablation", {})})
@@ -311,11 +315,12 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for rec in results["runs"].values():
         rows.setdefault(rec["heldout"], {})[rec["method"]] = rec
-    old_sl = out / f"results_sl_bestval{suffix}.json"
-    if old_sl.exists():  # group-l2-sl before the keep_last fix, for comparison
-        for rec in json.loads(old_sl.read_text())["runs"].values():
-            if rec["heldout"] in rows:
-                rows[rec["heldout"]][OLD_SL] = rec
+    for fname, key, _label in EXTRA:  # superseded rows, shown for comparison
+        extra = out / f"{fname}{suffix}.json"
+        if extra.exists():
+            for rec in json.loads(extra.read_text())["runs"].values():
+                if rec["heldout"] in rows:
+                    rows[rec["heldout"]][key] = rec
     names = sorted(rows)
     settings = results["settings"]
     lines: list[str] = []
@@ -358,7 +363,7 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
     tab = [head, "|" + "---|" * (1 + 3 * len(FINAL))]
     per_seed = ["| method | speed-up | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
     final_series = {}
-    for label, method in [(m, m) for m in METHODS] + [(OLD_SL_LABEL, OLD_SL)]:
+    for label, method in [(m, m) for m in METHODS] + [(lbl, key) for _f, key, lbl in EXTRA]:
         if not any(method in rows[n] for n in names):
             continue
         cells = [label]

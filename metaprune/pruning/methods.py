@@ -119,7 +119,8 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
         ignored_layers=[find_classifier(model, ctx.example_inputs)],
     )  # fmt: skip
     regulariser.update_regularizer()
-    result = ctx.finetune(model, "before_pruning", regularizer=regulariser.regularize)
+    # keep_last: selecting the best validation epoch would discard the sparse training
+    result = ctx.finetune(model, "before_pruning", regularizer=regulariser.regularize, keep_last=True)
     ctx.info["before_pruning"] = {
         "best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
         "sparse_reg": ctx.config.sparse.reg,
