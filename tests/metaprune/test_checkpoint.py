@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ from metaprune.models import ArchSpec, register_model
 from metaprune.models import registry as registry_module
 
 SPEC = ArchSpec("cifar_resnet20", {"num_classes": 4, "in_channels": 1, "width": 0.25})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny models: extra threads only add overhead (and contention on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

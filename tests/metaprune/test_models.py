@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -36,15 +35,6 @@ RESNET_DEPTHS = {
     "cifar_resnet56": 56,
     "cifar_resnet110": 110,
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny models: extra threads only add overhead (and contention on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
