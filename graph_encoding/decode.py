@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from .graph import ModelGraph
-from .plan import Plan
+from .plan import Carried, Plan
 from .schema import SLOT, SLOTS_PER_ROLE
 
 __all__ = ["decode", "decode_tensors", "DecodeError"]
@@ -22,7 +24,7 @@ def decode_tensors(
     plan: Plan,
     x: torch.Tensor,
     edge_flat: torch.Tensor,
-    extras: dict[str, torch.Tensor],
+    extras: Mapping[str, torch.Tensor] | Carried,
     *,
     stats_from: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -54,7 +56,7 @@ def decode_tensors(
     for key, parts in pieces.items():
         parts.sort(key=lambda t: t[0])
         out[key] = parts[0][1] if len(parts) == 1 else torch.cat([t for _, t in parts])
-    out.update(extras)
+    out.update(extras.items())
     return out
 
 

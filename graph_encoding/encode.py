@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .graph import ModelGraph
-from .plan import Plan
+from .plan import Carried, Plan
 from .trace import build_plan
 
 __all__ = ["encode", "plan_for", "clear_plan_cache"]
@@ -69,7 +69,7 @@ def encode(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, 
             x[p.node_offset : p.node_offset + p.size, p.column] = state[p.key].detach()[
                 p.start : p.start + p.size
             ]
-        extras = {k: state[k].detach().clone() for k in plan.carried}
+        extras = Carried({k: state[k].detach().clone() for k in plan.carried})
     return ModelGraph(
         x=x,
         edge_flat=flat,

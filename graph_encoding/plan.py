@@ -21,7 +21,7 @@ from .schema import (
     NormKind,
 )
 
-__all__ = ["Block", "NodePlacement", "NodeSetInfo", "Plan"]
+__all__ = ["Block", "Carried", "NodePlacement", "NodeSetInfo", "Plan"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,35 @@ class Plan:
 
 def role_column(role: int, slot: int) -> int:
     return role * SLOTS_PER_ROLE + slot
+
+
+class Carried:
+    """State tensors kept beside the graph, by key (a read-only mapping).
+
+    Deliberately not a ``Mapping`` subclass: PyG collates mappings key by key, which fails
+    for graphs of different architectures; this object batches as one item per graph.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = dict(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tensors
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def keys(self):  # noqa: ANN201
+        return self._tensors.keys()
+
+    def items(self):  # noqa: ANN201
+        return self._tensors.items()
+
+    def __repr__(self) -> str:
+        return f"Carried({list(self._tensors)})"

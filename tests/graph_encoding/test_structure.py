@@ -86,6 +86,7 @@ def test_grouped_edges_stay_inside_their_group() -> None:
 def test_batches_and_unbatches_unchanged() -> None:
     g1 = encode(TinyMLP(), torch.randn(1, 2))
     g2 = encode(TinyConvNet(), torch.randn(1, 3, 6, 6))
+    assert Batch.from_data_list([g2, g1]).num_graphs == 2  # different carried tensors
     batch = Batch.from_data_list([g1, g2])
     assert batch.num_nodes == g1.num_nodes + g2.num_nodes
     expected = torch.cat([g1.edge_index, g2.edge_index + g1.num_nodes], dim=1)
@@ -98,6 +99,8 @@ def test_batches_and_unbatches_unchanged() -> None:
         assert torch.equal(g.layer_table, ref.layer_table)
         assert torch.equal(g.edge_index, ref.edge_index)
         assert g.plan is ref.plan
+        assert list(g.extras) == list(ref.extras)
+        assert all(torch.equal(g.extras[k], ref.extras[k]) for k in ref.extras)
 
 
 def test_a_pruned_resnet_gets_its_own_plan() -> None:
