@@ -444,7 +444,7 @@ def _plots(prun, final, out: Path, suffix: str, n: int, settings) -> None:
     fig.savefig(out / f"prunability{suffix}.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     methods = list(final)
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
@@ -457,8 +457,8 @@ def _plots(prun, final, out: Path, suffix: str, n: int, settings) -> None:
     ax.set_ylim(max(0, lo - 5), 100)
     ax.set_ylabel(f"test accuracy % after {settings['ft_epochs']} fine-tune epochs")
     ax.set_title(f"Final accuracy, {n} held-out models, mean ± std")
-    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     fig.tight_layout()
     fig.savefig(out / f"final{suffix}.png", dpi=120)
     plt.close(fig)
