@@ -230,6 +230,9 @@ class PruneConfig:
             accuracy right after pruning is near chance without it).
         batch_size: training and evaluation batch size.
         seed: seeds data order, initialisation of random choices and the random method.
+        data_seed: seed of a built-in dataset's train / validation / test split; kept apart
+            from ``seed`` because it must match the split the model was trained on, or
+            "test" would contain training images.
         device: torch device string for training, evaluation and latency.
         latency: latency measurement options.
     """
@@ -248,6 +251,7 @@ class PruneConfig:
     bn_recalibration_batches: int = 20
     batch_size: int = 128
     seed: int = 0
+    data_seed: int = 0
     device: str = "cpu"
     latency: LatencyOptions = dataclasses.field(default_factory=LatencyOptions)
 
@@ -270,6 +274,7 @@ class PruneConfig:
         check_int("bn_recalibration_batches", self.bn_recalibration_batches, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=0)
+        check_int("data_seed", self.data_seed, minimum=0)
         if not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu' (found {self.device!r})")
         try:

@@ -132,7 +132,7 @@ def prune(
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
-        else get_dataset(dataset, data_root, config.seed)
+        else get_dataset(dataset, data_root, config.data_seed)
     )
     torch.manual_seed(config.seed)
     device = _available(torch.device(config.device))

@@ -91,3 +91,12 @@ def test_invalid_values_name_the_option(data, expected):
 def test_nested_objects_must_have_the_right_type():
     with pytest.raises(ConfigError, match="target must be a Target"):
         PruneConfig(target={"kind": "macs"})  # type: ignore[arg-type]
+
+
+def test_the_data_split_seed_is_not_the_job_seed() -> None:
+    # a job seed must never re-draw the split the model was trained on (test leakage)
+    config = PruneConfig(seed=3)
+    assert config.data_seed == 0
+    assert PruneConfig.from_dict(PruneConfig(data_seed=2).to_dict()).data_seed == 2
+    with pytest.raises(ConfigError, match="data_seed"):
+        PruneConfig(data_seed=-1)
