@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import graph_encoding
-from metaprune import ArchSpec, checkpoint, create_model, get_dataset
+from metaprune import ArchSpec, checkpoint, get_dataset
 from metaprune.data import make_loaders
 from metaprune.pruning import (
     FinetuneBudget,
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = torch.stack([splits.test[i][0] for i in range(64)])
     with torch.no_grad():
         same = torch.equal(reloaded(batch), result.model(batch))
-    widths = {k: v for k, v in (pruned_spec.channel_plan or {}).items()}
+    widths = pruned_spec.channel_plan or {}
     _say(f"reloaded pruned checkpoint ({len(widths)} resized layers): outputs identical: {same}")
     if not same:
         raise SystemExit("reloaded checkpoint differs from the pruned model")
