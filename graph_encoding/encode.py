@@ -21,7 +21,11 @@ def _as_tuple(example_inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
-def plan_for(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> Plan:
+def plan_for(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    state: dict[str, torch.Tensor] | None = None,
+) -> Plan:
     """The graph structure of ``model``'s architecture, traced once and cached.
 
     The cache key is the module tree (its ``repr`` names every layer's configuration), the
@@ -29,10 +33,11 @@ def plan_for(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor
     a plan while a pruned or re-configured model gets its own.
     """
     inputs = _as_tuple(example_inputs)
+    state = model.state_dict() if state is None else state
     key = (
         type(model),
         repr(model),
-        tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()),
+        tuple((k, tuple(v.shape), v.dtype) for k, v in state.items()),
         tuple((tuple(x.shape), x.dtype) for x in inputs),
     )
     plan = _CACHE.get(key)
@@ -56,8 +61,8 @@ def encode(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, 
     Nodes are channels, edges weight slices (see :mod:`graph_encoding.schema`). The result
     holds copies of the values, so editing the graph never edits the model.
     """
-    plan = plan_for(model, example_inputs)
     state = model.state_dict()
+    plan = plan_for(model, example_inputs, state)  # one state_dict walk serves key and values
     with torch.no_grad():
         flat = (
             torch.cat([state[k].detach().reshape(-1) for k, _ in plan.weights])

@@ -105,6 +105,7 @@ class Plan:
     dtype: torch.dtype
     _node_template: torch.Tensor | None = field(default=None, repr=False)
     _layer_table: torch.Tensor | None = field(default=None, repr=False)
+    _coverage: float = 1.0
 
     @property
     def layer_table(self) -> torch.Tensor:

@@ -142,7 +142,7 @@ def test_latency_target_is_measured_at_every_step(model, splits, fast_config):
 
 
 def test_metanet_method_with_a_fresh_metanetwork(model, spec, splits, example, fast_config):
-    metanet = pytest.importorskip("metanet")
+    import metanet
     from graph_encoding import encode
 
     net = metanet.MetaNetwork(
@@ -155,6 +155,14 @@ def test_metanet_method_with_a_fresh_metanetwork(model, spec, splits, example, f
     )
     assert result.report["target_reached"] and "metanet" in stages
     assert stages.index("metanet") < stages.index("prune")
+
+
+def test_metanet_method_loads_the_shipped_metanetwork_by_name(model, spec, splits, fast_config):
+    config = dataclasses.replace(fast_config, method="metanet", metanet="resnet20-digits")
+    stages = []
+    result = prune(model, splits, config, progress=lambda e: stages.append(e.stage), spec=spec)
+    assert result.report["target_reached"] and "metanet" in stages
+    assert result.report["method"] == "metanet"
 
 
 def test_metanet_without_a_metanetwork_fails_before_any_work(model, splits, fast_config):
