@@ -9,8 +9,9 @@ Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
 """
 
 from .apply import apply_metanetwork, transformed_tensors
+from .blocks import BlockLayout
 from .export import export, list_pretrained, load
-from .layer import BlockLayout, MetaLayer, sign_vector
+from .layer import MetaLayer, sign_vector
 from .network import MetaNetwork, edge_types_of
 from .reference import ReferenceMetaLayer, ReferenceMetaNetwork
 

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from graph_encoding import COL, NODE_FEATURES, VALUE_SLOTS, EdgeKind, ModelGraph, edge_type_key
 
-from .layer import BlockLayout, MetaLayer
+from .blocks import BlockLayout
+from .layer import MetaLayer
 
 __all__ = ["MetaNetwork", "edge_types_of"]
 
@@ -144,8 +145,15 @@ class MetaNetwork(nn.Module):
             )
         rows = table.tolist()
         h = self.node_encoder(x)
-        edges = [self._encode_block(key, row, flat) for key, row in zip(keys, rows)]
-        h, edges = self._message_passing(h, edges, graph)
+        layout = BlockLayout.from_table(table, graph.num_nodes)
+        edges = torch.cat(
+            [
+                self._encode_block(key, row, flat).reshape(-1, self.hidden)
+                for key, row in zip(keys, rows)
+            ]
+        )
+        h, edges = self._message_passing(h, edges, graph, layout)
+        blocks = layout.split(edges)
 
         x_new = torch.cat(
             [x[:, :VALUE_SLOTS] + self.node_ratio * self.node_decoder(h), x[:, VALUE_SLOTS:]], dim=1
@@ -158,11 +166,8 @@ class MetaNetwork(nn.Module):
         values = []
         for _, i in dense:
             w_old = _block_values(rows[i], flat)
-            values.append(
-                (
-                    w_old + self.edge_ratio * self.edge_decoders[_module_key(keys[i])](edges[i])
-                ).reshape(-1)
-            )
+            change = self.edge_decoders[_module_key(keys[i])](blocks[i])
+            values.append((w_old + self.edge_ratio * change.view_as(w_old)).reshape(-1))
         flat_new = torch.cat(values) if values else flat.clone()
         if flat_new.numel() != flat.numel():
             raise ValueError(
@@ -178,14 +183,12 @@ class MetaNetwork(nn.Module):
         return encoder(_block_values(row, flat))
 
     def _message_passing(
-        self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Run the layers; edge states go in and come out per block, in table order."""
-        layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
-        stacked = layout.stack(edges)
+        self, h: Tensor, edges: Tensor, graph: ModelGraph, layout: BlockLayout
+    ) -> tuple[Tensor, Tensor]:
+        """Run the layers over ``[E, h]`` edge states (blocks in table order)."""
         for layer in self.layers:
-            h, stacked = layer(h, stacked, layout)
-        return h, layout.unstack(stacked)
+            h, edges = layer(h, edges, layout)
+        return h, edges
 
 
 def _block_values(row: list[int], flat: Tensor) -> Tensor:

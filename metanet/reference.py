@@ -4,15 +4,13 @@ is tested and benchmarked against; it holds the same parameters under the same n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from graph_encoding import ModelGraph
 
+from .blocks import BlockLayout
 from .layer import sign_vector
 from .network import MetaNetwork
 
@@ -89,12 +87,9 @@ class ReferenceMetaNetwork(MetaNetwork):
         return ReferenceMetaLayer(hidden)
 
     def _message_passing(
-        self, h: Tensor, edges: Sequence[Tensor], graph: ModelGraph
-    ) -> tuple[Tensor, list[Tensor]]:
-        shapes = [e.shape for e in edges]
-        e = torch.cat([t.reshape(-1, self.hidden) for t in edges])  # blocks are in edge order
-        edge_index = graph.edge_index
+        self, h: Tensor, edges: Tensor, graph: ModelGraph, layout: BlockLayout
+    ) -> tuple[Tensor, Tensor]:
+        edge_index = graph.edge_index  # blocks are in edge order
         for layer in self.layers:
-            h, e = layer(h, edge_index, e)
-        sizes = [s[:-1].numel() for s in shapes]
-        return h, [t.view(s) for t, s in zip(e.split(sizes), shapes)]
+            h, edges = layer(h, edge_index, edges)
+        return h, edges

@@ -58,25 +58,10 @@ def _layers(hidden: int = HIDDEN, seed: int = 0) -> tuple[MetaLayer, ReferenceMe
     return dense, ref
 
 
-def _edge_states(layout: BlockLayout, hidden: int, seed: int = 1) -> list[torch.Tensor]:
-    """Random per-block edge states (table order): (out, in/groups, h) or (n, h)."""
+def _edge_states(layout: BlockLayout, hidden: int, seed: int = 1) -> torch.Tensor:
+    """Random edge states, ``[E, h]`` (blocks in table order = edge_index order)."""
     g = torch.Generator().manual_seed(seed)
-    states = []
-    for b in layout.blocks:
-        shape = (b.out_size, hidden) if b.identity else (b.out_size, b.in_size // b.groups, hidden)
-        states.append(torch.randn(shape, generator=g, dtype=torch.float64))
-    return states
-
-
-def _run_dense(layer: MetaLayer, h: torch.Tensor, blocks: list[torch.Tensor], layout: BlockLayout):
-    h_new, stacked = layer(h, layout.stack(blocks), layout)
-    return h_new, torch.cat([e.reshape(-1, h.size(1)) for e in layout.unstack(stacked)])
-
-
-def _run_reference(
-    layer: ReferenceMetaLayer, h: torch.Tensor, blocks: list[torch.Tensor], edge_index: torch.Tensor
-):
-    return layer(h, edge_index, torch.cat([e.reshape(-1, h.size(1)) for e in blocks]))
+    return torch.randn(layout.num_edges, hidden, generator=g, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))
@@ -85,13 +70,11 @@ def test_dense_layer_equals_pyg_reference(name: str) -> None:
     layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
     dense, ref = _layers()
     h = torch.randn(graph.num_nodes, HIDDEN, dtype=torch.float64)
-    blocks = _edge_states(layout, HIDDEN)
-    h_d, e_d = _run_dense(dense, h, blocks, layout)
-    h_r, e_r = _run_reference(ref, h, blocks, graph.edge_index)
+    e = _edge_states(layout, HIDDEN)
+    h_d, e_d = dense(h, e, layout)
+    h_r, e_r = ref(h, graph.edge_index, e)
     assert e_d.shape == (graph.num_edges, HIDDEN)
-    assert not torch.allclose(h_d, h) and not torch.allclose(
-        e_d, torch.cat([b.reshape(-1, HIDDEN) for b in blocks])
-    )
+    assert not torch.allclose(h_d, h) and not torch.allclose(e_d, e)
     torch.testing.assert_close(h_d, h_r, rtol=0, atol=1e-12)
     torch.testing.assert_close(e_d, e_r, rtol=0, atol=1e-12)
 
@@ -104,14 +87,14 @@ def test_dense_layer_gradients_equal_pyg_reference(name: str) -> None:
     h = torch.randn(graph.num_nodes, HIDDEN, dtype=torch.float64)
     grads = []
     for layer, run in (
-        (dense, lambda hh, bb: _run_dense(dense, hh, bb, layout)),
-        (ref, lambda hh, bb: _run_reference(ref, hh, bb, graph.edge_index)),
+        (dense, lambda hh, ee: dense(hh, ee, layout)),
+        (ref, lambda hh, ee: ref(hh, graph.edge_index, ee)),
     ):
         hh = h.clone().requires_grad_()
-        bb = [b.requires_grad_() for b in _edge_states(layout, HIDDEN)]
-        h_new, e_new = run(hh, bb)
+        ee = _edge_states(layout, HIDDEN).requires_grad_()
+        h_new, e_new = run(hh, ee)
         (h_new.sin().sum() + e_new.cos().sum()).backward()
-        grads.append([hh.grad, *(b.grad for b in bb), *(p.grad for p in layer.parameters())])
+        grads.append([hh.grad, ee.grad, *(p.grad for p in layer.parameters())])
     assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
@@ -136,9 +119,9 @@ def test_four_node_literal_graph_by_hand() -> None:
     hidden = 4
     dense, ref = _layers(hidden)
     h = torch.randn(4, hidden, dtype=torch.float64)
-    e = torch.randn(2, 2, hidden, dtype=torch.float64)
-    h_d, e_d = _run_dense(dense, h, [e], layout)
-    h_r, e_r = _run_reference(ref, h, [e], torch.tensor([src, dst]))
+    e = torch.randn(4, hidden, dtype=torch.float64)
+    h_d, e_d = dense(h, e, layout)
+    h_r, e_r = ref(h, torch.tensor([src, dst]), e)
 
     hn = torch.nn.functional.layer_norm(h, (hidden,))
     x, z, a, b = (
@@ -146,7 +129,7 @@ def test_four_node_literal_graph_by_hand() -> None:
         for lin in (dense.lin1, dense.lin2, dense.lin3, dense.lin4)
     )
     s = sign_vector(hidden).double()
-    edges = e.reshape(4, hidden)
+    edges = e
 
     def aggregate(node: int, pairs: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
         if not pairs:
@@ -170,12 +153,8 @@ def test_four_node_literal_graph_by_hand() -> None:
         ]
     )
     # nodes 0 and 1 receive nothing forward: their forward update is lin_out's bias alone
-    assert torch.equal(
-        layout.forward_counts.view(-1), torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=torch.float64)
-    )
-    assert torch.equal(
-        layout.reverse_counts.view(-1), torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64)
-    )
+    assert layout.counts.view(2, 4).tolist() == [[0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 0.0, 0.0]]
+    assert layout.table.tolist() == [[0, 2, 2, 0, 2, 1]]
     for got in (h_d, h_r):
         torch.testing.assert_close(got, expected_h, rtol=0, atol=1e-12)
     for got in (e_d, e_r):
@@ -187,7 +166,7 @@ def test_reference_is_invariant_to_edge_order() -> None:
     layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
     _, ref = _layers()
     h = torch.randn(graph.num_nodes, HIDDEN, dtype=torch.float64)
-    e = torch.cat([b.reshape(-1, HIDDEN) for b in _edge_states(layout, HIDDEN)])
+    e = _edge_states(layout, HIDDEN)
     perm = torch.randperm(e.size(0), generator=torch.Generator().manual_seed(3))
     h1, e1 = ref(h, graph.edge_index, e)
     h2, e2 = ref(h, graph.edge_index[:, perm], e[perm])
@@ -201,31 +180,45 @@ def test_dense_layer_gradcheck_float64() -> None:
     layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
     dense, _ = _layers(hidden=2)
     h = torch.randn(graph.num_nodes, 2, dtype=torch.float64, requires_grad=True)
-    blocks = [b.requires_grad_() for b in _edge_states(layout, 2)]
+    e = _edge_states(layout, 2).requires_grad_()
 
-    def fn(h: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _run_dense(dense, h, list(blocks), layout)
+    def fn(h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return dense(h, e, layout)
 
-    assert torch.autograd.gradcheck(fn, (h, *blocks), atol=1e-8, fast_mode=True)
+    assert torch.autograd.gradcheck(fn, (h, e), atol=1e-8, fast_mode=True)
 
 
-def test_layout_classes_stack_and_unstack() -> None:
+def test_layout_table_counts_and_split() -> None:
     graph = _graph("cifar_resnet20_w025")
     layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
     assert layout is BlockLayout.from_table(graph.layer_table.clone(), graph.num_nodes)  # cached
-    assert sorted(i for c in layout.classes for i in c.members) == list(range(len(layout.blocks)))
-    assert sum(layout.chunk_sizes) == graph.num_nodes
-    blocks = _edge_states(layout, 3)
-    stacked = layout.stack(blocks)
-    for cls, t in zip(layout.classes, stacked):
-        assert t.shape == cls.edge_shape(3)
-    assert all(torch.equal(a, b) for a, b in zip(layout.unstack(stacked), blocks))
-    assert len(layout.classes) < len(layout.blocks)  # same-shape blocks are stacked
-    # forward counts: fan-in of every node, i.e. the in-degree in edge_index
+    assert layout.num_edges == graph.num_edges == graph.edge_index.size(1)
+    table = graph.layer_table
+    identity = table[:, COL["kind"]] == EdgeKind.IDENTITY
+    assert layout.table.shape == (table.size(0), 6) and layout.table.dtype == torch.int64
+    edge, out, out_size, inp, in_size, groups = layout.table.unbind(1)
+    assert torch.equal(out, table[:, COL["out_offset"]]) and torch.equal(
+        inp, table[:, COL["in_offset"]]
+    )
+    # identity diagonals are blocks of n groups of one edge
+    assert identity.any() and torch.equal(groups[identity], out_size[identity])
+    assert torch.equal(in_size[identity], out_size[identity])
+    assert torch.equal(groups[~identity], table[~identity, COL["groups"]])
+    sizes = out_size * (in_size // groups)
+    assert list(layout.edge_counts) == sizes.tolist()
+    assert torch.equal(edge, torch.cumsum(sizes, 0) - sizes)
+    # edge states split into per-block views, edge_index order: block k's first edge starts
+    # at out_offset / in_offset
+    e = _edge_states(layout, 3)
+    parts = layout.split(e)
+    assert [p.size(0) for p in parts] == list(layout.edge_counts)
+    assert all(p.data_ptr() == e[o].data_ptr() for p, o in zip(parts, edge.tolist()))
+    assert graph.edge_index[:, edge].tolist() == [inp.tolist(), out.tolist()]
+    # counts: fan-in of every node, i.e. the in-degree in edge_index, and the out-degree
     indegree = torch.bincount(graph.edge_index[1], minlength=graph.num_nodes).double()
     outdegree = torch.bincount(graph.edge_index[0], minlength=graph.num_nodes).double()
-    assert torch.equal(layout.forward_counts.view(-1), indegree)
-    assert torch.equal(layout.reverse_counts.view(-1), outdegree)
+    assert torch.equal(layout.counts[0].view(-1), indegree)
+    assert torch.equal(layout.counts[1].view(-1), outdegree)
 
 
 def test_sign_vector_and_errors() -> None:
@@ -233,7 +226,8 @@ def test_sign_vector_and_errors() -> None:
     graph = _graph("tiny_mlp")
     layout = BlockLayout.from_table(graph.layer_table, graph.num_nodes)
     dense, _ = _layers()
-    with pytest.raises(ValueError, match="layout.stack"):
-        dense(torch.zeros(graph.num_nodes, HIDDEN, dtype=torch.float64), [], layout)
-    with pytest.raises(ValueError, match="one per layer_table row"):
-        layout.stack([])
+    h = torch.zeros(graph.num_nodes, HIDDEN, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"0 edges; the layout has {graph.num_nodes} nodes"):
+        dense(h, torch.zeros(0, HIDDEN, dtype=torch.float64), layout)
+    with pytest.raises(ValueError, match=f"expected edge states for {graph.num_edges} edges"):
+        layout.split(torch.zeros(1, HIDDEN))
