@@ -1,15 +1,17 @@
 """Metanetwork forward / backward: dense blocks against straightforward PyG, in one run.
 
-    .venv/bin/python benchmarks/metanet.py [--repeats 3] [--threads N] [--compile] [--no-check]
+    .venv/bin/python benchmarks/metanet.py [--repeats 3] [--threads N] [--reference] [--no-check]
 
 On the CIFAR ResNet-56 graph, a metanetwork with 8 layers and hidden size 64 (the paper's
 CIFAR setting) is timed in three variants, each in its own subprocess so that peak memory
 (``ru_maxrss`` growth during the first call, i.e. everything that call allocates) is its own:
 
-* ``dense``: :class:`metanet.MetaNetwork`, layers on the encoder's dense per-layer blocks;
+* ``dense``: :class:`metanet.MetaNetwork`, layers on the encoder's dense per-layer blocks,
+  their edge side in the fused C++ kernel of ``metaprune::meta_blocks``;
 * ``pyg``: :class:`metanet.ReferenceMetaNetwork`, ``MessagePassing`` with
   ``aggr=["mean", "std", "max", "min"]`` over ``edge_index`` (same parameters);
-* ``dense+compile`` (with ``--compile``): the dense blocks' kernels under ``torch.compile``.
+* ``dense+torch-reference`` (with ``--reference``): ``meta_blocks`` forced to its pure-torch
+  reference (block by block), the fallback where the C++ kernel is unavailable.
 
 Times are medians over ``--repeats`` calls after one warm-up call; "cpu" is the process's
 CPU time, less sensitive than wall time to other jobs on a shared machine. The loss for
@@ -59,10 +61,6 @@ def _network(variant: str, graph, dtype: torch.dtype = torch.float32) -> torch.n
     cls = ReferenceMetaNetwork if variant == "pyg" else MetaNetwork
     torch.manual_seed(1)
     net = cls(LAYERS, HIDDEN, edge_types=edge_types_of([graph])).to(dtype)
-    if variant == "dense+compile":
-        from metanet.layer import compile_kernels
-
-        compile_kernels()
     return net
 
 
@@ -78,6 +76,11 @@ def _step(net: torch.nn.Module, graph, backward: bool) -> None:
 
 def worker(variant: str, mode: str, repeats: int) -> dict:
     """Runs in a subprocess: peak memory of the first call, then timed repeats."""
+    if variant == "dense+torch-reference":
+        os.environ["METAPRUNE_FORCE_REFERENCE"] = "1"
+    import cuda_ops
+
+    assert cuda_ops.native_available()  # built before the clock starts
     graph = _graph()
     net = _network(variant, graph)
     backward = mode == "fwd+bwd"
@@ -136,7 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
-        "--compile", action="store_true", help="also time dense kernels under torch.compile"
+        "--reference", action="store_true", help="also time meta_blocks' pure-torch reference"
     )
     parser.add_argument(
         "--no-check", action="store_true", help="skip the float64 equivalence check"
@@ -161,7 +164,7 @@ def main() -> None:
         f"# {MODEL}: {graph.num_nodes} nodes, {graph.num_edges} edges "
         f"({int(graph.layer_table.shape[0])} blocks), metanetwork L={LAYERS} h={HIDDEN}, {params:,} parameters"
     )
-    variants = ["dense", "pyg"] + (["dense+compile"] if args.compile else [])
+    variants = ["dense", "pyg"] + (["dense+torch-reference"] if args.reference else [])
     results = {v: {m: _run_worker(v, m, args) for m in ("fwd", "fwd+bwd")} for v in variants}
     load1 = os.getloadavg()[0]
 
@@ -187,10 +190,6 @@ def main() -> None:
         f"\nforward speed-up vs pyg: {ref['fwd']['wall'] / fd['fwd']['wall']:.1f}x wall, "
         f"{ref['fwd']['cpu'] / fd['fwd']['cpu']:.1f}x cpu; load average {load0:.1f} -> {load1:.1f}"
     )
-    if "dense+compile" in results:
-        print(
-            f"dense+compile first call (compilation): {results['dense+compile']['fwd+bwd']['first']:.1f} s"
-        )
     if not args.no_check:
         d = check_same_function()
         print(

@@ -1,4 +1,4 @@
-"""Pure-torch reference of ``metaprune::meta_blocks`` (see :mod:`cuda_ops.meta_blocks`).
+"""Pure-torch reference of ``metaprune::meta_blocks`` (see :mod:`cuda_ops.meta_blocks_op`).
 
 One block at a time, written for clarity: :func:`forward_reference` is plain differentiable
 torch (autograd through it is a third opinion in the tests), :func:`backward_reference`

@@ -29,7 +29,7 @@ SOURCES = Path(__file__).with_name("cpu")
 # -ffp-contract=off: no fused multiply-adds, so a product recomputed in the backward pass
 # rounds exactly as in the forward pass and as torch's own elementwise ops do.
 FLAGS = (
-    "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
+    "-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-math-errno",
     "-std=c++17", "-shared", "-fPIC", "-pthread",
 )  # fmt: skip
 ABI_VERSION = 1

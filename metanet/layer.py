@@ -13,20 +13,17 @@ function as :class:`metanet.reference.ReferenceMetaLayer`, the plain PyG formula
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cuda_ops import meta_blocks
+from cuda_ops import STD_EPS, meta_blocks, multi_aggregate
 
 from .blocks import BlockLayout
 
-__all__ = ["MetaLayer", "sign_vector"]
+__all__ = ["MetaLayer", "sign_vector", "STD_EPS"]
 
-STD_EPS = 1e-5  # the clamp of PyG's StdAggregation; reproduced so both layers agree
-_STD_FLOOR = math.sqrt(STD_EPS)
+# STD_EPS (1e-5): the clamp of PyG's StdAggregation, reproduced so that both layers agree
 
 
 def sign_vector(hidden: int) -> Tensor:
@@ -105,31 +102,10 @@ class MetaLayer(nn.Module):
         fwd, rev, new_edges = meta_blocks(edges, xab, layout.table)
         # both directions at once: [2, N, 4, h] statistics; reverse messages carry s * e, and
         # the sign is a per-channel constant, pulled out of the reductions with z
-        aggregated = _aggregate(
+        aggregated = multi_aggregate(
             torch.stack([fwd, rev]), layout.counts, torch.stack([z, z * self.sign])
         )
         return h + self.lin_out(aggregated).sum(0), new_edges
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}"
-
-
-def _aggregate(stats: Tensor, counts: Tensor, factor: Tensor) -> Tensor:
-    """``[mean, std, max, min]`` of the messages ``factor_i * y_ij`` from the statistics of
-    ``y`` (``[..., N, 4, h]``): ``factor``, the receiving node's part of the message, is
-    pulled out of the reductions."""
-    total, squares, hi, neg_lo = stats.unbind(-2)
-    lo = -neg_lo
-    counts = counts.to(total.device, total.dtype).clamp(min=1)
-    mean_y = total / counts
-    var_y = squares / counts - mean_y * mean_y
-    mean = factor * mean_y
-    # PyG's std: var clamped at 1e-5 before the sqrt, then values at the floor set to 0;
-    # the factor enters before the clamp so that the clamp sees the message variance.
-    std = (factor * factor * var_y).clamp(min=STD_EPS).sqrt()
-    std = std.masked_fill(std <= _STD_FLOOR, 0.0)
-    positive = factor >= 0
-    top, bottom = factor * hi, factor * lo
-    return torch.cat(
-        [mean, std, torch.where(positive, top, bottom), torch.where(positive, bottom, top)], dim=-1
-    )

@@ -91,10 +91,13 @@ void merge_stats(T* __restrict__ into, const T* __restrict__ from, int64_t n, in
   }
 }
 
-template <typename T>
+// HC > 0: the hidden size as a compile-time constant (fully unrolled channel loops without
+// aliasing checks), HC = 0: any size.
+template <typename T, int HC>
 void forward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t* table,
-             int64_t num_blocks, int64_t N, int64_t H, T* __restrict__ fwd,
+             int64_t num_blocks, int64_t N, int64_t H_, T* __restrict__ fwd,
              T* __restrict__ rev, T* __restrict__ e_new, int64_t threads) {
+  const int64_t H = HC > 0 ? HC : H_;
   const std::vector<Block> blocks = read_table(table, num_blocks);
   const int64_t S = 4 * H, X = 3 * H;
   std::vector<std::vector<T>> priv(2 * (threads - 1));
@@ -115,22 +118,23 @@ void forward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t* 
       const T* xd = xab + O * X;
       const T* ad = xd + H;
       const T* bd = xd + 2 * H;
-      T* __restrict__ as = acc.data();
-      T* __restrict__ aq = as + H;
-      T* __restrict__ am = as + 2 * H;
-      T* __restrict__ an = as + 3 * H;
+      T* as = acc.data();
+      T* aq = as + H;
+      T* am = as + 2 * H;
+      T* an = as + 3 * H;
       std::copy(f + O * S, f + O * S + S, as);  // accumulate on top of earlier blocks
       for (int64_t i = 0; i < in_g; ++i) {
         const int64_t I = b.in + g * in_g + i, edge = b.edge + r * in_g + i;
-        const T* __restrict__ ev = e + edge * H;
-        T* __restrict__ en = e_new + edge * H;
+        const T* ev = e + edge * H;
+        T* en = e_new + edge * H;
         const T* xs = xab + I * X;
-        const T* __restrict__ sa = xs + H;
-        const T* __restrict__ sb = xs + 2 * H;
-        T* __restrict__ rs = rv + I * S;
-        T* __restrict__ rq = rs + H;
-        T* __restrict__ rm = rs + 2 * H;
-        T* __restrict__ rn = rs + 3 * H;
+        const T* sa = xs + H;
+        const T* sb = xs + 2 * H;
+        T* rs = rv + I * S;
+        T* rq = rs + H;
+        T* rm = rs + 2 * H;
+        T* rn = rs + 3 * H;
+#pragma GCC ivdep
         for (int64_t c = 0; c < H; ++c) {
           const T v = ev[c];
           const T y = v * xs[c];
@@ -182,11 +186,12 @@ void scaled_grads(const T* g, const T* ties, int64_t N, int64_t H, T* out) {
   }
 }
 
-template <typename T>
+template <typename T, int HC>
 void backward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t* table,
-              int64_t num_blocks, int64_t N, int64_t H, const T* fwd, const T* rev,
+              int64_t num_blocks, int64_t N, int64_t H_, const T* fwd, const T* rev,
               const T* g_fwd, const T* g_rev, const T* __restrict__ g_e, T* __restrict__ de,
               T* __restrict__ dxab, int64_t threads) {
+  const int64_t H = HC > 0 ? HC : H_;
   const std::vector<Block> blocks = read_table(table, num_blocks);
   const int64_t S = 4 * H, X = 3 * H;
 
@@ -203,16 +208,17 @@ void backward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t*
       const T* xd = xab + O * X;
       const T* fm = fwd + O * S + 2 * H;
       const T* fn = fm + H;
-      T* __restrict__ cm = tf.data() + O * 2 * H;
-      T* __restrict__ cn = cm + H;
+      T* cm = tf.data() + O * 2 * H;
+      T* cn = cm + H;
       for (int64_t i = 0; i < in_g; ++i) {
         const int64_t I = b.in + g * in_g + i;
-        const T* __restrict__ ev = e + (b.edge + r * in_g + i) * H;
+        const T* ev = e + (b.edge + r * in_g + i) * H;
         const T* xs = xab + I * X;
         const T* rm = rev + I * S + 2 * H;
         const T* rn = rm + H;
-        T* __restrict__ crm = tr.data() + I * 2 * H;
-        T* __restrict__ crn = crm + H;
+        T* crm = tr.data() + I * 2 * H;
+        T* crn = crm + H;
+#pragma GCC ivdep
         for (int64_t c = 0; c < H; ++c) {
           const T y = ev[c] * xs[c], yr = ev[c] * xd[c];
           cm[c] += T(y == fm[c]);
@@ -253,9 +259,9 @@ void backward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t*
       T* dbd = dxd + 2 * H;
       for (int64_t i = 0; i < in_g; ++i) {
         const int64_t I = b.in + g * in_g + i, edge = b.edge + r * in_g + i;
-        const T* __restrict__ ev = e + edge * H;
-        const T* __restrict__ ge = g_e + edge * H;
-        T* __restrict__ dev = de + edge * H;
+        const T* ev = e + edge * H;
+        const T* ge = g_e + edge * H;
+        T* dev = de + edge * H;
         const T* xs = xab + I * X;
         const T* sa = xs + H;
         const T* sb = xs + 2 * H;
@@ -265,6 +271,7 @@ void backward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t*
         T* dxs = dx + I * X;
         T* das = dxs + H;
         T* dbs = dxs + 2 * H;
+#pragma GCC ivdep
         for (int64_t c = 0; c < H; ++c) {
           const T v = ev[c];
           const T y = v * xs[c], yr = v * xd[c];
@@ -290,6 +297,32 @@ void backward(const T* __restrict__ e, const T* __restrict__ xab, const int64_t*
   }
 }
 
+template <typename T>
+void forward_any(const T* e, const T* xab, const int64_t* table, int64_t num_blocks, int64_t N,
+                 int64_t H, T* fwd, T* rev, T* e_new, int64_t threads) {
+  switch (H) {
+    case 16: return forward<T, 16>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+    case 32: return forward<T, 32>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+    case 64: return forward<T, 64>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+    default: return forward<T, 0>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+  }
+}
+
+template <typename T>
+void backward_any(const T* e, const T* xab, const int64_t* table, int64_t num_blocks, int64_t N,
+                  int64_t H, const T* fwd, const T* rev, const T* g_fwd, const T* g_rev,
+                  const T* g_e, T* de, T* dxab, int64_t threads) {
+#define METAPRUNE_BACKWARD(HC) \
+  backward<T, HC>(e, xab, table, num_blocks, N, H, fwd, rev, g_fwd, g_rev, g_e, de, dxab, threads)
+  switch (H) {
+    case 16: return METAPRUNE_BACKWARD(16);
+    case 32: return METAPRUNE_BACKWARD(32);
+    case 64: return METAPRUNE_BACKWARD(64);
+    default: return METAPRUNE_BACKWARD(0);
+  }
+#undef METAPRUNE_BACKWARD
+}
+
 }  // namespace
 
 extern "C" {
@@ -299,27 +332,27 @@ int metaprune_abi_version() { return 1; }
 void meta_blocks_forward_f32(const float* e, const float* xab, const int64_t* table,
                              int64_t num_blocks, int64_t N, int64_t H, float* fwd, float* rev,
                              float* e_new, int64_t threads) {
-  forward<float>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+  forward_any<float>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
 }
 
 void meta_blocks_forward_f64(const double* e, const double* xab, const int64_t* table,
                              int64_t num_blocks, int64_t N, int64_t H, double* fwd, double* rev,
                              double* e_new, int64_t threads) {
-  forward<double>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
+  forward_any<double>(e, xab, table, num_blocks, N, H, fwd, rev, e_new, threads);
 }
 
 void meta_blocks_backward_f32(const float* e, const float* xab, const int64_t* table,
                               int64_t num_blocks, int64_t N, int64_t H, const float* fwd,
                               const float* rev, const float* g_fwd, const float* g_rev,
                               const float* g_e, float* de, float* dxab, int64_t threads) {
-  backward<float>(e, xab, table, num_blocks, N, H, fwd, rev, g_fwd, g_rev, g_e, de, dxab, threads);
+  backward_any<float>(e, xab, table, num_blocks, N, H, fwd, rev, g_fwd, g_rev, g_e, de, dxab, threads);
 }
 
 void meta_blocks_backward_f64(const double* e, const double* xab, const int64_t* table,
                               int64_t num_blocks, int64_t N, int64_t H, const double* fwd,
                               const double* rev, const double* g_fwd, const double* g_rev,
                               const double* g_e, double* de, double* dxab, int64_t threads) {
-  backward<double>(e, xab, table, num_blocks, N, H, fwd, rev, g_fwd, g_rev, g_e, de, dxab,
+  backward_any<double>(e, xab, table, num_blocks, N, H, fwd, rev, g_fwd, g_rev, g_e, de, dxab,
                    threads);
 }
 

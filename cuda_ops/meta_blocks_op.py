@@ -21,74 +21,32 @@ nodes without edges getting 0. Implementations: a fused C++ kernel for CPU tenso
 from __future__ import annotations
 
 import ctypes
-import os
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
+from . import dispatch
+from .dispatch import SUFFIX, kernel_library, ptr
 from .meta_blocks_reference import backward_reference, forward_reference
-from .native import NativeBuildError, load
 
-__all__ = ["meta_blocks", "use_reference", "native_available", "TABLE_COLUMNS"]
+__all__ = ["meta_blocks", "native_available", "TABLE_COLUMNS"]
 
 TABLE_COLUMNS = ("edge_offset", "out_offset", "out_size", "in_offset", "in_size", "groups")
 
-_FORCE = {"reference": os.environ.get("METAPRUNE_FORCE_REFERENCE", "") not in ("", "0")}
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "meta_blocks_forward": [_P] * 3 + [_I] * 3 + [_P] * 3 + [_I],
+    "meta_blocks_backward": [_P] * 3 + [_I] * 3 + [_P] * 7 + [_I],
+}
 
 
-@contextmanager
-def use_reference(enabled: bool = True) -> Iterator[None]:
-    """Run the pure-torch reference instead of the C++ kernel inside the block (also:
-    ``METAPRUNE_FORCE_REFERENCE=1`` in the environment)."""
-    before = _FORCE["reference"]
-    _FORCE["reference"] = enabled
-    try:
-        yield
-    finally:
-        _FORCE["reference"] = before
-
-
-_LIB: dict[str, ctypes.CDLL | None] = {}
-
-
-def _library() -> ctypes.CDLL | None:
-    if "lib" not in _LIB:
-        try:
-            lib = load("meta_blocks")
-        except NativeBuildError as err:
-            warnings.warn(
-                f"meta_blocks: C++ kernel unavailable, using the torch reference ({err})",
-                stacklevel=2,
-            )
-            lib = None
-        if lib is not None:
-            ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            for dt in ("f32", "f64"):
-                getattr(lib, f"meta_blocks_forward_{dt}").argtypes = (
-                    [ptr] * 3 + [i64] * 3 + [ptr] * 3 + [i64]
-                )
-                getattr(lib, f"meta_blocks_backward_{dt}").argtypes = (
-                    [ptr] * 3 + [i64] * 3 + [ptr] * 7 + [i64]
-                )
-        _LIB["lib"] = lib
-    return _LIB["lib"]
+def _kernels(t: Tensor) -> ctypes.CDLL | None:
+    return kernel_library("meta_blocks", _SIGNATURES, t)
 
 
 def native_available() -> bool:
-    """Whether the C++ kernel is built and loaded (building it on first call)."""
-    return _library() is not None
-
-
-def _native(t: Tensor) -> ctypes.CDLL | None:
-    if _FORCE["reference"] or t.device.type != "cpu" or t.dtype not in _SUFFIX:
-        return None
-    return _library()
-
-
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+    """Whether the C++ kernel of ``meta_blocks`` is built and loaded (building it if needed)."""
+    return dispatch.native_available("meta_blocks", _SIGNATURES)
 
 
 def _check(e: Tensor, xab: Tensor, table: Tensor) -> None:
@@ -132,14 +90,10 @@ def _check(e: Tensor, xab: Tensor, table: Tensor) -> None:
         )
 
 
-def _ptr(t: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
-
-
 @torch.library.custom_op("metaprune::meta_blocks", mutates_args=())
 def _meta_blocks(e: Tensor, xab: Tensor, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     _check(e, xab, table)
-    lib = _native(e)
+    lib = _kernels(e)
     if lib is None:
         return forward_reference(e, xab, table)
     e, xab, table = e.contiguous(), xab.contiguous(), table.contiguous()
@@ -147,9 +101,9 @@ def _meta_blocks(e: Tensor, xab: Tensor, table: Tensor) -> tuple[Tensor, Tensor,
     fwd = e.new_empty(n, 4, hidden)
     rev = e.new_empty(n, 4, hidden)
     e_new = torch.empty_like(e)
-    getattr(lib, f"meta_blocks_forward_{_SUFFIX[e.dtype]}")(
-        _ptr(e), _ptr(xab), _ptr(table), table.size(0), n, hidden,
-        _ptr(fwd), _ptr(rev), _ptr(e_new), torch.get_num_threads(),
+    getattr(lib, f"meta_blocks_forward_{SUFFIX[e.dtype]}")(
+        ptr(e), ptr(xab), ptr(table), table.size(0), n, hidden,
+        ptr(fwd), ptr(rev), ptr(e_new), torch.get_num_threads(),
     )  # fmt: skip
     return fwd, rev, e_new
 
@@ -172,15 +126,15 @@ def _meta_blocks_backward(
     g_e: Tensor,
 ) -> tuple[Tensor, Tensor]:
     _check(e, xab, table)
-    lib = _native(e)
+    lib = _kernels(e)
     if lib is None:
         return backward_reference(e, xab, table, fwd, rev, g_fwd, g_rev, g_e)
     args = [t.contiguous() for t in (e, xab, table, fwd, rev, g_fwd, g_rev, g_e)]
     e, xab, table, fwd, rev, g_fwd, g_rev, g_e = args
     de, dxab = torch.empty_like(e), torch.empty_like(xab)
-    getattr(lib, f"meta_blocks_backward_{_SUFFIX[e.dtype]}")(
-        _ptr(e), _ptr(xab), _ptr(table), table.size(0), xab.size(0), e.size(1),
-        _ptr(fwd), _ptr(rev), _ptr(g_fwd), _ptr(g_rev), _ptr(g_e), _ptr(de), _ptr(dxab),
+    getattr(lib, f"meta_blocks_backward_{SUFFIX[e.dtype]}")(
+        ptr(e), ptr(xab), ptr(table), table.size(0), xab.size(0), e.size(1),
+        ptr(fwd), ptr(rev), ptr(g_fwd), ptr(g_rev), ptr(g_e), ptr(de), ptr(dxab),
         torch.get_num_threads(),
     )  # fmt: skip
     return de, dxab
