@@ -1,9 +1,12 @@
 """Which implementation an op runs: its C++ kernel (CPU float32/float64 tensors, when the
-kernel builds) or its pure-torch reference (every other case, or when forced)."""
+kernel builds), its Triton kernel (CUDA float32/float64 tensors, when Triton is installed)
+or its pure-torch reference (every other case, or when forced)."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,7 +17,14 @@ from torch import Tensor
 
 from .native import NativeBuildError, load
 
-__all__ = ["use_reference", "kernel_library", "native_available", "ptr", "SUFFIX"]
+__all__ = [
+    "use_reference",
+    "use_triton",
+    "kernel_library",
+    "native_available",
+    "ptr",
+    "SUFFIX",
+]
 
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _FORCE = {"reference": os.environ.get("METAPRUNE_FORCE_REFERENCE", "") not in ("", "0")}
@@ -59,6 +69,21 @@ def kernel_library(
     if _FORCE["reference"] or t.device.type != "cpu" or t.dtype not in SUFFIX:
         return None
     return _library(name, signatures)
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether tensors of this device type and dtype run an op's Triton kernel."""
+    return (
+        not _FORCE["reference"]
+        and device_type == "cuda"
+        and dtype in SUFFIX
+        and _triton_installed()
+    )
 
 
 def native_available(name: str, signatures: Mapping[str, Sequence[type]]) -> bool:

@@ -12,8 +12,9 @@ with node factors ``[x | a | b]`` (``xab``), it computes in one pass over the ed
 
 nodes without edges getting 0. Implementations: a fused C++ kernel for CPU tensors
 (``cpu/meta_blocks.cpp``, one pass forward, two passes backward, threads from
-``torch.get_num_threads()``), and the pure-torch reference
-(:mod:`cuda_ops.meta_blocks_reference`) for every other device or when forced with
+``torch.get_num_threads()``), Triton kernels for CUDA tensors
+(:mod:`cuda_ops.triton_meta_blocks`), and the pure-torch reference
+(:mod:`cuda_ops.meta_blocks_reference`) for anything else or when forced with
 :func:`cuda_ops.use_reference`. Registered with ``torch.library`` (fake tensors for
 ``torch.compile``, first-order autograd through ``metaprune::meta_blocks_backward``).
 """
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch
-from .dispatch import SUFFIX, kernel_library, ptr
+from .dispatch import SUFFIX, kernel_library, ptr, use_triton
 from .meta_blocks_reference import backward_reference, forward_reference
 
 __all__ = ["meta_blocks", "native_available", "TABLE_COLUMNS"]
@@ -93,10 +94,15 @@ def _check(e: Tensor, xab: Tensor, table: Tensor) -> None:
 @torch.library.custom_op("metaprune::meta_blocks", mutates_args=())
 def _meta_blocks(e: Tensor, xab: Tensor, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     _check(e, xab, table)
+    e, xab, table = e.contiguous(), xab.contiguous(), table.contiguous()
+    if use_triton(e.device.type, e.dtype):
+        from .triton_meta_blocks import forward_triton
+
+        return forward_triton(e, xab, table)
     lib = _kernels(e)
     if lib is None:
         return forward_reference(e, xab, table)
-    e, xab, table = e.contiguous(), xab.contiguous(), table.contiguous()
+    table = table.cpu()
     n, hidden = xab.size(0), e.size(1)
     fwd = e.new_empty(n, 4, hidden)
     rev = e.new_empty(n, 4, hidden)
@@ -126,11 +132,16 @@ def _meta_blocks_backward(
     g_e: Tensor,
 ) -> tuple[Tensor, Tensor]:
     _check(e, xab, table)
-    lib = _kernels(e)
-    if lib is None:
-        return backward_reference(e, xab, table, fwd, rev, g_fwd, g_rev, g_e)
     args = [t.contiguous() for t in (e, xab, table, fwd, rev, g_fwd, g_rev, g_e)]
     e, xab, table, fwd, rev, g_fwd, g_rev, g_e = args
+    if use_triton(e.device.type, e.dtype):
+        from .triton_meta_blocks import backward_triton
+
+        return backward_triton(*args)
+    lib = _kernels(e)
+    if lib is None:
+        return backward_reference(*args)
+    table = table.cpu()
     de, dxab = torch.empty_like(e), torch.empty_like(xab)
     getattr(lib, f"meta_blocks_backward_{SUFFIX[e.dtype]}")(
         ptr(e), ptr(xab), ptr(table), table.size(0), xab.size(0), e.size(1),

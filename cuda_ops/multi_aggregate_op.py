@@ -8,9 +8,10 @@ back: ``mean = z * s / n``, ``std = sqrt(max(z^2 var(y), eps))`` (0 at the floor
 ``StdAggregation``), and ``max``/``min`` = ``z * max y`` / ``z * min y``, swapped where
 ``z < 0``. Rows with no messages (``n = 0``) must carry zero statistics and give 0.
 
-One elementwise pass forward and one backward in C++ on CPU (``cpu/multi_aggregate.cpp``)
-instead of about 20 torch ops each way; the pure-torch reference
-(:mod:`cuda_ops.multi_aggregate_reference`) elsewhere or when forced.
+One elementwise pass forward and one backward, instead of about 20 torch ops each way: in
+C++ on CPU (``cpu/multi_aggregate.cpp``), in Triton on CUDA
+(:mod:`cuda_ops.triton_multi_aggregate`); the pure-torch reference
+(:mod:`cuda_ops.multi_aggregate_reference`) for anything else or when forced.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch
-from .dispatch import SUFFIX, kernel_library, ptr
+from .dispatch import SUFFIX, kernel_library, ptr, use_triton
 from .multi_aggregate_reference import (
     STD_EPS,
     multi_aggregate_backward_reference,
@@ -60,10 +61,14 @@ def _check(stats: Tensor, counts: Tensor, factor: Tensor) -> None:
 @torch.library.custom_op("metaprune::multi_aggregate", mutates_args=())
 def _multi_aggregate(stats: Tensor, counts: Tensor, factor: Tensor, eps: float) -> Tensor:
     _check(stats, counts, factor)
+    stats, counts, factor = stats.contiguous(), counts.contiguous(), factor.contiguous()
+    if use_triton(stats.device.type, stats.dtype):
+        from .triton_multi_aggregate import forward_triton
+
+        return forward_triton(stats, counts, factor, eps)
     lib = kernel_library("multi_aggregate", _SIGNATURES, stats)
     if lib is None:
         return multi_aggregate_reference(stats, counts, factor, eps)
-    stats, counts, factor = stats.contiguous(), counts.contiguous(), factor.contiguous()
     m, hidden = factor.shape
     out = factor.new_empty(m, 4 * hidden)
     getattr(lib, f"multi_aggregate_forward_{SUFFIX[stats.dtype]}")(
@@ -82,11 +87,15 @@ def _multi_aggregate_backward(
     stats: Tensor, counts: Tensor, factor: Tensor, grad: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
     _check(stats, counts, factor)
-    lib = kernel_library("multi_aggregate", _SIGNATURES, stats)
-    if lib is None:
-        return multi_aggregate_backward_reference(stats, counts, factor, grad, eps)
     args = [t.contiguous() for t in (stats, counts, factor, grad)]
     stats, counts, factor, grad = args
+    if use_triton(stats.device.type, stats.dtype):
+        from .triton_multi_aggregate import backward_triton
+
+        return backward_triton(*args, eps)
+    lib = kernel_library("multi_aggregate", _SIGNATURES, stats)
+    if lib is None:
+        return multi_aggregate_backward_reference(*args, eps)
     m, hidden = factor.shape
     d_stats, d_factor = torch.empty_like(stats), torch.empty_like(factor)
     getattr(lib, f"multi_aggregate_backward_{SUFFIX[stats.dtype]}")(
@@ -127,7 +136,7 @@ def multi_aggregate(stats: Tensor, counts: Tensor, factor: Tensor, eps: float = 
         )
     out = _multi_aggregate(
         stats.reshape(-1, 4, hidden),
-        counts.reshape(-1).to(factor.dtype),
+        counts.reshape(-1).to(factor.device, factor.dtype),
         factor.reshape(-1, hidden),
         float(eps),
     )

@@ -3,10 +3,17 @@
 One intra-op thread for the whole session, set before any fixture runs: the tensors in
 these tests are tiny, and on a shared 2-core machine OpenMP spin-waits of a second
 thread make them 5-15x slower. Worker processes that tests start set their own.
+
+Triton kernels run through Triton's interpreter on CPU tensors (this machine has no GPU);
+the variable must be set before anything imports ``triton``.
 """
 
-import pytest
-import torch
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -112,9 +112,7 @@ def test_opcheck() -> None:
 def test_bad_shapes_and_dtypes() -> None:
     y, index, z, n = _messages()
     stats, counts = _stats(y, index, n)
-    with pytest.raises(
-        ValueError, match=r"expected stats \[\.\.\., 4, h\]"
-    ):
+    with pytest.raises(ValueError, match=r"expected stats \[\.\.\., 4, h\]"):
         multi_aggregate(stats[:, :3], counts, z)
     with pytest.raises(ValueError, match="must share a dtype"):
         torch.ops.metaprune.multi_aggregate(stats.float(), counts, z, STD_EPS)
