@@ -30,7 +30,7 @@ SOURCES = Path(__file__).with_name("cpu")
 # rounds exactly as in the forward pass and as torch's own elementwise ops do.
 FLAGS = (
     "-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-math-errno",
-    "-std=c++17", "-shared", "-fPIC", "-pthread",
+    "-std=c++17", "-shared", "-fPIC", "-fopenmp",
 )  # fmt: skip
 ABI_VERSION = 1
 

@@ -11,15 +11,14 @@
 // rev: along flipped edges, into input nodes); nodes without edges get 0 everywhere.
 // Block table [B, 6] int64: edge offset, out offset, out size, in offset, in size, groups.
 //
-// Threads. Rows (b, r) are split into contiguous ranges of about equal edge counts; each
-// thread accumulates node-side results into private buffers (thread 0 into the outputs),
-// summed / maxed into the outputs at the end. Results do not depend on the thread count
-// up to float rounding of those merges.
+// Threads (OpenMP). Rows (b, r) are split into contiguous ranges of about equal edge
+// counts; each thread accumulates node-side results into private buffers (thread 0 into
+// the outputs), summed / maxed into the outputs at the end. Results do not depend on the
+// thread count up to float rounding of those merges.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -55,16 +54,17 @@ void for_rows(const std::vector<Block>& blocks, int64_t t, int64_t threads, Fn&&
   }
 }
 
+// Runs work(t) for t = 0 .. threads-1 on OpenMP threads. Built with -fopenmp, the library
+// needs libgomp.so.1, which in a torch process is torch's own: the kernel shares torch's
+// thread pool instead of competing with its spinning workers for the cores.
 template <typename Work>
 void run_threads(int64_t threads, Work&& work) {
   if (threads <= 1) {
     work(0);
     return;
   }
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+  for (int64_t t = 0; t < threads; ++t) work(t);
 }
 
 template <typename T>
