@@ -3,10 +3,10 @@
 * :func:`meta_blocks`: the edge side of a metanetwork layer over all dense blocks;
 * :func:`multi_aggregate`: PyG's mean/std/max/min aggregation from per-node statistics.
 
-Each op has a pure-torch reference (the fallback on any device, and the ground truth of
-the parity tests) and a fused kernel: C++ on CPU (built on first use by the system
-compiler, see :mod:`cuda_ops.native`). :func:`use_reference` (or
-``METAPRUNE_FORCE_REFERENCE=1``) forces the references.
+Each op has a pure-torch reference (the fallback, and the ground truth of the parity
+tests) and fused kernels: C++ for CPU tensors (built on first use by the system compiler,
+see :mod:`cuda_ops.native`), Triton for CUDA tensors (``triton_*.py``; :mod:`cuda_ops.dispatch`
+decides). :func:`use_reference` (or ``METAPRUNE_FORCE_REFERENCE=1``) forces the references.
 """
 
 from .dispatch import use_reference

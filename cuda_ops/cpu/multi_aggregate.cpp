@@ -10,6 +10,22 @@
 
 namespace {
 
+// What forward and backward both need at (row, channel): the factor, mean and variance of
+// y, the clamped message variance and its square root.
+template <typename T>
+struct Moments {
+  T f, mean_y, var_y, v, sd;
+  bool clamped;  // v < eps: torch's clamp passes no gradient there
+  Moments(const T* s, T n, T fc, int64_t H, int64_t c, T eps) : f(fc) {
+    mean_y = s[c] / n;
+    var_y = s[H + c] / n - mean_y * mean_y;
+    v = fc * fc * var_y;
+    clamped = !(v >= eps);
+    v = v > eps ? v : eps;
+    sd = std::sqrt(v);
+  }
+};
+
 template <typename T>
 void forward(const T* __restrict__ stats, const T* __restrict__ counts,
              const T* __restrict__ factor, int64_t M, int64_t H, T eps, T floor,
@@ -21,14 +37,11 @@ void forward(const T* __restrict__ stats, const T* __restrict__ counts,
     const T n = counts[m] > T(1) ? counts[m] : T(1);
 #pragma GCC ivdep
     for (int64_t c = 0; c < H; ++c) {
-      const T fc = f[c], mean_y = s[c] / n;
-      const T var_y = s[H + c] / n - mean_y * mean_y;
-      T v = fc * fc * var_y;
-      v = v > eps ? v : eps;
-      const T sd = std::sqrt(v);
+      const Moments<T> mo(s, n, f[c], H, c, eps);
+      const T fc = mo.f;
       const T top = fc * s[2 * H + c], bottom = fc * -s[3 * H + c];
-      o[c] = fc * mean_y;
-      o[H + c] = sd <= floor ? T(0) : sd;
+      o[c] = fc * mo.mean_y;
+      o[H + c] = mo.sd <= floor ? T(0) : mo.sd;
       o[2 * H + c] = fc >= T(0) ? top : bottom;
       o[3 * H + c] = fc >= T(0) ? bottom : top;
     }
@@ -48,14 +61,10 @@ void backward(const T* __restrict__ stats, const T* __restrict__ counts,
     const T n = counts[m] > T(1) ? counts[m] : T(1);
 #pragma GCC ivdep
     for (int64_t c = 0; c < H; ++c) {
-      const T fc = f[c], mean_y = s[c] / n;
-      const T var_y = s[H + c] / n - mean_y * mean_y;
-      T v = fc * fc * var_y;
-      const bool clamped = !(v >= eps);  // torch's clamp passes the gradient where v >= eps
-      v = v > eps ? v : eps;
-      const T sd = std::sqrt(v);
+      const Moments<T> mo(s, n, f[c], H, c, eps);
+      const T fc = mo.f, mean_y = mo.mean_y, var_y = mo.var_y;
       // d std / d v, zero where the value was floored or clamped
-      const T g_v = (sd <= floor || clamped) ? T(0) : g[H + c] * T(0.5) / sd;
+      const T g_v = (mo.sd <= floor || mo.clamped) ? T(0) : g[H + c] * T(0.5) / mo.sd;
       const T g_var = g_v * (fc * fc);
       const T g_mean_y = g[c] * fc - T(2) * mean_y * g_var;
       const bool pos = fc >= T(0);
