@@ -62,18 +62,30 @@ def _walkers(table: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
 
 
 @triton.jit
+def _walker(K, S0, E0, STRIDE, LENGTH, H, BLOCK_H: tl.constexpr):
+    """This program's channels (and their mask), receiver, first sender, first edge, edge
+    stride and edge count."""
+    w = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    k, s0, e0 = tl.load(K + w), tl.load(S0 + w), tl.load(E0 + w)
+    return c, c < H, k, s0, e0, tl.load(STRIDE + w), tl.load(LENGTH + w)
+
+
+@triton.jit
+def _factors(xab, k, c, cm, H):
+    """``x``, ``a``, ``b`` of node ``k`` on channels ``c``."""
+    row = xab + k * 3 * H + c
+    x = tl.load(row, mask=cm, other=0.0)
+    return x, tl.load(row + H, mask=cm, other=0.0), tl.load(row + 2 * H, mask=cm, other=0.0)
+
+
+@triton.jit
 def _stats_kernel(
     e, xab, stats, e_new, K, S0, E0, STRIDE, LENGTH, H,
     WRITE_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    w = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cm = c < H
-    k, s0, e0 = tl.load(K + w), tl.load(S0 + w), tl.load(E0 + w)
-    stride, length = tl.load(STRIDE + w), tl.load(LENGTH + w)
-    xk = tl.load(xab + k * 3 * H + c, mask=cm, other=0.0)
-    ak = tl.load(xab + k * 3 * H + H + c, mask=cm, other=0.0)
-    bk = tl.load(xab + k * 3 * H + 2 * H + c, mask=cm, other=0.0)
+    c, cm, k, s0, e0, stride, length = _walker(K, S0, E0, STRIDE, LENGTH, H, BLOCK_H)
+    xk, ak, bk = _factors(xab, k, c, cm, H)
     acc_s = tl.zeros([BLOCK_H], dtype=xk.dtype)
     acc_q = tl.zeros([BLOCK_H], dtype=xk.dtype)
     acc_m = tl.full([BLOCK_H], float("-inf"), dtype=xk.dtype)
@@ -105,11 +117,7 @@ def _ties_kernel(
     e, xab, stats, ties, K, S0, E0, STRIDE, LENGTH, H,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    w = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cm = c < H
-    k, s0, e0 = tl.load(K + w), tl.load(S0 + w), tl.load(E0 + w)
-    stride, length = tl.load(STRIDE + w), tl.load(LENGTH + w)
+    c, cm, k, s0, e0, stride, length = _walker(K, S0, E0, STRIDE, LENGTH, H, BLOCK_H)
     hi = tl.load(stats + k * 4 * H + 2 * H + c, mask=cm, other=0.0)
     neg = tl.load(stats + k * 4 * H + 3 * H + c, mask=cm, other=0.0)
     n_hi = tl.zeros([BLOCK_H], dtype=hi.dtype)
@@ -130,14 +138,8 @@ def _grad_kernel(
     e, xab, stats_k, stats_s, scaled_k, scaled_s, g_e, de, dxab, K, S0, E0, STRIDE, LENGTH, H,
     WRITE_DE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    w = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cm = c < H
-    k, s0, e0 = tl.load(K + w), tl.load(S0 + w), tl.load(E0 + w)
-    stride, length = tl.load(STRIDE + w), tl.load(LENGTH + w)
-    xk = tl.load(xab + k * 3 * H + c, mask=cm, other=0.0)
-    ak = tl.load(xab + k * 3 * H + H + c, mask=cm, other=0.0)
-    bk = tl.load(xab + k * 3 * H + 2 * H + c, mask=cm, other=0.0)
+    c, cm, k, s0, e0, stride, length = _walker(K, S0, E0, STRIDE, LENGTH, H, BLOCK_H)
+    xk, ak, bk = _factors(xab, k, c, cm, H)
     sk = scaled_k + k * 4 * H + c
     g0, g1 = tl.load(sk, mask=cm, other=0.0), tl.load(sk + H, mask=cm, other=0.0)
     g2, g3 = tl.load(sk + 2 * H, mask=cm, other=0.0), tl.load(sk + 3 * H, mask=cm, other=0.0)
