@@ -132,6 +132,16 @@ def _meta_blocks_backward(
     g_e: Tensor,
 ) -> tuple[Tensor, Tensor]:
     _check(e, xab, table)
+    stats_shape = (xab.size(0), 4, e.size(1))
+    for name, t, shape in (
+        ("fwd", fwd, stats_shape), ("rev", rev, stats_shape), ("g_fwd", g_fwd, stats_shape),
+        ("g_rev", g_rev, stats_shape), ("g_e", g_e, tuple(e.shape)),
+    ):  # fmt: skip
+        if tuple(t.shape) != shape or t.dtype != e.dtype:
+            raise ValueError(
+                f"meta_blocks_backward: expected {name} {list(shape)} {e.dtype}, "
+                f"found {list(t.shape)} {t.dtype}"
+            )
     args = [t.contiguous() for t in (e, xab, table, fwd, rev, g_fwd, g_rev, g_e)]
     e, xab, table, fwd, rev, g_fwd, g_rev, g_e = args
     if use_triton(e.device.type, e.dtype):

@@ -87,6 +87,11 @@ def _multi_aggregate_backward(
     stats: Tensor, counts: Tensor, factor: Tensor, grad: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
     _check(stats, counts, factor)
+    if grad.shape != (factor.size(0), 4 * factor.size(1)) or grad.dtype != factor.dtype:
+        raise ValueError(
+            f"multi_aggregate_backward: expected grad [{factor.size(0)}, {4 * factor.size(1)}] "
+            f"{factor.dtype}, found {list(grad.shape)} {grad.dtype}"
+        )
     args = [t.contiguous() for t in (stats, counts, factor, grad)]
     stats, counts, factor, grad = args
     if use_triton(stats.device.type, stats.dtype):

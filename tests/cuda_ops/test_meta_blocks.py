@@ -196,3 +196,12 @@ def test_bad_inputs_name_what_is_wrong(change, match: str) -> None:  # noqa: ANN
     e, xab = _inputs()
     with pytest.raises(ValueError, match=match):
         meta_blocks(*change(e, xab, TABLE))
+
+
+def test_backward_checks_its_inputs() -> None:
+    e, xab = _inputs()
+    fwd, rev, e_new = meta_blocks(e, xab, TABLE)
+    with pytest.raises(ValueError, match=r"expected g_e \[37, 5\] torch.float64, found \[36, 5\]"):
+        torch.ops.metaprune.meta_blocks_backward(e, xab, TABLE, fwd, rev, fwd, rev, e_new[:-1])
+    with pytest.raises(ValueError, match=r"expected rev \[24, 4, 5\]"):
+        torch.ops.metaprune.meta_blocks_backward(e, xab, TABLE, fwd, rev[:3], fwd, rev, e_new)

@@ -116,3 +116,7 @@ def test_bad_shapes_and_dtypes() -> None:
         multi_aggregate(stats[:, :3], counts, z)
     with pytest.raises(ValueError, match="must share a dtype"):
         torch.ops.metaprune.multi_aggregate(stats.float(), counts, z, STD_EPS)
+    with pytest.raises(ValueError, match=r"expected grad \[7, 24\] torch.float64, found \[7, 23\]"):
+        torch.ops.metaprune.multi_aggregate_backward(
+            stats, counts, z, torch.zeros(7, 23).double(), STD_EPS
+        )
