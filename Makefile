@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py
+	$(PY) benchmarks/metanet.py --threads 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info
