@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["forward_reference", "backward_reference", "block_views"]
+__all__ = ["forward_reference", "backward_reference", "block_views", "scaled_grads"]
 
 
 def block_views(
@@ -96,8 +96,8 @@ def backward_reference(
         ties_r[inp : inp + g * in_g] += torch.stack(
             [(yr == hi_r).sum(1), (-yr == neg_r).sum(1)], dim=-2
         ).reshape(-1, 2, hidden)
-    scaled_f = _scaled(g_fwd, ties_f)
-    scaled_r = _scaled(g_rev, ties_r)
+    scaled_f = scaled_grads(g_fwd, ties_f)
+    scaled_r = scaled_grads(g_rev, ties_r)
 
     de = torch.empty_like(e)
     dxab = torch.zeros_like(xab)
@@ -126,7 +126,7 @@ def _node_rows(stats: Tensor, start: int, groups: int, rows: int, dim: int) -> t
     return tuple(t.unsqueeze(dim) for t in part.unbind(2))
 
 
-def _scaled(grad: Tensor, ties: Tensor) -> Tensor:
+def scaled_grads(grad: Tensor, ties: Tensor) -> Tensor:
     """``[g_sum, 2 g_sq, g_max / ties, g_negmin / ties]`` (0 where nothing attains it)."""
     split = torch.where(ties > 0, grad[:, 2:] / ties.clamp(min=1), 0.0)
     return torch.cat([grad[:, :1], 2 * grad[:, 1:2], split], dim=1)

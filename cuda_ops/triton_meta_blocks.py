@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .meta_blocks_reference import _scaled
+from .meta_blocks_reference import scaled_grads
 
 __all__ = ["forward_triton", "backward_triton"]
 
@@ -236,7 +236,10 @@ def backward_triton(
         _ties_kernel[_grid(walker, hidden, bh)](
             e, xab, stats, ties, *walker, hidden, BLOCK_T=BLOCK_T, BLOCK_H=bh
         )
-    scaled_f, scaled_r = _scaled(g_fwd, ties_f).contiguous(), _scaled(g_rev, ties_r).contiguous()
+    scaled_f, scaled_r = (
+        scaled_grads(g_fwd, ties_f).contiguous(),
+        scaled_grads(g_rev, ties_r).contiguous(),
+    )
     _grad_kernel[_grid(rows, hidden, bh)](
         e, xab, fwd, rev, scaled_f, scaled_r, g_e, de, dxab, *rows, hidden,
         WRITE_DE=True, BLOCK_T=BLOCK_T, BLOCK_H=bh,
