@@ -11,7 +11,8 @@ back: ``mean = z * s / n``, ``std = sqrt(max(z^2 var(y), eps))`` (0 at the floor
 One elementwise pass forward and one backward, instead of about 20 torch ops each way: in
 C++ on CPU (``cpu/multi_aggregate.cpp``), in Triton on CUDA
 (:mod:`cuda_ops.triton_multi_aggregate`); the pure-torch reference
-(:mod:`cuda_ops.multi_aggregate_reference`) for anything else or when forced.
+(:mod:`cuda_ops.multi_aggregate_reference`) for anything else or when forced. First-order
+autograd through ``metaprune::multi_aggregate_backward`` (no double backward).
 """
 
 from __future__ import annotations
