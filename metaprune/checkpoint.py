@@ -54,6 +54,7 @@ __all__ = [
     "SPEC_KEY",
     "VERSION_KEY",
     "CheckpointError",
+    "check_safetensors_file",
     "CheckpointNotFoundError",
     "load",
     "load_state",
@@ -275,7 +276,19 @@ def _checkpoint_file(path: Path, limits: Limits) -> Path:
         raise CheckpointNotFoundError(f"checkpoint file {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
-    where = f"checkpoint {str(path)!r}"
+    return check_safetensors_file(path, limits, f"checkpoint {str(path)!r}")
+
+
+def check_safetensors_file(path: Path, limits: Limits, where: str) -> Path:
+    """Check an existing safetensors file's size and header length against ``limits``
+    (and that the header fits in the file) before any parser reads it.
+
+    Raises:
+        CheckpointError: not a file, or a header length the file cannot hold.
+        LimitExceededError: over ``max_upload_bytes`` or ``max_header_bytes``.
+    """
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{where}: no such file")
     size = path.stat().st_size
     limits.check("max_upload_bytes", size, f"{where} file size")
     with path.open("rb") as f:

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from metaprune.data.registry import DatasetError
+from metaprune.errors import quote
 
 __all__ = ["TransformSubset", "check_fraction", "check_int", "stratified_split"]
 
@@ -20,7 +21,7 @@ def check_int(dataset: str, name: str, value: object, minimum: int = 1) -> int:
     """``value`` if it is an int ``>= minimum``, else a :class:`DatasetError`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DatasetError(
-            f"dataset {dataset!r}: {name} must be an int >= {minimum} (found {value!r})"
+            f"dataset {dataset!r}: {name} must be an int >= {minimum} (found {quote(value)})"
         )
     return value
 

@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from metaprune.errors import InvalidInputError, NotFoundError
+from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, finetune
@@ -160,8 +160,12 @@ def _load_metanetwork(config: PruneConfig) -> nn.Module:
         )
     try:
         return load(config.metanet)
+    except LimitExceededError:
+        raise
+    except NotFoundError as err:
+        raise UnknownMetanetError(f"cannot load metanetwork: {err}") from None
     except (OSError, ValueError, KeyError) as err:
-        raise MetanetUnavailable(f"cannot load metanetwork {config.metanet!r}: {err}") from None
+        raise MetanetUnavailable(f"cannot load metanetwork {quote(config.metanet)}: {err}") from None
 
 
 def _metanet(model: nn.Module, ctx: MethodContext) -> nn.Module:
