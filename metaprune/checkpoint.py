@@ -366,17 +366,17 @@ def _check_state(
     for key, ref in expected.items():
         if key not in found:
             problems.append(
-                f"missing key {key!r} (expected shape {tuple(ref.shape)}, dtype {ref.dtype})"
+                f"missing key {quote(key, 100)} (expected shape {tuple(ref.shape)}, dtype {ref.dtype})"
             )
             continue
         shape, dtype = found[key]
         if shape != tuple(ref.shape):
-            problems.append(f"key {key!r}: expected shape {tuple(ref.shape)}, found {shape}")
+            problems.append(f"key {quote(key, 100)}: expected shape {tuple(ref.shape)}, found {shape}")
         if ref.is_floating_point() != dtype.is_floating_point or (
             not ref.is_floating_point() and ref.dtype != dtype
         ):
             kind = "a floating dtype" if ref.is_floating_point() else str(ref.dtype)
-            problems.append(f"key {key!r}: expected {kind}, found {dtype}")
+            problems.append(f"key {quote(key, 100)}: expected {kind}, found {dtype}")
     problems += [
         f"unexpected key {quote(key, 100)} (shape {quote(found[key][0], 100)})"
         for key in found

@@ -229,6 +229,7 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    from metaprune.errors import quote
     from metaprune.limits import DEFAULT_LIMITS
     from metaprune.pruning import PruneConfig, format_report, prune
 
@@ -255,6 +256,11 @@ def _run_prune(args: argparse.Namespace) -> int:
             node = data
             for key in path[:-1]:
                 node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise UsageError(
+                        f"metaprune prune: error: config key {key!r} must be a mapping "
+                        f"(found {type(node).__name__})"
+                    )
             node[path[-1]] = value
     config = PruneConfig.from_dict(data)
     config.check_limits(DEFAULT_LIMITS)
@@ -262,7 +268,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         raise UsageError("metaprune prune: error: --method metanet needs --metanet NAME_OR_PATH")
     if config.metanet is not None and config.method not in ("metanet", "auto"):
         raise UsageError(
-            f"metaprune prune: error: the config names metanet {config.metanet!r} but method "
+            f"metaprune prune: error: the config names metanet {quote(config.metanet)} but method "
             f"{config.method!r} does not use it; set method to 'metanet' or drop 'metanet'"
         )
     if not Path(args.checkpoint).exists():

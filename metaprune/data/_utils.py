@@ -30,7 +30,7 @@ def check_fraction(dataset: str, name: str, value: object) -> float:
     """``value`` if it is a number strictly between 0 and 1, else a :class:`DatasetError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise DatasetError(
-            f"dataset {dataset!r}: {name} must be a number in (0, 1) (found {value!r})"
+            f"dataset {dataset!r}: {name} must be a number in (0, 1) (found {quote(value)})"
         )
     return float(value)
 

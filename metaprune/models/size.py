@@ -278,6 +278,9 @@ def _cached_size(key: str, shape: tuple[int, ...] | None, limits: Limits) -> Spe
 _CHILD_CODE = """
 import json, resource, sys
 limit = int(sys.argv[1])
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+if hard != resource.RLIM_INFINITY:
+    limit = min(limit, hard)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from metaprune.models.size import _child_main
 _child_main()
