@@ -255,8 +255,18 @@ def _real_device(device: torch.device | str, where: str) -> torch.device:
         ) from None
     if parsed.type == "meta":
         raise CheckpointError(f"{where}: device 'meta' holds no data; load onto 'cpu' or 'cuda'")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"{where}: device {str(parsed)!r} is not available (no CUDA)")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(parsed.type, False):
+        raise CheckpointError(
+            f"{where}: device {str(parsed)!r} is not available on this machine "
+            f"(available: {', '.join(k for k, v in available.items() if v)})"
+        )
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise CheckpointError(f"{where}: device {str(parsed)!r} does not exist on this machine")
     return parsed
 
 
@@ -371,7 +381,9 @@ def _check_state(
             continue
         shape, dtype = found[key]
         if shape != tuple(ref.shape):
-            problems.append(f"key {quote(key, 100)}: expected shape {tuple(ref.shape)}, found {shape}")
+            problems.append(
+                f"key {quote(key, 100)}: expected shape {tuple(ref.shape)}, found {shape}"
+            )
         if ref.is_floating_point() != dtype.is_floating_point or (
             not ref.is_floating_point() and ref.dtype != dtype
         ):

@@ -62,7 +62,8 @@ def load_image(path: str) -> Any:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(
-            f"dataset 'imagefolder': cannot read image {name!r}: {describe_exception(err)}"
+            f"dataset 'imagefolder': cannot read image {name!r}: "
+            + describe_exception(err).replace(path, name)  # the file, not the host's layout
         ) from None
 
 
