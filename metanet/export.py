@@ -166,7 +166,11 @@ def _resolve(path_or_name: str | os.PathLike[str], allow_paths: bool) -> Path:
         if path.suffix == ".safetensors"
         else _base(path).with_name(_base(path).name + ".safetensors")
     )
-    if not weights.is_file():
+    try:
+        exists = weights.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        exists = False
+    if not exists:
         raise MetanetNotFoundError(f"metanetwork export {quote(str(weights))} does not exist")
     return weights
 

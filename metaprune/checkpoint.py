@@ -273,6 +273,15 @@ def _real_device(device: torch.device | str, where: str) -> torch.device:
 def _checkpoint_file(path: Path, limits: Limits) -> Path:
     """The file to read: ``path`` itself, or the one ``*.safetensors`` in directory ``path``;
     its size and safetensors header size are checked before any parser sees it."""
+    try:
+        return _find_checkpoint_file(path, limits)
+    except OSError as err:  # e.g. a name too long for the file system, permissions
+        raise CheckpointError(
+            f"checkpoint {quote(str(path))} cannot be opened: {err.strerror or _reason(err)}"
+        ) from None
+
+
+def _find_checkpoint_file(path: Path, limits: Limits) -> Path:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors"))
         if len(found) != 1:
@@ -283,7 +292,7 @@ def _checkpoint_file(path: Path, limits: Limits) -> Path:
             )
         path = found[0]
     if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint file {quote(str(path), 1000)} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
     return check_safetensors_file(path, limits, f"checkpoint {str(path)!r}")

@@ -370,11 +370,12 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping (found {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in fields)
+    unknown = sorted(str(k)[:1000] for k in data if k not in fields)
     if unknown:
+        listed = ", ".join(quote(prefix + k, 100) for k in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(prefix + k) for k in unknown)} "
-            f"(expected a subset of {sorted(fields)})"
+            f"{where}: unknown key(s) {listed}{more} (expected a subset of {sorted(fields)})"
         )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
