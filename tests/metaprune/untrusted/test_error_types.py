@@ -144,12 +144,14 @@ def bounded() -> dict[str, Any]:
     return result["value"]
 
 
+@pytest.mark.slow
 def test_constructor_failures_on_odd_kwargs_are_spec_errors(bounded: dict[str, Any]) -> None:
     outcomes = bounded["kwargs"]
     assert sum(outcomes.values()) >= 35
     assert outcomes.get("SpecError", 0) >= 5  # odd kwargs do break constructors
 
 
+@pytest.mark.slow
 def test_malformed_metanetwork_files_fail_typed(bounded: dict[str, Any]) -> None:
     assert bounded["metanet"]["examples"] >= 35
 

@@ -99,7 +99,6 @@ def _child_guarded() -> dict[str, Any]:
         ["prune", good, *prune_args, "--metanet", "planted"],
         ["prune", good, *prune_args, "--metanet", "resnet20-digits.ckpt"],
         ["prune", good, *prune_args, "--config", "config.yaml"],
-        ["metanet", "fit", "--help"],
     ]
     statuses = [main(argv) for argv in argvs]
     errors = []
@@ -125,6 +124,7 @@ def _child_guarded() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_no_cli_or_config_path_reaches_an_unpickler(tmp_path: Path) -> None:
     result = run_bounded(__file__, "_child_guarded", cwd=tmp_path, timeout=600)
     assert result["ok"], result.get("error")
@@ -132,7 +132,7 @@ def test_no_cli_or_config_path_reaches_an_unpickler(tmp_path: Path) -> None:
     assert value["canary"] == ["torch.load"], value  # the traps were live
     assert value["calls"] == [], value["calls"]
     assert not value["pwned"] and not value["out"]
-    assert value["statuses"] == [2] * 12 + [0]
+    assert value["statuses"] == [2] * 12
     assert len(value["errors"]) == 10
 
 
