@@ -158,3 +158,13 @@ def test_names_never_resolve_against_the_working_directory(tmp_path: Path, monke
     monkeypatch.setenv("METAPRUNE_METANET_PATH", f"relative{os.pathsep}{tmp_path}")
     assert "local-net" in list_pretrained()
     assert load_metanet("local-net", allow_paths=False).config["hidden"] == 4
+
+
+def test_a_service_accepts_registered_metanetwork_names_only(tmp_path: Path) -> None:
+    from metaprune.errors import InvalidInputError, NotFoundError
+    from metaprune.pruning import PruneConfig, prune
+
+    for metanet, kind in (("./m.safetensors", InvalidInputError), ("nope", NotFoundError)):
+        config = PruneConfig(method="metanet", metanet=metanet)
+        err = raises(lambda: prune("x.safetensors", "digits", config, metanet_paths=False))  # noqa: B023
+        check_error(err, kind, repr(metanet))
