@@ -108,8 +108,9 @@ def get_dataset(
     """
     builder = _REGISTRY.get(name) if isinstance(name, str) else None
     if builder is None:
-        text = str(name)[:100]  # difflib is quadratic in the length
-        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6)
+        # difflib is quadratic in the length; str() of a deep list would recurse
+        text = name[:100] if isinstance(name, str) else ""
+        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6) if text else []
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownDatasetError(
             f"unknown dataset {quote(name)} (registered: {', '.join(sorted(_REGISTRY))}){hint}"

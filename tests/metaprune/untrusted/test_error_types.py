@@ -314,3 +314,43 @@ def test_spec_metadata_of_any_shape_is_a_checkpoint_error(tmp_path: Path) -> Non
         check_error(err, checkpoint.CheckpointError, str(path))
 
     prop()
+
+
+_BIG_JSON = st.recursive(
+    st.one_of(_JSON_SCALARS, st.integers(-(10**400), 10**400)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_CONFIG_KEYS = st.sampled_from(
+    ["method", "target", "metanet", "pruning", "before_pruning", "after_pruning", "latency",
+     "batch_size", "seed", "device", "version", "max_wall_seconds", "importance", "sparse"]
+)  # fmt: skip
+
+
+@_SETTINGS
+@given(
+    st.dictionaries(
+        _CONFIG_KEYS,
+        st.one_of(
+            _BIG_JSON,
+            st.dictionaries(
+                st.sampled_from(["kind", "value", "epochs", "lr", "steps", "milestones", "p"]),
+                _BIG_JSON,
+                max_size=3,
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_config_dicts_of_any_shape_are_config_errors(data: dict[str, Any]) -> None:
+    try:
+        config = PruneConfig.from_dict(data)
+    except ConfigError as err:
+        check_error(err, ConfigError)
+        return
+    try:
+        config.check_limits()
+    except LimitExceededError as err:
+        check_error(err, LimitExceededError, "PruneConfig.")
