@@ -220,3 +220,19 @@ def test_file_and_header_sizes_are_bounded(tmp_path: Path) -> None:
     tiny_header = dataclasses.replace(DEFAULT_LIMITS, max_header_bytes=64)
     err = raises(lambda: checkpoint.read_spec(path, limits=tiny_header))
     check_error(err, LimitExceededError, "max_header_bytes is 64", "safetensors header")
+
+
+def test_an_operator_sets_the_cli_limits_with_a_file(tmp_path: Path, capsys) -> None:
+    spec = ArchSpec("cifar_resnet20", {"width": 0.25, "in_channels": 1})
+    ckpt = str(checkpoint.save(spec.build(), spec, tmp_path / "m.safetensors"))
+    (tmp_path / "low.yaml").write_text("max_params: 1000\n")
+    (tmp_path / "small.json").write_text('{"max_image_size": 16}')
+    (tmp_path / "bad.yaml").write_text("max_parameters: 5\n")
+    assert main(["info", ckpt, "--limits", str(tmp_path / "low.yaml")]) == 2
+    assert "max_params is 1,000" in capsys.readouterr().err
+    assert main(["info", ckpt, "--image-size", "24"]) == 0
+    capsys.readouterr()
+    assert main(["info", ckpt, "--image-size", "24", "--limits", str(tmp_path / "small.json")]) == 2
+    assert "max_image_size is 16 but 24" in capsys.readouterr().err
+    assert main(["eval", ckpt, "--dataset", "digits", "--limits", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown key(s) ['max_parameters']" in capsys.readouterr().err
