@@ -236,3 +236,12 @@ def test_an_operator_sets_the_cli_limits_with_a_file(tmp_path: Path, capsys) -> 
     assert "max_image_size is 16 but 24" in capsys.readouterr().err
     assert main(["eval", ckpt, "--dataset", "digits", "--limits", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown key(s) ['max_parameters']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_specs_that_cannot_run_on_meta_are_sized_in_a_bounded_child() -> None:
+    from metaprune.testing.hostile import META_HOSTILE
+
+    # (a spec within the limits takes the same path in test_checkpoint.py) 10^10 outputs: the child's memory rlimit stops the allocation, the parent reports it
+    err = raises(lambda: check_spec(ArchSpec(META_HOSTILE, {"width": 10**10})))
+    check_error(err, LimitExceededError, "max_params is 200,000,000", "memory budget")
