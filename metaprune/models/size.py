@@ -175,8 +175,6 @@ def construct(
                     f"{what} (building it ran out of its memory budget)",
                 ) from None  # fmt: skip
             raise SpecError(f"{what}: cannot build it: {describe_exception(err)}") from None
-        except RecursionError:
-            raise SpecError(f"{what}: cannot build it: nesting too deep") from None
         except MemoryError:
             raise SpecError(f"{what}: cannot build it: out of memory") from None
         except Exception as err:  # noqa: BLE001 (constructor errors on odd kwargs: any type)

@@ -32,7 +32,13 @@ try:
     result = {{"ok": True, "value": value}}
 except BaseException as err:  # report everything, including MemoryError
     result = {{"ok": False, "error": "".join(traceback.format_exception(err))[-4000:]}}
-result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process image's peak RSS (ru_maxrss survives exec: it can be the parent's)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/status") as status:
+    for line in status:
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+result["max_rss_bytes"] = peak
 result["seconds"] = time.monotonic() - start
 print("\\n{_MARK}" + json.dumps(result, default=str))
 """
