@@ -102,7 +102,9 @@ class FinetuneBudget:
         if isinstance(self.milestones, (str, bytes)) or not isinstance(
             self.milestones, (list, tuple)
         ):
-            raise ConfigError(f"milestones must be a list of epochs (found {quote(self.milestones)})")
+            raise ConfigError(
+                f"milestones must be a list of epochs (found {quote(self.milestones)})"
+            )
         for m in self.milestones:
             check_int("milestones[]", m, minimum=1)
         object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
