@@ -30,7 +30,7 @@ from metaprune.testing.bounded import run_bounded
 from metaprune.testing.untrusted import check_error, files_under, raises, raw_checkpoint
 
 _SETTINGS = settings(
-    max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
 
 # (name, kwargs-or-plan builder, strategy of the scale): every scale here is over the limits
@@ -97,7 +97,7 @@ def _child_specs_within_the_limits() -> dict[str, Any]:
     """Runs in the bounded child: the size of a sane spec is exact, from the meta device."""
     seen: list[int] = []
 
-    @settings(_SETTINGS, max_examples=15)
+    @settings(_SETTINGS, max_examples=10)
     @given(st.integers(1, 1000), st.sampled_from([0.125, 0.25, 0.5]), st.integers(8, 64))
     def prop(classes: int, width: float, image: int) -> None:
         spec = ArchSpec("cifar_resnet20", {"num_classes": classes, "width": width})
@@ -136,7 +136,7 @@ def test_huge_specs_are_refused_before_allocation(bounded: dict[str, Any]) -> No
 
 @pytest.mark.slow
 def test_sane_specs_are_sized_exactly(bounded: dict[str, Any]) -> None:
-    assert bounded["within"]["examples"] >= 15
+    assert bounded["within"]["examples"] >= 10
 
 
 def test_a_stage_of_a_hundred_million_blocks_is_stopped_by_max_tensors() -> None:
