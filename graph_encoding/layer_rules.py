@@ -21,7 +21,15 @@ from .channels import (
 from .schema import EdgeKind, NodeKind, NormKind
 from .vocab import ELEMENTWISE_MODULES, NORMS, POOL_MODULES
 
-__all__ = ["LayerRules"]
+__all__ = ["LayerRules", "NORM_ATTRS"]
+
+# node-feature slot -> attribute of a norm module
+NORM_ATTRS = {
+    "weight": "weight",
+    "norm_bias": "bias",
+    "running_mean": "running_mean",
+    "running_var": "running_var",
+}
 
 
 class LayerRules:
@@ -51,53 +59,104 @@ class LayerRules:
         )
 
     def conv(self, node: torch.fx.Node, path: str, mod: nn.Conv2d, x: Chan) -> Chan:
-        if x.dim != 1 or x.inner != 1 or x.size != mod.in_channels:
-            raise EncodingError(
-                f"{path}: expected {mod.in_channels} input channels on axis 1, found "
-                f"{x.size * x.inner} on axis {x.dim}"
-            )
-        if mod.groups == 1:
-            kind = EdgeKind.CONV
-        elif mod.groups == mod.in_channels == mod.out_channels:
-            kind = EdgeKind.DEPTHWISE_CONV
-        else:
-            kind = EdgeKind.GROUPED_CONV
-        kernel = tuple(mod.weight.shape[2:])
         padding = mod.padding[0] if isinstance(mod.padding, tuple) else -1  # -1: "same"/"valid"
-        cid = self.add_layer(
+        return self.conv_layer(
+            node,
             path,
-            kind,
             x,
-            mod.out_channels,
             f"{path}.weight",
-            bias=f"{path}.bias" if mod.bias is not None else None,
+            tuple(mod.weight.shape),
+            f"{path}.bias" if mod.bias is not None else None,
             groups=mod.groups,
-            width=math.prod(kernel),
-            kernel=kernel,
             stride=mod.stride[0],
             dilation=mod.dilation[0],
             padding=padding,
         )
-        return Chan(1, ((self.set_of(cid), 0, mod.out_channels),), fresh=cid)
+
+    def conv_layer(
+        self,
+        node: torch.fx.Node,
+        path: str,
+        x: Chan,
+        weight: str,
+        shape: tuple[int, ...],
+        bias: str | None,
+        *,
+        groups: int,
+        stride: int,
+        dilation: int,
+        padding: int,
+    ) -> Chan:
+        """A convolution (module or functional) whose weight is the state tensor ``weight``
+        of shape ``(out, in // groups, *kernel)``."""
+        out_channels, in_channels = shape[0], shape[1] * groups
+        if x.dim >= 2:
+            raise EncodingError(
+                f"{path}: a convolution across the channel axis (axis {x.dim}, e.g. ECA "
+                "attention) depends on the order of the channels; the graph cannot represent it"
+            )
+        if x.dim != 1 or x.inner != 1 or x.size != in_channels:
+            raise EncodingError(
+                f"{path}: expected {in_channels} input channels on axis 1, found "
+                f"{x.size * x.inner} on axis {x.dim}"
+            )
+        if groups == 1:
+            kind = EdgeKind.CONV
+        elif groups == in_channels == out_channels:
+            kind = EdgeKind.DEPTHWISE_CONV
+        else:
+            kind = EdgeKind.GROUPED_CONV
+        kernel = tuple(shape[2:])
+        cid = self.add_layer(
+            path,
+            kind,
+            x,
+            out_channels,
+            weight,
+            bias=bias,
+            groups=groups,
+            width=math.prod(kernel),
+            kernel=kernel,
+            stride=stride,
+            dilation=dilation,
+            padding=padding,
+        )
+        return Chan(1, ((self.set_of(cid), 0, out_channels),), fresh=cid)
 
     def linear(self, node: torch.fx.Node, path: str, mod: nn.Linear, x: Chan) -> Chan:
+        bias = f"{path}.bias" if mod.bias is not None else None
+        return self.linear_layer(
+            node, path, x, mod.in_features, mod.out_features, f"{path}.weight", bias
+        )
+
+    def linear_layer(
+        self,
+        node: torch.fx.Node,
+        path: str,
+        x: Chan,
+        in_features: int,
+        out_features: int,
+        weight: str,
+        bias: str | None,
+    ) -> Chan:
+        """A linear map (module or functional) over the last axis."""
         rank = rank_of(node.args[0])
-        if x.dim != rank - 1 or x.size * x.inner != mod.in_features:
+        if x.dim != rank - 1 or x.size * x.inner != in_features:
             raise EncodingError(
-                f"{path}: expected {mod.in_features} features on the last axis, found "
+                f"{path}: expected {in_features} features on the last axis, found "
                 f"{x.size}x{x.inner} on axis {x.dim} of a rank-{rank} tensor"
             )
         cid = self.add_layer(
             path,
             EdgeKind.LINEAR,
             x,
-            mod.out_features,
-            f"{path}.weight",
-            bias=f"{path}.bias" if mod.bias is not None else None,
+            out_features,
+            weight,
+            bias=bias,
             width=x.inner,
             kernel=(x.inner,) if x.inner > 1 else (),
         )
-        return Chan(rank_of(node) - 1, ((self.set_of(cid), 0, mod.out_features),), fresh=cid)
+        return Chan(rank_of(node) - 1, ((self.set_of(cid), 0, out_features),), fresh=cid)
 
     def norm(self, node: torch.fx.Node, path: str, mod: nn.Module, x: Chan) -> Chan:
         if isinstance(mod, nn.LayerNorm):
@@ -107,26 +166,12 @@ class LayerRules:
             kind = NormKind.GROUP if isinstance(mod, nn.GroupNorm) else NormKind.BATCH
             if x.dim != 1:
                 raise EncodingError(f"{path}: expected channels on axis 1, found axis {x.dim}")
-        running = getattr(mod, "running_mean", None) is not None
-        affine = getattr(mod, "weight", None) is not None
-        return self.attach_norm(node, path, kind, running, affine, x)
-
-    def functional_layer_norm(self, node: torch.fx.Node, x: Chan) -> Chan:
-        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-        bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
-        shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        where = describe(node)
-        params = [w for w in (weight, bias) if w is not None]
-        if any(not (isinstance(w, torch.fx.Node) and w.op == "get_attr") for w in params):
-            raise EncodingError(f"{where}: layer_norm weights must be module parameters")
-        paths = {str(w.target).rsplit(".", 1)[0] for w in params}
-        names = {str(w.target).rsplit(".", 1)[-1] for w in params}
-        if len(params) == 1 or len(paths) != 1 or names != {"weight", "bias"}:
-            raise EncodingError(f"{where}: layer_norm needs both weight and bias of one module")
-        path = paths.pop() if params else f"{node.name}"
-        self._check_layer_norm(node, path, shape, x)
-        return self.attach_norm(node, path, NormKind.LAYER, False, bool(params), x)
+        keys = {
+            slot: f"{path}.{attr}"
+            for slot, attr in NORM_ATTRS.items()
+            if getattr(mod, attr, None) is not None
+        }
+        return self.attach_norm(node, path, kind, keys, x)
 
     def _check_layer_norm(self, node: torch.fx.Node, path: str, shape: tuple, x: Chan) -> None:
         if len(shape) != 1 or x.dim != rank_of(node.args[0]) - 1:
@@ -136,13 +181,14 @@ class LayerRules:
             )
 
     def attach_norm(
-        self, node: torch.fx.Node, path: str, kind: NormKind, running: bool, affine: bool, x: Chan
+        self, node: torch.fx.Node, path: str, kind: NormKind, keys: dict[str, str], x: Chan
     ) -> Chan:
         """Norm values go into the node features of the layer whose output they normalise;
-        a norm over channels that are not one layer's own output gets a node set."""
+        a norm over channels that are not one layer's own output gets a node set.
+        ``keys``: the state keys the norm reads, by node-feature slot."""
         if x.inner != 1:
             raise EncodingError(f"{path}: normalisation of flattened channels is not supported")
-        norm = (kind, path, running, affine)
+        norm = (kind, dict(keys))
         owner = x.fresh if sole_user(node.args[0]) else None
         if owner is not None and self.contributors[owner].norm is None:
             self.contributors[owner].norm = norm

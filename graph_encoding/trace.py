@@ -27,6 +27,7 @@ from .channels import (
     flatten,
     map_args,
 )
+from .functional_rules import FUNCTIONAL_LAYERS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules
 from .plan import Block, NodePlacement, NodeSetInfo, Plan, role_column
@@ -45,7 +46,7 @@ from .vocab import (
 __all__ = ["EncodingError", "Tracer", "build_plan"]
 
 
-class Tracer(LayerRules, OpRules):
+class Tracer(LayerRules, FunctionalRules, OpRules):
     """Walks a traced module graph and collects node sets, blocks and placements."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -58,6 +59,9 @@ class Tracer(LayerRules, OpRules):
         self.weights: list[str] = []
         self.depth = 0
         self.used_params: set[str] = set()
+        state = model.state_dict(keep_vars=True)
+        self.state_keys = set(state)
+        self.state_shapes = {k: tuple(v.shape) for k, v in state.items()}
 
     # ------------------------------------------------------------ node sets
     def new_set(self, name: str, size: int, kind: NodeKind) -> int:
@@ -184,8 +188,8 @@ class Tracer(LayerRules, OpRules):
             return self.getitem(node, args, name)
         if node.meta.get("tensor_meta") is None:
             return None  # shapes, sizes, asserts: no channels flow through them
-        if target in {F.layer_norm, torch.layer_norm}:
-            return self.functional_layer_norm(node, args[0])
+        if node.op == "call_function" and target in FUNCTIONAL_LAYERS:
+            return self.functional_layer(node, args, chans)
         if target in ELEMENTWISE_FUNCTIONS or (
             node.op == "call_method" and target in ELEMENTWISE_METHODS
         ):
@@ -258,15 +262,9 @@ class Tracer(LayerRules, OpRules):
                     )
                 norms.append(con.norm[0] if con.norm else NormKind.NONE)
                 if con.norm:
-                    _, path, running, affine = con.norm
-                    fields = [("weight", "weight"), ("bias", "norm_bias")] if affine else []
-                    if running:
-                        fields += [("running_mean", "running_mean"), ("running_var", "running_var")]
-                    for attr, slot in fields:
+                    for slot, key in con.norm[1].items():
                         placements.append(
-                            NodePlacement(
-                                f"{path}.{attr}", offsets[r], rs.size, role_column(role, SLOT[slot])
-                            )
+                            NodePlacement(key, offsets[r], rs.size, role_column(role, SLOT[slot]))
                         )
             norms += [NormKind.NONE] * (ROLES - len(norms))
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
