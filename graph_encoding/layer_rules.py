@@ -38,6 +38,8 @@ class LayerRules:
     def call_module(self, node: torch.fx.Node, mod: nn.Module, args: tuple, kwargs: dict) -> object:
         path = str(node.target)
         x = args[0] if args else None
+        if x is None and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            x = self.constant_input(node, path)
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self.conv(node, path, mod, need(x, path, mod))
         if isinstance(mod, nn.Linear):
@@ -123,7 +125,36 @@ class LayerRules:
         )
         return Chan(1, ((self.set_of(cid), 0, out_channels),), fresh=cid)
 
+    def constant_input(self, node: torch.fx.Node, path: str) -> Chan | None:
+        """A layer reading a tensor computed from shapes only (EdgeNeXt's Fourier position
+        encoding): its channels are inputs of the network, fixed by the architecture."""
+        arg = node.args[0] if node.args else None
+        if not isinstance(arg, torch.fx.Node) or arg.meta.get("tensor_meta") is None:
+            return None
+        todo, seen = [arg], set()
+        while todo:
+            n = todo.pop()
+            if n in seen or (n.op == "call_method" and n.target in {"size", "dim"}):
+                continue
+            if n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
+                continue
+            seen.add(n)
+            if n.op == "placeholder":
+                return None  # computed from the data: not a constant
+            todo.extend(n.all_input_nodes)
+        shape = tuple(arg.meta["tensor_meta"].shape)
+        if len(shape) < 2:
+            return None
+        dim = len(shape) - 1 if isinstance(self.modules[path], nn.Linear) else 1
+        s = self.new_set(f"constant:{path}", int(shape[dim]), NodeKind.INPUT)
+        return Chan(dim, ((s, 0, int(shape[dim])),))
+
     def linear(self, node: torch.fx.Node, path: str, mod: nn.Linear, x: Chan) -> Chan:
+        rank = rank_of(node.args[0])
+        if x.dim != rank - 1:
+            # a linear over another axis (MLP-Mixer's token mixing) is the same map for
+            # every channel: the channels pass through, its weight travels beside the graph
+            return Chan(x.dim, x.segs, x.inner)
         bias = f"{path}.bias" if mod.bias is not None else None
         return self.linear_layer(
             node, path, x, mod.in_features, mod.out_features, f"{path}.weight", bias

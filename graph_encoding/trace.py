@@ -41,6 +41,8 @@ from .vocab import (
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
     SHAPE_ONLY,
+    SPLIT_FUNCTIONS,
+    SPLIT_METHODS,
 )
 
 __all__ = ["EncodingError", "Tracer", "build_plan"]
@@ -196,8 +198,8 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
             return self.passthrough(node, args[0])
         if (
             target in POOL_FUNCTIONS
-            or (node.op == "call_method" and target in {"mean", "sum", "amax"})
-            or target in {torch.mean, torch.sum}
+            or (node.op == "call_method" and target in {"mean", "sum", "amax", "norm"})
+            or target in {torch.mean, torch.sum, torch.amax, torch.norm}
         ):
             return self.reduce(node, args[0])
         if target in RESHAPE_FUNCTIONS or (node.op == "call_method" and target in RESHAPE_METHODS):
@@ -208,6 +210,12 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
             node.op == "call_method" and target in {"permute", "transpose"}
         ):
             return self.permute(node, args, name)
+        if target is torch.addcmul:
+            return self.addcmul(node, args, name)
+        if target is F.pad:
+            return self.pad(node, args, kwargs, name)
+        if target in SPLIT_FUNCTIONS or (node.op == "call_method" and target in SPLIT_METHODS):
+            return self.split(node, args, kwargs, name)
         if target is torch.cat or target is torch.concat:
             return self.cat(node, args, kwargs, name)
         if target in ADD or (node.op == "call_method" and target in {"add", "add_", "sub", "sub_"}):
