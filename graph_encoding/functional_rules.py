@@ -97,7 +97,18 @@ class FunctionalRules:
         return self.attach_norm(node, path, kind, keys, x)
 
     def _functional_conv(self, node: torch.fx.Node, spec: dict, x: Chan, where: str) -> Chan:
-        weight, shape = self.derived_param(_arg(node, spec, "weight"), where, "weight")
+        arg = _arg(node, spec, "weight")
+        if not self._reads_state(arg) and _arg(node, spec, "bias") is None:
+            # a filter fixed by the architecture (timm's BlurPool2d: a non-persistent
+            # buffer): per channel it is a pool; mixing channels with it is not
+            shape = tuple(arg.meta["tensor_meta"].shape) if isinstance(arg, torch.fx.Node) else ()
+            groups = int(_arg(node, spec, "groups"))
+            if shape and groups == x.size == shape[0] and x.dim == 1 and x.inner == 1:
+                return Chan(1, x.segs)
+            raise EncodingError(
+                f"{where}: a convolution with a fixed filter that mixes channels is not supported"
+            )
+        weight, shape = self.derived_param(arg, where, "weight")
         bias = self.param_key(_arg(node, spec, "bias"), where, "bias")
         padding = _arg(node, spec, "padding")
         return self.conv_layer(
@@ -114,6 +125,19 @@ class FunctionalRules:
         )
 
     # ------------------------------------------------------------ parameter resolution
+    def _reads_state(self, arg: object) -> bool:
+        """Whether ``arg`` is computed from a state tensor or from the input."""
+        todo, seen = [arg], set()
+        while todo:
+            n = todo.pop()
+            if not isinstance(n, torch.fx.Node) or n in seen:
+                continue
+            seen.add(n)
+            if n.op == "placeholder" or (n.op == "get_attr" and str(n.target) in self.state_keys):
+                return True
+            todo.extend(n.all_input_nodes)
+        return False
+
     def param_key(self, arg: object, where: str, what: str) -> str | None:
         """The state key a functional op reads as ``what`` (None when it reads nothing)."""
         if arg is None:

@@ -32,6 +32,10 @@ NORM_ATTRS = {
 }
 
 
+def _is_tensor(arg: object) -> bool:
+    return isinstance(arg, torch.fx.Node) and arg.meta.get("tensor_meta") is not None
+
+
 class LayerRules:
     """Mixin of :class:`~graph_encoding.trace.Tracer`: one method per supported layer."""
 
@@ -40,6 +44,11 @@ class LayerRules:
         x = args[0] if args else None
         if x is None and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             x = self.constant_input(node, path)
+            if x is None and _is_tensor(node.args[0] if node.args else None):
+                # a layer over values that carry no channels (CaiT's talking heads mix the
+                # attention scores of the heads): the same map for every channel, so its
+                # weight travels beside the graph
+                return None
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self.conv(node, path, mod, need(x, path, mod))
         if isinstance(mod, nn.Linear):

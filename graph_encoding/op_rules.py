@@ -56,6 +56,16 @@ class OpRules:
                 raise EncodingError(f"{name}: padding the channel axis is not supported")
         return Chan(x.dim, x.segs, x.inner)
 
+    def roll(self, node: torch.fx.Node, args: tuple, kwargs: dict, name: str) -> Chan:
+        """``torch.roll`` over spatial / token axes (Swin's shifted windows)."""
+        x = args[0]
+        dims = args[2] if len(args) > 2 else kwargs.get("dims")
+        rank = rank_of(node.args[0])
+        dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
+        if x.dim in [d % rank for d in dims] or x.inner != 1:
+            raise EncodingError(f"{name}: rolling the channel axis is not supported")
+        return Chan(x.dim, x.segs)
+
     def reduce(self, node: torch.fx.Node, x: Chan) -> Chan | None:
         """Pools, resizes and reductions. Over other axes the channels stay; a reduction
         over the whole channel axis (``x.mean(1, keepdim=True)``, GRN's channel mean) is a
@@ -102,6 +112,18 @@ class OpRules:
                 e += 1
             if tail == out_shape[d]:
                 return Chan(d, x.segs, x.inner * (tail // channels))
+        # axes before the channel axis merged into it (TResNet's space-to-depth): the
+        # channels repeat once per position of those axes
+        for d in range(len(out_shape)):
+            for k in range(x.dim):
+                outer = math.prod(in_shape[k : x.dim])
+                if (
+                    x.inner == 1
+                    and math.prod(out_shape[:d]) == math.prod(in_shape[:k])
+                    and out_shape[d] == outer * channels
+                    and math.prod(out_shape[d + 1 :]) == math.prod(in_shape[x.dim + 1 :])
+                ):
+                    return Chan(d, x.segs * outer)
         raise EncodingError(
             f"{name}: cannot follow the channel axis {x.dim} through a reshape from "
             f"{tuple(in_shape)} to {tuple(out_shape)}"
@@ -194,14 +216,26 @@ class OpRules:
                 raise EncodingError(f"{name}: concatenating flattened channels is not supported")
             return Chan(dim, tuple(s for c in chans for s in c.segs))
         first = chans[0]
-        if any(c.dim != first.dim or c.segs != first.segs for c in chans) or first.dim == dim:
+        if any(c.dim != first.dim for c in chans) or first.dim == dim:
             raise EncodingError(f"{name}: concatenation mixes channel tensors on axis {dim}")
+        if any(c.segs != first.segs for c in chans):
+            # tokens of different layers side by side (PiT's class token): the next layer
+            # reads both with one weight, so their channels are tied like a residual sum
+            return self.join(
+                [(t, n) for t, n in zip(tensors, node.args[0]) if isinstance(t, Chan)], name
+            )
         return Chan(first.dim, first.segs, first.inner)
 
     def add(self, node: torch.fx.Node, args: tuple, name: str) -> Chan | None:
         chans = [(a, n) for a, n in zip(args, node.args) if isinstance(a, Chan)]
+        return self.join(chans, name)
+
+    def join(self, chans: list[tuple[Chan, object]], name: str) -> Chan | None:
+        """Channel tensors combined channel by channel: one node set (merged sets of the
+        layers whose sole output they are, identity edges from the rest)."""
         if len(chans) == 1:
-            return self.keep(node, chans[0][0])
+            c = chans[0][0]
+            return Chan(c.dim, c.segs, c.inner)
         (x, xn), (y, yn) = chans[:2]
         check_aligned(x, y, name)
         fresh = [c.fresh for c, n in chans if c.fresh is not None and sole_user(n)]

@@ -10,6 +10,7 @@ merged set through identity edges. Nothing here touches parameter values.
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 
 import torch
 import torch.fx
@@ -27,6 +28,7 @@ from .channels import (
     flatten,
     map_args,
 )
+from .attention_rules import AttentionRules, has_spread
 from .functional_rules import FUNCTIONAL_LAYERS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules
@@ -48,7 +50,7 @@ from .vocab import (
 __all__ = ["EncodingError", "Tracer", "build_plan"]
 
 
-class Tracer(LayerRules, FunctionalRules, OpRules):
+class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
     """Walks a traced module graph and collects node sets, blocks and placements."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -63,6 +65,7 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
         self.used_params: set[str] = set()
         state = model.state_dict(keep_vars=True)
         self.state_keys = set(state)
+        self.roles: dict[tuple[int, int], tuple[EdgeKind, int]] = {}  # attention q / k / v
         self.state_shapes = {k: tuple(v.shape) for k, v in state.items()}
 
     # ------------------------------------------------------------ node sets
@@ -179,7 +182,10 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
     def visit(self, node: torch.fx.Node, env: dict) -> object:
         args = map_args(node.args, env)
         kwargs = map_args(node.kwargs, env)
-        chans = [v for v in flatten((args, kwargs)) if isinstance(v, Chan)]
+        values = flatten((args, kwargs))
+        if has_spread(values):  # channels over several axes: attention heads, shuffles
+            return self.spread_op(node, args, kwargs)
+        chans = [v for v in values if isinstance(v, Chan)]
         if node.op == "call_module":
             return self.call_module(node, self.modules[str(node.target)], args, kwargs)
         if not chans:
@@ -203,7 +209,13 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
         ):
             return self.reduce(node, args[0])
         if target in RESHAPE_FUNCTIONS or (node.op == "call_method" and target in RESHAPE_METHODS):
-            return self.reshape(node, args[0], name)
+            try:
+                return self.reshape(node, args[0], name)
+            except EncodingError:
+                spread = self.spread(node, args[0])
+                if spread is None:
+                    raise
+                return spread
         if node.op == "call_method" and target in SHAPE_ONLY:
             return None
         if target in {torch.permute, torch.transpose} or (
@@ -212,6 +224,8 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
             return self.permute(node, args, name)
         if target is torch.addcmul:
             return self.addcmul(node, args, name)
+        if target is torch.roll:
+            return self.roll(node, args, kwargs, name)
         if target is F.pad:
             return self.pad(node, args, kwargs, name)
         if target in SPLIT_FUNCTIONS or (node.op == "call_method" and target in SPLIT_METHODS):
@@ -234,6 +248,37 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
         raise EncodingError(f"{name}: op '{op}' ({node.op}) on channel tensors is not supported")
 
     # ------------------------------------------------------------ modules
+    def by_role(self) -> list[RawBlock]:
+        """Blocks, a projection whose rows are attention q / k / v (a fused ``qkv``) cut
+        into contiguous runs of one role; the runs tile its weight rows in order."""
+        if not self.roles:
+            return self.blocks
+        roles = {(self.find(s), i): r for (s, i), r in self.roles.items()}
+        out: list[RawBlock] = []
+        for rb in self.blocks:
+            s = self.find(rb.out_set)
+            rows = [roles.get((s, rb.out_start + r)) for r in range(rb.out_size)]
+            if rb.kind != EdgeKind.LINEAR or rb.groups != 1 or not any(rows):
+                out.append(rb)
+                continue
+            if self.sets[s].kind == NodeKind.HIDDEN:
+                self.sets[s].kind = NodeKind.ATTENTION
+            start = 0
+            for r in range(1, rb.out_size + 1):
+                if r == rb.out_size or rows[r] != rows[start]:
+                    kind, heads = rows[start] or (rb.kind, rb.heads)
+                    out.append(
+                        replace(
+                            rb,
+                            kind=kind,
+                            heads=heads,
+                            out_start=rb.out_start + start,
+                            out_size=r - start,
+                        )
+                    )
+                    start = r
+        return out
+
     def finish(
         self, outputs: list[int], state: dict[str, torch.Tensor], param_keys: list[str]
     ) -> Plan:
@@ -278,7 +323,7 @@ class Tracer(LayerRules, FunctionalRules, OpRules):
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
         blocks, weights, seen = [], [], {}
         edge_offset = value_offset = 0
-        for rb in self.blocks:  # creation order is topological
+        for rb in self.by_role():  # creation order is topological
             if rb.weight is not None and rb.weight not in seen:
                 seen[rb.weight] = value_offset
                 weights.append((rb.weight, tuple(state[rb.weight].shape)))

@@ -116,7 +116,7 @@ POOL_FUNCTIONS = {
     F.interpolate,
 }
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
 MUL = {operator.mul, operator.imul, torch.mul}
 SHAPE_ONLY = {"size", "dim"}

@@ -100,6 +100,8 @@ def check(family: str) -> Outcome:
         graph = encode(model, x)
     except EncodingError as exc:
         return Outcome(family, name, False, str(exc), 0.0, time.perf_counter() - t)
+    except Exception as exc:  # a crash is a bug of the encoder: reported, never hidden
+        return Outcome(family, name, False, f"CRASH {exc!r}", -1.0, time.perf_counter() - t)
     state = decode(graph, model)
     reference = model.state_dict()
     bad = [k for k, v in reference.items() if not torch.equal(state[k], v)]
@@ -122,7 +124,7 @@ def main(families: list[str]) -> None:
     print("| family | model | result | reason | coverage | s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        result = "exact" if r.exact else "refused" if r.reason and not r.coverage else "INEXACT"
+        result = "exact" if r.exact else "CRASH" if r.coverage < 0 else "refused" if not r.coverage else "INEXACT"
         print(
             f"| {r.family} | {r.model} | {result} | {r.reason[:160]} | "
             f"{r.coverage:.4f} | {r.seconds:.1f} |"
