@@ -63,9 +63,12 @@ class FunctionalRules:
         rule, spec = FUNCTIONAL_LAYERS[node.target]
         where = describe(node)
         x = args[0] if args else None
-        if not isinstance(x, Chan) or len(chans) != 1:
+        if not isinstance(x, Chan):
+            raise EncodingError(f"{where}: {rule} must read channels as its input tensor")
+        if len(chans) != 1:
             raise EncodingError(
-                f"{where}: {rule} must read channels as its input tensor and only there"
+                f"{where}: its weights depend on the input (a dynamic or conditional layer); "
+                "the graph cannot hold them"
             )
         if rule == "conv":
             return self._functional_conv(node, spec, x, where)

@@ -160,7 +160,7 @@ class LayerRules:
 
     def linear(self, node: torch.fx.Node, path: str, mod: nn.Linear, x: Chan) -> Chan:
         rank = rank_of(node.args[0])
-        if x.dim != rank - 1:
+        if x.dim != rank - 1 and any(self.sets[s].kind != NodeKind.INPUT for s, _, _ in x.segs):
             # a linear over another axis (MLP-Mixer's token mixing) is the same map for
             # every channel: the channels pass through, its weight travels beside the graph
             return Chan(x.dim, x.segs, x.inner)

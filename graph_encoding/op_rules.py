@@ -238,6 +238,8 @@ class OpRules:
             return Chan(c.dim, c.segs, c.inner)
         (x, xn), (y, yn) = chans[:2]
         check_aligned(x, y, name)
+        if all(c.segs == x.segs and c.dim == x.dim for c, _ in chans):
+            return Chan(x.dim, x.segs, x.inner)  # x + f(x), f channel-wise: the same nodes
         fresh = [c.fresh for c, n in chans if c.fresh is not None and sole_user(n)]
         if fresh:
             target = self.set_of(fresh[0])

@@ -282,6 +282,7 @@ class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
     def finish(
         self, outputs: list[int], state: dict[str, torch.Tensor], param_keys: list[str]
     ) -> Plan:
+        raw_blocks = self.by_role()  # before the node sets' kinds are read
         for s in outputs:
             if self.sets[s].kind == NodeKind.HIDDEN:
                 self.sets[s].kind = NodeKind.OUTPUT
@@ -323,7 +324,7 @@ class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
         blocks, weights, seen = [], [], {}
         edge_offset = value_offset = 0
-        for rb in self.by_role():  # creation order is topological
+        for rb in raw_blocks:  # creation order is topological
             if rb.weight is not None and rb.weight not in seen:
                 seen[rb.weight] = value_offset
                 weights.append((rb.weight, tuple(state[rb.weight].shape)))

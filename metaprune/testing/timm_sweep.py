@@ -1,6 +1,6 @@
 """One small timm model per family (timm module), encoded and decoded as a new user would.
 
-    PYTHONPATH=. .venv/bin/python tests/graph_encoding/timm_sweep.py [family ...]
+    PYTHONPATH=. .venv/bin/python -m metaprune.testing.timm_sweep [family ...]
 
 prints a markdown table (family, model, exact / refused, reason, coverage, seconds). The
 slow test ``test_timm_sweep.py`` runs the same check. Models are randomly initialised with
