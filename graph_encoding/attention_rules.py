@@ -76,9 +76,7 @@ def has_spread(values: list) -> bool:
 
 
 def _ids(x: Chan) -> torch.Tensor:
-    return torch.cat(
-        [(s << _SHIFT) + torch.arange(a, b, dtype=torch.long) for s, a, b in x.segs]
-    )
+    return torch.cat([(s << _SHIFT) + torch.arange(a, b, dtype=torch.long) for s, a, b in x.segs])
 
 
 class AttentionRules:
@@ -112,6 +110,8 @@ class AttentionRules:
                 f"{target}: module {type(mod).__name__} on channels spread over several "
                 "axes (attention heads) is not supported"
             )
+        if target is torch.einsum:
+            return self._einsum(node, args, name)
         if target is operator.getitem and isinstance(x, TupleOf):
             picked = x.items[args[1]]
             return TupleOf(picked) if isinstance(args[1], slice) else picked
@@ -199,6 +199,34 @@ class AttentionRules:
         if a is None and isinstance(b, Spread):
             return self._values(b, rank, name)
         raise EncodingError(f"{name}: a product of channel factors that is not attention")
+
+    def _einsum(self, node: torch.fx.Node, args: tuple, name: str) -> Spread | None:
+        """``einsum`` written as ``q @ k^T`` or ``scores @ v`` (torchvision's MaxViT)."""
+        equation = str(args[0]).replace(" ", "")
+        operands = list(args[1] if isinstance(args[1], (list, tuple)) else args[1:])
+        inputs, out = equation.split("->") if "->" in equation else (equation, None)
+        subs = inputs.split(",")
+        if out is None or len(subs) != 2 or len(operands) != 2 or "." in equation:
+            raise EncodingError(f"{name}: einsum '{equation}' on channels is not supported")
+        a, b = operands
+        if isinstance(a, Spread) and isinstance(b, Spread):
+            contracted = [c for c in subs[0] if c in subs[1] and c not in out]
+            if len(contracted) == 1:
+                c = contracted[0]
+                if subs[0].index(c) in a.axes and subs[1].index(c) in b.axes:
+                    ka, kb = a.along(subs[0].index(c)), b.along(subs[1].index(c))
+                    heads = a.ids.numel() // a.ids.shape[ka]
+                    if b.ids.shape[kb] == a.ids.shape[ka]:
+                        self.mark_roles(a.ids, EdgeKind.ATTN_Q, heads, name)
+                        self.mark_roles(b.ids, EdgeKind.ATTN_K, heads, name)
+                        return None
+        if a is None and isinstance(b, Spread):
+            letters = [subs[1][axis] for axis in b.axes]
+            if all(c in out for c in letters):  # no channel factor contracted
+                heads = b.ids.numel() // b.ids.shape[b.along(max(b.axes))]
+                self.mark_roles(b.ids, EdgeKind.ATTN_V, heads, name)
+                return Spread(b.ids, tuple(out.index(c) for c in letters))
+        raise EncodingError(f"{name}: einsum '{equation}' is not attention over channel factors")
 
     def _scores(self, q: Spread, k: Spread, rank: int, name: str) -> None:
         """``q @ k``: q's last axis and k's second-last are a contracted channel factor."""

@@ -154,9 +154,7 @@ class FunctionalRules:
             "the graph cannot hold it exactly"
         )
 
-    def derived_param(
-        self, arg: object, where: str, what: str
-    ) -> tuple[str, tuple[int, ...]]:
+    def derived_param(self, arg: object, where: str, what: str) -> tuple[str, tuple[int, ...]]:
         """The one parameter a layer weight is computed from, with the weight's shape.
 
         ``arg`` is a ``get_attr`` itself or computed from parameters only (never from the

@@ -13,7 +13,6 @@ from .channels import (
     Contributor,
     EncodingError,
     TupleOf,
-    describe,
     need,
     rank_of,
     sole_user,

@@ -153,8 +153,10 @@ class OpRules:
         if not isinstance(x, Chan):
             return None
         index = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(i, Chan) or not isinstance(i, (int, slice, type(None), type(...)))
-               for i in index):
+        if any(
+            isinstance(i, Chan) or not isinstance(i, (int, slice, type(None), type(...)))
+            for i in index
+        ):
             raise EncodingError(
                 f"{name}: indexing with {index!r} is not supported on channel tensors"
             )

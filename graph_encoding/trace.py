@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .attention_rules import AttentionRules, has_spread
 from .channels import (
     Chan,
     Contributor,
@@ -28,7 +29,6 @@ from .channels import (
     flatten,
     map_args,
 )
-from .attention_rules import AttentionRules, has_spread
 from .functional_rules import FUNCTIONAL_LAYERS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules

@@ -15,6 +15,7 @@ __all__ = [
     "Shuffle",
     "FusedAttention",
     "HeadMajorAttention",
+    "EinsumAttention",
     "ChannelConv",
     "GRNMixer",
     "exact_round_trip",
@@ -146,6 +147,19 @@ class HeadMajorAttention(nn.Module):
         qkv = self.qkv(x).view(b, n, self.heads, 3 * c // self.heads).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=3)
         o = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+
+class EinsumAttention(FusedAttention):
+    """torchvision's MaxViT: the same attention written with ``einsum``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).transpose(1, 2)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.einsum("B H I D, B H J D -> B H I J", q, k).softmax(dim=-1)
+        o = torch.einsum("B H I J, B H J D -> B H I D", attn, v)
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
 
 

@@ -124,7 +124,15 @@ def main(families: list[str]) -> None:
     print("| family | model | result | reason | coverage | s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        result = "exact" if r.exact else "CRASH" if r.coverage < 0 else "refused" if not r.coverage else "INEXACT"
+        result = (
+            "exact"
+            if r.exact
+            else "CRASH"
+            if r.coverage < 0
+            else "refused"
+            if not r.coverage
+            else "INEXACT"
+        )
         print(
             f"| {r.family} | {r.model} | {result} | {r.reason[:160]} | "
             f"{r.coverage:.4f} | {r.seconds:.1f} |"

@@ -53,7 +53,12 @@ def check(name: str) -> tuple[str, str, float, float]:
     with torch.no_grad():
         same = torch.equal(rebuilt(x), model(x))
     result = "exact" if not bad and same else "INEXACT"
-    return result, "" if result == "exact" else f"{bad[:3]} outputs equal={same}", graph.coverage, time.perf_counter() - t
+    return (
+        result,
+        "" if result == "exact" else f"{bad[:3]} outputs equal={same}",
+        graph.coverage,
+        time.perf_counter() - t,
+    )
 
 
 def main(names: list[str]) -> None:
@@ -67,7 +72,9 @@ def main(names: list[str]) -> None:
     for name in names:
         result, reason, coverage, seconds = check(name)
         counts[result] = counts.get(result, 0) + 1
-        print(f"| {name} | {result} | {reason[:160]} | {coverage:.4f} | {seconds:.1f} |", flush=True)
+        print(
+            f"| {name} | {result} | {reason[:160]} | {coverage:.4f} | {seconds:.1f} |", flush=True
+        )
     print(counts)
 
 

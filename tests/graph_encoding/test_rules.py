@@ -12,6 +12,7 @@ from metaprune.testing import randomize_norms
 from metaprune.testing.encoder_nets import (
     ChannelConv,
     DynamicConv,
+    EinsumAttention,
     FunctionalBN,
     FusedAttention,
     GRNMixer,
@@ -127,6 +128,15 @@ def test_a_head_major_qkv_alternates_roles_per_head() -> None:
     # proj reads the value rows of both heads: a concatenation of two runs
     assert graph.layer_table[-1, COL["in_size"]] == 8
     assert _kinds(graph).count(EdgeKind.IDENTITY) == 2
+
+
+def test_attention_written_with_einsum_is_attention() -> None:
+    torch.manual_seed(0)
+    model = EinsumAttention().eval()
+    graph = exact_round_trip(model, torch.randn(2, 3, 5))
+    a = EdgeKind
+    assert _kinds(graph) == [a.CONV, a.ATTN_Q, a.ATTN_K, a.ATTN_V, a.LINEAR]
+    assert graph.layer_table[-1, COL["in_offset"]] == 27
 
 
 def test_channel_mixing_across_the_channel_axis_is_refused_by_name() -> None:
