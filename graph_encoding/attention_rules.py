@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .channels import Chan, EncodingError, TupleOf, describe, rank_of, shape_of
 from .schema import EdgeKind
-from .vocab import ELEMENTWISE_MODULES
+from .vocab import ELEMENTWISE_MODULES, PERMUTES, SWAPS
 
 __all__ = ["Spread", "AttentionRules", "has_spread"]
 
@@ -117,7 +117,7 @@ class AttentionRules:
             return TupleOf(picked) if isinstance(args[1], slice) else picked
         if not isinstance(x, Spread) and target not in _MATMUL:
             raise EncodingError(f"{name}: channels spread over several axes used as an operand")
-        if target in {torch.permute, "permute", torch.transpose, "transpose"}:
+        if target in PERMUTES:
             return x.moved(_order(node, args))
         if target is operator.getitem:
             return self._index(node, x, args[1], name)
@@ -277,7 +277,7 @@ class AttentionRules:
 def _order(node: torch.fx.Node, args: tuple) -> list[int]:
     rank = rank_of(node.args[0])
     rest = args[1:]
-    if node.target in {torch.transpose, "transpose"}:
+    if node.target in SWAPS:
         a, b = (int(r) % rank for r in rest[:2])
         order = list(range(rank))
         order[a], order[b] = order[b], order[a]

@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torchvision.models import swin_transformer as tv_swin
 
-from .channels import Chan, EncodingError, describe
+from .channels import Chan, EncodingError, describe, rank_of
 from .schema import NormKind
 
-__all__ = ["FunctionalRules", "FUNCTIONAL_LAYERS"]
+__all__ = ["FunctionalRules", "FUNCTIONAL_LAYERS", "OPAQUE_FUNCTIONS"]
 
 # target -> positional index of each argument the rule reads (name -> index)
 _BATCH_NORM = {"input": 0, "running_mean": 1, "running_var": 2, "weight": 3, "bias": 4}
@@ -43,6 +44,20 @@ FUNCTIONAL_LAYERS = {
     F.linear: ("linear", _LINEAR),
 }
 _DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+# functions torchvision hides from fx (``torch.fx.wrap``), read by their signature
+_WINDOW_ATTENTION = {
+    "input": 0,
+    "qkv_weight": 1,
+    "proj_weight": 2,
+    "num_heads": 5,
+    "qkv_bias": 9,
+    "proj_bias": 10,
+}
+OPAQUE_FUNCTIONS = {
+    tv_swin.shifted_window_attention: "window_attention",
+    tv_swin._patch_merging_pad: "patch_merging",
+}
 
 
 def _arg(node: torch.fx.Node, spec: dict[str, int], name: str) -> object:
@@ -98,6 +113,41 @@ class FunctionalRules:
             raise EncodingError(f"{where}: expected channels on axis 1, found axis {x.dim}")
         kind = NormKind.BATCH if rule == "batch_norm" else NormKind.GROUP
         return self.attach_norm(node, path, kind, keys, x)
+
+    def opaque_function(self, node: torch.fx.Node, args: tuple, chans: list) -> Chan:
+        """torchvision's Swin: ``shifted_window_attention`` is an attention layer with a
+        fused ``qkv`` weight (channels last); ``_patch_merging_pad`` concatenates four
+        strided spatial slices on the channel axis (each channel four times)."""
+        where = describe(node)
+        x = args[0] if args else None
+        rank = rank_of(node.args[0])
+        if not isinstance(x, Chan) or len(chans) != 1 or x.dim != rank - 1 or x.inner != 1:
+            raise EncodingError(f"{where}: expected channels on the last axis of its input only")
+        if OPAQUE_FUNCTIONS[node.target] == "patch_merging":
+            return Chan(x.dim, x.segs * 4)
+        spec = _WINDOW_ATTENTION
+        qkv = self.param_key(_arg(node, spec, "qkv_weight"), where, "qkv weight")
+        proj = self.param_key(_arg(node, spec, "proj_weight"), where, "proj weight")
+        qkv_bias = self.param_key(_arg(node, spec, "qkv_bias"), where, "qkv bias")
+        proj_bias = self.param_key(_arg(node, spec, "proj_bias"), where, "proj bias")
+        e, out = self.state_shapes[qkv][0] // 3, self.state_shapes[proj][0]
+        if self.state_shapes[qkv][1] != x.size or self.state_shapes[proj][1] != e:
+            raise EncodingError(f"{where}: qkv / proj weights do not fit {x.size} channels")
+        in_set, in_start = self.contiguous(x, where)
+        x = Chan(x.dim, ((in_set, in_start, in_start + x.size),))
+        cid = self.attention_blocks(
+            qkv.rsplit(".", 1)[0],
+            [x, x, x],
+            e,
+            qkv,
+            qkv_bias,
+            proj.rsplit(".", 1)[0],
+            out,
+            proj,
+            proj_bias,
+            int(_arg(node, spec, "num_heads")),
+        )
+        return Chan(x.dim, ((self.set_of(cid), 0, out),), fresh=cid)
 
     def _functional_conv(self, node: torch.fx.Node, spec: dict, x: Chan, where: str) -> Chan:
         arg = _arg(node, spec, "weight")

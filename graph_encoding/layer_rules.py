@@ -41,13 +41,15 @@ class LayerRules:
     def call_module(self, node: torch.fx.Node, mod: nn.Module, args: tuple, kwargs: dict) -> object:
         path = str(node.target)
         x = args[0] if args else None
-        if x is None and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            x = self.constant_input(node, path)
-            if x is None and _is_tensor(node.args[0] if node.args else None):
-                # a layer over values that carry no channels (CaiT's talking heads mix the
-                # attention scores of the heads): the same map for every channel, so its
-                # weight travels beside the graph
-                return None
+        if (
+            x is None
+            and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and _is_tensor(node.args[0] if node.args else None)
+        ):
+            # a layer over values that carry no channels (CaiT's talking heads mix the
+            # attention scores of the heads, Swin-V2's position-bias MLP, EdgeNeXt's Fourier
+            # position encoding): no channel node reads it, its weight travels beside the graph
+            return None
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self.conv(node, path, mod, need(x, path, mod))
         if isinstance(mod, nn.Linear):
@@ -132,30 +134,6 @@ class LayerRules:
             padding=padding,
         )
         return Chan(1, ((self.set_of(cid), 0, out_channels),), fresh=cid)
-
-    def constant_input(self, node: torch.fx.Node, path: str) -> Chan | None:
-        """A layer reading a tensor computed from shapes only (EdgeNeXt's Fourier position
-        encoding): its channels are inputs of the network, fixed by the architecture."""
-        arg = node.args[0] if node.args else None
-        if not isinstance(arg, torch.fx.Node) or arg.meta.get("tensor_meta") is None:
-            return None
-        todo, seen = [arg], set()
-        while todo:
-            n = todo.pop()
-            if n in seen or (n.op == "call_method" and n.target in {"size", "dim"}):
-                continue
-            if n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
-                continue
-            seen.add(n)
-            if n.op == "placeholder":
-                return None  # computed from the data: not a constant
-            todo.extend(n.all_input_nodes)
-        shape = tuple(arg.meta["tensor_meta"].shape)
-        if len(shape) < 2:
-            return None
-        dim = len(shape) - 1 if isinstance(self.modules[path], nn.Linear) else 1
-        s = self.new_set(f"constant:{path}", int(shape[dim]), NodeKind.INPUT)
-        return Chan(dim, ((s, 0, int(shape[dim])),))
 
     def linear(self, node: torch.fx.Node, path: str, mod: nn.Linear, x: Chan) -> Chan:
         rank = rank_of(node.args[0])
@@ -250,50 +228,70 @@ class LayerRules:
         q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args) :])[:3]
         e = mod.embed_dim
         bias = f"{path}.in_proj_bias" if mod.in_proj_bias is not None else None
-        chans = {}
-        for i, (tag, kind, x) in enumerate(
-            (("q", EdgeKind.ATTN_Q, q), ("k", EdgeKind.ATTN_K, k), ("v", EdgeKind.ATTN_V, v))
-        ):
+        xs = []
+        for i, x in enumerate((q, k, v)):
             x = need(x, path, mod)
-            if (
-                x.dim
-                != rank_of(
-                    node.args[i]
-                    if i < len(node.args)
-                    else node.kwargs[("query", "key", "value")[i]]
-                )
-                - 1
-            ):
+            arg = node.args[i] if i < len(node.args) else node.kwargs[("query", "key", "value")[i]]
+            if x.dim != rank_of(arg) - 1:
                 raise EncodingError(
                     f"{path}: expected embeddings on the last axis, found axis {x.dim}"
                 )
-            cid = self.add_layer(
-                f"{path}:{tag}",
-                kind,
-                x,
-                e,
-                f"{path}.in_proj_weight",
-                bias=bias,
-                bias_start=i * e,
-                set_kind=NodeKind.ATTENTION,
-                heads=mod.num_heads,
-            )
-            self.depth -= 1  # q, k and v are computed side by side
-            chans[tag] = Chan(x.dim, ((self.set_of(cid), 0, e),))
-        self.depth += 1
+            xs.append(x)
         out = mod.out_proj
-        cid = self.add_layer(
+        cid = self.attention_blocks(
+            path,
+            xs,
+            e,
+            f"{path}.in_proj_weight",
+            bias,
             f"{path}.out_proj",
-            EdgeKind.ATTN_OUT,
-            chans["v"],
             out.out_features,
             f"{path}.out_proj.weight",
-            bias=f"{path}.out_proj.bias" if out.bias is not None else None,
-            heads=mod.num_heads,
+            f"{path}.out_proj.bias" if out.bias is not None else None,
+            mod.num_heads,
         )
         rank = rank_of(node.args[0] if node.args else node.kwargs["query"])
         return TupleOf(
             [Chan(rank - 1, ((self.set_of(cid), 0, out.out_features),), fresh=cid), None]
         )
 
-    # ------------------------------------------------------------ functions
+    def attention_blocks(
+        self,
+        path: str,
+        xs: list[Chan],
+        e: int,
+        in_weight: str,
+        in_bias: str | None,
+        out_path: str,
+        out_size: int,
+        out_weight: str,
+        out_bias: str | None,
+        heads: int,
+    ) -> int:
+        """q, k, v blocks over the thirds of one ``(3e, in)`` weight reading ``xs`` and an
+        output projection reading v; returns the output projection's contributor id."""
+        chans = []
+        for i, (kind, x) in enumerate(zip((EdgeKind.ATTN_Q, EdgeKind.ATTN_K, EdgeKind.ATTN_V), xs)):
+            cid = self.add_layer(
+                f"{path}:{'qkv'[i]}",
+                kind,
+                x,
+                e,
+                in_weight,
+                bias=in_bias,
+                bias_start=i * e,
+                set_kind=NodeKind.ATTENTION,
+                heads=heads,
+            )
+            self.depth -= 1  # q, k and v are computed side by side
+            chans.append(Chan(x.dim, ((self.set_of(cid), 0, e),)))
+        self.depth += 1
+        return self.add_layer(
+            out_path,
+            EdgeKind.ATTN_OUT,
+            chans[2],
+            out_size,
+            out_weight,
+            bias=out_bias,
+            heads=heads,
+        )

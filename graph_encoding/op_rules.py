@@ -18,7 +18,7 @@ from .channels import (
     sole_user,
 )
 from .schema import EdgeKind, NodeKind
-from .vocab import POOL_FUNCTIONS
+from .vocab import POOL_FUNCTIONS, SWAPS
 
 __all__ = ["OpRules", "take"]
 
@@ -132,7 +132,7 @@ class OpRules:
     def permute(self, node: torch.fx.Node, args: tuple, name: str) -> Chan:
         x, rest = args[0], args[1:]
         rank = rank_of(node.args[0])
-        if node.target in {torch.transpose, "transpose"}:
+        if node.target in SWAPS:
             a, b = (int(r) % rank for r in rest[:2])
             order = list(range(rank))
             order[a], order[b] = order[b], order[a]

@@ -29,7 +29,7 @@ from .channels import (
     flatten,
     map_args,
 )
-from .functional_rules import FUNCTIONAL_LAYERS, FunctionalRules
+from .functional_rules import FUNCTIONAL_LAYERS, OPAQUE_FUNCTIONS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules
 from .plan import Block, NodePlacement, NodeSetInfo, Plan, role_column
@@ -39,6 +39,7 @@ from .vocab import (
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     MUL,
+    PERMUTES,
     POOL_FUNCTIONS,
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
@@ -196,6 +197,8 @@ class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
             return self.getitem(node, args, name)
         if node.meta.get("tensor_meta") is None:
             return None  # shapes, sizes, asserts: no channels flow through them
+        if node.op == "call_function" and target in OPAQUE_FUNCTIONS:
+            return self.opaque_function(node, args, chans)
         if node.op == "call_function" and target in FUNCTIONAL_LAYERS:
             return self.functional_layer(node, args, chans)
         if target in ELEMENTWISE_FUNCTIONS or (
@@ -218,9 +221,7 @@ class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
                 return spread
         if node.op == "call_method" and target in SHAPE_ONLY:
             return None
-        if target in {torch.permute, torch.transpose} or (
-            node.op == "call_method" and target in {"permute", "transpose"}
-        ):
+        if target in PERMUTES:
             return self.permute(node, args, name)
         if target is torch.addcmul:
             return self.addcmul(node, args, name)

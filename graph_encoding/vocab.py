@@ -24,6 +24,8 @@ __all__ = [
     "NORMS",
     "SPLIT_FUNCTIONS",
     "SPLIT_METHODS",
+    "SWAPS",
+    "PERMUTES",
 ]
 
 ELEMENTWISE_MODULES = (
@@ -123,3 +125,5 @@ SHAPE_ONLY = {"size", "dim"}
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split, torch.unbind}
 SPLIT_METHODS = {"split", "chunk", "tensor_split", "unbind"}
+SWAPS = {torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims"}
+PERMUTES = SWAPS | {torch.permute, "permute"}
