@@ -25,7 +25,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from .channels import Chan, EncodingError, TupleOf, describe, rank_of, shape_of
-from .schema import EdgeKind
+from .schema import EdgeKind, NodeKind
 from .vocab import ELEMENTWISE_MODULES, PERMUTES, SWAPS
 
 __all__ = ["Spread", "AttentionRules", "has_spread"]
@@ -33,6 +33,9 @@ __all__ = ["Spread", "AttentionRules", "has_spread"]
 _SHIFT = 32  # node id = set << _SHIFT | index
 _MATMUL = {operator.matmul, torch.matmul, "matmul"}
 _SCALE = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
+_MUL = {operator.mul, torch.mul, "mul"}
+_SUM = {torch.sum, "sum"}
+_SOFTMAX = {torch.softmax, F.softmax, "softmax"}
 _KEEP_METHODS = {"contiguous", "clone", "to", "float", "type_as", "detach"}
 _RESHAPES = {torch.reshape, "reshape", "view", torch.flatten, "flatten", "reshape_as", "view_as"}
 
@@ -110,8 +113,16 @@ class AttentionRules:
                 f"{target}: module {type(mod).__name__} on channels spread over several "
                 "axes (attention heads) is not supported"
             )
+        if target is getattr or (node.op == "call_method" and target in {"size", "dim"}):
+            return None  # shapes carry no channels
         if target is torch.einsum:
             return self._einsum(node, args, name)
+        if target in _MUL and all(isinstance(a, Spread) for a in args[:2]):
+            return self._gate(args[0], args[1], name)
+        if target in _SUM and isinstance(x, Spread):
+            return self._sum(node, x, args, kwargs, name)
+        if target in _SOFTMAX and isinstance(x, Spread):
+            return x  # over a factor (SK / ResNeSt's radix): pairs channels already paired
         if target is operator.getitem and isinstance(x, TupleOf):
             picked = x.items[args[1]]
             return TupleOf(picked) if isinstance(args[1], slice) else picked
@@ -135,6 +146,60 @@ class AttentionRules:
         raise EncodingError(
             f"{name}: op '{op}' ({node.op}) on channels spread over several axes "
             "(attention heads) is not supported"
+        )
+
+    # ------------------------------------------------------------ branches (SK, ResNeSt)
+    def stack(self, node: torch.fx.Node, args: tuple, kwargs: dict, name: str) -> Spread:
+        """``torch.stack`` of branches with as many channels: a new factor over them."""
+        tensors = args[0]
+        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % rank_of(node)
+        if not all(isinstance(t, Chan) for t in tensors):
+            raise EncodingError(f"{name}: stacking channel tensors with other tensors")
+        first = tensors[0]
+        if any(t.dim != first.dim or t.size != first.size or t.inner != 1 for t in tensors):
+            raise EncodingError(f"{name}: stacking tensors of different channels")
+        axis = first.dim + (dim <= first.dim)
+        return Spread(torch.stack([_ids(t) for t in tensors]), (dim, axis))
+
+    def _sum(self, node: torch.fx.Node, x: Spread, args: tuple, kwargs: dict, name: str) -> Chan:
+        """A sum over a factor: the slices along it are added channel by channel."""
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        keep = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        if not isinstance(dim, int) or len(x.axes) != 2:
+            raise EncodingError(f"{name}: a sum over channel factors {x.axes} is not supported")
+        dim %= rank_of(node.args[0])
+        if dim not in x.axes:
+            raise EncodingError(f"{name}: a sum over another axis of channel factors")
+        k = x.axes.index(dim)
+        rest = x.axes[1 - k] - (not keep and x.axes[1 - k] > dim)
+        slices = [Spread(x.ids.select(k, i), (rest,)).as_chan(rest) for i in range(x.ids.shape[k])]
+        return self.join([(c, None) for c in slices], name)
+
+    def _gate(self, a: Spread, b: Spread, name: str) -> Spread:
+        """Branches times their attention (SK, ResNeSt): the later-made operand gates the
+        other, node by node; branches not forming one node set in order get one first."""
+        if a.axes != b.axes or a.ids.shape != b.ids.shape:
+            raise EncodingError(f"{name}: a product of differently spread channels")
+        base, gate = (a, b) if _set_of(a.ids) < _set_of(b.ids) else (b, a)
+        if not self._whole(gate.ids):
+            raise EncodingError(f"{name}: a gate must be one layer's output in order")
+        if not self._whole(base.ids):
+            flat = Spread(base.ids.reshape(-1), (0,)).as_chan(0)
+            s = self.new_set(f"{name}:gated", flat.size, NodeKind.CONCAT)
+            self.identity_into(flat, s, name)
+            base = Spread(
+                ((s << _SHIFT) + torch.arange(flat.size)).reshape(base.ids.shape), base.axes
+            )
+        self.merge(_set_of(base.ids), _set_of(gate.ids), EdgeKind.GATE, name)
+        return base
+
+    def _whole(self, ids: torch.Tensor) -> bool:
+        """Whether ``ids`` are all nodes of one set, in order."""
+        flat = ids.reshape(-1)
+        s = int(flat[0]) >> _SHIFT
+        return bool(
+            self.sets[self.find(s)].size == flat.numel()
+            and torch.equal(flat, (s << _SHIFT) + torch.arange(flat.numel()))
         )
 
     # ------------------------------------------------------------ selection
@@ -258,7 +323,8 @@ class AttentionRules:
     def _merge(self, node: torch.fx.Node, x: Spread, name: str) -> Chan:
         in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
         lo, hi = min(x.axes), max(x.axes)
-        if hi - lo + 1 == len(x.axes):  # the factors are adjacent axes
+        between = [a for a in range(lo, hi + 1) if a not in x.axes]
+        if all(in_shape[a] == 1 for a in between):  # the factors are adjacent (up to 1s)
             before = math.prod(in_shape[:lo])
             after = math.prod(in_shape[hi + 1 :])
             for d in range(len(out_shape)):
@@ -272,6 +338,10 @@ class AttentionRules:
             f"{name}: cannot merge channel factors on axes {x.axes} through a reshape from "
             f"{tuple(in_shape)} to {tuple(out_shape)}"
         )
+
+
+def _set_of(ids: torch.Tensor) -> int:
+    return int(ids.reshape(-1)[0]) >> _SHIFT
 
 
 def _order(node: torch.fx.Node, args: tuple) -> list[int]:

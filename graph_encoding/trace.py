@@ -231,6 +231,8 @@ class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
             return self.pad(node, args, kwargs, name)
         if target in SPLIT_FUNCTIONS or (node.op == "call_method" and target in SPLIT_METHODS):
             return self.split(node, args, kwargs, name)
+        if target is torch.stack:
+            return self.stack(node, args, kwargs, name)
         if target is torch.cat or target is torch.concat:
             return self.cat(node, args, kwargs, name)
         if target in ADD or (node.op == "call_method" and target in {"add", "add_", "sub", "sub_"}):

@@ -16,6 +16,7 @@ __all__ = [
     "FusedAttention",
     "HeadMajorAttention",
     "EinsumAttention",
+    "SelectiveBranches",
     "ChannelConv",
     "GRNMixer",
     "exact_round_trip",
@@ -161,6 +162,25 @@ class EinsumAttention(FusedAttention):
         attn = torch.einsum("B H I D, B H J D -> B H I J", q, k).softmax(dim=-1)
         o = torch.einsum("B H I J, B H J D -> B H I D", attn, v)
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+
+class SelectiveBranches(nn.Module):
+    """Selective kernel (SKNet): two branches stacked, a softmax over them from their sum
+    gates each, the gated branches are summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.reduce = nn.Conv2d(4, 2, 1)
+        self.select = nn.Conv2d(2, 8, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = torch.stack([self.a(x), self.b(x)], dim=1)  # (B, 2, 4, H, W)
+        attn = self.select(torch.relu(self.reduce(paths.sum(1).mean((2, 3), keepdim=True))))
+        attn = torch.softmax(attn.view(x.shape[0], 2, 4, 1, 1), dim=1)
+        return self.head(torch.sum(paths * attn, dim=1))
 
 
 class ChannelConv(nn.Module):

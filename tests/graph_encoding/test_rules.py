@@ -18,6 +18,7 @@ from metaprune.testing.encoder_nets import (
     GRNMixer,
     HeadMajorAttention,
     ModuleBN,
+    SelectiveBranches,
     Shuffle,
     SplitCat,
     StdConv,
@@ -137,6 +138,23 @@ def test_attention_written_with_einsum_is_attention() -> None:
     a = EdgeKind
     assert _kinds(graph) == [a.CONV, a.ATTN_Q, a.ATTN_K, a.ATTN_V, a.LINEAR]
     assert graph.layer_table[-1, COL["in_offset"]] == 27
+
+
+def test_selective_kernel_branches_are_gated_and_summed() -> None:
+    torch.manual_seed(0)
+    model = SelectiveBranches().eval()
+    graph = exact_round_trip(model, torch.randn(2, 3, 4, 4))
+    blocks = {b.name: b for b in graph.plan.blocks}
+    # the stacked branches get one node set (identity from a and b), gated by `select`
+    assert blocks["select"].kind == EdgeKind.GATE
+    gated = blocks["select"].out_offset
+    ident = [b for b in graph.plan.blocks if b.kind == EdgeKind.IDENTITY]
+    into_gated = [(b.in_offset, b.out_offset) for b in ident if gated <= b.out_offset < gated + 8]
+    assert into_gated == [(blocks["a"].out_offset, gated), (blocks["b"].out_offset, gated + 4)]
+    # the sum over the branches: a node set of 4 fed by both halves of the gated set
+    head_in = blocks["head"].in_offset
+    into_head = sorted(b.in_offset for b in ident if b.out_offset == head_in)
+    assert into_head == [gated, gated + 4]
 
 
 def test_channel_mixing_across_the_channel_axis_is_refused_by_name() -> None:
