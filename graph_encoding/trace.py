@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .attention_rules import AttentionRules, has_spread
 from .channels import (
     Chan,
     Contributor,
@@ -34,6 +33,7 @@ from .layer_rules import LayerRules
 from .op_rules import OpRules
 from .plan import Block, NodePlacement, NodeSetInfo, Plan, role_column
 from .schema import ROLES, SLOT, EdgeKind, NodeKind, NormKind
+from .spread_rules import SpreadRules, has_spread
 from .vocab import (
     ADD,
     ELEMENTWISE_FUNCTIONS,
@@ -51,7 +51,7 @@ from .vocab import (
 __all__ = ["EncodingError", "Tracer", "build_plan"]
 
 
-class Tracer(LayerRules, FunctionalRules, AttentionRules, OpRules):
+class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
     """Walks a traced module graph and collects node sets, blocks and placements."""
 
     def __init__(self, model: nn.Module) -> None:

@@ -28,7 +28,7 @@ from .channels import Chan, EncodingError, TupleOf, describe, rank_of, shape_of
 from .schema import EdgeKind, NodeKind
 from .vocab import ELEMENTWISE_MODULES, PERMUTES, SWAPS
 
-__all__ = ["Spread", "AttentionRules", "has_spread"]
+__all__ = ["Spread", "SpreadRules", "has_spread"]
 
 _SHIFT = 32  # node id = set << _SHIFT | index
 _MATMUL = {operator.matmul, torch.matmul, "matmul"}
@@ -82,7 +82,7 @@ def _ids(x: Chan) -> torch.Tensor:
     return torch.cat([(s << _SHIFT) + torch.arange(a, b, dtype=torch.long) for s, a, b in x.segs])
 
 
-class AttentionRules:
+class SpreadRules:
     """Mixin of :class:`~graph_encoding.trace.Tracer`: channels spread over several axes."""
 
     def spread(self, node: torch.fx.Node, x: Chan) -> Spread | None:
