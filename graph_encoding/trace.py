@@ -28,6 +28,7 @@ from .channels import (
     flatten,
     map_args,
 )
+from .concrete_trace import concrete_trace
 from .functional_rules import FUNCTIONAL_LAYERS, OPAQUE_FUNCTIONS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules
@@ -385,9 +386,13 @@ def build_plan(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Pl
         try:
             gm = torch.fx.symbolic_trace(model)
         except Exception as exc:  # fx raises many types; name the model and the cause
-            raise EncodingError(
-                f"{type(model).__name__}: torch.fx cannot trace this model ({type(exc).__name__}: {exc})"
-            ) from exc
+            try:  # control flow on shapes: trace again, specialised to these inputs
+                gm = concrete_trace(model, example_inputs)
+            except Exception:  # noqa: BLE001 - report the symbolic tracer's reason
+                raise EncodingError(
+                    f"{type(model).__name__}: torch.fx cannot trace this model "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         with torch.no_grad():
             ShapeProp(gm).propagate(*example_inputs)
         tracer = Tracer(model)

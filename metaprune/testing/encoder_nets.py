@@ -17,6 +17,7 @@ __all__ = [
     "HeadMajorAttention",
     "EinsumAttention",
     "SelectiveBranches",
+    "ShapeBranch",
     "ChannelConv",
     "GRNMixer",
     "exact_round_trip",
@@ -181,6 +182,21 @@ class SelectiveBranches(nn.Module):
         attn = self.select(torch.relu(self.reduce(paths.sum(1).mean((2, 3), keepdim=True))))
         attn = torch.softmax(attn.view(x.shape[0], 2, 4, 1, 1), dim=1)
         return self.head(torch.sum(paths * attn, dim=1))
+
+
+class ShapeBranch(nn.Module):
+    """timm's VGG head: ``if`` on the input's spatial size (fx cannot trace it symbolically)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Conv2d(4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if h.shape[-1] < 3:
+            h = F.adaptive_avg_pool2d(h, (3, 3))
+        return self.fc(h)
 
 
 class ChannelConv(nn.Module):

@@ -19,6 +19,7 @@ from metaprune.testing.encoder_nets import (
     HeadMajorAttention,
     ModuleBN,
     SelectiveBranches,
+    ShapeBranch,
     Shuffle,
     SplitCat,
     StdConv,
@@ -155,6 +156,16 @@ def test_selective_kernel_branches_are_gated_and_summed() -> None:
     head_in = blocks["head"].in_offset
     into_head = sorted(b.in_offset for b in ident if b.out_offset == head_in)
     assert into_head == [gated, gated + 4]
+
+
+def test_control_flow_on_shapes_is_traced_for_the_example_shapes() -> None:
+    torch.manual_seed(0)
+    model = ShapeBranch().eval()
+    small, large = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 5, 5)
+    graph_small = exact_round_trip(model, small)  # takes the pooling branch
+    graph_large = exact_round_trip(model, large)
+    assert graph_small.plan is not graph_large.plan  # one plan per input shape
+    assert _kinds(graph_small) == _kinds(graph_large) == [EdgeKind.CONV, EdgeKind.CONV]
 
 
 def test_channel_mixing_across_the_channel_axis_is_refused_by_name() -> None:

@@ -12,7 +12,6 @@ from metaprune.testing.timm_sweep import FAMILIES, check  # noqa: E402
 REFUSED = {
     "resnet (eca)": r"^layer1\.0\.se\.conv: a convolution across the channel axis",
     "edgenext": r"^stages\.1\.blocks\.1\.xca: normalize .*spread over several axes",
-    "vgg": r"^VGG: torch\.fx cannot trace this model",
     "mobilevit": r"^ByobNet: torch\.fx cannot trace this model",
 }
 
