@@ -9,6 +9,7 @@ merged set through identity edges. Nothing here touches parameter values.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import replace
 
@@ -326,12 +327,19 @@ class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
                         )
             norms += [NormKind.NONE] * (ROLES - len(norms))
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
-        blocks, weights, seen = [], [], {}
+        blocks, weights, seen, starts = [], [], {}, {}
         edge_offset = value_offset = 0
         for rb in raw_blocks:  # creation order is topological
+            if rb.weight is not None and rb.weight in seen and seen[rb.weight] != value_offset:
+                # blocks sharing a weight must tile its rows one after the other (q, k, v);
+                # a layer applied twice would need its values twice in edge_flat
+                raise EncodingError(
+                    f"{rb.name}: a layer applied more than once (shared weight "
+                    f"'{rb.weight}') is not supported"
+                )
             if rb.weight is not None and rb.weight not in seen:
-                seen[rb.weight] = value_offset
                 weights.append((rb.weight, tuple(state[rb.weight].shape)))
+                starts[rb.weight] = value_offset
             b = Block(
                 rb.name,
                 rb.kind,
@@ -353,6 +361,15 @@ class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
             blocks.append(b)
             edge_offset += b.num_edges
             value_offset += b.num_values
+            if rb.weight is not None:
+                seen[rb.weight] = value_offset  # where the next block of this weight starts
+        for key, shape in weights:
+            if seen[key] - starts[key] != math.prod(shape):
+                raise EncodingError(
+                    f"'{key}': the blocks reading it hold {seen[key] - starts[key]} values, it "
+                    f"has {math.prod(shape)}: a layer applied more than once (shared weights) "
+                    "is not supported"
+                )
         placed = {w for w, _ in weights} | {p.key for p in placements}
         state_keys = list(state)
         carried = [k for k in state_keys if k not in placed]
