@@ -54,7 +54,7 @@ FAMILIES: dict[str, tuple[str, dict, int]] = {
     "hrnet": ("hrnet_w18_small", {}, 64),
     "swin_transformer": ("swin_tiny_patch4_window7_224", {"img_size": 112}, 112),
     "maxxvit": ("maxvit_nano_rw_256", {"img_size": 128}, 128),
-    "vgg": ("vgg11_bn", {}, 64),
+    "vgg": ("vgg11_bn", {"mlp_ratio": 0.125}, 64),  # a 512-wide head: the 4096 one is 100 M
     "dla": ("dla34", {}, 64),
     "vovnet": ("ese_vovnet19b_slim", {}, 64),
     "selecsls": ("selecsls42b", {}, 64),
