@@ -266,11 +266,18 @@ class OpRules:
         if not kept and len(gates) == 2:  # two layers' outputs multiplied (StarNet's star)
             kept = gates[:1]
             gates = gates[1:]
-        if len(kept) != 1 or x.size != y.size:
+        if x.size != y.size or x.dim != y.dim or x.inner != y.inner:
             raise EncodingError(
                 f"{name}: a product of channel tensors must be a gate (one operand a layer's own "
                 f"output) applied to another tensor of the same channels"
             )
+        if len(kept) != 1:
+            # a product of branches none of which is one layer's whole output (MambaOut's,
+            # GhostNet-V2's gated branches): their channels are tied one to one, as in a sum
+            s = self.new_set(f"{name}:product", x.size, NodeKind.SUM)
+            for c, _ in chans:
+                self.identity_into(c, s, name)
+            return Chan(x.dim, ((s, 0, x.size),), x.inner)
         base = kept[0]
         whole = (
             len(base.segs) == 1

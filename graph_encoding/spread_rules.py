@@ -28,11 +28,13 @@ from .channels import Chan, EncodingError, TupleOf, describe, rank_of, shape_of
 from .schema import EdgeKind, NodeKind
 from .vocab import ELEMENTWISE_MODULES, PERMUTES, SWAPS
 
-__all__ = ["Spread", "SpreadRules", "has_spread"]
+__all__ = ["Spread", "SpreadRules", "has_spread", "ATTEND"]
 
 _SHIFT = 32  # node id = set << _SHIFT | index
 _MATMUL = {operator.matmul, torch.matmul, "matmul"}
 _SCALE = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
+_ATTEND = _MATMUL | {F.scaled_dot_product_attention}
+ATTEND = _ATTEND  # products the tracer sends here even between plain channel tensors
 _MUL = {operator.mul, torch.mul, "mul"}
 _SUM = {torch.sum, "sum"}
 _SOFTMAX = {torch.softmax, F.softmax, "softmax"}
@@ -102,6 +104,13 @@ class SpreadRules:
         return None
 
     def spread_op(self, node: torch.fx.Node, args: tuple, kwargs: dict) -> object:
+        """One op on spread channels; a result left with one factor is plain channels."""
+        out = self._spread_op(node, args, kwargs)
+        if isinstance(out, TupleOf):
+            return TupleOf([_plain(v) for v in out.items])
+        return _plain(out)
+
+    def _spread_op(self, node: torch.fx.Node, args: tuple, kwargs: dict) -> object:
         name = describe(node)
         target = node.target
         x = args[0] if args else None
@@ -126,7 +135,7 @@ class SpreadRules:
         if target is operator.getitem and isinstance(x, TupleOf):
             picked = x.items[args[1]]
             return TupleOf(picked) if isinstance(args[1], slice) else picked
-        if not isinstance(x, Spread) and target not in _MATMUL:
+        if not isinstance(x, Spread) and target not in _ATTEND:
             raise EncodingError(f"{name}: channels spread over several axes used as an operand")
         if target in PERMUTES:
             return x.moved(_order(node, args))
@@ -138,7 +147,7 @@ class SpreadRules:
             return x  # q * scale
         if node.op == "call_method" and target in _KEEP_METHODS:
             return x
-        if target in _MATMUL or target is F.scaled_dot_product_attention:
+        if target in _ATTEND:
             return self._attend(node, args, name)
         if target in _RESHAPES:
             return self._merge(node, x, name)
@@ -249,6 +258,7 @@ class SpreadRules:
 
     # ------------------------------------------------------------ attention
     def _attend(self, node: torch.fx.Node, args: tuple, name: str) -> Spread | None:
+        args = tuple(_as_spread(a) for a in args)  # one head: plain channels are one factor
         if node.target is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             if not all(isinstance(t, Spread) for t in (q, k, v)):
@@ -263,6 +273,11 @@ class SpreadRules:
             return None
         if a is None and isinstance(b, Spread):
             return self._values(b, rank, name)
+        if isinstance(a, Spread) and b is None and rank - 1 not in a.axes and rank - 2 in a.axes:
+            # v @ scores^T with channels before the tokens (LeViT's and SHViT's conv layout)
+            heads = a.ids.numel() // a.ids.shape[a.along(rank - 2)]
+            self.mark_roles(a.ids, EdgeKind.ATTN_V, heads, name)
+            return a
         raise EncodingError(f"{name}: a product of channel factors that is not attention")
 
     def _einsum(self, node: torch.fx.Node, args: tuple, name: str) -> Spread | None:
@@ -338,6 +353,18 @@ class SpreadRules:
             f"{name}: cannot merge channel factors on axes {x.axes} through a reshape from "
             f"{tuple(in_shape)} to {tuple(out_shape)}"
         )
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Spread) and len(value.axes) == 1:
+        return value.as_chan(value.axes[0])
+    return value
+
+
+def _as_spread(value: object) -> object:
+    if isinstance(value, Chan) and value.inner == 1:
+        return Spread(_ids(value), (value.dim,))
+    return value
 
 
 def _set_of(ids: torch.Tensor) -> int:

@@ -35,7 +35,7 @@ from .layer_rules import LayerRules
 from .op_rules import OpRules
 from .plan import Block, NodePlacement, NodeSetInfo, Plan, role_column
 from .schema import ROLES, SLOT, EdgeKind, NodeKind, NormKind
-from .spread_rules import SpreadRules, has_spread
+from .spread_rules import ATTEND, SpreadRules, has_spread
 from .vocab import (
     ADD,
     ELEMENTWISE_FUNCTIONS,
@@ -186,7 +186,11 @@ class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
         args = map_args(node.args, env)
         kwargs = map_args(node.kwargs, env)
         values = flatten((args, kwargs))
-        if has_spread(values):  # channels over several axes: attention heads, shuffles
+        if has_spread(values) or (  # channels over several axes: attention heads, shuffles
+            node.op != "call_module"
+            and node.target in ATTEND
+            and any(isinstance(v, Chan) for v in values)
+        ):
             return self.spread_op(node, args, kwargs)
         chans = [v for v in values if isinstance(v, Chan)]
         if node.op == "call_module":
@@ -263,7 +267,7 @@ class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
         for rb in self.blocks:
             s = self.find(rb.out_set)
             rows = [roles.get((s, rb.out_start + r)) for r in range(rb.out_size)]
-            if rb.kind != EdgeKind.LINEAR or rb.groups != 1 or not any(rows):
+            if rb.kind not in (EdgeKind.LINEAR, EdgeKind.CONV) or rb.groups != 1 or not any(rows):
                 out.append(rb)
                 continue
             if self.sets[s].kind == NodeKind.HIDDEN:

@@ -18,6 +18,7 @@ __all__ = [
     "EinsumAttention",
     "SelectiveBranches",
     "ShapeBranch",
+    "GatedBranches",
     "ChannelConv",
     "GRNMixer",
     "exact_round_trip",
@@ -197,6 +198,24 @@ class ShapeBranch(nn.Module):
         if h.shape[-1] < 3:
             h = F.adaptive_avg_pool2d(h, (3, 3))
         return self.fc(h)
+
+
+class GatedBranches(nn.Module):
+    """MambaOut / GhostNet-V2: a product of two slices of one layer (no operand is a whole
+    layer output), and single-head attention with channels before the tokens (SHViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Conv1d(3, 8, 1)
+        self.qkv = nn.Conv1d(4, 12, 1)
+        self.out = nn.Conv1d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, i = self.fc(x).split([4, 4], dim=1)  # (B, 4, N) each
+        h = torch.sigmoid(g) * i
+        q, k, v = self.qkv(h).split([4, 4, 4], dim=1)  # one head, channels before tokens
+        attn = (q.transpose(-2, -1) @ k).softmax(dim=-1)  # (B, N, N)
+        return self.out(v @ attn.transpose(-2, -1))
 
 
 class ChannelConv(nn.Module):

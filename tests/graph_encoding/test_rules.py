@@ -15,6 +15,7 @@ from metaprune.testing.encoder_nets import (
     EinsumAttention,
     FunctionalBN,
     FusedAttention,
+    GatedBranches,
     GRNMixer,
     HeadMajorAttention,
     ModuleBN,
@@ -166,6 +167,22 @@ def test_control_flow_on_shapes_is_traced_for_the_example_shapes() -> None:
     graph_large = exact_round_trip(model, large)
     assert graph_small.plan is not graph_large.plan  # one plan per input shape
     assert _kinds(graph_small) == _kinds(graph_large) == [EdgeKind.CONV, EdgeKind.CONV]
+
+
+def test_a_product_of_slices_ties_them_and_one_head_attention_reads_plain_channels() -> None:
+    torch.manual_seed(0)
+    model = GatedBranches().eval()
+    graph = exact_round_trip(model, torch.randn(2, 3, 5))
+    a = EdgeKind
+    kinds = _kinds(graph)
+    # fc; the product (identity from both slices of fc); q, k, v rows of one conv; out
+    assert kinds == [a.CONV, a.IDENTITY, a.IDENTITY, a.ATTN_Q, a.ATTN_K, a.ATTN_V, a.CONV]
+    fc, g_in, i_in, q, k, v, out = graph.plan.blocks
+    assert (g_in.in_offset, i_in.in_offset) == (fc.out_offset, fc.out_offset + 4)
+    assert g_in.out_offset == i_in.out_offset == q.in_offset  # one product node set
+    kinds_of = graph.x[:, NODE_KIND_COL : NODE_KIND_COL + len(NodeKind)].argmax(1)
+    assert (kinds_of[g_in.out_offset : g_in.out_offset + 4] == NodeKind.SUM).all()
+    assert out.in_offset == v.out_offset and out.in_size == 4
 
 
 def test_channel_mixing_across_the_channel_axis_is_refused_by_name() -> None:
