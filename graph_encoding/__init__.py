@@ -27,8 +27,14 @@ Schema (the same for every family, see :mod:`graph_encoding.schema`):
 Supported: Conv1d/Conv2d (any kernel, stride, padding, dilation, groups), Linear,
 BatchNorm, LayerNorm (over channels), GroupNorm, biases, residual adds (identity and
 projection), concatenation, flatten / reshape / permute, nn.MultiheadAttention,
-multiplicative gates, the usual activations and pools. Anything else raises
-:class:`EncodingError` naming the module path and the op.
+multiplicative gates, the usual activations and pools; and (issue 13, timm) functional
+norms / convs / linears reading the model's own tensors (:mod:`.functional_rules`),
+channel slices, ``split`` / ``chunk`` as node sub-ranges (:mod:`.op_rules`), channels
+reshaped into factors: attention heads, fused ``qkv`` cut into q / k / v blocks over its
+weight rows, channel shuffles as node permutations, SK / ResNeSt branch attention
+(:mod:`.spread_rules`), torchvision's Swin window attention. Anything else raises
+:class:`EncodingError` naming the module path and the op; the README lists what is still
+refused and why. ``decode`` returns the state dict with the model's ``_metadata``.
 """
 
 from .decode import DecodeError, decode, decode_tensors

@@ -39,7 +39,9 @@ class Contributor:
     block: int  # index into the tracer's raw blocks
     bias: str | None
     bias_start: int = 0
-    norm: tuple[NormKind, str, bool, bool] | None = None  # kind, module path, running stats, affine
+    # norm kind and the state keys it reads, by node-feature slot ("weight", "norm_bias",
+    # "running_mean", "running_var"); a functional norm's keys need not share a module path
+    norm: tuple[NormKind, dict[str, str]] | None = None
 
 
 @dataclass

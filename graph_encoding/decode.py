@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -73,7 +75,12 @@ def decode(graph: ModelGraph, model: nn.Module) -> dict[str, torch.Tensor]:
         )
     with torch.no_grad():
         tensors = decode_tensors(plan, graph.x, graph.edge_flat, graph.extras)
-    state = {}
+    # an OrderedDict carrying the model's ``_metadata`` (module versions), as
+    # ``state_dict()`` does: loaders such as torchvision's MNASNet read their version there
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    metadata = getattr(reference, "_metadata", None)
+    if metadata is not None:
+        state._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]
     for key, ref in reference.items():
         value = tensors[key]
         if value.shape != ref.shape:

@@ -9,7 +9,9 @@ merged set through identity edges. Nothing here touches parameter values.
 
 from __future__ import annotations
 
+import math
 import operator
+from dataclasses import replace
 
 import torch
 import torch.fx
@@ -27,25 +29,31 @@ from .channels import (
     flatten,
     map_args,
 )
+from .concrete_trace import concrete_trace
+from .functional_rules import FUNCTIONAL_LAYERS, OPAQUE_FUNCTIONS, FunctionalRules
 from .layer_rules import LayerRules
 from .op_rules import OpRules
 from .plan import Block, NodePlacement, NodeSetInfo, Plan, role_column
 from .schema import ROLES, SLOT, EdgeKind, NodeKind, NormKind
+from .spread_rules import ATTEND, SpreadRules, has_spread
 from .vocab import (
     ADD,
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     MUL,
+    PERMUTES,
     POOL_FUNCTIONS,
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
     SHAPE_ONLY,
+    SPLIT_FUNCTIONS,
+    SPLIT_METHODS,
 )
 
 __all__ = ["EncodingError", "Tracer", "build_plan"]
 
 
-class Tracer(LayerRules, OpRules):
+class Tracer(LayerRules, FunctionalRules, SpreadRules, OpRules):
     """Walks a traced module graph and collects node sets, blocks and placements."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -58,6 +66,10 @@ class Tracer(LayerRules, OpRules):
         self.weights: list[str] = []
         self.depth = 0
         self.used_params: set[str] = set()
+        state = model.state_dict(keep_vars=True)
+        self.state_keys = set(state)
+        self.roles: dict[tuple[int, int], tuple[EdgeKind, int]] = {}  # attention q / k / v
+        self.state_shapes = {k: tuple(v.shape) for k, v in state.items()}
 
     # ------------------------------------------------------------ node sets
     def new_set(self, name: str, size: int, kind: NodeKind) -> int:
@@ -173,7 +185,14 @@ class Tracer(LayerRules, OpRules):
     def visit(self, node: torch.fx.Node, env: dict) -> object:
         args = map_args(node.args, env)
         kwargs = map_args(node.kwargs, env)
-        chans = [v for v in flatten((args, kwargs)) if isinstance(v, Chan)]
+        values = flatten((args, kwargs))
+        if has_spread(values) or (  # channels over several axes: attention heads, shuffles
+            node.op != "call_module"
+            and node.target in ATTEND
+            and any(isinstance(v, Chan) for v in values)
+        ):
+            return self.spread_op(node, args, kwargs)
+        chans = [v for v in values if isinstance(v, Chan)]
         if node.op == "call_module":
             return self.call_module(node, self.modules[str(node.target)], args, kwargs)
         if not chans:
@@ -184,26 +203,42 @@ class Tracer(LayerRules, OpRules):
             return self.getitem(node, args, name)
         if node.meta.get("tensor_meta") is None:
             return None  # shapes, sizes, asserts: no channels flow through them
-        if target in {F.layer_norm, torch.layer_norm}:
-            return self.functional_layer_norm(node, args[0])
+        if node.op == "call_function" and target in OPAQUE_FUNCTIONS:
+            return self.opaque_function(node, args, chans)
+        if node.op == "call_function" and target in FUNCTIONAL_LAYERS:
+            return self.functional_layer(node, args, chans)
         if target in ELEMENTWISE_FUNCTIONS or (
             node.op == "call_method" and target in ELEMENTWISE_METHODS
         ):
             return self.passthrough(node, args[0])
         if (
             target in POOL_FUNCTIONS
-            or (node.op == "call_method" and target in {"mean", "sum", "amax"})
-            or target in {torch.mean, torch.sum}
+            or (node.op == "call_method" and target in {"mean", "sum", "amax", "norm"})
+            or target in {torch.mean, torch.sum, torch.amax, torch.norm}
         ):
             return self.reduce(node, args[0])
         if target in RESHAPE_FUNCTIONS or (node.op == "call_method" and target in RESHAPE_METHODS):
-            return self.reshape(node, args[0], name)
+            try:
+                return self.reshape(node, args[0], name)
+            except EncodingError:
+                spread = self.spread(node, args[0])
+                if spread is None:
+                    raise
+                return spread
         if node.op == "call_method" and target in SHAPE_ONLY:
             return None
-        if target in {torch.permute, torch.transpose} or (
-            node.op == "call_method" and target in {"permute", "transpose"}
-        ):
+        if target in PERMUTES:
             return self.permute(node, args, name)
+        if target is torch.addcmul:
+            return self.addcmul(node, args, name)
+        if target is torch.roll:
+            return self.roll(node, args, kwargs, name)
+        if target is F.pad:
+            return self.pad(node, args, kwargs, name)
+        if target in SPLIT_FUNCTIONS or (node.op == "call_method" and target in SPLIT_METHODS):
+            return self.split(node, args, kwargs, name)
+        if target is torch.stack:
+            return self.stack(node, args, kwargs, name)
         if target is torch.cat or target is torch.concat:
             return self.cat(node, args, kwargs, name)
         if target in ADD or (node.op == "call_method" and target in {"add", "add_", "sub", "sub_"}):
@@ -222,9 +257,41 @@ class Tracer(LayerRules, OpRules):
         raise EncodingError(f"{name}: op '{op}' ({node.op}) on channel tensors is not supported")
 
     # ------------------------------------------------------------ modules
+    def by_role(self) -> list[RawBlock]:
+        """Blocks, a projection whose rows are attention q / k / v (a fused ``qkv``) cut
+        into contiguous runs of one role; the runs tile its weight rows in order."""
+        if not self.roles:
+            return self.blocks
+        roles = {(self.find(s), i): r for (s, i), r in self.roles.items()}
+        out: list[RawBlock] = []
+        for rb in self.blocks:
+            s = self.find(rb.out_set)
+            rows = [roles.get((s, rb.out_start + r)) for r in range(rb.out_size)]
+            if rb.kind not in (EdgeKind.LINEAR, EdgeKind.CONV) or rb.groups != 1 or not any(rows):
+                out.append(rb)
+                continue
+            if self.sets[s].kind == NodeKind.HIDDEN:
+                self.sets[s].kind = NodeKind.ATTENTION
+            start = 0
+            for r in range(1, rb.out_size + 1):
+                if r == rb.out_size or rows[r] != rows[start]:
+                    kind, heads = rows[start] or (rb.kind, rb.heads)
+                    out.append(
+                        replace(
+                            rb,
+                            kind=kind,
+                            heads=heads,
+                            out_start=rb.out_start + start,
+                            out_size=r - start,
+                        )
+                    )
+                    start = r
+        return out
+
     def finish(
         self, outputs: list[int], state: dict[str, torch.Tensor], param_keys: list[str]
     ) -> Plan:
+        raw_blocks = self.by_role()  # before the node sets' kinds are read
         for s in outputs:
             if self.sets[s].kind == NodeKind.HIDDEN:
                 self.sets[s].kind = NodeKind.OUTPUT
@@ -258,24 +325,25 @@ class Tracer(LayerRules, OpRules):
                     )
                 norms.append(con.norm[0] if con.norm else NormKind.NONE)
                 if con.norm:
-                    _, path, running, affine = con.norm
-                    fields = [("weight", "weight"), ("bias", "norm_bias")] if affine else []
-                    if running:
-                        fields += [("running_mean", "running_mean"), ("running_var", "running_var")]
-                    for attr, slot in fields:
+                    for slot, key in con.norm[1].items():
                         placements.append(
-                            NodePlacement(
-                                f"{path}.{attr}", offsets[r], rs.size, role_column(role, SLOT[slot])
-                            )
+                            NodePlacement(key, offsets[r], rs.size, role_column(role, SLOT[slot]))
                         )
             norms += [NormKind.NONE] * (ROLES - len(norms))
             infos.append(NodeSetInfo(rs.name, rs.kind, offsets[r], rs.size, rs.depth, tuple(norms)))
-        blocks, weights, seen = [], [], {}
+        blocks, weights, seen, starts = [], [], {}, {}
         edge_offset = value_offset = 0
-        for rb in self.blocks:  # creation order is topological
+        for rb in raw_blocks:  # creation order is topological
+            if rb.weight is not None and rb.weight in seen and seen[rb.weight] != value_offset:
+                # blocks sharing a weight must tile its rows one after the other (q, k, v);
+                # a layer applied twice would need its values twice in edge_flat
+                raise EncodingError(
+                    f"{rb.name}: a layer applied more than once (shared weight "
+                    f"'{rb.weight}') is not supported"
+                )
             if rb.weight is not None and rb.weight not in seen:
-                seen[rb.weight] = value_offset
                 weights.append((rb.weight, tuple(state[rb.weight].shape)))
+                starts[rb.weight] = value_offset
             b = Block(
                 rb.name,
                 rb.kind,
@@ -297,6 +365,15 @@ class Tracer(LayerRules, OpRules):
             blocks.append(b)
             edge_offset += b.num_edges
             value_offset += b.num_values
+            if rb.weight is not None:
+                seen[rb.weight] = value_offset  # where the next block of this weight starts
+        for key, shape in weights:
+            if seen[key] - starts[key] != math.prod(shape):
+                raise EncodingError(
+                    f"'{key}': the blocks reading it hold {seen[key] - starts[key]} values, it "
+                    f"has {math.prod(shape)}: a layer applied more than once (shared weights) "
+                    "is not supported"
+                )
         placed = {w for w, _ in weights} | {p.key for p in placements}
         state_keys = list(state)
         carried = [k for k in state_keys if k not in placed]
@@ -330,9 +407,13 @@ def build_plan(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Pl
         try:
             gm = torch.fx.symbolic_trace(model)
         except Exception as exc:  # fx raises many types; name the model and the cause
-            raise EncodingError(
-                f"{type(model).__name__}: torch.fx cannot trace this model ({type(exc).__name__}: {exc})"
-            ) from exc
+            try:  # control flow on shapes: trace again, specialised to these inputs
+                gm = concrete_trace(model, example_inputs)
+            except Exception:  # noqa: BLE001 - report the symbolic tracer's reason
+                raise EncodingError(
+                    f"{type(model).__name__}: torch.fx cannot trace this model "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         with torch.no_grad():
             ShapeProp(gm).propagate(*example_inputs)
         tracer = Tracer(model)

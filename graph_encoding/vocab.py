@@ -22,6 +22,10 @@ __all__ = [
     "MUL",
     "SHAPE_ONLY",
     "NORMS",
+    "SPLIT_FUNCTIONS",
+    "SPLIT_METHODS",
+    "SWAPS",
+    "PERMUTES",
 ]
 
 ELEMENTWISE_MODULES = (
@@ -56,6 +60,9 @@ POOL_MODULES = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.Upsample,  # spatial resizes keep the channels (HRNet's fusion)
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
 )
 ELEMENTWISE_FUNCTIONS = {
     F.relu,
@@ -108,10 +115,15 @@ POOL_FUNCTIONS = {
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
+    F.interpolate,
 }
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
 MUL = {operator.mul, operator.imul, torch.mul}
 SHAPE_ONLY = {"size", "dim"}
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split, torch.unbind}
+SPLIT_METHODS = {"split", "chunk", "tensor_split", "unbind"}
+SWAPS = {torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims"}
+PERMUTES = SWAPS | {torch.permute, "permute"}

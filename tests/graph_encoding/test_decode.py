@@ -69,3 +69,17 @@ def test_an_untraceable_model_is_a_clear_error() -> None:
 
     with pytest.raises(EncodingError, match="Branchy: torch.fx cannot trace"):
         encode(Branchy(), torch.randn(1, 4))
+
+
+def test_a_layer_applied_twice_is_refused_at_encode() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 1)
+            self.d = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.d(torch.relu(self.c(torch.relu(self.c(x)))))
+
+    with pytest.raises(EncodingError, match=r"'c\.weight': .*applied more than once"):
+        encode(Twice(), torch.randn(1, 3, 4, 4))
