@@ -123,7 +123,7 @@ def _execute(
 
         def submit(t: BatchTask) -> None:
             entry = state.entry(t.key)
-            entry.update(status="running", started=time.time())
+            entry["status"] = "pending"  # "running" once a worker has picked it up
             entry["runs"] = entry.get("runs", 0) + 1
             spec = TaskSpec(TASK_FN, t.args(out), resources, task_id=f"{t.key}#{entry['runs']}")
             live[ex.submit(spec, on_progress=display.handler(t.key))] = t
@@ -133,6 +133,14 @@ def _execute(
                 submit(t)
             state.save()
             while live:
+                started = False
+                for handle, t in live.items():
+                    entry = state.entry(t.key)
+                    if handle.started.is_set() and entry["status"] == "pending":
+                        entry.update(status="running", started=time.time())
+                        started = True
+                if started:
+                    state.save()
                 for handle in [h for h in live if h.done()]:
                     t = live.pop(handle)
                     result = handle.result()

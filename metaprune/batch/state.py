@@ -135,7 +135,7 @@ class BatchState:
         self.data["order"] = [t.key for t in tasks]
         for t in tasks:
             e = self.entry(t.key)
-            e.update(model=t.model, target=t.target, method=t.config["method"],
+            e.update(model=t.model, target=t.target, method=t.config["method"], digest=t.digest,
                      target_kind=t.config["target"]["kind"], target_value=t.config["target"]["value"])  # fmt: skip
 
     def save(self) -> None:
@@ -153,11 +153,16 @@ class BatchState:
             e = self.entry(key)
             row = {"model": e.get("model"), "target": e.get("target"), "method": e.get("method"),
                    "target_kind": e.get("target_kind"), "target_value": e.get("target_value")}  # fmt: skip
-            if e["status"] == "succeeded":
-                result = results.get(key) or read_result(self.out / key)
-                if result is not None:
-                    row.update(result)
-            row.update(status=e["status"], attempts=e["attempts"], error=e.get("error"))
+            status, error = e["status"], e.get("error")
+            # the outputs are the truth: a task killed with its parent may have published
+            # them after the state file was last written
+            result = results.get(key) or read_result(self.out / key, e.get("digest"))
+            if result is not None:
+                row.update(result)
+                status, error = "succeeded", None
+            elif status == "succeeded":  # outputs removed or from other inputs
+                status = "pending"
+            row.update(status=status, attempts=e["attempts"], error=error)
             rows.append(row)
         return rows
 
