@@ -52,6 +52,7 @@ _TOP_KEYS = {"version", "dataset", "targets", "config", "max_attempts", "resourc
 _ENTRY_KEYS = {"path", "name", "targets", "config", "dataset"}
 _DATASET_KEYS = {"name", "root", "kwargs"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED = {"batch.json", "summary.csv", "summary.json", "pareto.png"}
 _MAX_MANIFEST_BYTES = 1024**2
 _MAX_PROBLEMS = 50
 
@@ -204,6 +205,11 @@ def parse_manifest(data: Any, *, base: Path, source: str = "<manifest>") -> Mani
                 problems.append(
                     f"{where}: model name {quote(name)} must be 1-128 letters, digits, '.', '_' or '-' "
                     "(set 'name' or rename the file)"
+                )
+                continue
+            if name in _RESERVED:
+                problems.append(
+                    f"{where}: model name {name!r} is reserved for a batch output file (set 'name')"
                 )
                 continue
             if name in names:

@@ -41,7 +41,7 @@ SUMMARY_COLUMNS = (
     "base_val_accuracy", "base_test_accuracy", "final_val_accuracy", "final_test_accuracy",
     "macs_speedup", "params_speedup", "latency_speedup", "target_reached",
     "base_macs", "final_macs", "base_params", "final_params",
-    "wall_seconds", "attempts", "error", "checkpoint",
+    "wall_seconds", "attempts", "error", "checkpoint", "worker_peak_rss_mb",
 )  # fmt: skip
 STATUSES = ("succeeded", "failed", "running", "pending", "cancelled")
 

@@ -71,8 +71,17 @@ def summary_row(args: dict[str, Any], report: dict[str, Any], seconds: float) ->
         "macs_speedup": speedup["macs"], "params_speedup": speedup["params"],
         "latency_speedup": speedup["latency"], "target_reached": report["target_reached"],
         "wall_seconds": seconds, "checkpoint": os.path.join(args["model"], args["target"], "model.safetensors"),
-        "digest": args["digest"],
+        "digest": args["digest"], "worker_peak_rss_mb": _peak_rss_mb(),
     }  # fmt: skip
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this worker process so far (MiB), where the OS reports it."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def read_result(out_dir: Path, digest: str | None = None) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 import pytest
 
 from metaprune.batch import ManifestError, load_manifest, parse_manifest
+from metaprune.cli import main
 from metaprune.testing.batch import TINY_CONFIG, TINY_DATASET, make_tiny_models, write_manifest
 
 
@@ -110,3 +111,17 @@ def test_unreadable_manifests(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ManifestError, match="must be a mapping"):
         load_manifest(bad)
+
+
+def test_the_cli_reports_manifest_problems_and_missing_batches(models, tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "nope/*.safetensors"}], targets=[0.5])
+    out = tmp_path / "out"
+    assert main(["batch", "run", str(manifest), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaprune: error: manifest ") and "2 problems" in err
+    assert "matches no file" in err and "targets[0]" in err
+    assert not out.exists()  # nothing was started
+    assert main(["batch", "status", str(tmp_path)]) == 2
+    assert "holds no batch (no batch.json)" in capsys.readouterr().err
+    assert main(["batch", "run", str(manifest), "-o", str(out), "--ray-address", "x:1"]) == 2
+    assert "--ray-address needs --backend ray" in capsys.readouterr().err
