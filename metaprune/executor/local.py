@@ -33,6 +33,7 @@ from .api import (
     TaskHandle,
     TaskResult,
     TaskSpec,
+    task_threads,
 )
 from .registry import resolve_task
 from .worker import worker_main
@@ -256,16 +257,17 @@ class LocalExecutor(Executor):
             if worker.ready and worker.task is None and worker.process.is_alive():
                 task = self._pending.popleft()
                 spec = task.spec
+                threads = task_threads(spec.resources, self.threads_per_worker)
+                message = (
+                    "run",
+                    task.handle.task_id,
+                    spec.fn,
+                    spec.args,
+                    spec.resources.memory_bytes,
+                    threads,
+                )
                 try:
-                    worker.conn.send(
-                        (
-                            "run",
-                            task.handle.task_id,
-                            spec.fn,
-                            spec.args,
-                            spec.resources.memory_bytes,
-                        )
-                    )
+                    worker.conn.send(message)
                 except OSError:
                     self._pending.appendleft(task)  # dying worker: its sentinel will fire
                     continue
