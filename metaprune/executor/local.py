@@ -246,6 +246,13 @@ class LocalExecutor(Executor):
                         if isinstance(obj, int) and obj != self._wake_r:
                             self._on_death_locked(handles[obj])
                     self._kill_overdue_locked()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            with self._lock:
+                self._closing = True
+                for task in list(self._live.values()):
+                    self._finish_locked(task, TaskResult(FAILED, error=f"executor failed: {exc!r}"))
+                self._pending.clear()
+            raise
         finally:
             self._stop_pool()
             self._events.put(None)
