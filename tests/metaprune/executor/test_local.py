@@ -163,15 +163,20 @@ def test_submit_refuses_what_it_cannot_run(executor):
     assert executor.submit(TaskSpec(T + "echo", {}, task_id="dup")).result(WAIT).ok  # free again
 
 
-def test_shutdown_cancels_running_tasks_and_stops_workers():
-    ex = create_executor("local", workers=1, cancel_grace=2.0)
-    with ex:
-        handle, _ = started(ex, "sleep", {"steps": 1000, "seconds": 100})
-        queued = ex.submit(TaskSpec(T + "echo", {}))
-        pid = handle.worker_pid
-    assert handle.result(0).status == "cancelled" and queued.result(0).status == "cancelled"
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+def test_shutdown_cancels_running_tasks_and_stops_workers(executor):
+    # the module's executor, so this test runs last (file order) and costs no extra start-up
+    busy = [started(executor, "sleep", {"steps": 1000, "seconds": 100})[0] for _ in range(2)]
+    queued = executor.submit(TaskSpec(T + "echo", {}))
+    pids = [h.worker_pid for h in busy]
+    executor.shutdown()
+    assert [h.result(0).status for h in busy] == ["cancelled", "cancelled"]
+    assert (
+        queued.result(0).status == "cancelled"
+        and queued.result().error == "cancelled: executor shut down"
+    )
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     with pytest.raises(RuntimeError, match="shut down"):
-        ex.submit(TaskSpec(T + "echo", {}))
-    ex.shutdown()  # idempotent
+        executor.submit(TaskSpec(T + "echo", {}))
+    executor.shutdown()  # idempotent
