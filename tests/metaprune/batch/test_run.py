@@ -31,6 +31,7 @@ def result_mtimes(out: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_a_zoo_completes_with_a_broken_entry_failed_and_reruns_are_idempotent(tmp_path):
     models = make_tiny_models(tmp_path / "zoo", n=3)
     (tmp_path / "zoo" / "broken.safetensors").write_bytes(os.urandom(256))  # a corrupt checkpoint

@@ -71,6 +71,7 @@ def test_the_executor_contract_on_ray():
     assert ray.is_initialized()  # the executor did not start this Ray, so it leaves it running
 
 
+@pytest.mark.slow
 def test_a_batch_on_ray_gives_the_same_summary_as_on_local_processes(tmp_path):
     make_tiny_models(tmp_path / "zoo", n=2)
     manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}])
