@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from metaprune.errors import quote
+from metaprune.limits import DEFAULT_LIMITS, Limits
 from metaprune.pruning._checks import ConfigError, check_choice, check_int, check_number
 
 __all__ = [
@@ -100,7 +102,9 @@ class FinetuneBudget:
         if isinstance(self.milestones, (str, bytes)) or not isinstance(
             self.milestones, (list, tuple)
         ):
-            raise ConfigError(f"milestones must be a list of epochs (found {self.milestones!r})")
+            raise ConfigError(
+                f"milestones must be a list of epochs (found {quote(self.milestones)})"
+            )
         for m in self.milestones:
             check_int("milestones[]", m, minimum=1)
         object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
@@ -235,6 +239,12 @@ class PruneConfig:
             "test" would contain training images.
         device: torch device string for training, evaluation and latency.
         latency: latency measurement options.
+        max_wall_seconds: wall-clock budget of the whole job (``None``: only the
+            ``Limits.max_wall_seconds`` bound); checked between steps, like cancellation.
+
+    Upper bounds (epochs, steps, batch sizes, latency settings, the wall-clock budget) are
+    not fixed here but checked against a :class:`~metaprune.limits.Limits` by
+    :meth:`check_limits`, which :func:`~metaprune.pruning.prune` calls first.
     """
 
     version: int = CONFIG_VERSION
@@ -254,11 +264,12 @@ class PruneConfig:
     data_seed: int = 0
     device: str = "cpu"
     latency: LatencyOptions = dataclasses.field(default_factory=LatencyOptions)
+    max_wall_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise ConfigError(
-                f"PruneConfig version must be {CONFIG_VERSION} (found {self.version!r}); "
+                f"PruneConfig version must be {CONFIG_VERSION} (found {quote(self.version)}); "
                 "it was written by an incompatible metaprune version"
             )
         check_choice("method", self.method, METHODS)
@@ -269,20 +280,59 @@ class PruneConfig:
                 )
         if self.metanet is not None and (not isinstance(self.metanet, str) or not self.metanet):
             raise ConfigError(
-                f"metanet must be a non-empty string or None (found {self.metanet!r})"
+                f"metanet must be a non-empty string or None (found {quote(self.metanet)})"
             )
         check_int("bn_recalibration_batches", self.bn_recalibration_batches, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=0)
         check_int("data_seed", self.data_seed, minimum=0)
         if not isinstance(self.device, str):
-            raise ConfigError(f"device must be a string such as 'cpu' (found {self.device!r})")
+            raise ConfigError(f"device must be a string such as 'cpu' (found {quote(self.device)})")
         try:
-            torch.device(self.device)
-        except RuntimeError:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError):
             raise ConfigError(
-                f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+                f"device {quote(self.device)} is not a torch device (e.g. 'cpu', 'cuda:0')"
             ) from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(
+                f"device {quote(self.device)} cannot run a job (expected 'cpu', 'cuda[:N]' or 'mps')"
+            )
+        if self.max_wall_seconds is not None:
+            object.__setattr__(
+                self,
+                "max_wall_seconds",
+                check_number("max_wall_seconds", self.max_wall_seconds, minimum=0.0),
+            )
+            if self.max_wall_seconds <= 0:
+                raise ConfigError(f"max_wall_seconds must be > 0 (found {self.max_wall_seconds})")
+
+    def check_limits(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Check every job setting against ``limits`` (the upper bounds; ``__post_init__``
+        checks the lower ones). :func:`~metaprune.pruning.prune` calls this first.
+
+        Raises:
+            LimitExceededError: naming the setting, the limit, its value and what was asked.
+        """
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be a Limits (found {type(limits).__name__})")
+        checks = [
+            ("max_epochs", "before_pruning.epochs", self.before_pruning.epochs),
+            ("max_epochs", "after_pruning.epochs", self.after_pruning.epochs),
+            ("max_steps", "pruning.steps", self.pruning.steps),
+            ("max_batch_size", "batch_size", self.batch_size),
+            ("max_steps", "bn_recalibration_batches", self.bn_recalibration_batches),
+            ("max_batch_size", "latency.batch_size", self.latency.batch_size),
+            ("max_threads", "latency.threads", self.latency.threads),
+            ("max_repeats", "latency.repeats", self.latency.repeats),
+            ("max_repeats", "latency.warmup", self.latency.warmup),
+        ]
+        for milestone in self.before_pruning.milestones + self.after_pruning.milestones:
+            checks.append(("max_epochs", "milestones[]", milestone))
+        if self.max_wall_seconds is not None:
+            checks.append(("max_wall_seconds", "max_wall_seconds", self.max_wall_seconds))
+        for limit, setting, value in checks:
+            limits.check(limit, value, f"PruneConfig.{setting}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML data (nested dicts, lists, numbers, strings)."""
@@ -301,7 +351,7 @@ class PruneConfig:
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false (found {value!r})")
+        raise ConfigError(f"{name} must be true or false (found {quote(value)})")
 
 
 def _nested_types() -> dict[str, type]:
@@ -322,11 +372,12 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping (found {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in fields)
+    unknown = sorted(str(k)[:1000] for k in data if k not in fields)
     if unknown:
+        listed = ", ".join(quote(prefix + k, 100) for k in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(prefix + k) for k in unknown)} "
-            f"(expected a subset of {sorted(fields)})"
+            f"{where}: unknown key(s) {listed}{more} (expected a subset of {sorted(fields)})"
         )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
