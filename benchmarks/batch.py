@@ -1,6 +1,7 @@
 """Batch throughput: local workers (1 and 2) against Ray (2 CPUs), same 12 prune tasks.
 
     PYTHONPATH=. .venv/bin/python benchmarks/batch.py [--models 6] [--repeats 1] [--no-ray]
+    PYTHONPATH=. .venv/bin/python benchmarks/batch.py --models 3 --alternate 3   # local-2 vs Ray, warm
 
 Six tiny ``cifar_resnet20`` s (quarter width, synthetic 8x8 data) x two MACs targets =
 12 prune tasks of a few seconds each. Every executor is started and warmed first (its
@@ -66,6 +67,30 @@ def run(backend: str, workers: int, manifest: Path, tmp: Path, trips: int) -> di
     }  # fmt: skip
 
 
+def alternate(manifest: Path, tmp: Path, rounds: int) -> None:
+    """2 local workers and Ray (2 CPUs) kept warm side by side, batches alternating between
+    them, so both see the same load (the fair comparison on a shared machine)."""
+    pools = {"local": create_executor("local", workers=2), "ray": create_executor("ray", workers=2)}
+    try:
+        for ex in pools.values():
+            warm(ex, 2)
+        print("| round | backend | wall s | mean task s | load |")
+        print("|---|---|---|---|---|")
+        for i in range(rounds):
+            for name, ex in pools.items():
+                t = time.perf_counter()
+                rows = run_batch(manifest, tmp / f"alt-{name}{i}", executor=ex, progress=False).rows
+                wall = time.perf_counter() - t
+                mean = statistics.mean(r["wall_seconds"] for r in rows)
+                print(
+                    f"| {i} | {name} | {wall:.1f} | {mean:.2f} | {os.getloadavg()[0]:.1f} |",
+                    flush=True,
+                )
+    finally:
+        for ex in pools.values():
+            ex.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=6)
@@ -74,7 +99,16 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="interleaved rounds; the fastest run is shown"
     )
+    parser.add_argument(
+        "--alternate", type=int, default=0, help="only: N rounds local-2 vs Ray, warm pools"
+    )
     args = parser.parse_args()
+    if args.alternate:
+        with tempfile.TemporaryDirectory() as d:
+            make_tiny_models(Path(d) / "zoo", n=args.models)
+            manifest = write_manifest(Path(d) / "m.yaml", [{"path": "zoo/*.safetensors"}])
+            alternate(manifest, Path(d), args.alternate)
+        return
     configs = [("local", 1), ("local", 2)] + ([] if args.no_ray else [("ray", 2)])
     runs: dict[tuple[str, int], list[dict]] = {c: [] for c in configs}
     loads = [os.getloadavg()[0]]

@@ -9,6 +9,7 @@ A manifest is YAML::
       method: group-l2
       after_pruning: {epochs: 5}
     max_attempts: 2                 # a failed task runs at most this often (all runs)
+    limits: {max_epochs: 50}        # metaprune.limits.Limits fields (default: DEFAULT_LIMITS)
     resources: {num_cpus: 1}        # per task (executor Resources)
     models:
       - path: zoo/*.safetensors     # a path or a glob, relative to the manifest
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from metaprune.errors import InvalidInputError, quote
+from metaprune.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -48,7 +50,16 @@ __all__ = [
 ]
 
 MANIFEST_VERSION = 1
-_TOP_KEYS = {"version", "dataset", "targets", "config", "max_attempts", "resources", "models"}
+_TOP_KEYS = {
+    "version",
+    "dataset",
+    "targets",
+    "config",
+    "max_attempts",
+    "resources",
+    "limits",
+    "models",
+}
 _ENTRY_KEYS = {"path", "name", "targets", "config", "dataset"}
 _DATASET_KEYS = {"name", "root", "kwargs"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -111,6 +122,7 @@ class Manifest:
     tasks: tuple[BatchTask, ...]
     max_attempts: int
     resources: dict[str, Any]
+    limits: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def target_label(kind: str, value: float) -> str:
@@ -152,6 +164,7 @@ def parse_manifest(data: Any, *, base: Path, source: str = "<manifest>") -> Mani
         problems.append(f"max_attempts must be an int >= 1 (found {quote(max_attempts)})")
         max_attempts = 1
     resources = _resources(data.get("resources", {}), problems)
+    limits = _limits(data.get("limits", {}), problems)
     top_config = data.get("config", {})
     if not isinstance(top_config, Mapping):
         problems.append(
@@ -198,7 +211,7 @@ def parse_manifest(data: Any, *, base: Path, source: str = "<manifest>") -> Mani
             entry_config = {}
         elif "target" in entry_config:
             problems.append(f"{where}.config.target is not allowed: use {where}.targets")
-        configs = _configs(_merge(top_config, entry_config), targets, where, problems)
+        configs = _configs(_merge(top_config, entry_config), targets, where, problems, limits)
         for file in files:
             name = entry.get("name") or _stem(file)
             if not isinstance(name, str) or not _NAME.match(name):
@@ -224,7 +237,7 @@ def parse_manifest(data: Any, *, base: Path, source: str = "<manifest>") -> Mani
                 tasks.append(_task(name, label, file, dataset, config))
     if problems:
         raise ManifestError(source, problems)
-    return Manifest(source, tuple(tasks), max_attempts, resources)
+    return Manifest(source, tuple(tasks), max_attempts, resources, limits.to_dict())
 
 
 def _unknown(data: Mapping[str, Any], allowed: set[str], prefix: str, problems: list[str]) -> None:
@@ -308,7 +321,11 @@ def _targets(value: Any, where: str, problems: list[str]) -> list[dict[str, Any]
 
 
 def _configs(
-    config: dict[str, Any], targets: list[dict[str, Any]], where: str, problems: list[str]
+    config: dict[str, Any],
+    targets: list[dict[str, Any]],
+    where: str,
+    problems: list[str],
+    limits: Limits,
 ) -> list[tuple[str, dict[str, Any]]]:
     from metaprune.pruning import PruneConfig
 
@@ -316,6 +333,7 @@ def _configs(
     for target in targets:
         try:
             parsed = PruneConfig.from_dict({**config, "target": target})
+            parsed.check_limits(limits)
         except (TypeError, ValueError) as exc:
             problems.append(f"{where}.config: {' '.join(str(exc).split())}")
             return []
@@ -324,6 +342,14 @@ def _configs(
             return []
         out.append((target_label(target["kind"], target["value"]), parsed.to_dict()))
     return out
+
+
+def _limits(value: Any, problems: list[str]) -> Limits:
+    try:
+        return Limits.from_dict(value)
+    except InvalidInputError as exc:
+        problems.append(f"limits: {' '.join(str(exc).split())}")
+        return DEFAULT_LIMITS
 
 
 def _resources(value: Any, problems: list[str]) -> dict[str, Any]:

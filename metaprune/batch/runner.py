@@ -125,7 +125,8 @@ def _execute(
             entry = state.entry(t.key)
             entry["status"] = "pending"  # "running" once a worker has picked it up
             entry["runs"] = entry.get("runs", 0) + 1
-            spec = TaskSpec(TASK_FN, t.args(out), resources, task_id=f"{t.key}#{entry['runs']}")
+            args = {**t.args(out), "limits": m.limits}
+            spec = TaskSpec(TASK_FN, args, resources, task_id=f"{t.key}#{entry['runs']}")
             live[ex.submit(spec, on_progress=display.handler(t.key))] = t
 
         try:

@@ -33,6 +33,7 @@ def prune_one(
     Returns the summary row (see :func:`summary_row`), also written as ``result.json``.
     """
     import metaprune
+    from metaprune.limits import Limits
     from metaprune.pruning import PruneConfig
 
     start = time.perf_counter()
@@ -44,6 +45,7 @@ def prune_one(
     result = metaprune.prune(
         args["checkpoint"], splits, config,
         progress=lambda event: progress(dataclasses.asdict(event)), cancel=cancel,
+        limits=Limits.from_dict(args.get("limits") or {}),
     )  # fmt: skip
     final = Path(args["out_dir"])
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")

@@ -50,6 +50,7 @@ def test_every_problem_is_listed_in_one_error(models):
         "config": {"method": "magic", "target": {"value": 3}},
         "max_attempts": 0,
         "resources": {"num_cpus": -1},
+        "limits": {"max_epochs": 5, "max_widgets": 1},
         "surprise": True,
         "models": [
             {"path": "models/missing.safetensors"},
@@ -62,9 +63,11 @@ def test_every_problem_is_listed_in_one_error(models):
     with pytest.raises(ManifestError) as info:
         parse_manifest(data, base=zoo, source="'m.yaml'")
     text, problems = str(info.value), info.value.problems
+    listed = "\n".join(problems)  # the message itself is capped (errors.MAX_MESSAGE_BYTES)
     expected = [
         "unknown key 'surprise'", "version must be 1 (found 2)", "max_attempts must be an int >= 1",
         "resources: Resources.num_cpus", "config.target is not allowed",
+        "limits: limits: unknown key(s) ['max_widgets']",
         "unknown dataset 'imagenet-but-not-registered'", "targets[0]: target.value",
         "targets[2]: target macs-2x is listed twice", "targets[3]: target.kind",
         "models[0].path 'models/missing.safetensors' does not exist",
@@ -73,7 +76,8 @@ def test_every_problem_is_listed_in_one_error(models):
         "models[4] must be a mapping",
     ]  # fmt: skip
     for fragment in expected:
-        assert fragment in text, fragment
+        assert fragment in listed, fragment
+    assert len(text) <= 4096 and "unknown key 'surprise'" in text
     assert text.startswith(f"manifest 'm.yaml': {len(problems)} problems: (1) ")
     assert len(problems) >= len(expected)
     assert isinstance(info.value, ValueError)  # an InvalidInputError: CLI exit 2
@@ -89,7 +93,13 @@ def test_config_and_name_problems(models):
             {"path": "models/m1.safetensors", "config": {"method": "metanet"}},
             {"path": "models/m1.safetensors", "name": "m0"},
             {"path": "models/m1.safetensors", "name": "../escape"},
+            {
+                "path": "models/m1.safetensors",
+                "name": "m3",
+                "config": {"after_pruning": {"epochs": 30}},
+            },
         ],
+        "limits": {"max_epochs": 25},
     }
     with pytest.raises(ManifestError) as info:
         parse_manifest(data, base=zoo)
@@ -98,7 +108,11 @@ def test_config_and_name_problems(models):
     assert any("method 'metanet' needs 'metanet'" in p for p in problems), problems
     assert any("model name 'm0' is also used by models[0]" in p for p in problems), problems
     assert any("model name '../escape' must be" in p for p in problems), problems
-    assert len(problems) == 4
+    assert any(
+        "models[4].config: PruneConfig.after_pruning.epochs: max_epochs is 25 but 30" in p
+        for p in problems
+    ), problems
+    assert len(problems) == 5
 
 
 def test_unreadable_manifests(tmp_path):
