@@ -1,0 +1,147 @@
+"""The one conversion between wire messages and ``metaprune`` objects.
+
+``PruneConfig`` travels as the ``metaprune.v1.PruneConfig`` message, a field-for-field
+mirror: each dataclass field maps *by name* to a proto field, a nested dataclass to a
+nested message. The conversion is generic (it walks the message and the dataclass), so a
+field added to both needs no code here; ``tests/service/test_convert.py`` fails when
+``PruneConfig`` has a field the proto does not carry. Unset optional fields are left out
+of the dict, so :meth:`PruneConfig.from_dict` gives them their defaults and validates the
+rest with messages that name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from metaprune.errors import InvalidInputError
+from metaprune.pruning.config import PruneConfig
+from service._generated import prune_config_pb2 as cpb
+from service._generated import pruning_service_pb2 as pb
+
+__all__ = [
+    "config_from_proto",
+    "config_to_proto",
+    "event_to_proto",
+    "message_to_dict",
+    "metrics_to_struct",
+    "missing_fields",
+]
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Fields that are set, by name: nested messages as dicts, repeated fields as lists."""
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.message_type is not None and not _is_repeated(field):
+            out[field.name] = message_to_dict(value)
+        elif _is_repeated(field):
+            out[field.name] = list(value)
+        else:
+            out[field.name] = value
+    return out
+
+
+def config_from_proto(message: cpb.PruneConfig) -> PruneConfig:
+    """A validated :class:`PruneConfig`; unset fields take the library's defaults.
+
+    Raises:
+        ConfigError: a value is out of range or of the wrong kind (the message names it).
+    """
+    data = message_to_dict(message)
+    for key in ("seed", "data_seed"):  # int64 on the wire, plain int in the config
+        if key in data:
+            data[key] = int(data[key])
+    return PruneConfig.from_dict(data)
+
+
+def config_to_proto(config: PruneConfig) -> cpb.PruneConfig:
+    """Every field of ``config`` set explicitly (so a job shows the defaults it ran with)."""
+    message = cpb.PruneConfig()
+    _fill(message, config.to_dict())
+    return message
+
+
+def _fill(message: Message, data: Mapping[str, Any]) -> None:
+    fields = message.DESCRIPTOR.fields_by_name
+    for key, value in data.items():
+        if value is None:
+            continue  # unset optional = None in the dataclass
+        field = fields.get(key)
+        if field is None:
+            raise InvalidInputError(
+                f"PruneConfig field {key!r} has no counterpart in metaprune.v1."
+                f"{message.DESCRIPTOR.name} (extend protos/metaprune/v1/prune_config.proto)"
+            )
+        if field.message_type is not None and not _is_repeated(field):
+            _fill(getattr(message, key), value)
+        elif _is_repeated(field):
+            getattr(message, key).extend(value)
+        else:
+            setattr(message, key, value)
+
+
+def missing_fields(cls: type = PruneConfig, descriptor: Any = None, prefix: str = "") -> list[str]:
+    """Dataclass fields (dotted paths) without a same-named proto field of a fitting kind."""
+    descriptor = descriptor or cpb.PruneConfig.DESCRIPTOR
+    missing = []
+    for f in dataclasses.fields(cls):
+        proto = descriptor.fields_by_name.get(f.name)
+        path = prefix + f.name
+        nested = _dataclass_type(cls, f.name)
+        if proto is None:
+            missing.append(path)
+        elif nested is not None:
+            if proto.message_type is None:
+                missing.append(path)
+            else:
+                missing += missing_fields(nested, proto.message_type, path + ".")
+        elif proto.message_type is not None:
+            missing.append(path)
+    return missing
+
+
+def _dataclass_type(cls: type, name: str) -> type | None:
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _is_repeated(field: Any) -> bool:
+    # protobuf >= 5 has is_repeated; the label enum is the older spelling
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == field.LABEL_REPEATED
+
+
+def metrics_to_struct(metrics: Mapping[str, Any]) -> struct_pb2.Struct:
+    """Plain metrics as a ``Struct``; values it cannot hold (NaN, objects) become strings."""
+    struct = struct_pb2.Struct()
+    clean: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if value is None or isinstance(value, (bool, str)):
+            clean[str(key)] = value
+        elif isinstance(value, (int, float)):
+            clean[str(key)] = float(value) if math.isfinite(value) else str(value)
+        else:
+            clean[str(key)] = json.dumps(value, default=str)[:200]
+    struct.update(clean)
+    return struct
+
+
+def event_to_proto(event: Mapping[str, Any]) -> pb.ProgressEvent:
+    """A ``ProgressEvent`` dict (``dataclasses.asdict``) as its message."""
+    return pb.ProgressEvent(
+        stage=str(event.get("stage", "")),
+        step=int(event.get("step", 0)),
+        total=int(event.get("total", 0)),
+        metrics=metrics_to_struct(event.get("metrics") or {}),
+    )
