@@ -251,7 +251,9 @@ class Store:
             params.append(owner)
         return [_job(r) for r in self._rows(sql + " ORDER BY seq", tuple(params))]
 
-    def update_job(self, job_id: str, *, only_if_state: tuple[str, ...] = (), **fields: Any) -> bool:
+    def update_job(
+        self, job_id: str, *, only_if_state: tuple[str, ...] = (), **fields: Any
+    ) -> bool:
         """Set columns of one job (``config``/``latest_event``/``summary`` as JSON); with
         ``only_if_state`` the update happens only while the job is in one of those states.
         Returns whether a row changed."""
