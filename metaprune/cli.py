@@ -49,7 +49,7 @@ from typing import Any, NoReturn
 __all__ = ["PLUGIN_MODULES", "Subcommand", "UsageError", "add_subcommand", "main"]
 
 #: Modules that register subcommands (skipped if not installed), see the module doc.
-PLUGIN_MODULES: list[str] = ["metanet.cli"]
+PLUGIN_MODULES: list[str] = ["metanet.cli", "service.cli"]  # service.cli: serve, client
 
 EXIT_USAGE = 2
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BlobDir", "sha256_file"]
+__all__ = ["BlobDir", "commit_dir", "sha256_file"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -99,17 +99,25 @@ class BlobDir:
 
     def commit_result(self, tmp_dir: Path, job_id: str) -> Path:
         """Rename a fully written result directory into place (replacing an older one)."""
-        for f in tmp_dir.iterdir():
-            _fsync(f)
-        dest = self.result_dir(job_id)
-        if dest.exists():  # left by an attempt that died after renaming: superseded
-            shutil.rmtree(dest)
-        os.replace(tmp_dir, dest)
-        _fsync_dir(self.results)
-        return dest
+        return commit_dir(tmp_dir, self.result_dir(job_id))
 
     def remove_result(self, job_id: str) -> None:
         shutil.rmtree(self.result_dir(job_id), ignore_errors=True)
+
+
+def commit_dir(tmp_dir: Path, dest: Path) -> Path:
+    """Make a fully written directory appear at ``dest`` in one rename (fsynced first).
+
+    An older ``dest`` (from an attempt that died after renaming, before the store recorded
+    it) is superseded.
+    """
+    for f in tmp_dir.iterdir():
+        _fsync(f)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp_dir, dest)
+    _fsync_dir(dest.parent)
+    return dest
 
 
 def _fsync(path: Path) -> None:

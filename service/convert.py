@@ -28,10 +28,16 @@ from service._generated import pruning_service_pb2 as pb
 __all__ = [
     "config_from_proto",
     "config_to_proto",
+    "dict_to_config_proto",
+    "event_from_proto",
     "event_to_proto",
+    "job_to_proto",
     "message_to_dict",
     "metrics_to_struct",
     "missing_fields",
+    "model_to_proto",
+    "state_from_proto",
+    "state_to_proto",
 ]
 
 
@@ -65,6 +71,13 @@ def config_to_proto(config: PruneConfig) -> cpb.PruneConfig:
     """Every field of ``config`` set explicitly (so a job shows the defaults it ran with)."""
     message = cpb.PruneConfig()
     _fill(message, config.to_dict())
+    return message
+
+
+def dict_to_config_proto(data: Mapping[str, Any]) -> cpb.PruneConfig:
+    """A message with exactly the fields of a (partial) ``PruneConfig.to_dict()``-style dict."""
+    message = cpb.PruneConfig()
+    _fill(message, data)
     return message
 
 
@@ -145,3 +158,66 @@ def event_to_proto(event: Mapping[str, Any]) -> pb.ProgressEvent:
         total=int(event.get("total", 0)),
         metrics=metrics_to_struct(event.get("metrics") or {}),
     )
+
+
+_STATES = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+}
+STATE_NAMES = {v: k for k, v in _STATES.items()}
+
+
+def state_to_proto(state: str) -> int:
+    return _STATES[state]
+
+
+def state_from_proto(value: int) -> str:
+    """The store's state name of a ``JobState`` value.
+
+    Raises:
+        InvalidInputError: UNSPECIFIED or an unknown number.
+    """
+    if value not in STATE_NAMES:
+        raise InvalidInputError(
+            f"unknown job state {value} (expected one of {sorted(STATE_NAMES)})"
+        )
+    return STATE_NAMES[value]
+
+
+def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.Job:
+    """A :class:`~service.store.JobRecord` as its message (``latest_event`` overrides the
+    stored one, which is persisted at most once a second)."""
+    event = latest_event if latest_event is not None else job.latest_event
+    message = pb.Job(
+        job_id=job.job_id, state=_STATES[job.state], model_id=job.model_id,
+        dataset=job.dataset, config=config_to_proto(PruneConfig.from_dict(job.config)),
+        request_id=job.request_id, owner=job.owner, created_at=job.created_at,
+        started_at=job.started_at or 0.0, finished_at=job.finished_at or 0.0,
+        error=job.error or "", attempts=job.attempts, result_sha256=job.result_sha256 or "",
+        result_size_bytes=job.result_size or 0,
+        summary_json=json.dumps(job.summary) if job.summary else "",
+    )  # fmt: skip
+    if event:
+        message.latest_event.CopyFrom(event_to_proto(event))
+    return message
+
+
+def model_to_proto(record: Any) -> pb.Model:
+    return pb.Model(
+        model_id=record.model_id, display_name=record.display_name, size_bytes=record.size,
+        spec_json=record.spec_json, params=record.params, created_at=record.created_at,
+    )  # fmt: skip
+
+
+def event_from_proto(message: pb.ProgressEvent) -> dict[str, Any]:
+    """A ``ProgressEvent`` message as the dict :func:`event_to_proto` took (integral numbers
+    come back as floats: ``Struct`` numbers are doubles)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return {
+        "stage": message.stage, "step": int(message.step), "total": int(message.total),
+        "metrics": MessageToDict(message.metrics),
+    }  # fmt: skip

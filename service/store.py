@@ -224,6 +224,20 @@ class Store:
             rows = self._rows("SELECT * FROM jobs WHERE job_id = ? AND owner = ?", (job_id, owner))
         return _job(rows[0]) if rows else None
 
+    def find_job_by_request(self, owner: str, request_id: str) -> JobRecord | None:
+        rows = self._rows(
+            "SELECT * FROM jobs WHERE owner = ? AND request_id = ?", (owner, request_id)
+        )
+        return _job(rows[0]) if rows else None
+
+    def count_jobs(self, states: tuple[str, ...], owner: str | None = None) -> int:
+        sql = f"SELECT COUNT(*) FROM jobs WHERE state IN ({', '.join('?' * len(states))})"
+        params: list[Any] = list(states)
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        return int(self._rows(sql, tuple(params))[0][0])
+
     def list_jobs(
         self, owner: str | None, states: tuple[str, ...] = (), before_seq: int | None = None,
         limit: int = 50,

@@ -1,0 +1,99 @@
+"""What this server accepts: the checks a request passes before any work is queued.
+
+The library validates values (``PruneConfig.from_dict``); this module adds the server's
+policy on top: dataset and metanetwork *names* from the configuration only (a client never
+names a path), devices the server has, job settings and architecture size within
+:class:`~metaprune.limits.Limits`. Every check raises one of the library's categories with a
+message naming the field, the expectation and what was found.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from metaprune.errors import InvalidInputError, NotFoundError, quote
+from metaprune.limits import Limits
+from metaprune.models import ArchSpec
+from metaprune.pruning.config import PruneConfig
+
+__all__ = ["check_job", "check_name", "spec_size"]
+
+
+def check_name(kind: str, name: str, allowed: Sequence[str]) -> str:
+    """``name`` if it is one of ``allowed``; a path is refused as such, anything else is
+    NOT_FOUND with the list of names."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{kind} must be a non-empty name (found {quote(name)})")
+    if "/" in name or os.sep in name or name.startswith(".") or "\\" in name:
+        raise InvalidInputError(
+            f"{kind} must be a registered name, not a path (found {quote(name)}); "
+            f"this server offers {sorted(allowed)}"
+        )
+    if name not in allowed:
+        raise NotFoundError(f"unknown {kind} {quote(name)} (this server offers {sorted(allowed)})")
+    return name
+
+
+def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | None) -> int:
+    """Check the parameters (and, given ``input_shape``, the MACs) of ``spec`` against
+    ``limits`` without allocating the model; return the parameter count.
+
+    Raises:
+        LimitExceededError: over ``max_params`` or ``max_macs``.
+    """
+    try:
+        from metaprune.limits import check_spec  # the library's checker, when it exists
+    except ImportError:
+        check_spec = None
+    if check_spec is not None:
+        size = check_spec(spec, limits, input_shape)
+        return int(size.params)
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = spec.build(device="meta")  # shapes only: no memory, however large
+    params = sum(p.numel() for p in model.parameters())
+    limits.check("max_params", params, what=f"architecture {spec.name!r}")
+    if input_shape is not None:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device="meta"))
+        macs = counter.get_total_flops() // 2
+        limits.check("max_macs", macs, what=f"architecture {spec.name!r} at input {input_shape}")
+    return int(params)
+
+
+def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) -> None:
+    """Server policy for a job's settings.
+
+    Raises:
+        InvalidInputError / NotFoundError / LimitExceededError: see the module doc.
+    """
+    if config.metanet is not None:
+        check_name("metanetwork", config.metanet, metanetworks)
+    if config.method == "metanet" and config.metanet is None:
+        raise InvalidInputError(
+            f"method 'metanet' needs config.metanet, one of {sorted(metanetworks)}"
+        )
+    if config.device != "cpu":
+        import torch
+
+        if not (config.device.startswith("cuda") and torch.cuda.is_available()):
+            raise InvalidInputError(
+                f"config.device {quote(config.device)} is not available on this server (use 'cpu')"
+            )
+    check_limits = getattr(config, "check_limits", None)
+    if check_limits is not None:  # the library's own job-size check, when it exists
+        check_limits(limits)
+        return
+    for limit, value, what in (
+        ("max_epochs", config.before_pruning.epochs, "config.before_pruning.epochs"),
+        ("max_epochs", config.after_pruning.epochs, "config.after_pruning.epochs"),
+        ("max_steps", config.pruning.steps, "config.pruning.steps"),
+        ("max_batch_size", config.batch_size, "config.batch_size"),
+        ("max_batch_size", config.latency.batch_size, "config.latency.batch_size"),
+        ("max_threads", config.latency.threads, "config.latency.threads"),
+        ("max_repeats", config.latency.repeats, "config.latency.repeats"),
+        ("max_repeats", config.latency.warmup, "config.latency.warmup"),
+    ):
+        limits.check(limit, value, what=what)
