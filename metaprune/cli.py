@@ -7,8 +7,19 @@ Usage::
     metaprune eval out/model.safetensors --dataset digits
     metaprune info out/model.safetensors
 
-Errors in what the user gave (arguments, files, dataset or model names) print one line
-on stderr and exit with status 2; ``--traceback`` shows the full trace instead.
+Exit status (decided in one place, :func:`_describe` and the commands' return values):
+
+====  ==========================================================================
+0     done (``prune``: the target was reached)
+1     unexpected error (one line on stderr; ``--traceback`` shows the trace)
+2     bad input: arguments, files, names, limits (``InvalidInputError``,
+      ``NotFoundError``, ``LimitExceededError``, ``OSError`` on a named file)
+3     ``prune`` finished but did not reach its target (outputs are still written;
+      ``report.json`` has ``"target_reached": false``)
+130   interrupted or cancelled
+====  ==========================================================================
+
+Errors print one line on stderr (at most a few KB); ``--traceback`` shows the full trace.
 
 Extension points: other packages add subcommands without editing this file. A module
 listed in :data:`PLUGIN_MODULES` is imported (if installed) when a command that is not
@@ -51,7 +62,16 @@ __all__ = ["PLUGIN_MODULES", "Subcommand", "UsageError", "add_subcommand", "main
 #: Modules that register subcommands (skipped if not installed), see the module doc.
 PLUGIN_MODULES: list[str] = ["metanet.cli", "service.cli"]  # service.cli: serve, client
 
+EXIT_OK = 0
+EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_TARGET_NOT_REACHED = 3
+EXIT_CANCELLED = 130
+
+_EXIT_HELP = (
+    "exit status: 0 done, 1 unexpected error, 2 bad input (arguments, files, names, limits), "
+    "3 prune did not reach its target, 130 interrupted or cancelled"
+)
 
 
 class UsageError(Exception):
@@ -93,7 +113,9 @@ _BUILTIN = ("prune", "eval", "info")
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     """The parser of built-in subcommands, plus every plugin's if ``plugins``."""
     modules = _load_plugins() if plugins else []
-    parser = _Parser(prog="metaprune", description="Meta-learned structural pruning.")
+    parser = _Parser(
+        prog="metaprune", description="Meta-learned structural pruning.", epilog=_EXIT_HELP
+    )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -124,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     except KeyboardInterrupt:
         print("metaprune: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     except Exception as err:  # noqa: BLE001 (the one place errors become exit codes)
         if show_trace:
             raise
@@ -134,16 +156,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(err: Exception) -> tuple[int, str]:
-    from metaprune.pruning import MetanetUnavailable, PruneCancelled
+    """The exit status and the one-line message of ``err`` (the one place for both)."""
+    from metaprune.errors import InvalidInputError, cap_message, describe_exception
+    from metaprune.pruning.progress import PruneCancelled
 
     if isinstance(err, UsageError):
-        return EXIT_USAGE, str(err)
+        return EXIT_USAGE, cap_message(" ".join(str(err).split()))
     if isinstance(err, PruneCancelled):
-        return 130, f"metaprune: {err}"
-    message = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, (ValueError, OSError, MetanetUnavailable)):
-        return EXIT_USAGE, f"metaprune: error: {message}"
-    return 1, f"metaprune: unexpected {type(err).__name__}: {message} (rerun with --traceback)"
+        return EXIT_CANCELLED, cap_message(f"metaprune: {err}")
+    if isinstance(err, InvalidInputError):
+        message = " ".join(str(err).split()) or type(err).__name__
+        return EXIT_USAGE, cap_message(f"metaprune: error: {message}")
+    if isinstance(err, OSError):  # a file the user named: unreadable, permissions, ...
+        reason = err.strerror or describe_exception(err)
+        name = f" {str(err.filename)!r}" if err.filename else ""
+        return EXIT_USAGE, cap_message(f"metaprune: error: cannot use{name}: {reason}")
+    return EXIT_ERROR, cap_message(
+        f"metaprune: unexpected {describe_exception(err)} (rerun with --traceback)"
+    )
 
 
 def _load_plugins() -> list[ModuleType]:
@@ -172,7 +202,11 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-speedup", type=_positive_float, help="target ratio (default 2)")
     p.add_argument("--target-kind", choices=TARGET_KINDS, help="what the ratio measures")
     p.add_argument("--method", choices=METHODS, help="pruning method (default group-l2)")
-    p.add_argument("--metanet", help="metanetwork name or path (method metanet)")
+    p.add_argument(
+        "--metanet",
+        help="exported metanetwork: a registered name, or a path to NAME.safetensors; "
+        "implies --method metanet (any other --method with --metanet is an error)",
+    )
     p.add_argument("--epochs", type=_nonneg_int, help="fine-tune epochs after pruning")
     p.add_argument(
         "--before-epochs",
@@ -190,11 +224,20 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads for the job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-wall-seconds", type=_positive_float, help="wall-clock budget of the job")
+    p.epilog = _EXIT_HELP
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    from metaprune.limits import DEFAULT_LIMITS
     from metaprune.pruning import PruneConfig, format_report, prune
 
+    if args.metanet is not None and args.method is None:
+        args.method = "metanet"  # --metanet implies the method (documented in --help)
+    if args.metanet is not None and args.method != "metanet":
+        raise UsageError(
+            f"metaprune prune: error: --metanet needs --method metanet (found --method {args.method})"
+        )
     data = _read_config(args.config) if args.config else PruneConfig().to_dict()
     flags = {
         ("target", "value"): args.target_speedup, ("target", "kind"): args.target_kind,
@@ -205,6 +248,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         ("pruning", "max_layer_ratio"): args.max_layer_ratio, ("pruning", "round_to"): args.round_to,
         ("bn_recalibration_batches",): args.bn_batches, ("batch_size",): args.batch_size,
         ("seed",): args.seed, ("device",): args.device,
+        ("max_wall_seconds",): args.max_wall_seconds,
     }  # fmt: skip
     for path, value in flags.items():
         if value is not None:
@@ -213,9 +257,15 @@ def _run_prune(args: argparse.Namespace) -> int:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
     config = PruneConfig.from_dict(data)
+    config.check_limits(DEFAULT_LIMITS)
     if config.method == "metanet" and config.metanet is None:
         raise UsageError("metaprune prune: error: --method metanet needs --metanet NAME_OR_PATH")
-    if not Path(args.checkpoint).is_file():
+    if config.metanet is not None and config.method not in ("metanet", "auto"):
+        raise UsageError(
+            f"metaprune prune: error: the config names metanet {config.metanet!r} but method "
+            f"{config.method!r} does not use it; set method to 'metanet' or drop 'metanet'"
+        )
+    if not Path(args.checkpoint).exists():
         raise UsageError(f"metaprune prune: error: checkpoint {args.checkpoint!r} does not exist")
     _set_threads(args.threads)
     with _progress_bar(args.quiet) as progress:
@@ -224,24 +274,27 @@ def _run_prune(args: argparse.Namespace) -> int:
     print(format_report(result.report))
     for kind, path in paths.items():
         print(f"  {kind:<10} {path}")
-    return 0
+    return EXIT_OK if result.report.get("target_reached") is True else EXIT_TARGET_NOT_REACHED
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    import yaml
+    from metaprune.documents import parse_yaml
+    from metaprune.errors import LimitExceededError
+    from metaprune.limits import DEFAULT_LIMITS
 
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:  # noqa: PTH123
+            raw = f.read(DEFAULT_LIMITS.max_spec_bytes + 1)  # never more than the limit
     except OSError as err:
         raise UsageError(
             f"metaprune prune: error: cannot read config {path!r}: {err.strerror}"
         ) from None
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as err:
-        raise UsageError(
-            f"metaprune prune: error: config {path!r} is not JSON/YAML: {err}"
-        ) from None
+        data = parse_yaml(raw, DEFAULT_LIMITS, f"config {path!r}")  # YAML is a superset of JSON
+    except LimitExceededError:
+        raise
+    except ValueError as err:
+        raise UsageError(f"metaprune prune: error: {err}") from None
     if not isinstance(data, dict):
         raise UsageError(f"metaprune prune: error: config {path!r} must be a mapping")
     return data
@@ -304,6 +357,10 @@ def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
 
+        from metaprune.limits import DEFAULT_LIMITS
+
+        DEFAULT_LIMITS.check("max_threads", threads, "--threads")
+
         torch.set_num_threads(threads)
 
 
@@ -312,20 +369,19 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from metaprune import checkpoint
     from metaprune.data import get_dataset, make_loaders
+    from metaprune.limits import DEFAULT_LIMITS
     from metaprune.pruning import evaluate, measure_cost
+    from metaprune.pruning.pipeline import _check_classes
 
     _set_threads(args.threads)
+    DEFAULT_LIMITS.check("max_batch_size", args.batch_size, "--batch-size")
     model, spec = checkpoint.load(args.checkpoint)
     splits = get_dataset(args.dataset, args.data_root, args.seed)
+    DEFAULT_LIMITS.check("max_image_size", splits.image_size, f"dataset {splits.name!r}")
     _, val, test = make_loaders(splits, args.batch_size, args.seed)
     example = torch.zeros(1, splits.in_channels, splits.image_size, splits.image_size)
-    try:
-        cost = measure_cost(model, example)
-    except RuntimeError as err:
-        raise UsageError(
-            f"metaprune eval: error: {spec.name} does not accept {args.dataset} inputs of shape "
-            f"{tuple(example.shape[1:])}: {str(err).splitlines()[0]}"
-        ) from None
+    _check_classes(model.eval(), example, splits)  # input shape and class count, as prune
+    cost = measure_cost(model, example)
     out = {
         "architecture": spec.name, "dataset": splits.name,
         "val_accuracy": evaluate(model, val), "test_accuracy": evaluate(model, test),
@@ -350,14 +406,26 @@ def _run_info(args: argparse.Namespace) -> int:
     import torch
 
     from metaprune import checkpoint
+    from metaprune.errors import InvalidInputError, describe_exception
+    from metaprune.limits import DEFAULT_LIMITS, check_spec
     from metaprune.pruning import measure_cost
 
-    model, spec = checkpoint.load(args.checkpoint)
-    in_channels = int(spec.kwargs.get("in_channels", 3))
+    spec = checkpoint.read_spec(args.checkpoint)
+    in_channels = spec.kwargs.get("in_channels", 3)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise InvalidInputError(f"spec {spec.name!r}: in_channels must be a positive int")
     size = args.image_size or (8 if in_channels == 1 else 32)
+    check_spec(spec, DEFAULT_LIMITS, (in_channels, size, size))  # before any real memory
+    model, spec = checkpoint.load(args.checkpoint)
     example = torch.zeros(1, in_channels, size, size)
     model.eval()
-    cost = measure_cost(model, example)
+    try:
+        cost = measure_cost(model, example)
+    except Exception as err:  # noqa: BLE001 (a forward pass on a bad shape raises anything)
+        raise InvalidInputError(
+            f"{spec.name} does not accept inputs of shape {tuple(example.shape[1:])}: "
+            f"{describe_exception(err)}"
+        ) from None
     info: dict[str, Any] = {
         "architecture": spec.name, "kwargs": spec.kwargs,
         "pruned_modules": len(spec.channel_plan or {}), "input_shape": list(example.shape[1:]),

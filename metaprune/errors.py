@@ -18,22 +18,51 @@ category                    meaning                       gRPC code
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "InvalidInputError",
     "LimitExceededError",
     "MetapruneError",
     "NotFoundError",
+    "cap_message",
+    "describe_exception",
     "quote",
 ]
 
 # gRPC status details travel in HTTP/2 trailers; keep every message well under their budget.
 MAX_MESSAGE_BYTES = 4096
 _QUOTE_CHARS = 200
+# room left for a front end's prefix ("metaprune: error: ...") within MAX_MESSAGE_BYTES
+_MESSAGE_CHARS = 3000
+
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{4,}\b")
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+\.(?:py|so|pyx|cpp|h))")
+
+
+def cap_message(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (and well under :data:`MAX_MESSAGE_BYTES` as
+    UTF-8), saying how much was cut."""
+    if len(text) <= limit and len(text.encode("utf-8", "replace")) <= limit:
+        return text
+    head = text[:limit]
+    while len(head.encode("utf-8", "replace")) > limit:  # multi-byte characters
+        head = head[: len(head) * 3 // 4]
+    return f"{head}... ({len(text) - len(head):,} more characters cut)"
 
 
 class MetapruneError(Exception):
-    """Base of every error metaprune raises on purpose."""
+    """Base of every error metaprune raises on purpose.
+
+    The message is capped here, once for every subclass, so no error can carry megabytes
+    of client data (see :func:`cap_message`); quote client values with :func:`quote`.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (cap_message(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class InvalidInputError(MetapruneError, ValueError):
@@ -64,6 +93,18 @@ class LimitExceededError(InvalidInputError):
             f"{subject}{limit} is {value:,} but {requested:,} was requested "
             f"(an operator can raise it in the Limits configuration)"
         )
+
+
+def describe_exception(err: BaseException, limit: int = 300) -> str:
+    """``"TypeName: first line"`` of a foreign exception, for wrapping it into a metaprune
+    error: one line, capped, with memory addresses and install paths removed, so no native
+    backtrace, address or path of this machine reaches a user."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = _ABS_PATH.sub(r"\1", _ADDRESS.sub("0x...", text))
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit:,} more characters cut)"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def quote(value: object, limit: int = _QUOTE_CHARS) -> str:

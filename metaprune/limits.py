@@ -18,11 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaprune.errors import InvalidInputError, LimitExceededError, quote
 
-__all__ = ["DEFAULT_LIMITS", "Limits"]
+if TYPE_CHECKING:
+    from metaprune.models.size import SpecSize
+    from metaprune.models.spec import ArchSpec
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "check_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,11 @@ class Limits:
         max_spec_bytes: an architecture spec's JSON text.
         max_header_bytes: a safetensors header.
         max_json_depth: nesting depth of any JSON/YAML document.
+    Building (a spec is sized by building it on the meta device, or in a bounded child
+    process where its constructor cannot run there):
+        max_tensors: parameter and buffer tensors of one model (stops specs that ask for
+            10^8 blocks long before they cost time or host memory).
+        max_build_seconds: time one spec may take to build for sizing.
     """
 
     max_params: int = 200_000_000
@@ -60,12 +69,16 @@ class Limits:
     max_spec_bytes: int = 1024**2
     max_header_bytes: int = 16 * 1024**2
     max_json_depth: int = 32
+    max_tensors: int = 20_000
+    max_build_seconds: float = 120.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidInputError(f"Limits.{field.name} must be a number (found {quote(value)})")
+                raise InvalidInputError(
+                    f"Limits.{field.name} must be a number (found {quote(value)})"
+                )
             if not (math.isfinite(value) and value > 0):
                 raise InvalidInputError(f"Limits.{field.name} must be > 0 (found {value!r})")
 
@@ -93,3 +106,38 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def check_spec(
+    spec: ArchSpec | Mapping[str, Any] | str,
+    limits: Limits = DEFAULT_LIMITS,
+    input_shape: tuple[int, ...] | None = None,
+) -> SpecSize:
+    """Size ``spec`` without allocating real memory and check it against ``limits``.
+
+    Call it before any real construction of a model from client data. ``spec`` may be an
+    :class:`~metaprune.models.ArchSpec`, its JSON dict or JSON text. ``input_shape``
+    (``(C, H, W)``) enables the MACs check and is itself checked against ``max_image_size``.
+
+    Returns:
+        The spec's :class:`~metaprune.models.size.SpecSize`.
+
+    Raises:
+        LimitExceededError: over ``max_params``, ``max_macs``, ``max_image_size``,
+            ``max_tensors``, ``max_build_seconds`` or ``max_spec_bytes``.
+        InvalidInputError: a malformed spec (:class:`~metaprune.models.SpecError`) or one
+            whose constructor fails; NotFoundError for an unknown model name.
+    """
+    from metaprune.models.size import spec_size
+    from metaprune.models.spec import ArchSpec
+
+    if not isinstance(spec, ArchSpec):
+        spec = ArchSpec.from_json(spec, limits=limits)
+    if not isinstance(limits, Limits):
+        raise InvalidInputError(f"limits must be a Limits (found {type(limits).__name__})")
+    size = spec_size(spec, input_shape, limits=limits)
+    what = f"spec {quote(spec.name)}"
+    limits.check("max_params", size.params, what)
+    if size.macs is not None:
+        limits.check("max_macs", size.macs, f"{what} at input shape {tuple(input_shape or ())}")
+    return size

@@ -9,6 +9,7 @@ from metaprune.data.loaders import make_loaders
 from metaprune.data.registry import (
     DatasetError,
     DatasetSplits,
+    UnknownDatasetError,
     get_dataset,
     list_datasets,
     register_dataset,
@@ -17,6 +18,7 @@ from metaprune.data.registry import (
 __all__ = [
     "DatasetError",
     "DatasetSplits",
+    "UnknownDatasetError",
     "get_dataset",
     "list_datasets",
     "make_loaders",

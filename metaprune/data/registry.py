@@ -16,18 +16,25 @@ from typing import Protocol, TypeVar
 
 from torch.utils.data import Dataset
 
+from metaprune.errors import InvalidInputError, NotFoundError, quote
+
 __all__ = [
     "DatasetBuilder",
     "DatasetError",
     "DatasetSplits",
+    "UnknownDatasetError",
     "get_dataset",
     "list_datasets",
     "register_dataset",
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInputError):
     """A dataset is unknown, misconfigured, or its local files are missing."""
+
+
+class UnknownDatasetError(DatasetError, NotFoundError):
+    """A dataset name is not registered."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,13 +105,14 @@ def get_dataset(
     """
     builder = _REGISTRY.get(name) if isinstance(name, str) else None
     if builder is None:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.6)
+        text = str(name)[:100]  # difflib is quadratic in the length
+        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise DatasetError(
-            f"unknown dataset {name!r} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
+        raise UnknownDatasetError(
+            f"unknown dataset {quote(name)} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DatasetError(f"dataset {name!r}: seed must be an int (found {seed!r})")
+        raise DatasetError(f"dataset {name!r}: seed must be an int (found {quote(seed)})")
     try:
         inspect.signature(builder).bind(root, seed, **kwargs)
     except TypeError as err:

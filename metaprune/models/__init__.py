@@ -14,12 +14,14 @@ from metaprune.models.registry import (
     list_models,
     register_model,
 )
+from metaprune.models.size import SpecSize, spec_size
 from metaprune.models.spec import ArchSpec, SpecError
 
 __all__ = [
     "ArchSpec",
     "ChannelPlan",
     "SpecError",
+    "SpecSize",
     "UnknownModelError",
     "apply_channel_plan",
     "channel_plan_of",
@@ -27,5 +29,6 @@ __all__ = [
     "is_model",
     "list_models",
     "register_model",
+    "spec_size",
     "structural_attrs",
 ]

@@ -21,6 +21,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from metaprune.errors import NotFoundError, quote
+
 __all__ = [
     "ModelFactory",
     "UnknownModelError",
@@ -36,15 +38,22 @@ _F = TypeVar("_F", bound=ModelFactory)
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
-class UnknownModelError(KeyError, ValueError):
-    """Raised for a model name that is not registered (a ``KeyError`` and a ``ValueError``)."""
+class UnknownModelError(NotFoundError, KeyError):
+    """Raised for a model name that is not registered (a :class:`NotFoundError`, so also a
+    ``KeyError``/``LookupError`` and a ``ValueError``)."""
 
     def __init__(self, name: str) -> None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.6)
+        name = str(name)
+        # close matches only for plausible names: difflib is quadratic in the length
+        close = (
+            difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.6)
+            if len(name) <= 100
+            else []
+        )
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         self.name = name
         self.message = (
-            f"unknown model {name!r} ({len(_REGISTRY)} models registered, "
+            f"unknown model {quote(name)} ({len(_REGISTRY)} models registered, "
             f"see metaprune.models.list_models()){hint}"
         )
         super().__init__(self.message)
@@ -76,7 +85,7 @@ def register_model(name: str) -> Callable[[_F], _F]:
 
 def is_model(name: str) -> bool:
     """Whether ``name`` is a registered model name."""
-    return name in _REGISTRY
+    return isinstance(name, str) and name in _REGISTRY
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -8,6 +8,10 @@ channel plan (see :mod:`metaprune.models.channel_plan`). Its JSON form is::
      "channel_plan": {"layer1.0.conv1": {"in_channels": 16, "out_channels": 8, "groups": 1}}}
 
 (``channel_plan`` is omitted for unpruned models.)
+
+Specs are client data: parsing bounds their size and nesting (:mod:`metaprune.documents`),
+and :meth:`ArchSpec.build` sizes the spec on the meta device and checks it against
+:class:`~metaprune.limits.Limits` before it allocates anything (:mod:`.size`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaprune.documents import check_depth, parse_json
+from metaprune.errors import InvalidInputError, LimitExceededError, quote
+from metaprune.limits import DEFAULT_LIMITS, Limits
 from metaprune.models.channel_plan import (
     ChannelPlan,
-    apply_channel_plan,
     channel_plan_of,
     normalize_channel_plan,
 )
-from metaprune.models.registry import UnknownModelError, create_model, is_model
+from metaprune.models.registry import UnknownModelError, is_model
 
 __all__ = ["SPEC_FORMAT_VERSION", "ArchSpec", "SpecError"]
 
@@ -35,7 +41,7 @@ SPEC_FORMAT_VERSION = 1
 _KEYS = frozenset({"format_version", "name", "kwargs", "channel_plan"})
 
 
-class SpecError(ValueError):
+class SpecError(InvalidInputError):
     """An architecture spec is malformed (wrong types, unknown keys, bad version)."""
 
 
@@ -60,17 +66,21 @@ class ArchSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
-            raise SpecError(f"spec name must be a string (found {self.name!r})")
+            raise SpecError(f"spec name must be a string (found {quote(self.name)})")
         if not is_model(self.name):
             raise UnknownModelError(self.name)
         if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
             raise SpecError(
-                f"spec {self.name!r}: kwargs must be a mapping with string keys (found {self.kwargs!r})"
+                f"spec {self.name!r}: kwargs must be a mapping with string keys (found {quote(self.kwargs)})"
             )
+        # depth first: json.dumps recurses once per level
+        check_depth(dict(self.kwargs), DEFAULT_LIMITS, f"spec {self.name!r} kwargs")
         try:
             kwargs = json.loads(json.dumps(dict(self.kwargs), allow_nan=False))
         except (TypeError, ValueError) as err:
-            raise SpecError(f"spec {self.name!r}: kwargs must be plain JSON data ({err})") from None
+            raise SpecError(
+                f"spec {self.name!r}: kwargs must be plain JSON data ({quote(str(err))})"
+            ) from None
         object.__setattr__(self, "kwargs", kwargs)
         plan = self.channel_plan
         if plan is not None:
@@ -95,29 +105,44 @@ class ArchSpec:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any] | str) -> ArchSpec:
+    def from_json(
+        cls,
+        data: Mapping[str, Any] | str | bytes,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        require_version: bool = True,
+    ) -> ArchSpec:
         """Parse a dict from :meth:`to_json` (or its JSON text).
+
+        Args:
+            data: the spec as a dict or JSON text.
+            limits: bounds on the text's size and nesting.
+            require_version: if false, a missing ``format_version`` means the current one
+                (the plain ``{"name": ..., "kwargs": {...}}`` form the docs describe).
 
         Raises:
             SpecError: on invalid JSON, unknown keys, or a missing/unsupported ``format_version``.
             UnknownModelError: if the name is not registered.
+            LimitExceededError: text over ``max_spec_bytes`` or nesting over ``max_json_depth``.
         """
-        if isinstance(data, str):
+        if isinstance(data, (str, bytes, bytearray)):
             try:
-                data = json.loads(data)
-            except json.JSONDecodeError as err:
-                raise SpecError(f"spec is not valid JSON: {err}") from None
+                data = parse_json(data, limits, "spec")
+            except LimitExceededError:
+                raise
+            except InvalidInputError as err:
+                raise SpecError(str(err)) from None
         if not isinstance(data, Mapping):
             raise SpecError(f"spec must be a JSON object (found {type(data).__name__})")
-        unknown = sorted(set(data) - _KEYS)
+        unknown = sorted(str(k) for k in data if k not in _KEYS)
         if unknown:
             raise SpecError(
-                f"spec has unknown key(s) {unknown} (expected a subset of {sorted(_KEYS)})"
+                f"spec has unknown key(s) {quote(unknown)} (expected a subset of {sorted(_KEYS)})"
             )
-        version = data.get("format_version")
+        version = data.get("format_version", None if require_version else SPEC_FORMAT_VERSION)
         if version != SPEC_FORMAT_VERSION:
             raise SpecError(
-                f"spec format_version must be {SPEC_FORMAT_VERSION} (found {version!r}); "
+                f"spec format_version must be {SPEC_FORMAT_VERSION} (found {quote(version)}); "
                 "it was written by an incompatible metaprune version"
             )
         if "name" not in data:
@@ -126,24 +151,43 @@ class ArchSpec:
             name=data["name"], kwargs=data.get("kwargs", {}), channel_plan=data.get("channel_plan")
         )
 
-    def build(self, device: torch.device | str | None = None) -> nn.Module:
-        """Create the model (optionally directly on ``device``, e.g. ``"meta"``) and apply the plan."""
-        if device is None:
-            model = create_model(self.name, **self.kwargs)
-        else:
-            with torch.device(device):
-                model = create_model(self.name, **self.kwargs)
-        if self.channel_plan is not None:
-            apply_channel_plan(model, self.channel_plan)
-        return model
+    def build(
+        self, device: torch.device | str | None = None, *, limits: Limits | None = DEFAULT_LIMITS
+    ) -> nn.Module:
+        """Create the model (optionally directly on ``device``, e.g. ``"meta"``) and apply the plan.
 
-    def skeleton(self) -> nn.Module:
+        Unless ``limits`` is ``None`` (trusted callers only), the spec is first sized on the
+        meta device and checked against ``limits`` (:func:`metaprune.limits.check_spec`),
+        so a spec from a client never allocates more than the limits allow.
+
+        Raises:
+            LimitExceededError: the model is over a limit.
+            SpecError: the constructor fails with these kwargs or this channel plan.
+        """
+        from metaprune.models.size import construct
+
+        if limits is not None and str(device) != "meta":
+            from metaprune.limits import check_spec
+
+            check_spec(self, limits)
+        return construct(self, device, limits)
+
+    def skeleton(self, limits: Limits = DEFAULT_LIMITS) -> nn.Module:
         """The model for inspecting structure and shapes: built on the meta device (no memory,
-        no initialisation cost) where the constructor allows it, else on the CPU."""
+        no initialisation cost) where the constructor allows it; else, once the spec is known
+        to be within ``limits`` (sized in a bounded child process), on the CPU.
+
+        Raises:
+            LimitExceededError, SpecError: see :meth:`build`.
+        """
+        from metaprune.models.size import _is_meta_failure, construct
+
         try:
-            return self.build(device="meta")
-        except (NotImplementedError, RuntimeError):  # e.g. constructors calling .tolist()
-            return self.build()
+            return construct(self, "meta", limits)
+        except (NotImplementedError, RuntimeError) as err:  # e.g. constructors calling .tolist()
+            if not _is_meta_failure(err):
+                raise
+        return self.build(limits=limits)
 
     def with_plan_of(self, model: nn.Module) -> ArchSpec:
         """This spec with the channel plan of ``model``, a pruned instance of the architecture."""

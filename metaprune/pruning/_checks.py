@@ -6,19 +6,21 @@ import difflib
 import math
 from collections.abc import Sequence
 
+from metaprune.errors import InvalidInputError, quote
+
 __all__ = ["ConfigError", "check_choice", "check_int", "check_number"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """A pruning option is invalid; the message names the option, the expectation and the value."""
 
 
 def check_int(name: str, value: object, minimum: int | None = None) -> int:
     """``value`` if it is an int (not a bool) ``>= minimum``, else :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an int (found {value!r})")
+        raise ConfigError(f"{name} must be an int (found {quote(value)})")
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum} (found {value!r})")
+        raise ConfigError(f"{name} must be an int >= {minimum} (found {quote(value)})")
     return value
 
 
@@ -27,20 +29,21 @@ def check_number(
 ) -> float:
     """``value`` as a finite float within ``[minimum, maximum]``, else :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number (found {value!r})")
+        raise ConfigError(f"{name} must be a finite number (found {quote(value)})")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         lo = "-inf" if minimum is None else minimum
         hi = "inf" if maximum is None else maximum
-        raise ConfigError(f"{name} must be in [{lo}, {hi}] (found {value!r})")
+        raise ConfigError(f"{name} must be in [{lo}, {hi}] (found {quote(value)})")
     return float(value)
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else :class:`ConfigError` with close matches."""
     if not isinstance(value, str) or value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=2, cutoff=0.5)
+        text = str(value)[:100]  # difflib is quadratic in the length
+        close = difflib.get_close_matches(text, list(choices), n=2, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
-            f"{name} must be one of {', '.join(repr(c) for c in choices)} (found {value!r}){hint}"
+            f"{name} must be one of {', '.join(repr(c) for c in choices)} (found {quote(value)}){hint}"
         )
     return value

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from metaprune.errors import quote
+from metaprune.limits import DEFAULT_LIMITS, Limits
 from metaprune.pruning._checks import ConfigError, check_choice, check_int, check_number
 
 __all__ = [
@@ -235,6 +237,12 @@ class PruneConfig:
             "test" would contain training images.
         device: torch device string for training, evaluation and latency.
         latency: latency measurement options.
+        max_wall_seconds: wall-clock budget of the whole job (``None``: only the
+            ``Limits.max_wall_seconds`` bound); checked between steps, like cancellation.
+
+    Upper bounds (epochs, steps, batch sizes, latency settings, the wall-clock budget) are
+    not fixed here but checked against a :class:`~metaprune.limits.Limits` by
+    :meth:`check_limits`, which :func:`~metaprune.pruning.prune` calls first.
     """
 
     version: int = CONFIG_VERSION
@@ -254,6 +262,7 @@ class PruneConfig:
     data_seed: int = 0
     device: str = "cpu"
     latency: LatencyOptions = dataclasses.field(default_factory=LatencyOptions)
+    max_wall_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
@@ -278,11 +287,50 @@ class PruneConfig:
         if not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu' (found {self.device!r})")
         try:
-            torch.device(self.device)
-        except RuntimeError:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError):
             raise ConfigError(
-                f"device {self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+                f"device {quote(self.device)} is not a torch device (e.g. 'cpu', 'cuda:0')"
             ) from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(
+                f"device {quote(self.device)} cannot run a job (expected 'cpu', 'cuda[:N]' or 'mps')"
+            )
+        if self.max_wall_seconds is not None:
+            object.__setattr__(
+                self,
+                "max_wall_seconds",
+                check_number("max_wall_seconds", self.max_wall_seconds, minimum=0.0),
+            )
+            if self.max_wall_seconds <= 0:
+                raise ConfigError(f"max_wall_seconds must be > 0 (found {self.max_wall_seconds})")
+
+    def check_limits(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Check every job setting against ``limits`` (the upper bounds; ``__post_init__``
+        checks the lower ones). :func:`~metaprune.pruning.prune` calls this first.
+
+        Raises:
+            LimitExceededError: naming the setting, the limit, its value and what was asked.
+        """
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be a Limits (found {type(limits).__name__})")
+        checks = [
+            ("max_epochs", "before_pruning.epochs", self.before_pruning.epochs),
+            ("max_epochs", "after_pruning.epochs", self.after_pruning.epochs),
+            ("max_steps", "pruning.steps", self.pruning.steps),
+            ("max_batch_size", "batch_size", self.batch_size),
+            ("max_steps", "bn_recalibration_batches", self.bn_recalibration_batches),
+            ("max_batch_size", "latency.batch_size", self.latency.batch_size),
+            ("max_threads", "latency.threads", self.latency.threads),
+            ("max_repeats", "latency.repeats", self.latency.repeats),
+            ("max_repeats", "latency.warmup", self.latency.warmup),
+        ]
+        for milestone in self.before_pruning.milestones + self.after_pruning.milestones:
+            checks.append(("max_epochs", "milestones[]", milestone))
+        if self.max_wall_seconds is not None:
+            checks.append(("max_wall_seconds", "max_wall_seconds", self.max_wall_seconds))
+        for limit, setting, value in checks:
+            limits.check(limit, value, f"PruneConfig.{setting}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML data (nested dicts, lists, numbers, strings)."""

@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from metaprune.errors import InvalidInputError, NotFoundError
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, finetune
@@ -36,14 +37,19 @@ __all__ = [
     "Method",
     "MethodContext",
     "MetanetUnavailable",
+    "UnknownMetanetError",
     "get_method",
     "list_methods",
     "register_method",
 ]
 
 
-class MetanetUnavailable(RuntimeError):
+class MetanetUnavailable(InvalidInputError, RuntimeError):
     """The ``metanet`` method cannot get a metanetwork (package or weights missing)."""
+
+
+class UnknownMetanetError(MetanetUnavailable, NotFoundError):
+    """``PruneConfig.metanet`` names no registered (exported) metanetwork."""
 
 
 @dataclasses.dataclass

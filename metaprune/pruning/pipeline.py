@@ -31,9 +31,12 @@ from torch import Tensor, nn
 
 from metaprune import checkpoint
 from metaprune.data import DatasetSplits, get_dataset, make_loaders
+from metaprune.errors import InvalidInputError, describe_exception
+from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.bn import recalibrate_bn
+from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.latency import measure_latency
@@ -104,6 +107,7 @@ def prune(
     cancel: CancelToken | None = None,
     metanetwork: nn.Module | None = None,
     data_root: str | os.PathLike[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> PruneResult:
     """Prune a trained classifier to ``config.target`` and fine-tune it (see module doc).
 
@@ -117,23 +121,40 @@ def prune(
         metanetwork: a metanetwork object for ``method="metanet"`` instead of loading
             ``config.metanet``.
         data_root: local root of file-based datasets.
+        limits: bounds on the job (:meth:`PruneConfig.check_limits`, checked first), on
+            the checkpoint and architecture, and the wall-clock budget (the smaller of
+            ``config.max_wall_seconds`` and ``limits.max_wall_seconds``), enforced between
+            steps like cancellation.
 
     Raises:
-        PruneCancelled: when cancelled. ConfigError, DatasetError, CheckpointError,
-        MetanetUnavailable: on bad input, with a message naming the problem.
+        PruneCancelled: when cancelled.
+        LimitExceededError: a setting, the model or the input size is over ``limits``, or
+            the wall-clock budget ran out (``max_wall_seconds``).
+        InvalidInputError: on bad input (ConfigError, DatasetError, CheckpointError,
+            SpecError, MetanetUnavailable, NotFoundError for unknown names), with a
+            message naming the problem; also for a model whose outputs are not finite.
     """
     config = PruneConfig() if config is None else config
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig (found {type(config).__name__})")
+    if not isinstance(limits, Limits):
+        raise ConfigError(f"limits must be a Limits (found {type(limits).__name__})")
+    config.check_limits(limits)
+    wall = min(config.max_wall_seconds or limits.max_wall_seconds, limits.max_wall_seconds)
+    cancel = BudgetToken(wall, cancel)
     method = get_method(config.method)
     if method.name == "metanet" and metanetwork is None:  # fail before any work is done
         metanetwork = _load_metanetwork(config)
-    model, spec = _resolve_model(model_or_checkpoint, spec)
+    model, spec = _resolve_model(model_or_checkpoint, spec, limits)
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
         else get_dataset(dataset, data_root, config.data_seed)
     )
+    limits.check("max_image_size", splits.image_size, f"dataset {splits.name!r} image size")
+    if spec is not None:
+        check_spec(spec, limits, (splits.in_channels, splits.image_size, splits.image_size))
+    _check_finite_weights(model)
     torch.manual_seed(config.seed)
     device = _available(torch.device(config.device))
     model = model.to(device)
@@ -144,6 +165,10 @@ def prune(
     )
     example = example.to(device)
     _check_classes(model, example, splits)
+    if not _finite_outputs(model, example):
+        raise InvalidInputError(
+            "the model's outputs are NaN or Inf on a random input; refusing to prune it"
+        )
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     latency = functools.partial(
         measure_latency, input_shape=input_shape, batch_size=config.latency.batch_size,
@@ -158,7 +183,7 @@ def prune(
         base = _measure(model, example, val, test, device, latency)
         notify(progress, cancel, "evaluate_base", 1, 1, **base)
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork)
-    with timed("before_pruning"):
+    with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     widths_before = layer_widths(model)
 
@@ -202,6 +227,7 @@ def prune(
         final = _measure(model, example, val, test, device, latency)
         notify(progress, cancel, "evaluate", 1, 1, **final)
     model.eval()
+    outputs_finite = _finite_outputs(model, example)
 
     pruned_spec = spec.with_plan_of(model) if spec is not None else None
     widths_after = layer_widths(model)
@@ -211,7 +237,9 @@ def prune(
         "dataset": splits.name,
         "method": config.method,
         "target": {"kind": config.target.kind, "value": config.target.value},
-        "target_reached": final_step.reached,
+        # never report success for a model whose outputs are not finite
+        "target_reached": bool(final_step.reached and outputs_finite),
+        "outputs_finite": outputs_finite,
         "base": base,
         "pruned": {"val_accuracy": pruned_val, "step": final_step.step},
         "final": final,
@@ -247,13 +275,38 @@ def _curve_recalibrates(config: PruneConfig) -> bool:
     return config.pruning.curve_bn_recalibration and config.bn_recalibration_batches > 0
 
 
+def _finite_outputs(model: nn.Module, example: Tensor) -> bool:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return bool(torch.isfinite(model(example)).all())
+    finally:
+        model.train(was_training)
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    bad = [
+        name
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
+    if bad:
+        raise InvalidInputError(
+            f"the model has {len(bad)} tensor(s) with NaN or Inf values, e.g. {bad[0]!r}; "
+            "refusing to prune it"
+        )
+
+
 def _resolve_model(
-    source: nn.Module | str | os.PathLike[str], spec: ArchSpec | None
+    source: nn.Module | str | os.PathLike[str], spec: ArchSpec | None, limits: Limits
 ) -> tuple[nn.Module, ArchSpec | None]:
     if isinstance(source, nn.Module):
+        if any(t.is_meta for t in (*source.parameters(), *source.buffers())):
+            raise InvalidInputError("the model is on the meta device (it has no weights)")
         return copy.deepcopy(source), spec
     if isinstance(source, (str, os.PathLike)):
-        model, loaded = checkpoint.load(source)
+        model, loaded = checkpoint.load(source, limits=limits)
         return model, spec if spec is not None else loaded
     raise ConfigError(
         f"model_or_checkpoint must be an nn.Module or a checkpoint path (found {type(source).__name__})"
@@ -263,10 +316,10 @@ def _resolve_model(
 def _check_classes(model: nn.Module, example: Tensor, splits: DatasetSplits) -> None:
     try:
         classifier = find_classifier(model, example)
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 (a forward pass on a bad shape raises anything)
         raise ConfigError(
             f"the model does not accept inputs of shape {tuple(example.shape)} from dataset "
-            f"{splits.name!r}: {str(err).splitlines()[0]}"
+            f"{splits.name!r}: {describe_exception(err)}"
         ) from None
     out = getattr(classifier, "out_features", getattr(classifier, "out_channels", None))
     if out != splits.num_classes:
@@ -293,6 +346,20 @@ def _point(info: StepInfo, val_accuracy: float | None) -> dict[str, Any]:
         "step": info.step, "macs_speedup": info.macs_speedup, "param_ratio": info.param_ratio,
         "latency_speedup": info.latency_speedup, "val_accuracy": val_accuracy,
     }  # fmt: skip
+
+
+@contextlib.contextmanager
+def _encoding_errors_as_input_errors() -> Iterator[None]:
+    # graph_encoding does not know metaprune's error types (dependencies point one way):
+    # an architecture the encoder cannot handle is the caller's input problem
+    from graph_encoding import EncodingError
+
+    try:
+        yield
+    except EncodingError as err:
+        raise InvalidInputError(
+            f"the metanetwork cannot encode this model: {describe_exception(err)}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
+from metaprune.errors import MetapruneError
+
 __all__ = [
     "CANCEL",
     "CancelToken",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class PruneCancelled(RuntimeError):
+class PruneCancelled(MetapruneError, RuntimeError):
     """The job was cancelled through its progress callback or its :class:`CancelToken`."""
 
 
@@ -77,8 +79,13 @@ class CancelToken:
 
 
 def check_cancel(cancel: CancelToken | None, where: str = "") -> None:
-    """Raise :class:`PruneCancelled` if ``cancel`` was cancelled."""
+    """Raise :class:`PruneCancelled` if ``cancel`` was cancelled (or the token's own error,
+    e.g. ``LimitExceededError`` when a wall-clock budget ran out)."""
     if cancel is not None and cancel.cancelled:
+        expired_error = getattr(cancel, "expired_error", None)
+        error = expired_error(where) if expired_error is not None else None
+        if error is not None:
+            raise error
         raise PruneCancelled(f"pruning cancelled{f' during {where}' if where else ''}")
 
 

@@ -23,8 +23,7 @@ from metaprune.checkpoint import (
     read_spec,
     save,
 )
-from metaprune.models import ArchSpec, register_model
-from metaprune.models import registry as registry_module
+from metaprune.models import ArchSpec
 
 SPEC = ArchSpec("cifar_resnet20", {"num_classes": 4, "in_channels": 1, "width": 0.25})
 
@@ -138,12 +137,22 @@ def test_shared_and_non_contiguous_tensors_save(model: nn.Module, tmp_path: Path
     assert loaded["layer1.0.bn2.weight"].data_ptr() != loaded["layer1.0.bn1.weight"].data_ptr()
 
 
-def test_floating_dtype_is_kept(model: nn.Module, tmp_path: Path) -> None:
+def test_floating_dtype_is_kept_with_dtype_none(model: nn.Module, tmp_path: Path) -> None:
     path = save(model.half(), SPEC, tmp_path / "half.safetensors")
-    loaded, _ = load(path)
+    loaded, _ = load(path, dtype=None)
     assert loaded.conv1.weight.dtype == torch.float16
     assert loaded.bn1.num_batches_tracked.dtype == torch.int64
     _assert_same_state(loaded, model)
+
+
+def test_half_checkpoint_loads_as_float32_by_default(model: nn.Module, tmp_path: Path) -> None:
+    path = save(model.half(), SPEC, tmp_path / "half.safetensors")
+    loaded, _ = load(path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert loaded.bn1.num_batches_tracked.dtype == torch.int64
+    assert torch.equal(loaded.conv1.weight, model.conv1.weight.float())
+    out = loaded.eval()(torch.randn(2, 1, 8, 8))  # float32 CPU kernels: runs
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 def test_extra_metadata(model: nn.Module, tmp_path: Path) -> None:
@@ -158,13 +167,13 @@ def test_extra_metadata(model: nn.Module, tmp_path: Path) -> None:
 
 def test_save_rejects_bad_inputs(model: nn.Module, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="must be an ArchSpec"):
-        save(model, SPEC.to_json(), tmp_path / "a.safetensors")  # type: ignore[arg-type]
+        save(model, 42, tmp_path / "a.safetensors")  # type: ignore[arg-type]
     state = dict(model.state_dict(), extra=3)
     with pytest.raises(CheckpointError, match="'extra' is a int, not a tensor"):
         save(state, SPEC, tmp_path / "a.safetensors")
     with pytest.raises(CheckpointError, match="meta device"):
         save(SPEC.build(device="meta"), SPEC, tmp_path / "a.safetensors")
-    with pytest.raises(CheckpointError, match="cannot build architecture 'cifar_resnet20'"):
+    with pytest.raises(CheckpointError, match="spec 'cifar_resnet20': cannot build it"):
         save(model, ArchSpec("cifar_resnet20", {"depth": 3}), tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []
 
@@ -175,8 +184,22 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         load(missing)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_spec(missing)
-    with pytest.raises(CheckpointError, match="is not a file"):
+    with pytest.raises(CheckpointError, match="is a directory with 0 .*pass a checkpoint file"):
         load_state(tmp_path)
+
+
+def test_directory_with_one_checkpoint_is_accepted(model: nn.Module, tmp_path: Path) -> None:
+    save(model, SPEC, tmp_path / "out" / "model.safetensors")
+    (tmp_path / "out" / "report.json").write_text("{}")
+    loaded, spec = load(tmp_path / "out")  # e.g. the output directory of `metaprune prune`
+    assert spec == SPEC and read_spec(tmp_path / "out") == SPEC
+    _assert_same_state(loaded, model)
+    save(model, SPEC, tmp_path / "out" / "other.safetensors")
+    with pytest.raises(
+        CheckpointError,
+        match=r"2 \*\.safetensors files \('model.safetensors', 'other.safetensors'\); pass one",
+    ):
+        load(tmp_path / "out")
 
 
 @pytest.mark.parametrize("keep", [0, 5, 100, -1])
@@ -289,16 +312,9 @@ def test_many_problems_are_summarised(model: nn.Module, tmp_path: Path) -> None:
 def test_load_falls_back_when_meta_construction_fails(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    from metaprune.testing.hostile import META_HOSTILE
 
-    @register_model("test_meta_hostile")
-    def meta_hostile() -> nn.Module:
-        width = int(torch.tensor([3]).tolist()[0])  # fails under torch.device("meta")
-        net = nn.Sequential(nn.Linear(2, width), nn.BatchNorm1d(width))
-        net.register_buffer("scale", torch.ones(width), persistent=False)
-        return net
-
-    spec = ArchSpec("test_meta_hostile")
+    spec = ArchSpec(META_HOSTILE)  # sized in a bounded child process, then built on the CPU
     with pytest.raises(NotImplementedError):
         spec.build(device="meta")
     torch.manual_seed(0)
