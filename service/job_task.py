@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from metaprune.executor import task
-
 from metaprune.pruning.progress import CancelToken, ProgressEvent
 from service.blobs import commit_dir, sha256_file
 
@@ -32,23 +31,26 @@ def run_prune_job(
     """Prune ``args["model_path"]`` on ``args["dataset"]`` with ``args["config"]``.
 
     Args (plain data): ``model_path``, ``dataset``, ``data_root`` (or None), ``config``
-    (``PruneConfig.to_dict()``), ``tmp_dir`` (a new directory to write into) and
+    (``PruneConfig.to_dict()``), ``limits`` (``Limits.to_dict()``: the server's bounds,
+    including the wall-clock budget the pipeline enforces between steps), ``tmp_dir`` (a new directory to write into) and
     ``result_dir`` (where the finished result appears).
 
     Returns:
         ``{"sha256", "size", "summary"}`` of the pruned checkpoint.
     """
     import metaprune
+    from metaprune.limits import Limits
     from metaprune.pruning import PruneConfig
 
     config = PruneConfig.from_dict(args["config"])
+    limits = Limits.from_dict(args["limits"]) if args.get("limits") else Limits()
 
     def forward(event: ProgressEvent) -> None:
         progress(dataclasses.asdict(event))
 
     result = metaprune.prune(
         args["model_path"], args["dataset"], config, forward, cancel=cancel,
-        data_root=args.get("data_root"),
+        data_root=args.get("data_root"), limits=limits,
     )  # fmt: skip
     tmp = Path(args["tmp_dir"])
     tmp.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,8 @@ __all__ = ["JobManager"]
 
 TASK_MODULE = "service.job_task"
 TASK_NAME = f"{TASK_MODULE}:run_prune_job"
-_PERSIST_EVERY = 1.0  # seconds between two writes of a running job's latest event
+_PERSIST_EVERY = 1.0
+_WALL_MARGIN = 60.0  # seconds past max_wall_seconds before the backstop stops a job  # seconds between two writes of a running job's latest event
 
 
 @dataclasses.dataclass
@@ -297,7 +298,9 @@ class JobManager:
                 self._cond.wait(0.5)
 
     def _check_wall_clock(self) -> None:
-        limit = self.config.limits.max_wall_seconds
+        # the pipeline enforces the budget itself between steps; this is the backstop for a
+        # worker stuck inside one step
+        limit = self.config.limits.max_wall_seconds + _WALL_MARGIN
         now = time.monotonic()
         for running in self._running.values():
             if running.stop_reason is None and now - running.started > limit:
@@ -320,6 +323,7 @@ class JobManager:
         args = {
             "model_path": str(self.blobs.blob_path(model.sha256)) if model else "",
             "dataset": job.dataset, "data_root": self.config.data_root, "config": job.config,
+            "limits": self.config.limits.to_dict(),
             "tmp_dir": str(tmp_dir), "result_dir": str(self.blobs.result_dir(job.job_id)),
         }  # fmt: skip
         from metaprune.executor import TaskSpec

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from metaprune.errors import InvalidInputError, NotFoundError, quote
-from metaprune.limits import Limits
+from metaprune.limits import Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning.config import PruneConfig
 
@@ -37,30 +37,13 @@ def check_name(kind: str, name: str, allowed: Sequence[str]) -> str:
 
 def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | None) -> int:
     """Check the parameters (and, given ``input_shape``, the MACs) of ``spec`` against
-    ``limits`` without allocating the model; return the parameter count.
+    ``limits`` without allocating the model (:func:`metaprune.limits.check_spec`, on the
+    meta device); return the parameter count.
 
     Raises:
-        LimitExceededError: over ``max_params`` or ``max_macs``.
+        LimitExceededError: over ``max_params``, ``max_macs`` or another size limit.
     """
-    try:
-        from metaprune.limits import check_spec  # the library's checker, when it exists
-    except ImportError:
-        check_spec = None
-    if check_spec is not None:
-        size = check_spec(spec, limits, input_shape)
-        return int(size.params)
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = spec.build(device="meta")  # shapes only: no memory, however large
-    params = sum(p.numel() for p in model.parameters())
-    limits.check("max_params", params, what=f"architecture {spec.name!r}")
-    if input_shape is not None:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape, device="meta"))
-        macs = counter.get_total_flops() // 2
-        limits.check("max_macs", macs, what=f"architecture {spec.name!r} at input {input_shape}")
-    return int(params)
+    return int(check_spec(spec, limits, input_shape).params)
 
 
 def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) -> None:
@@ -82,18 +65,4 @@ def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) 
             raise InvalidInputError(
                 f"config.device {quote(config.device)} is not available on this server (use 'cpu')"
             )
-    check_limits = getattr(config, "check_limits", None)
-    if check_limits is not None:  # the library's own job-size check, when it exists
-        check_limits(limits)
-        return
-    for limit, value, what in (
-        ("max_epochs", config.before_pruning.epochs, "config.before_pruning.epochs"),
-        ("max_epochs", config.after_pruning.epochs, "config.after_pruning.epochs"),
-        ("max_steps", config.pruning.steps, "config.pruning.steps"),
-        ("max_batch_size", config.batch_size, "config.batch_size"),
-        ("max_batch_size", config.latency.batch_size, "config.latency.batch_size"),
-        ("max_threads", config.latency.threads, "config.latency.threads"),
-        ("max_repeats", config.latency.repeats, "config.latency.repeats"),
-        ("max_repeats", config.latency.warmup, "config.latency.warmup"),
-    ):
-        limits.check(limit, value, what=what)
+    config.check_limits(limits)

@@ -25,7 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from metaprune.errors import InvalidInputError, LimitExceededError, quote
+from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
+from metaprune.limits import Limits
 from metaprune.models import ArchSpec
 from service._generated import pruning_service_pb2 as pb
 from service.auth import Principal
@@ -82,7 +83,7 @@ def receive_upload(
                 f"sha256 mismatch: the header says {header.sha256}, the received bytes hash "
                 f"to {sha} (corrupted in transit?)"
             )
-        check_checkpoint_file(tmp_path, spec, limits.max_header_bytes)
+        check_checkpoint_file(tmp_path, spec, limits)
         record = ModelRecord(
             model_id=f"sha256:{sha}", sha256=sha, size=received,
             spec_json=json.dumps(spec.to_json(), sort_keys=True),
@@ -122,7 +123,7 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
     return spec
 
 
-def check_checkpoint_file(path: Path, spec: ArchSpec, max_header_bytes: int) -> None:
+def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
     """Check that ``path`` is a metaprune safetensors checkpoint of ``spec`` with finite
     weights (reads the header first, so a huge or foreign header is refused cheaply).
 
@@ -145,10 +146,7 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, max_header_bytes: int) -> 
     if len(head) < 8:
         raise InvalidInputError(f"the upload ({size} bytes) is too short to be a safetensors file")
     (header_len,) = struct.unpack("<Q", head)
-    if header_len > max_header_bytes:
-        raise LimitExceededError(
-            "max_header_bytes", max_header_bytes, header_len, "the upload's safetensors header"
-        )
+    limits.check("max_header_bytes", header_len, "the upload's safetensors header")
     if header_len + 8 > size:
         raise InvalidInputError(
             f"the upload's safetensors header claims {header_len:,} bytes but the file has "
@@ -158,19 +156,15 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, max_header_bytes: int) -> 
 
     try:
         stored = checkpoint.read_spec(path)
-        state, _ = checkpoint.load_state(path)  # shapes, dtypes and keys against the spec
+        # keys, shapes, dtypes against the spec; non-finite values refused; within limits
+        checkpoint.load_state(path, limits=limits)
+    except (LimitExceededError, NotFoundError):
+        raise
     except ValueError as err:  # CheckpointError: name "the upload", not the server's temp path
-        raise InvalidInputError(str(err).replace(repr(str(path)), "the upload")) from None
+        text = str(err).replace(f"checkpoint {str(path)!r}", "the uploaded checkpoint")
+        raise InvalidInputError(text.replace(repr(str(path)), "the upload")) from None
     if stored.to_json() != spec.to_json():
         raise InvalidInputError(
             f"the header's spec {quote(json.dumps(spec.to_json()))} differs from the spec "
             f"stored in the checkpoint {quote(json.dumps(stored.to_json()))}"
-        )
-    import torch
-
-    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise InvalidInputError(
-            f"the checkpoint has non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
-            f"{quote(bad[:3])}; such a model cannot be pruned meaningfully"
         )

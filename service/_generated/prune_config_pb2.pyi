@@ -77,7 +77,7 @@ class LatencyOptions(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., threads: _Optional[int] = ..., repeats: _Optional[int] = ..., warmup: _Optional[int] = ...) -> None: ...
 
 class PruneConfig(_message.Message):
-    __slots__ = ("version", "method", "target", "metanet", "importance", "pruning", "before_pruning", "after_pruning", "sparse", "bn_recalibration_batches", "batch_size", "seed", "data_seed", "device", "latency")
+    __slots__ = ("version", "method", "target", "metanet", "importance", "pruning", "before_pruning", "after_pruning", "sparse", "bn_recalibration_batches", "batch_size", "seed", "data_seed", "device", "latency", "max_wall_seconds")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class PruneConfig(_message.Message):
     DATA_SEED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     method: str
     target: Target
@@ -108,4 +109,5 @@ class PruneConfig(_message.Message):
     data_seed: int
     device: str
     latency: LatencyOptions
-    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., metanet: _Optional[str] = ..., importance: _Optional[_Union[ImportanceOptions, _Mapping]] = ..., pruning: _Optional[_Union[PruningOptions, _Mapping]] = ..., before_pruning: _Optional[_Union[FinetuneBudget, _Mapping]] = ..., after_pruning: _Optional[_Union[FinetuneBudget, _Mapping]] = ..., sparse: _Optional[_Union[SparseTraining, _Mapping]] = ..., bn_recalibration_batches: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., data_seed: _Optional[int] = ..., device: _Optional[str] = ..., latency: _Optional[_Union[LatencyOptions, _Mapping]] = ...) -> None: ...
+    max_wall_seconds: float
+    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., metanet: _Optional[str] = ..., importance: _Optional[_Union[ImportanceOptions, _Mapping]] = ..., pruning: _Optional[_Union[PruningOptions, _Mapping]] = ..., before_pruning: _Optional[_Union[FinetuneBudget, _Mapping]] = ..., after_pruning: _Optional[_Union[FinetuneBudget, _Mapping]] = ..., sparse: _Optional[_Union[SparseTraining, _Mapping]] = ..., bn_recalibration_batches: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., data_seed: _Optional[int] = ..., device: _Optional[str] = ..., latency: _Optional[_Union[LatencyOptions, _Mapping]] = ..., max_wall_seconds: _Optional[float] = ...) -> None: ...
