@@ -52,6 +52,10 @@ def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) 
     Raises:
         InvalidInputError / NotFoundError / LimitExceededError: see the module doc.
     """
+    if not config.target.value > 1.0:  # the library allows 1 (a no-op); a service job must prune
+        raise InvalidInputError(
+            f"config.target.value must be > 1 for a pruning job (found {config.target.value!r})"
+        )
     if config.metanet is not None:
         check_name("metanetwork", config.metanet, metanetworks)
     if config.method == "metanet" and config.metanet is None:

@@ -48,6 +48,7 @@ class PruningServer:
         store: Store, config: ServiceConfig, port: int,
     ) -> None:  # fmt: skip
         self.grpc_server, self.health, self.jobs = server, health_servicer, jobs
+        self.blobs = jobs.blobs
         self.store, self.config, self.port = store, config, port
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()

@@ -118,7 +118,7 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
             "blob_quota_bytes", config.blob_quota_bytes, used + header.total_size,
             "stored models and results after this upload",
         )  # fmt: skip
-    spec = ArchSpec.from_json(header.spec_json)
+    spec = ArchSpec.from_json(header.spec_json, limits=limits)  # bounded JSON depth
     spec_size(spec, limits, None)  # over max_params: refused before any byte is received
     return spec
 
