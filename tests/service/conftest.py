@@ -1,5 +1,5 @@
-"""Fixtures: a real server on 127.0.0.1 port 0 (one per test module: its worker process
-stays warm across the module's tests), clients per token, a tiny checkpoint."""
+"""Fixtures: a real server on 127.0.0.1 port 0 (one per session, so its worker process
+stays warm across modules), clients per token, a tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with running_server(tmp_path_factory.mktemp("data")) as srv:
         yield srv
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def connect(server: Any) -> Iterator[Callable[..., PruningClient]]:
     """``connect("alice")``: a client of the module's server with that token."""
     clients: list[PruningClient] = []
@@ -41,6 +41,6 @@ def connect(server: Any) -> Iterator[Callable[..., PruningClient]]:
         client.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_id(connect: Callable[..., PruningClient], checkpoint: Path) -> str:
     return connect("alice").upload(checkpoint).model_id
