@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from service.process import ServeProcess, serve_process
 
 __all__ = [
     "TOKENS",
@@ -92,61 +90,3 @@ def running_server(data_dir: str | os.PathLike[str], **overrides: Any) -> Iterat
         yield server
     finally:
         server.stop(2.0)
-
-
-class ServeProcess:
-    """A ``metaprune serve`` subprocess (its own process group, so it can be killed whole)."""
-
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers (the whole process group), by pid."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (graceful stop); returns the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-
-def serve_process(
-    data_dir: str | os.PathLike[str], config_file: str | os.PathLike[str] | None = None,
-    *, timeout: float = 60.0, workers: int = 1, log: str | os.PathLike[str] | None = None,
-) -> ServeProcess:  # fmt: skip
-    """Start ``python -m metaprune.cli serve --port 0`` and wait until it listens."""
-    data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    port_file = data / "port"
-    port_file.unlink(missing_ok=True)
-    log_path = Path(log) if log else data / "serve.log"
-    cmd = [sys.executable, "-m", "metaprune.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--data-dir", str(data), "--workers", str(workers), "--port-file", str(port_file)]  # fmt: skip
-    if config_file is not None:
-        cmd += ["--config", str(config_file)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    deadline = time.monotonic() + timeout
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"metaprune serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise TimeoutError(f"metaprune serve did not listen within {timeout} s")
-        time.sleep(0.05)
-    return ServeProcess(proc, int(port_file.read_text()), log_path)
