@@ -113,7 +113,8 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
     if len(header.display_name) > _MAX_NAME:
         raise InvalidInputError(f"UploadHeader.display_name is over {_MAX_NAME} characters")
     used = store.used_bytes()
-    if used + header.total_size > config.blob_quota_bytes:
+    already = store.get_model(f"sha256:{header.sha256}", None) is not None  # stored once
+    if not already and used + header.total_size > config.blob_quota_bytes:
         raise LimitExceededError(
             "blob_quota_bytes", config.blob_quota_bytes, used + header.total_size,
             "stored models and results after this upload",
