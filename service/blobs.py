@@ -16,14 +16,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BlobDir", "commit_dir", "sha256_file"]
+__all__ = ["BlobDir", "HashingWriter", "commit_dir", "sha256_file"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -36,6 +38,45 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class HashingWriter:
+    """Write chunks to a file and hash them on a background thread.
+
+    The thread that receives chunks from the network only queues them, so receiving, hashing
+    and writing overlap (``hashlib`` and file writes release the GIL on large buffers). The
+    queue is bounded (``depth`` chunks), so a slow disk slows the sender instead of filling
+    memory.
+    """
+
+    def __init__(self, f: BinaryIO, depth: int = 4) -> None:
+        self._f = f
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hash-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digest.update(chunk)
+                    self._f.write(chunk)
+                except BaseException as err:  # noqa: BLE001 (re-raised by close)
+                    self._error = err
+
+    def write(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> str:
+        """Wait for every queued chunk; return the hex sha256 (re-raises a write error)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._f.flush()
+        return self._digest.hexdigest()
 
 
 class BlobDir:

@@ -31,6 +31,7 @@ from service import convert
 from service._generated import prune_config_pb2 as cpb
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
+from service.blobs import HashingWriter
 
 __all__ = ["DownloadError", "PruningClient", "WatchCallback"]
 
@@ -107,20 +108,25 @@ class PruningClient:
 
     def upload(
         self, path: str | os.PathLike[str], *, spec_json: str | None = None,
-        display_name: str = "",
+        display_name: str = "", sha256: str | None = None,
     ) -> pb.Model:  # fmt: skip
-        """Upload a checkpoint; returns the stored model (``model_id`` is content-based)."""
+        """Upload a checkpoint; returns the stored model (``model_id`` is content-based).
+
+        The header carries the file's sha256, so the file is read twice (hash, then send)
+        unless ``sha256`` is given."""
         path = Path(path)
         if spec_json is None:
             from metaprune.checkpoint import read_spec
 
             spec_json = json.dumps(read_spec(path).to_json(), sort_keys=True)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1024 * 1024):
-                digest.update(chunk)
+        if sha256 is None:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    digest.update(chunk)
+            sha256 = digest.hexdigest()
         header = pb.UploadHeader(
-            spec_json=spec_json, total_size=path.stat().st_size, sha256=digest.hexdigest(),
+            spec_json=spec_json, total_size=path.stat().st_size, sha256=sha256,
             display_name=display_name or path.name,
         )  # fmt: skip
         response = self._retrying(
@@ -216,16 +222,19 @@ class PruningClient:
         header = first.header
         target = out / "model.safetensors"
         tmp = out / f".model.safetensors.{uuid.uuid4().hex}.part"
-        digest, size = hashlib.sha256(), 0
+        size = 0
         try:
             with open(tmp, "wb") as f:
-                for message in stream:
-                    digest.update(message.chunk)
-                    size += len(message.chunk)
-                    f.write(message.chunk)
-            if size != header.total_size or digest.hexdigest() != header.sha256:
+                writer = HashingWriter(f)  # hash and write while the next chunks arrive
+                try:
+                    for message in stream:
+                        size += len(message.chunk)
+                        writer.write(message.chunk)
+                finally:
+                    sha = writer.close()
+            if size != header.total_size or sha != header.sha256:
                 raise DownloadError(
-                    f"job {job_id}: downloaded {size} bytes with sha256 {digest.hexdigest()}, "
+                    f"job {job_id}: downloaded {size} bytes with sha256 {sha}, "
                     f"the server announced {header.total_size} bytes with sha256 {header.sha256}"
                 )
             os.replace(tmp, target)

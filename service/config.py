@@ -111,6 +111,9 @@ class ServiceConfig:
         watch_interval: minimum seconds between two progress messages to one watcher.
         chunk_bytes: download chunk size.
         log_json: one JSON line per RPC and per job transition on stderr.
+        raw_bytes_rpc: also serve ``/metaprune.bench.RawBytes/{Upload,Download}``, plain
+            byte streams with no checks, so ``benchmarks/service.py`` can compare the upload
+            and download paths with raw gRPC streaming on the same server (off by default).
     """
 
     host: str = "127.0.0.1"
@@ -134,6 +137,7 @@ class ServiceConfig:
     watch_interval: float = 0.1
     chunk_bytes: int = 1024 * 1024
     log_json: bool = True
+    raw_bytes_rpc: bool = False
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads_per_worker", "max_message_bytes", "max_queued_jobs",

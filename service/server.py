@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -104,6 +104,8 @@ def create_server(
     pb_grpc.add_PruningServiceServicer_to_server(
         PruningServicer(config, store, blobs, jobs), server
     )
+    if config.raw_bytes_rpc:
+        server.add_generic_rpc_handlers((_raw_bytes_handler(config.chunk_bytes),))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -137,4 +139,30 @@ def _credentials(config: ServiceConfig) -> grpc.ServerCredentials:
         raise InvalidInputError(f"cannot read a TLS file of the service config: {err}") from None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _raw_bytes_handler(chunk_bytes: int) -> grpc.GenericRpcHandler:
+    """Benchmark baseline: the cheapest byte streams gRPC Python can do on this server
+    (behind the same interceptor, so authentication and logging cost the same)."""
+
+    def upload(chunks: Any, context: Any) -> bytes:
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+        return str(total).encode()
+
+    def download(request: bytes, context: Any) -> Any:
+        left = int(request.decode())
+        block = b"\0" * chunk_bytes
+        while left > 0:
+            yield block[: min(left, chunk_bytes)]
+            left -= chunk_bytes
+
+    return grpc.method_handlers_generic_handler(
+        "metaprune.bench.RawBytes",
+        {
+            "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "Download": grpc.unary_stream_rpc_method_handler(download),
+        },
     )
