@@ -174,3 +174,25 @@ class TestRefused:
     def test_no_token(self, connect: Callable, checkpoint: Path) -> None:
         with _expect(grpc.StatusCode.UNAUTHENTICATED):
             _upload(connect(None), checkpoint.read_bytes())
+
+
+def test_delete_model_drops_the_callers_reference_then_the_bytes(
+    server: Any, connect: Callable[..., PruningClient], tmp_path: Path
+) -> None:
+    from service.testing import make_checkpoint
+
+    path = make_checkpoint(tmp_path / "own.safetensors", seed=42)
+    alice, bob = connect("alice"), connect("bob")
+    model = alice.upload(path)
+    assert bob.upload(path).model_id == model.model_id
+    blob = server.blobs.blob_path(model.model_id[7:])
+    alice.delete_model(model.model_id)
+    assert blob.is_file()  # bob still has it
+    with pytest.raises(grpc.RpcError) as info:
+        alice.create_job(model.model_id, "synthetic", {})
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    bob.delete_model(model.model_id)
+    assert not blob.exists()  # nobody references it: the bytes are gone
+    with pytest.raises(grpc.RpcError) as info:
+        bob.delete_model(model.model_id)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
