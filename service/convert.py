@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,14 +42,23 @@ __all__ = [
 ]
 
 
+_VALUE = "google.protobuf.Value"
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
-    """Fields that are set, by name: nested messages as dicts, repeated fields as lists."""
+    """Fields that are set, by name: nested messages as dicts, repeated fields as lists,
+    ``google.protobuf.Value`` fields (a dataclass field of several scalar types, e.g.
+    ``float | str``) as the plain value."""
+    from google.protobuf.json_format import MessageToDict
+
     out: dict[str, Any] = {}
     for field, value in message.ListFields():
-        if field.message_type is not None and not _is_repeated(field):
-            out[field.name] = message_to_dict(value)
-        elif _is_repeated(field):
+        if _is_repeated(field):
             out[field.name] = list(value)
+        elif field.message_type is not None and field.message_type.full_name == _VALUE:
+            out[field.name] = MessageToDict(value)
+        elif field.message_type is not None:
+            out[field.name] = message_to_dict(value)
         else:
             out[field.name] = value
     return out
@@ -92,7 +102,11 @@ def _fill(message: Message, data: Mapping[str, Any]) -> None:
                 f"PruneConfig field {key!r} has no counterpart in metaprune.v1."
                 f"{message.DESCRIPTOR.name} (extend protos/metaprune/v1/prune_config.proto)"
             )
-        if field.message_type is not None and not _is_repeated(field):
+        if field.message_type is not None and field.message_type.full_name == _VALUE:
+            from google.protobuf.json_format import ParseDict
+
+            getattr(message, key).CopyFrom(ParseDict(value, struct_pb2.Value()))
+        elif field.message_type is not None and not _is_repeated(field):
             _fill(getattr(message, key), value)
         elif _is_repeated(field):
             getattr(message, key).extend(value)
@@ -101,30 +115,55 @@ def _fill(message: Message, data: Mapping[str, Any]) -> None:
 
 
 def missing_fields(cls: type = PruneConfig, descriptor: Any = None, prefix: str = "") -> list[str]:
-    """Dataclass fields (dotted paths) without a same-named proto field of a fitting kind."""
+    """Dataclass fields (dotted paths) without a same-named proto field of a fitting kind.
+
+    Kinds: a nested dataclass is a message of the same shape; ``bool``, ``int``, ``float``,
+    ``str`` (optionally ``| None``) are ``bool``, ``int32``/``int64``, ``double``, ``string``;
+    ``tuple[X, ...]`` is ``repeated X``; a union of several scalar types (``float | str``)
+    is a ``google.protobuf.Value``.
+    """
     descriptor = descriptor or cpb.PruneConfig.DESCRIPTOR
+    hints = typing.get_type_hints(cls)
     missing = []
     for f in dataclasses.fields(cls):
         proto = descriptor.fields_by_name.get(f.name)
         path = prefix + f.name
-        nested = _dataclass_type(cls, f.name)
+        hint = hints[f.name]
         if proto is None:
             missing.append(path)
-        elif nested is not None:
-            if proto.message_type is None:
+        elif dataclasses.is_dataclass(hint):
+            if proto.message_type is None or _is_repeated(proto):
                 missing.append(path)
             else:
-                missing += missing_fields(nested, proto.message_type, path + ".")
-        elif proto.message_type is not None:
-            missing.append(path)
+                missing += missing_fields(hint, proto.message_type, path + ".")
+        elif not _fits(hint, proto):
+            missing.append(f"{path} (type {hint} vs proto field {proto.name} of another kind)")
     return missing
 
 
-def _dataclass_type(cls: type, name: str) -> type | None:
-    import typing
+_SCALARS = {
+    bool: ("TYPE_BOOL",),
+    int: ("TYPE_INT32", "TYPE_INT64", "TYPE_UINT32", "TYPE_UINT64"),
+    float: ("TYPE_DOUBLE", "TYPE_FLOAT"),
+    str: ("TYPE_STRING",),
+}
 
-    hint = typing.get_type_hints(cls)[name]
-    return hint if dataclasses.is_dataclass(hint) else None
+
+def _fits(hint: Any, proto: Any) -> bool:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return _is_repeated(proto) and _scalar_fits(args[0], proto)
+    if _is_repeated(proto):
+        return False
+    kinds = args if args else [hint]
+    if len(kinds) > 1:
+        return proto.message_type is not None and proto.message_type.full_name == _VALUE
+    return _scalar_fits(kinds[0], proto)
+
+
+def _scalar_fits(kind: Any, proto: Any) -> bool:
+    names = _SCALARS.get(kind, ())
+    return any(proto.type == getattr(proto, name) for name in names)
 
 
 def _is_repeated(field: Any) -> bool:

@@ -36,9 +36,25 @@ class _WithNestedField(PruneConfig):
     target: _NewTarget = dataclasses.field(default_factory=_NewTarget)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RetypedTarget(Target):
+    value: float | str = 2.0  # e.g. a number or "auto": needs a google.protobuf.Value
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithRetypedField(PruneConfig):
+    target: _RetypedTarget = dataclasses.field(default_factory=_RetypedTarget)
+    seed: str = "0"
+
+
 def test_a_new_dataclass_field_is_detected() -> None:
     assert convert.missing_fields(_Extended) == ["brand_new_option"]
     assert convert.missing_fields(_WithNestedField) == ["target.tolerance"]
+
+
+def test_a_field_whose_type_changed_is_detected() -> None:
+    missing = convert.missing_fields(_WithRetypedField)
+    assert [m.split(" ")[0] for m in missing] == ["target.value", "seed"]
 
 
 def test_round_trip_of_defaults_and_of_every_changed_field() -> None:
