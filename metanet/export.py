@@ -3,16 +3,27 @@
 ``NAME.json`` holds ``{"format_version": 1, "config": MetaNetwork.config, "info": {...}}``
 (``info`` is free-form provenance: source checkpoint, epoch, selection score, zoo...);
 the safetensors file carries the same config in its metadata (``metanet.config``), so it
-also loads on its own. :func:`load` resolves bare names against ``metanet/pretrained/``
-(e.g. ``load("resnet20-digits")``) and also reads the Lightning ``.ckpt`` files that
-``metaprune metanet fit`` writes, with ``torch.load(weights_only=True)``: only ever call
-it on checkpoints you produced yourself, never on uploaded files.
+also loads on its own.
+
+Names and paths are distinct (:func:`load`): a bare **name** (``"resnet20-digits"``)
+resolves only in the registry directories (:func:`registry_dirs`: ``metanet/pretrained/``
+and the directories in ``$METAPRUNE_METANET_PATH``), never against the working
+directory; a **path** (anything with a ``/`` or a ``.safetensors``/``.json`` suffix) is
+for local use and can be refused (``allow_paths=False``, what a service does).
+
+Jobs never make the library unpickle anything: :func:`load` reads only exported
+safetensors files, with their size, header size, JSON depth and tensor shapes checked
+against :class:`~metaprune.limits.Limits` before the network is built. Reading a
+Lightning ``.ckpt`` (``torch.load(weights_only=True)``) happens only in
+:func:`read_fit_checkpoint` / :func:`export_checkpoint`, i.e. ``metaprune metanet
+export``, for checkpoints you produced yourself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +31,47 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from metaprune.checkpoint import check_safetensors_file
+from metaprune.documents import parse_json
+from metaprune.errors import (
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    describe_exception,
+    quote,
+)
+from metaprune.limits import DEFAULT_LIMITS, Limits
+from metaprune.models.size import build_guard
+
 from .network import MetaNetwork
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",
     "PRETRAINED_DIR",
     "ExportError",
+    "MetanetNotFoundError",
     "export",
     "export_checkpoint",
     "list_pretrained",
     "load",
+    "read_fit_checkpoint",
+    "registry_dirs",
 ]
 
 EXPORT_FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 _CONFIG_KEY = "metanet.config"
 _VERSION_KEY = "metanet.format_version"
+_PATH_ENV = "METAPRUNE_METANET_PATH"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class ExportError(ValueError):
+class ExportError(InvalidInputError):
     """A metanetwork file is missing, malformed, or does not match its config."""
+
+
+class MetanetNotFoundError(ExportError, NotFoundError):
+    """No registered metanetwork has this name (or no export is at this path)."""
 
 
 def _base(path: str | os.PathLike[str]) -> Path:
@@ -83,89 +115,197 @@ def export(
     return weights, config_path
 
 
+def registry_dirs() -> list[Path]:
+    """Directories searched for metanetwork names: the shipped ``metanet/pretrained/``, then
+    those listed in ``$METAPRUNE_METANET_PATH`` (``os.pathsep``-separated, absolute)."""
+    extra = [Path(p) for p in os.environ.get(_PATH_ENV, "").split(os.pathsep) if p]
+    return [PRETRAINED_DIR, *(p for p in extra if p.is_absolute())]
+
+
 def list_pretrained() -> list[str]:
-    """Names of the metanetworks shipped in ``metanet/pretrained/``."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+    """Names of the registered metanetworks (in :func:`registry_dirs`)."""
+    return sorted({p.stem for d in registry_dirs() for p in d.glob("*.safetensors")})
 
 
-def _resolve(path_or_name: str | os.PathLike[str]) -> Path:
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    paired = path.with_name(path.name + ".safetensors")  # an export's base path
-    if paired.is_file():
-        return paired
-    name = str(path_or_name)
-    if os.sep not in name and "/" not in name:
-        shipped = PRETRAINED_DIR / f"{_base(name).name}.safetensors"
-        if shipped.exists():
-            return shipped
-    raise ExportError(
-        f"metanetwork {name!r} is neither a file nor a shipped name (shipped: {', '.join(list_pretrained()) or 'none'})"
+def _is_name(text: str) -> bool:
+    return (
+        "/" not in text
+        and os.sep not in text
+        and not text.endswith((".safetensors", ".json", ".ckpt"))
     )
 
 
-def load(path_or_name: str | os.PathLike[str], device: torch.device | str = "cpu") -> MetaNetwork:
-    """A :class:`MetaNetwork` from an exported file, a shipped name or a fit checkpoint.
+def _resolve(path_or_name: str | os.PathLike[str], allow_paths: bool) -> Path:
+    text = os.fspath(path_or_name) if isinstance(path_or_name, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text:
+        raise ExportError(f"a metanetwork must be a name or a path (found {quote(path_or_name)})")
+    if _is_name(text):
+        if _NAME.fullmatch(text) and ".." not in text:
+            for directory in registry_dirs():
+                found = directory / f"{text}.safetensors"
+                if found.is_file():
+                    return found
+        # the same words whether or not some file of that name exists anywhere else
+        raise MetanetNotFoundError(
+            f"metanetwork {quote(text)} is not registered "
+            f"(registered: {', '.join(list_pretrained()) or 'none'})"
+        )
+    if not allow_paths:
+        raise ExportError(
+            f"metanetwork {quote(text)} is a path; only registered names are accepted here"
+        )
+    path = Path(text)
+    if path.suffix == ".ckpt":
+        raise ExportError(
+            f"metanetwork {quote(text)} is a Lightning checkpoint; jobs read only exported "
+            "safetensors metanetworks: export it first with "
+            "`metaprune metanet export --ckpt FILE --out NAME` (for checkpoints you produced)"
+        )
+    weights = (
+        path
+        if path.suffix == ".safetensors"
+        else _base(path).with_name(_base(path).name + ".safetensors")
+    )
+    try:
+        exists = weights.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        exists = False
+    if not exists:
+        raise MetanetNotFoundError(f"metanetwork export {quote(str(weights))} does not exist")
+    return weights
 
-    Accepts ``NAME`` (shipped), ``X.safetensors`` / ``X.json`` (exported pair) or ``X.ckpt``
-    (a Lightning checkpoint written by ``metaprune metanet fit``). Returned in eval mode.
+
+def load(
+    path_or_name: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    allow_paths: bool = True,
+) -> MetaNetwork:
+    """A :class:`MetaNetwork` from a registered name or an exported file (never a pickle).
+
+    Accepts ``NAME`` (registered, see :func:`registry_dirs`) or, if ``allow_paths``, a path
+    to an exported pair: ``X.safetensors``, ``X.json`` or ``X``. Returned in eval mode.
+    The shapes recorded in the file are compared with the config (built on the meta
+    device, within ``limits``) before anything real is allocated.
 
     Raises:
-        ExportError: unknown name, unreadable file, or weights that do not fit the config.
+        MetanetNotFoundError: unknown name, or no export at the path (a NotFoundError).
+        ExportError: a ``.ckpt`` or (with ``allow_paths=False``) any path; unreadable or
+            malformed file; weights that do not fit the config; non-finite weights.
+        LimitExceededError: file, header, JSON or network over ``limits``.
     """
-    path = _resolve(path_or_name)
-    if path.suffix == ".ckpt":
-        config, state = _read_lightning(path)
-    else:
-        config, state = _read_export(_base(path))
+    weights = _resolve(path_or_name, allow_paths)
+    config, shapes, reader = _read_export(_base(weights), limits)
+    where = f"metanetwork {str(weights)!r}"
+    skeleton = _build(config, "meta", limits, where)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if expected != shapes:
+        missing = sorted(set(expected) - set(shapes))
+        extra = sorted(set(shapes) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+        raise ExportError(
+            f"{where} does not match its config: missing {quote(missing[:5])}, unexpected "
+            f"{quote(extra[:5])}, wrong shape {quote(wrong[:5])}"
+        )
+    state = reader()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{where}: {len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]!r}")
+    metanet = _build(config, None, limits, where)
     try:
-        metanet = MetaNetwork.from_config(config)
         metanet.load_state_dict(state, strict=True)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ExportError(f"metanetwork {str(path)!r} does not match its config: {err}") from None
+    except (RuntimeError, ValueError) as err:
+        raise ExportError(f"{where} does not match its config: {describe_exception(err)}") from None
     return metanet.to(device).eval()
 
 
-def _read_export(base: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _build(config: dict[str, Any], device: str | None, limits: Limits, where: str) -> MetaNetwork:
+    try:
+        with build_guard(limits, where), torch.device(device or "cpu"):
+            return MetaNetwork.from_config(config)
+    except LimitExceededError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a malformed config breaks the constructor anyhow)
+        raise ExportError(f"{where} has an invalid config: {describe_exception(err)}") from None
+
+
+def _read_export(
+    base: Path, limits: Limits
+) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], Any]:
+    """The config, the tensor shapes from the header, and a function reading the tensors."""
     weights, config_path = (
         base.with_name(base.name + ".safetensors"),
         base.with_name(base.name + ".json"),
     )
+    where = f"metanetwork {str(weights)!r}"
+    check_safetensors_file(weights, limits, where)
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except Exception as err:  # safetensors raises several error types
-        raise ExportError(f"cannot read metanetwork weights {str(weights)!r}: {err}") from None
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 (safetensors raises several error types)
+        raise ExportError(f"cannot read {where}: {describe_exception(err)}") from None
     if config_path.exists():
-        try:
-            document = json.loads(config_path.read_text())
-        except ValueError as err:
+        limits.check("max_spec_bytes", config_path.stat().st_size, f"{config_path.name}")
+        document = parse_json(
+            config_path.read_bytes(), limits, f"metanetwork config {str(config_path)!r}"
+        )
+        if not isinstance(document, dict):
             raise ExportError(
-                f"metanetwork config {str(config_path)!r} is not valid JSON: {err}"
-            ) from None
+                f"metanetwork config {str(config_path)!r} must be a JSON object "
+                f"(found {type(document).__name__})"
+            )
         version, config = document.get("format_version"), document.get("config")
     else:
-        version, config = (
-            meta.get(_VERSION_KEY),
-            json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None,
+        version = meta.get(_VERSION_KEY)
+        config = (
+            parse_json(meta[_CONFIG_KEY], limits, f"{where} metadata")
+            if _CONFIG_KEY in meta
+            else None
         )
     if str(version) != str(EXPORT_FORMAT_VERSION) or not isinstance(config, dict):
         raise ExportError(
-            f"metanetwork {str(weights)!r}: expected format_version {EXPORT_FORMAT_VERSION} and a config "
-            f"(found format_version {version!r}, config {type(config).__name__})"
+            f"{where}: expected format_version {EXPORT_FORMAT_VERSION} and a config "
+            f"(found format_version {quote(version)}, config {type(config).__name__})"
         )
-    return config, state
+
+    def read() -> dict[str, torch.Tensor]:
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as err:  # noqa: BLE001
+            raise ExportError(f"cannot read {where}: {describe_exception(err)}") from None
+
+    return config, shapes, read
 
 
-def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    # weights_only=True: plain containers and tensors only, no arbitrary unpickling
+def read_fit_checkpoint(ckpt: str | os.PathLike[str]) -> MetaNetwork:
+    """The metanetwork of a Lightning checkpoint written by ``metaprune metanet fit``.
+
+    Uses ``torch.load(weights_only=True)``: call it only on checkpoints you produced
+    yourself, never on a file from anyone else (jobs never call it; they read exports).
+    """
+    config, state, _ = _read_lightning(Path(ckpt))
+    try:
+        metanet = MetaNetwork.from_config(config)
+        metanet.load_state_dict(state, strict=True)
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(
+            f"checkpoint {str(ckpt)!r} does not match its config: {describe_exception(err)}"
+        ) from None
+    return metanet.eval()
+
+
+def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    # weights_only=True: plain containers and tensors only; still, only for the user's own files
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExportError(f"cannot read Lightning checkpoint {str(path)!r}: {err}") from None
-    config = ckpt.get("metanet_config")
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(
+            f"cannot read Lightning checkpoint {str(path)!r}: {describe_exception(err)}"
+        ) from None
+    config = ckpt.get("metanet_config") if isinstance(ckpt, dict) else None
     if not isinstance(config, dict):
         raise ExportError(
             f"checkpoint {str(path)!r} was not written by MetaPruneModule (no 'metanet_config')"
@@ -174,7 +314,7 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     state = {
         k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)
     }
-    return config, state
+    return config, state, ckpt
 
 
 def export_checkpoint(
@@ -185,7 +325,7 @@ def export_checkpoint(
 ) -> tuple[Path, Path]:
     """Export the metanetwork of a fit checkpoint, recording its epoch, step and score."""
     ckpt = Path(ckpt)
-    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    _, _, raw = _read_lightning(ckpt)
     provenance: dict[str, Any] = {
         "source": ckpt.name,
         "epoch": raw.get("epoch"),
@@ -197,4 +337,4 @@ def export_checkpoint(
             provenance["monitor"] = state.get("monitor", "val/auc")
             provenance["best_score"] = float(score) if score is not None else None
     provenance["hyper_parameters"] = raw.get("hyper_parameters")
-    return export(load(ckpt), path, info={**provenance, **(info or {})})
+    return export(read_fit_checkpoint(ckpt), path, info={**provenance, **(info or {})})

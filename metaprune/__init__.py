@@ -14,19 +14,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checkpoint import CheckpointError, load, load_state, save
+from .checkpoint import CheckpointError, load, load_state, read_spec, save
 from .data import DatasetError, DatasetSplits, get_dataset, list_datasets
-from .models import ArchSpec, create_model, list_models
+from .errors import InvalidInputError, LimitExceededError, MetapruneError, NotFoundError
+from .limits import DEFAULT_LIMITS, Limits, check_spec
+from .models import ArchSpec, SpecSize, create_model, list_models, spec_size
 from .version import __version__
 
 __all__ = [
     "__version__",
+    "DEFAULT_LIMITS",
     "ArchSpec",
     "CheckpointError",
     "DatasetError",
     "DatasetSplits",
+    "InvalidInputError",
+    "LimitExceededError",
+    "Limits",
+    "MetapruneError",
+    "NotFoundError",
     "PruneConfig",
     "PruneResult",
+    "SpecSize",
+    "check_spec",
     "create_model",
     "get_dataset",
     "list_datasets",
@@ -34,7 +44,9 @@ __all__ = [
     "load",
     "load_state",
     "prune",
+    "read_spec",
     "save",
+    "spec_size",
 ]
 
 _PRUNING = {"prune", "PruneConfig", "PruneResult"}

@@ -54,6 +54,7 @@ __all__ = [
     "SPEC_KEY",
     "VERSION_KEY",
     "CheckpointError",
+    "check_safetensors_file",
     "CheckpointNotFoundError",
     "load",
     "load_state",
@@ -254,14 +255,33 @@ def _real_device(device: torch.device | str, where: str) -> torch.device:
         ) from None
     if parsed.type == "meta":
         raise CheckpointError(f"{where}: device 'meta' holds no data; load onto 'cpu' or 'cuda'")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"{where}: device {str(parsed)!r} is not available (no CUDA)")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(parsed.type, False):
+        raise CheckpointError(
+            f"{where}: device {str(parsed)!r} is not available on this machine "
+            f"(available: {', '.join(k for k, v in available.items() if v)})"
+        )
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise CheckpointError(f"{where}: device {str(parsed)!r} does not exist on this machine")
     return parsed
 
 
 def _checkpoint_file(path: Path, limits: Limits) -> Path:
     """The file to read: ``path`` itself, or the one ``*.safetensors`` in directory ``path``;
     its size and safetensors header size are checked before any parser sees it."""
+    try:
+        return _find_checkpoint_file(path, limits)
+    except OSError as err:  # e.g. a name too long for the file system, permissions
+        raise CheckpointError(
+            f"checkpoint {quote(str(path))} cannot be opened: {err.strerror or _reason(err)}"
+        ) from None
+
+
+def _find_checkpoint_file(path: Path, limits: Limits) -> Path:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors"))
         if len(found) != 1:
@@ -272,10 +292,22 @@ def _checkpoint_file(path: Path, limits: Limits) -> Path:
             )
         path = found[0]
     if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint file {quote(str(path), 1000)} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
-    where = f"checkpoint {str(path)!r}"
+    return check_safetensors_file(path, limits, f"checkpoint {str(path)!r}")
+
+
+def check_safetensors_file(path: Path, limits: Limits, where: str) -> Path:
+    """Check an existing safetensors file's size and header length against ``limits``
+    (and that the header fits in the file) before any parser reads it.
+
+    Raises:
+        CheckpointError: not a file, or a header length the file cannot hold.
+        LimitExceededError: over ``max_upload_bytes`` or ``max_header_bytes``.
+    """
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{where}: no such file")
     size = path.stat().st_size
     limits.check("max_upload_bytes", size, f"{where} file size")
     with path.open("rb") as f:
@@ -353,17 +385,19 @@ def _check_state(
     for key, ref in expected.items():
         if key not in found:
             problems.append(
-                f"missing key {key!r} (expected shape {tuple(ref.shape)}, dtype {ref.dtype})"
+                f"missing key {quote(key, 100)} (expected shape {tuple(ref.shape)}, dtype {ref.dtype})"
             )
             continue
         shape, dtype = found[key]
         if shape != tuple(ref.shape):
-            problems.append(f"key {key!r}: expected shape {tuple(ref.shape)}, found {shape}")
+            problems.append(
+                f"key {quote(key, 100)}: expected shape {tuple(ref.shape)}, found {shape}"
+            )
         if ref.is_floating_point() != dtype.is_floating_point or (
             not ref.is_floating_point() and ref.dtype != dtype
         ):
             kind = "a floating dtype" if ref.is_floating_point() else str(ref.dtype)
-            problems.append(f"key {key!r}: expected {kind}, found {dtype}")
+            problems.append(f"key {quote(key, 100)}: expected {kind}, found {dtype}")
     problems += [
         f"unexpected key {quote(key, 100)} (shape {quote(found[key][0], 100)})"
         for key in found

@@ -224,14 +224,16 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads for the job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_limits_argument(p)
     p.add_argument("--max-wall-seconds", type=_positive_float, help="wall-clock budget of the job")
     p.epilog = _EXIT_HELP
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from metaprune.limits import DEFAULT_LIMITS
+    from metaprune.errors import quote
     from metaprune.pruning import PruneConfig, format_report, prune
 
+    limits = _limits(args)
     if args.metanet is not None and args.method is None:
         args.method = "metanet"  # --metanet implies the method (documented in --help)
     if args.metanet is not None and args.method != "metanet":
@@ -255,21 +257,28 @@ def _run_prune(args: argparse.Namespace) -> int:
             node = data
             for key in path[:-1]:
                 node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise UsageError(
+                        f"metaprune prune: error: config key {key!r} must be a mapping "
+                        f"(found {type(node).__name__})"
+                    )
             node[path[-1]] = value
     config = PruneConfig.from_dict(data)
-    config.check_limits(DEFAULT_LIMITS)
+    config.check_limits(limits)
     if config.method == "metanet" and config.metanet is None:
         raise UsageError("metaprune prune: error: --method metanet needs --metanet NAME_OR_PATH")
     if config.metanet is not None and config.method not in ("metanet", "auto"):
         raise UsageError(
-            f"metaprune prune: error: the config names metanet {config.metanet!r} but method "
+            f"metaprune prune: error: the config names metanet {quote(config.metanet)} but method "
             f"{config.method!r} does not use it; set method to 'metanet' or drop 'metanet'"
         )
     if not Path(args.checkpoint).exists():
         raise UsageError(f"metaprune prune: error: checkpoint {args.checkpoint!r} does not exist")
-    _set_threads(args.threads)
+    _set_threads(args.threads, limits)
     with _progress_bar(args.quiet) as progress:
-        result = prune(args.checkpoint, args.dataset, config, progress, data_root=args.data_root)
+        result = prune(
+            args.checkpoint, args.dataset, config, progress, data_root=args.data_root, limits=limits
+        )
     paths = result.save(args.out)
     print(format_report(result.report))
     for kind, path in paths.items():
@@ -350,16 +359,41 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/val split")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_limits_argument(p)
 
 
-def _set_threads(threads: int | None) -> None:
+def _add_limits_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--limits",
+        metavar="FILE",
+        help="JSON/YAML mapping overriding the default Limits, e.g. {max_params: 500000000}",
+    )
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    """The ``Limits`` of this run: the defaults, overridden by ``--limits FILE``."""
+    from metaprune.documents import parse_yaml
+    from metaprune.limits import DEFAULT_LIMITS, Limits
+
+    path = getattr(args, "limits", None)
+    if path is None:
+        return DEFAULT_LIMITS
+    try:
+        with open(path, "rb") as f:  # noqa: PTH123
+            raw = f.read(DEFAULT_LIMITS.max_spec_bytes + 1)
+    except OSError as err:
+        raise UsageError(f"metaprune: error: cannot read limits {path!r}: {err.strerror}") from None
+    return Limits.from_dict(parse_yaml(raw, DEFAULT_LIMITS, f"limits {path!r}") or {})
+
+
+def _set_threads(threads: int | None, limits: Any = None) -> None:
     """One or two threads are much faster than the default on a shared CPU (tiny kernels)."""
     if threads is not None:
         import torch
 
         from metaprune.limits import DEFAULT_LIMITS
 
-        DEFAULT_LIMITS.check("max_threads", threads, "--threads")
+        (limits or DEFAULT_LIMITS).check("max_threads", threads, "--threads")
 
         torch.set_num_threads(threads)
 
@@ -369,15 +403,15 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from metaprune import checkpoint
     from metaprune.data import get_dataset, make_loaders
-    from metaprune.limits import DEFAULT_LIMITS
     from metaprune.pruning import evaluate, measure_cost
     from metaprune.pruning.pipeline import _check_classes
 
-    _set_threads(args.threads)
-    DEFAULT_LIMITS.check("max_batch_size", args.batch_size, "--batch-size")
-    model, spec = checkpoint.load(args.checkpoint)
+    limits = _limits(args)
+    _set_threads(args.threads, limits)
+    limits.check("max_batch_size", args.batch_size, "--batch-size")
+    model, spec = checkpoint.load(args.checkpoint, limits=limits)
     splits = get_dataset(args.dataset, args.data_root, args.seed)
-    DEFAULT_LIMITS.check("max_image_size", splits.image_size, f"dataset {splits.name!r}")
+    limits.check("max_image_size", splits.image_size, f"dataset {splits.name!r}")
     _, val, test = make_loaders(splits, args.batch_size, args.seed)
     example = torch.zeros(1, splits.in_channels, splits.image_size, splits.image_size)
     _check_classes(model.eval(), example, splits)  # input shape and class count, as prune
@@ -400,6 +434,7 @@ def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="input size for MACs and the graph (default: 8 for 1 channel, else 32)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_limits_argument(p)
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -407,16 +442,17 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from metaprune import checkpoint
     from metaprune.errors import InvalidInputError, describe_exception
-    from metaprune.limits import DEFAULT_LIMITS, check_spec
+    from metaprune.limits import check_spec
     from metaprune.pruning import measure_cost
 
-    spec = checkpoint.read_spec(args.checkpoint)
+    limits = _limits(args)
+    spec = checkpoint.read_spec(args.checkpoint, limits=limits)
     in_channels = spec.kwargs.get("in_channels", 3)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise InvalidInputError(f"spec {spec.name!r}: in_channels must be a positive int")
     size = args.image_size or (8 if in_channels == 1 else 32)
-    check_spec(spec, DEFAULT_LIMITS, (in_channels, size, size))  # before any real memory
-    model, spec = checkpoint.load(args.checkpoint)
+    check_spec(spec, limits, (in_channels, size, size))  # before any real memory
+    model, spec = checkpoint.load(args.checkpoint, limits=limits)
     example = torch.zeros(1, in_channels, size, size)
     model.eval()
     try:

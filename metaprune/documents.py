@@ -23,8 +23,9 @@ __all__ = ["check_depth", "parse_json", "parse_yaml", "text_depth"]
 
 def text_depth(text: str) -> int:
     """The maximum bracket nesting of JSON (or flow-style YAML) ``text``, ignoring brackets
-    inside quoted strings; a cheap, non-recursive upper-bound check run before parsing.
-    YAML block nesting (indentation) is counted as one level per indentation step."""
+    inside quoted strings; a cheap, non-recursive check run before parsing. (YAML block
+    nesting is bounded after parsing by :func:`check_depth`; a parser recursion error on
+    absurd indentation depth is caught and reported as invalid input.)"""
     depth = deepest = 0
     in_string: str | None = None
     escaped = False

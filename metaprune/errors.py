@@ -19,6 +19,7 @@ category                    meaning                       gRPC code
 from __future__ import annotations
 
 import re
+import reprlib
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -36,6 +37,10 @@ MAX_MESSAGE_BYTES = 4096
 _QUOTE_CHARS = 200
 # room left for a front end's prefix ("metaprune: error: ...") within MAX_MESSAGE_BYTES
 _MESSAGE_CHARS = 3000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 8, 8, 8
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _QUOTE_CHARS, 60, 60
 
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{4,}\b")
 _ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+\.(?:py|so|pyx|cpp|h))")
@@ -111,8 +116,20 @@ def quote(value: object, limit: int = _QUOTE_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters, saying how much was cut.
 
     Use it whenever a message quotes client data, so a 5 MB name cannot make a 5 MB error.
+    The work is bounded too: a long string is cut before ``repr``, and containers are
+    shown a few levels and items deep (``reprlib``), so a 10^6-deep or 10^8-long list costs
+    no recursion error and no time.
     """
-    text = repr(value)
+    if isinstance(value, (str, bytes)):
+        text = repr(value[: limit + 1])
+        more = len(value) - limit
+        if more <= 0 and len(text) <= limit:
+            return text
+        return f"{text[:limit]}... ({max(more, 1):,} more characters)"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 (a hostile __repr__)
+        text = f"<{type(value).__name__}>"
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"

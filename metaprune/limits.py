@@ -79,7 +79,11 @@ class Limits:
                 raise InvalidInputError(
                     f"Limits.{field.name} must be a number (found {quote(value)})"
                 )
-            if not (math.isfinite(value) and value > 0):
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int too large for a float
+                finite = False
+            if not (finite and value > 0):
                 raise InvalidInputError(f"Limits.{field.name} must be > 0 (found {value!r})")
 
     def check(self, limit: str, requested: float, what: str = "") -> None:

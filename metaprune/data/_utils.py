@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from metaprune.data.registry import DatasetError
+from metaprune.errors import quote
 
 __all__ = ["TransformSubset", "check_fraction", "check_int", "stratified_split"]
 
@@ -20,7 +21,7 @@ def check_int(dataset: str, name: str, value: object, minimum: int = 1) -> int:
     """``value`` if it is an int ``>= minimum``, else a :class:`DatasetError`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DatasetError(
-            f"dataset {dataset!r}: {name} must be an int >= {minimum} (found {value!r})"
+            f"dataset {dataset!r}: {name} must be an int >= {minimum} (found {quote(value)})"
         )
     return value
 
@@ -29,7 +30,7 @@ def check_fraction(dataset: str, name: str, value: object) -> float:
     """``value`` if it is a number strictly between 0 and 1, else a :class:`DatasetError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise DatasetError(
-            f"dataset {dataset!r}: {name} must be a number in (0, 1) (found {value!r})"
+            f"dataset {dataset!r}: {name} must be a number in (0, 1) (found {quote(value)})"
         )
     return float(value)
 

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from metaprune.data._utils import check_fraction, check_int, stratified_split
 from metaprune.data.registry import DatasetError, DatasetSplits, register_dataset
+from metaprune.errors import quote
 
 __all__ = ["digits", "synthetic"]
 
@@ -67,6 +68,9 @@ def digits(
     )  # fmt: skip
 
 
+_MAX_SYNTHETIC_ELEMENTS = 200_000_000  # 800 MB of float32
+
+
 def _generator(seed: int, stream: int) -> torch.Generator:
     """An independent generator per (seed, stream), so split sizes do not affect each other."""
     state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
@@ -100,7 +104,16 @@ def synthetic(
                         ("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):  # fmt: skip
         check_int("synthetic", name, value)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise DatasetError(f"dataset 'synthetic': noise must be a number >= 0 (found {noise!r})")
+        raise DatasetError(
+            f"dataset 'synthetic': noise must be a number >= 0 (found {quote(noise)})"
+        )
+    # generated in memory: bound the total before allocating (the templates count too)
+    elements = (n_train + n_val + n_test + num_classes) * in_channels * image_size**2
+    if elements > _MAX_SYNTHETIC_ELEMENTS:
+        raise DatasetError(
+            f"dataset 'synthetic': {elements:,} values requested (samples x channels x pixels), "
+            f"over the {_MAX_SYNTHETIC_ELEMENTS:,} this in-memory test dataset allows"
+        )
     coarse = max(1, image_size // 2)
     templates = torch.randn(num_classes, in_channels, coarse, coarse, generator=_generator(seed, 0))
     templates = F.interpolate(

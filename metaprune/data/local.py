@@ -26,6 +26,8 @@ from torchvision import transforms as T
 
 from metaprune.data._utils import TransformSubset, check_fraction, check_int, stratified_split
 from metaprune.data.registry import DatasetError, DatasetSplits, register_dataset
+from metaprune.errors import describe_exception
+from metaprune.limits import DEFAULT_LIMITS
 
 __all__ = ["cifar10", "cifar100", "imagefolder", "svhn"]
 
@@ -35,6 +37,34 @@ _SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 _NO_DOWNLOAD = "metaprune never downloads datasets; place the files there first"
+
+#: Largest image (width x height) a local image dataset may hold: 8192 x 8192. Checked from
+#: the file header before decoding, so a small file that claims gigapixels is refused.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def load_image(path: str) -> Any:
+    """Open an image file as RGB (the ImageFolder loader), refusing decompression bombs
+    and unreadable files with :class:`DatasetError` naming the file."""
+    from PIL import Image
+
+    name = os.path.basename(path)
+    try:
+        with Image.open(path) as img:  # parses the header only
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"dataset 'imagefolder': image {name!r} is {width} x {height} pixels, over "
+                    f"the {MAX_IMAGE_PIXELS:,}-pixel bound (a decompression bomb?)"
+                )
+            return img.convert("RGB")
+    except DatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DatasetError(
+            f"dataset 'imagefolder': cannot read image {name!r}: "
+            + describe_exception(err).replace(path, name)  # the file, not the host's layout
+        ) from None
 
 
 def _root(name: str, root: str | os.PathLike[str] | None, expected: str) -> Path:
@@ -63,7 +93,7 @@ def _open(name: str, where: Path, factory: Callable[[], Dataset]) -> Any:
         return factory()
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
         raise DatasetError(
-            f"dataset {name!r}: cannot read the files under {str(where)!r}: {err}"
+            f"dataset {name!r}: cannot read the files under {str(where)!r}: {describe_exception(err)}"
         ) from None
 
 
@@ -185,12 +215,19 @@ def imagefolder(
     center crop. Normalised with ImageNet statistics.
     """
     check_int("imagefolder", "image_size", image_size)
+    DEFAULT_LIMITS.check("max_image_size", image_size, "dataset 'imagefolder' image_size")
     path = _root("imagefolder", root, "train/ and val/ class folders")
     _require("imagefolder", [path / "train", path / "val"])
     train_base = _open(
-        "imagefolder", path / "train", lambda: datasets.ImageFolder(str(path / "train"))
+        "imagefolder",
+        path / "train",
+        lambda: datasets.ImageFolder(str(path / "train"), loader=load_image),
     )
-    test_base = _open("imagefolder", path / "val", lambda: datasets.ImageFolder(str(path / "val")))
+    test_base = _open(
+        "imagefolder",
+        path / "val",
+        lambda: datasets.ImageFolder(str(path / "val"), loader=load_image),
+    )
     if train_base.classes != test_base.classes:
         raise DatasetError(
             f"dataset 'imagefolder': class folders of {str(path / 'train')!r} ({len(train_base.classes)}) and "

@@ -16,7 +16,8 @@ from typing import Protocol, TypeVar
 
 from torch.utils.data import Dataset
 
-from metaprune.errors import InvalidInputError, NotFoundError, quote
+from metaprune.errors import InvalidInputError, NotFoundError, describe_exception, quote
+from metaprune.limits import DEFAULT_LIMITS
 
 __all__ = [
     "DatasetBuilder",
@@ -101,18 +102,24 @@ def get_dataset(
         **kwargs: dataset-specific options.
 
     Raises:
-        DatasetError: unknown name (with close matches), or missing/invalid local files.
+        UnknownDatasetError: unknown name (a NotFoundError, with close matches).
+        DatasetError: invalid options, or missing/invalid local files (an InvalidInputError).
+        LimitExceededError: ``image_size`` over ``Limits.max_image_size``.
     """
     builder = _REGISTRY.get(name) if isinstance(name, str) else None
     if builder is None:
-        text = str(name)[:100]  # difflib is quadratic in the length
-        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6)
+        # difflib is quadratic in the length; str() of a deep list would recurse
+        text = name[:100] if isinstance(name, str) else ""
+        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6) if text else []
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownDatasetError(
             f"unknown dataset {quote(name)} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DatasetError(f"dataset {name!r}: seed must be an int (found {quote(seed)})")
+    image_size = kwargs.get("image_size")
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        DEFAULT_LIMITS.check("max_image_size", image_size, f"dataset {name!r} image_size")
     try:
         inspect.signature(builder).bind(root, seed, **kwargs)
     except TypeError as err:
@@ -122,6 +129,6 @@ def get_dataset(
             if p.kind is p.KEYWORD_ONLY
         ]
         raise DatasetError(
-            f"dataset {name!r}: {err} (options: {', '.join(options) or 'none'})"
+            f"dataset {name!r}: {describe_exception(err)} (options: {', '.join(options) or 'none'})"
         ) from None
     return builder(root, seed, **kwargs)

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from metaprune.errors import quote
+
 __all__ = [
     "STRUCTURAL_ATTRS",
     "ChannelPlan",
@@ -124,15 +126,17 @@ def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelP
     out: ChannelPlan = {}
     for path, attrs in plan.items():
         if not isinstance(path, str):
-            raise ValueError(f"channel plan: module path must be a string (found {path!r})")
+            raise ValueError(f"channel plan: module path must be a string (found {quote(path)})")
         if not isinstance(attrs, Mapping) or not attrs:
             raise ValueError(
-                f"channel plan: entry {path!r} must be a non-empty mapping of attributes (found {attrs!r})"
+                f"channel plan: entry {quote(path)} must be a non-empty mapping of attributes (found {quote(attrs)})"
             )
         entry: dict[str, PlanValue] = {}
         for name, value in attrs.items():
             if not isinstance(name, str):
-                raise ValueError(f"channel plan: {path!r} has a non-string attribute name {name!r}")
+                raise ValueError(
+                    f"channel plan: {quote(path)} has a non-string attribute name {quote(name)}"
+                )
             if name == "normalized_shape":
                 if (
                     not isinstance(value, (list, tuple))
@@ -140,14 +144,14 @@ def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelP
                     or not all(_is_pos_int(v) for v in value)
                 ):
                     raise ValueError(
-                        f"channel plan: {path}.normalized_shape must be a non-empty list of positive ints (found {value!r})"
+                        f"channel plan: {quote(path)}.normalized_shape must be a non-empty list of positive ints (found {quote(value)})"
                     )
                 entry[name] = [int(v) for v in value]
             elif _is_pos_int(value):
                 entry[name] = int(value)  # type: ignore[arg-type]
             else:
                 raise ValueError(
-                    f"channel plan: {path}.{name} must be a positive int (found {value!r})"
+                    f"channel plan: {quote(path)}.{quote(name)} must be a positive int (found {quote(value)})"
                 )
         out[path] = entry
     return out
@@ -175,7 +179,7 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
             module = model.get_submodule(path)
         except AttributeError:
             raise ValueError(
-                f"channel plan: module {path!r} not found in {type(model).__name__}"
+                f"channel plan: module {quote(path)} not found in {type(model).__name__}"
             ) from None
         current = structural_attrs(module)
         if current is None:

@@ -105,5 +105,5 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
     try:
         factory = _REGISTRY[name]
     except (KeyError, TypeError):
-        raise UnknownModelError(str(name)) from None
+        raise UnknownModelError(name if isinstance(name, str) else quote(name)) from None
     return factory(**kwargs)

@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["SpecSize", "build_guard", "construct", "spec_size"]
 
 # the child process imports torch, torchvision and metaprune (~4 GiB of address space on
-# this platform) before it builds anything; the model's bytes come on top of that
+# a CPU build; CUDA builds map far more) before it builds anything; the model's bytes come
+# on top of that. The parent has imported the same, so its own address space is the guide.
 _CHILD_BASE_BYTES = 5 * 1024**3
 _CHILD_BYTES_PER_ELEMENT = 8  # float32 weights + initialisation temporaries
 
@@ -168,6 +169,11 @@ def construct(
         except (NotImplementedError, RuntimeError) as err:
             if str(device) == "meta" and _is_meta_failure(err):
                 raise
+            if limits is not None and "allocate" in str(err).lower():
+                raise LimitExceededError(
+                    "max_params", limits.max_params, limits.max_params + 1,
+                    f"{what} (building it ran out of its memory budget)",
+                ) from None  # fmt: skip
             raise SpecError(f"{what}: cannot build it: {describe_exception(err)}") from None
         except RecursionError:
             raise SpecError(f"{what}: cannot build it: nesting too deep") from None
@@ -278,6 +284,9 @@ def _cached_size(key: str, shape: tuple[int, ...] | None, limits: Limits) -> Spe
 _CHILD_CODE = """
 import json, resource, sys
 limit = int(sys.argv[1])
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+if hard != resource.RLIM_INFINITY:
+    limit = min(limit, hard)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from metaprune.models.size import _child_main
 _child_main()
@@ -310,11 +319,23 @@ def _child_main() -> None:
     sys.stdout.write("\n" + json.dumps(reply) + "\n")
 
 
+def _child_base_bytes() -> int:
+    """Address space the child needs before building: this process's, plus slack."""
+    try:
+        with open("/proc/self/status") as f:  # noqa: PTH123
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return max(_CHILD_BASE_BYTES, int(line.split()[1]) * 1024 + 1024**3)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _CHILD_BASE_BYTES
+
+
 def _size_in_child(spec: ArchSpec, shape: tuple[int, ...] | None, limits: Limits) -> SpecSize:
     from metaprune.models.spec import SpecError
 
     what = f"spec {quote(spec.name)}"
-    budget = _CHILD_BASE_BYTES + _CHILD_BYTES_PER_ELEMENT * limits.max_params
+    budget = _child_base_bytes() + _CHILD_BYTES_PER_ELEMENT * limits.max_params
     from metaprune.models.registry import _REGISTRY
 
     module = getattr(_REGISTRY.get(spec.name), "__module__", "metaprune.models")
@@ -340,10 +361,12 @@ def _size_in_child(spec: ArchSpec, shape: tuple[int, ...] | None, limits: Limits
         return SpecSize(**reply["ok"])
     if "limit" in reply:
         name, value, requested = reply["limit"]
-        raise LimitExceededError(name, value, requested, what)
+        error = LimitExceededError(name, value, requested, what)
+        error.args = (reply.get("message") or str(error),)  # the child's words, with detail
+        raise error
     if "oom" in reply or done.returncode == -signal.SIGKILL:
         raise LimitExceededError(
-            "max_params", limits.max_params, budget // _CHILD_BYTES_PER_ELEMENT,
+            "max_params", limits.max_params, limits.max_params + 1,
             f"{what} (building it needed more than its {budget / 1024**3:.1f} GiB memory budget)",
         )  # fmt: skip
     if reply.get("error") == "UnknownModelError":

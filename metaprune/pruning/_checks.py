@@ -28,7 +28,7 @@ def check_number(
     name: str, value: object, minimum: float | None = None, maximum: float | None = None
 ) -> float:
     """``value`` as a finite float within ``[minimum, maximum]``, else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise ConfigError(f"{name} must be a finite number (found {quote(value)})")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         lo = "-inf" if minimum is None else minimum
@@ -37,11 +37,19 @@ def check_number(
     return float(value)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else :class:`ConfigError` with close matches."""
     if not isinstance(value, str) or value not in choices:
-        text = str(value)[:100]  # difflib is quadratic in the length
-        close = difflib.get_close_matches(text, list(choices), n=2, cutoff=0.5)
+        # difflib is quadratic in the length; str() of a deep list would recurse
+        text = value[:100] if isinstance(value, str) else ""
+        close = difflib.get_close_matches(text, list(choices), n=2, cutoff=0.5) if text else []
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
             f"{name} must be one of {', '.join(repr(c) for c in choices)} (found {quote(value)}){hint}"

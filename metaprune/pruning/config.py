@@ -102,7 +102,7 @@ class FinetuneBudget:
         if isinstance(self.milestones, (str, bytes)) or not isinstance(
             self.milestones, (list, tuple)
         ):
-            raise ConfigError(f"milestones must be a list of epochs (found {self.milestones!r})")
+            raise ConfigError(f"milestones must be a list of epochs (found {quote(self.milestones)})")
         for m in self.milestones:
             check_int("milestones[]", m, minimum=1)
         object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
@@ -267,7 +267,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise ConfigError(
-                f"PruneConfig version must be {CONFIG_VERSION} (found {self.version!r}); "
+                f"PruneConfig version must be {CONFIG_VERSION} (found {quote(self.version)}); "
                 "it was written by an incompatible metaprune version"
             )
         check_choice("method", self.method, METHODS)
@@ -278,14 +278,14 @@ class PruneConfig:
                 )
         if self.metanet is not None and (not isinstance(self.metanet, str) or not self.metanet):
             raise ConfigError(
-                f"metanet must be a non-empty string or None (found {self.metanet!r})"
+                f"metanet must be a non-empty string or None (found {quote(self.metanet)})"
             )
         check_int("bn_recalibration_batches", self.bn_recalibration_batches, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=0)
         check_int("data_seed", self.data_seed, minimum=0)
         if not isinstance(self.device, str):
-            raise ConfigError(f"device must be a string such as 'cpu' (found {self.device!r})")
+            raise ConfigError(f"device must be a string such as 'cpu' (found {quote(self.device)})")
         try:
             device = torch.device(self.device)
         except (RuntimeError, ValueError):
@@ -349,7 +349,7 @@ class PruneConfig:
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false (found {value!r})")
+        raise ConfigError(f"{name} must be true or false (found {quote(value)})")
 
 
 def _nested_types() -> dict[str, type]:
@@ -370,11 +370,12 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping (found {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in fields)
+    unknown = sorted(str(k)[:1000] for k in data if k not in fields)
     if unknown:
+        listed = ", ".join(quote(prefix + k, 100) for k in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(prefix + k) for k in unknown)} "
-            f"(expected a subset of {sorted(fields)})"
+            f"{where}: unknown key(s) {listed}{more} (expected a subset of {sorted(fields)})"
         )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}

@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from metaprune.errors import InvalidInputError, NotFoundError
+from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, finetune
@@ -134,8 +134,11 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return model
 
 
-def _load_metanetwork(config: PruneConfig) -> nn.Module:
-    """Load the metanetwork ``config.metanet`` (a name or a path) with ``metanet.load``.
+def _load_metanetwork(
+    config: PruneConfig, *, limits: Any = None, allow_paths: bool = True
+) -> nn.Module:
+    """Load the metanetwork ``config.metanet`` (a name or a path) with ``metanet.load``
+    (within ``limits``; with ``allow_paths=False`` only registered names are accepted).
 
     Raises:
         MetanetUnavailable: if the ``metanet`` package has no ``load`` yet, or loading fails.
@@ -158,10 +161,19 @@ def _load_metanetwork(config: PruneConfig) -> nn.Module:
             "method 'metanet' needs metanet.load(name_or_path), which this installation lacks; "
             "use --method group-l2 or pass a metanetwork object"
         )
+    options: dict[str, Any] = {}
+    if limits is not None:
+        options["limits"] = limits
+    if not allow_paths:
+        options["allow_paths"] = False
     try:
-        return load(config.metanet)
+        return load(config.metanet, **options)
+    except LimitExceededError:
+        raise
+    except NotFoundError as err:
+        raise UnknownMetanetError(f"cannot load metanetwork: {err}") from None
     except (OSError, ValueError, KeyError) as err:
-        raise MetanetUnavailable(f"cannot load metanetwork {config.metanet!r}: {err}") from None
+        raise MetanetUnavailable(f"cannot load metanetwork {quote(config.metanet)}: {err}") from None
 
 
 def _metanet(model: nn.Module, ctx: MethodContext) -> nn.Module:

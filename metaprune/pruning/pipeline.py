@@ -108,6 +108,7 @@ def prune(
     metanetwork: nn.Module | None = None,
     data_root: str | os.PathLike[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    metanet_paths: bool = True,
 ) -> PruneResult:
     """Prune a trained classifier to ``config.target`` and fine-tune it (see module doc).
 
@@ -125,6 +126,8 @@ def prune(
             the checkpoint and architecture, and the wall-clock budget (the smaller of
             ``config.max_wall_seconds`` and ``limits.max_wall_seconds``), enforced between
             steps like cancellation.
+        metanet_paths: whether ``config.metanet`` may be a path to an exported metanetwork
+            (local use); ``False`` (what a service passes) accepts registered names only.
 
     Raises:
         PruneCancelled: when cancelled.
@@ -144,7 +147,7 @@ def prune(
     cancel = BudgetToken(wall, cancel)
     method = get_method(config.method)
     if method.name == "metanet" and metanetwork is None:  # fail before any work is done
-        metanetwork = _load_metanetwork(config)
+        metanetwork = _load_metanetwork(config, limits=limits, allow_paths=metanet_paths)
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
     splits = (
         dataset

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_process_ddp_fit_on_cpu(tmp_path: Path) -> None:
-    from metanet.export import load
+    from metanet.export import read_fit_checkpoint
 
     zoo = tmp_path / "zoo"
     build_zoo(tiny_zoo_config(size=3), zoo, progress=False)  # 2 meta-train, 1 meta-val
@@ -40,5 +40,5 @@ def test_two_process_ddp_fit_on_cpu(tmp_path: Path) -> None:
     assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
     best = sorted(ckpt_dir.glob("best-*.ckpt"))
     assert len(best) == 1 and (ckpt_dir / "last.ckpt").exists()
-    metanet = load(best[0])
+    metanet = read_fit_checkpoint(best[0])
     assert metanet.config["hidden"] == 8 and metanet.config["num_layers"] == 1

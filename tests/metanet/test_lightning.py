@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from metanet import apply_metanetwork, edge_types_of
 from metanet.cli import make_cli
-from metanet.export import load
+from metanet.export import read_fit_checkpoint
 from metanet.training import CurvePoint, MetaPruneModule, ZooDataModule, accuracy_at, curve_auc
 from metanet.zoo import build_zoo, tiny_zoo_config
 
@@ -114,7 +114,7 @@ def test_checkpoint_selection_and_export_from_ckpt(zoo_dir: Path, tmp_path: Path
     trainer.fit(module, datamodule=ZooDataModule(str(zoo_dir), batches_per_member=2))
     best = Path(checkpoint.best_model_path)
     assert best.name == "best.ckpt" and checkpoint.best_model_score is not None
-    restored = load(best)  # torch.load(weights_only=True) on our own file
+    restored = read_fit_checkpoint(best)  # torch.load(weights_only=True) on our own file
     assert restored.config == module.metanet.config
     selected = MetaPruneModule.load_from_checkpoint(best, weights_only=True)
     for (name, a), b in zip(selected.metanet.state_dict().items(), restored.state_dict().values()):
