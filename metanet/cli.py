@@ -45,6 +45,13 @@ def configure_zoo_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="override: architecture name")
     parser.add_argument("--dataset", help="override: dataset name")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    parser.add_argument(
+        "--backend", choices=("local", "ray"), default="local",
+        help="executor: local worker processes or Ray tasks (default local)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: a local Ray)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,6 +69,8 @@ def run_zoo_build(args: argparse.Namespace) -> int:
         args.root,
         workers=args.workers,
         progress=not args.no_progress,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     accs = [zoo.metrics(n)["val_accuracy"] for n in zoo.members]
     print(

@@ -30,6 +30,7 @@ __all__ = [
     "TaskResult",
     "TaskSpec",
     "check_plain_data",
+    "task_threads",
 ]
 
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -76,8 +77,9 @@ class Resources:
     """What one task asks for.
 
     Attributes:
-        num_cpus: CPUs the task needs (Ray schedules by it; the local backend runs one task
-            per worker and gives it ``threads_per_worker`` torch threads).
+        num_cpus: CPUs the task needs. Ray schedules by it; both backends give the task
+            ``max(threads_per_worker, int(num_cpus))`` torch threads (the local backend
+            runs one task per worker and does not reserve the extra cores).
         num_gpus: GPUs the task needs (Ray schedules by it; the local backend refuses a
             request it cannot meet, i.e. GPUs without CUDA).
         memory_bytes: memory the task may use. Ray reserves it when scheduling; the local
@@ -106,6 +108,12 @@ class Resources:
             raise InvalidInputError(
                 f"Resources.memory_bytes must be None or an int > 0 (found {quote(m)})"
             )
+
+
+def task_threads(resources: Resources, threads_per_worker: int) -> int:
+    """Torch threads a task runs with: the executor's ``threads_per_worker``, or more if the
+    task asks for more whole CPUs."""
+    return max(threads_per_worker, int(resources.num_cpus))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,7 @@ from .api import (
     TaskHandle,
     TaskResult,
     TaskSpec,
+    task_threads,
 )
 from .registry import resolve_task
 from .worker import worker_main
@@ -245,6 +246,13 @@ class LocalExecutor(Executor):
                         if isinstance(obj, int) and obj != self._wake_r:
                             self._on_death_locked(handles[obj])
                     self._kill_overdue_locked()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            with self._lock:
+                self._closing = True
+                for task in list(self._live.values()):
+                    self._finish_locked(task, TaskResult(FAILED, error=f"executor failed: {exc!r}"))
+                self._pending.clear()
+            raise
         finally:
             self._stop_pool()
             self._events.put(None)
@@ -256,16 +264,17 @@ class LocalExecutor(Executor):
             if worker.ready and worker.task is None and worker.process.is_alive():
                 task = self._pending.popleft()
                 spec = task.spec
+                threads = task_threads(spec.resources, self.threads_per_worker)
+                message = (
+                    "run",
+                    task.handle.task_id,
+                    spec.fn,
+                    spec.args,
+                    spec.resources.memory_bytes,
+                    threads,
+                )
                 try:
-                    worker.conn.send(
-                        (
-                            "run",
-                            task.handle.task_id,
-                            spec.fn,
-                            spec.args,
-                            spec.resources.memory_bytes,
-                        )
-                    )
+                    worker.conn.send(message)
                 except OSError:
                     self._pending.appendleft(task)  # dying worker: its sentinel will fire
                     continue

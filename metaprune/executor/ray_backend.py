@@ -34,6 +34,7 @@ from .api import (
     TaskHandle,
     TaskResult,
     TaskSpec,
+    task_threads,
 )
 from .registry import resolve_task
 
@@ -173,8 +174,9 @@ class RayExecutor(Executor):
                 raise RuntimeError("the executor is shut down")
             if task_id in self._live:
                 raise InvalidInputError(f"task id {quote(task_id)} is already in use")
+            threads = task_threads(res, self.threads_per_worker)
             ref = _remote_execute.options(**options).remote(
-                spec.fn, spec.args, self.threads_per_worker, self._sink, task_id
+                spec.fn, spec.args, threads, self._sink, task_id
             )
             handle = TaskHandle(task_id, self._cancel)
             self._live[task_id] = _Task(handle, ref, on_progress)

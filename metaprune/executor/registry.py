@@ -31,7 +31,6 @@ TaskFunction = Callable[..., dict[str, Any]]
 TASK_MODULES: set[str] = {
     "metaprune.batch.task",
     "metaprune.testing.tasks",
-    "metanet.zoo.build",
 }
 _REGISTRY: dict[str, TaskFunction] = {}
 _LOCK = threading.Lock()

@@ -2,7 +2,7 @@
 
 Protocol on the worker's duplex pipe (all messages are tuples of plain data):
 
-parent -> worker: ``("run", task_id, fn, args, memory_bytes)``, ``("cancel", task_id)``,
+parent -> worker: ``("run", task_id, fn, args, memory_bytes, threads)``, ``("cancel", task_id)``,
 ``("stop",)``.
 worker -> parent: ``("ready", pid)``, ``("progress", task_id, event)``,
 ``("result", task_id, status, value, error)``.
@@ -71,7 +71,8 @@ def worker_main(conn: Connection, threads: int) -> None:
     threading.Thread(target=read, name="metaprune-worker-reader", daemon=True).start()
     send(("ready", os.getpid()))
     while (message := runs.get()) is not None:
-        _, task_id, fn_name, args, memory_bytes = message
+        _, task_id, fn_name, args, memory_bytes, task_threads = message
+        torch.set_num_threads(task_threads)
         token = CancelToken()
         with state_lock:
             current["id"], current["token"] = task_id, token

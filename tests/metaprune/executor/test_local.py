@@ -47,6 +47,15 @@ def test_result_and_plain_data_round_trip(executor):
     assert result.value["pid"] in executor.worker_pids and result.value["pid"] != os.getpid()
 
 
+def test_threads_follow_the_cpu_request(executor):
+    one = executor.submit(TaskSpec(T + "matmul", {"size": 8, "repeats": 1})).result(WAIT)
+    two = executor.submit(
+        TaskSpec(T + "matmul", {"size": 8, "repeats": 1}, resources=Resources(num_cpus=2))
+    ).result(WAIT)
+    assert one.value["threads"] == 1 and two.value["threads"] == 2
+    assert one.value["checksum"] == two.value["checksum"]  # same seeded work
+
+
 def test_a_raising_task_fails_with_its_reason_and_the_pool_continues(executor):
     pids = executor.worker_pids
     result = executor.submit(TaskSpec(T + "fail", {"message": "bad weights"})).result(WAIT)
