@@ -50,7 +50,7 @@ def run_prune_job(
 
     result = metaprune.prune(
         args["model_path"], args["dataset"], config, forward, cancel=cancel,
-        data_root=args.get("data_root"), limits=limits,
+        data_root=args.get("data_root"), limits=limits, metanet_paths=False,
     )  # fmt: skip
     tmp = Path(args["tmp_dir"])
     tmp.mkdir(parents=True, exist_ok=True)

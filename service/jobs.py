@@ -174,13 +174,13 @@ class JobManager:
     def cancel(self, principal: Principal, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or ask a running one to stop (within seconds).
         Cancelling a finished job changes nothing."""
-        job = self.get(principal, job_id)
-        if job.state == QUEUED and self.store.update_job(
-            job_id, only_if_state=(QUEUED,), state=CANCELLED, finished_at=time.time(),
-            error=f"cancelled by {principal.name!r} while queued",
-        ):  # fmt: skip
-            self._transition(job_id, CANCELLED, owner=job.owner)
-        with self._cond:
+        with self._cond:  # _start holds it too: a job is never between "queued" and "tracked"
+            job = self.get(principal, job_id)
+            if job.state == QUEUED and self.store.update_job(
+                job_id, only_if_state=(QUEUED,), state=CANCELLED, finished_at=time.time(),
+                error=f"cancelled by {principal.name!r} while queued",
+            ):  # fmt: skip
+                self._transition(job_id, CANCELLED, owner=job.owner)
             running = self._running.get(job_id)
             if running is not None and running.stop_reason is None:
                 running.stop_reason, running.stopped_by = "cancel", principal.name
@@ -308,6 +308,12 @@ class JobManager:
                 running.handle.cancel()
 
     def _start(self, job: JobRecord) -> None:
+        with self._cond:  # atomic with respect to cancel(): see there
+            if not self._accepting:
+                return
+            self._start_locked(job)
+
+    def _start_locked(self, job: JobRecord) -> None:
         if not self.store.update_job(
             job.job_id, only_if_state=(QUEUED,), state=RUNNING, started_at=time.time(),
             attempts=job.attempts + 1, error="",
@@ -321,7 +327,7 @@ class JobManager:
             return
         tmp_dir = self.blobs.tmp / f"result-{job.job_id}-{uuid.uuid4().hex[:8]}"
         args = {
-            "model_path": str(self.blobs.blob_path(model.sha256)) if model else "",
+            "model_path": str(self.blobs.blob_path(model.sha256)),
             "dataset": job.dataset, "data_root": self.config.data_root, "config": job.config,
             "limits": self.config.limits.to_dict(),
             "tmp_dir": str(tmp_dir), "result_dir": str(self.blobs.result_dir(job.job_id)),
@@ -332,8 +338,7 @@ class JobManager:
             TaskSpec(TASK_NAME, args, task_id=f"{job.job_id}-{job.attempts + 1}"),
             on_progress=self._progress_handler(job.job_id),
         )
-        with self._cond:
-            self._running[job.job_id] = _Running(handle, time.monotonic(), str(tmp_dir))
+        self._running[job.job_id] = _Running(handle, time.monotonic(), str(tmp_dir))
         waiter = threading.Thread(
             target=self._await, args=(job, handle), name=f"job-{job.job_id[:8]}", daemon=True
         )
