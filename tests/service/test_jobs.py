@@ -293,3 +293,19 @@ def test_listings(connect: Callable[..., PruningClient]) -> None:
     assert "max_upload_bytes" in info.limits and "blob_quota_bytes" in info.limits
     assert set(info.methods) >= {"group-l2", "metanet"} and "macs" in info.target_kinds
     assert json.loads(info.default_config_json) == metaprune.PruneConfig().to_dict()
+
+
+def test_a_job_that_raises_is_failed_with_its_reason(
+    connect: Callable[..., PruningClient], tmp_path: Path
+) -> None:
+    from service.testing import make_checkpoint
+
+    client = connect("alice")
+    # a 10-class model on the 4-class synthetic set: the worker's prune() raises
+    model = client.upload(make_checkpoint(tmp_path / "ten.safetensors", num_classes=10))
+    job = client.create_job(model.model_id, "synthetic", tiny_config())
+    final = client.watch(job.job_id)
+    assert final.state == pb.JOB_STATE_FAILED
+    assert "10 outputs" in final.error and "4 classes" in final.error, final.error
+    assert "Traceback" not in final.error and final.attempts == 1
+    assert client.health() == "SERVING"
