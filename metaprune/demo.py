@@ -114,7 +114,8 @@ def latency_lines(base_path: Path, pruned_path: Path, report: dict, in_channels:
     small = report["speedup"]["latency"]
     return [
         f"latency speed-up at the dataset's 8x8 inputs (from the report): {small:.2f}x -- "
-        "tiny tensors: per-layer overhead, not arithmetic, dominates, so fewer MACs barely show",
+        "tiny tensors: per-layer overhead, not arithmetic, dominates, so this figure is noisy "
+        "and understates what fewer MACs buy",
         f"latency speed-up at {LATENCY_SIZE}x{LATENCY_SIZE} inputs, batch {LATENCY_BATCH}, 1 thread: "
         f"{1e3 * big_base:.1f} ms -> {1e3 * big_pruned:.1f} ms = {big_base / big_pruned:.2f}x "
         f"(MACs speed-up {report['speedup']['macs']:.2f}x; channel pruning pays where compute dominates)",

@@ -94,6 +94,12 @@ class JobManager:
         self._running: dict[str, _Running] = {}
         self._versions: dict[str, int] = {}
         self._events: dict[str, dict[str, Any]] = {}
+        # (seq, event): the latest event of each job and the last event of each stage it
+        # left, so a watcher that was asleep still sees every stage end (a progress bar
+        # completes) while intermediate events of a stage coalesce
+        self._seq: dict[str, int] = {}
+        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._stage_ends: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self._persisted: dict[str, float] = {}
         self._waiters: list[threading.Thread] = []
         self._accepting = True
@@ -167,6 +173,21 @@ class JobManager:
             raise NotFoundError(f"job {quote(job_id)} not found")
         return job
 
+    def events_since(self, job_id: str, seen: int) -> tuple[int, list[dict[str, Any]]]:
+        """Events a watcher that has seen up to sequence ``seen`` should get now: the ends
+        of stages it missed, then the latest event; returns (new seen, events)."""
+        with self._cond:
+            latest = self._latest.get(job_id)
+            if latest is None or latest[0] <= seen:
+                return seen, []
+            missed = [e for q, e in self._stage_ends.get(job_id, []) if q > seen]
+            return latest[0], [*missed, latest[1]]
+
+    def event_seq(self, job_id: str) -> int:
+        with self._cond:
+            latest = self._latest.get(job_id)
+            return latest[0] if latest else 0
+
     def latest_event(self, job: JobRecord) -> dict[str, Any] | None:
         with self._cond:
             return self._events.get(job.job_id, job.latest_event)
@@ -204,6 +225,9 @@ class JobManager:
         with self._cond:
             self._versions.pop(job_id, None)
             self._events.pop(job_id, None)
+            self._latest.pop(job_id, None)
+            self._stage_ends.pop(job_id, None)
+            self._seq.pop(job_id, None)
 
     def _drop_model_if_unused(self, model_id: str) -> None:
         dropped = self.store.drop_model_if_unused(model_id)
@@ -350,6 +374,11 @@ class JobManager:
         def on_progress(event: dict[str, Any]) -> None:
             now = time.monotonic()
             with self._cond:
+                previous = self._latest.get(job_id)
+                seq = self._seq[job_id] = self._seq.get(job_id, 0) + 1
+                if previous is not None and previous[1].get("stage") != event.get("stage"):
+                    self._stage_ends.setdefault(job_id, []).append(previous)
+                self._latest[job_id] = (seq, event)
                 self._events[job_id] = event
                 self._versions[job_id] = self._versions.get(job_id, 0) + 1
                 persist = now - self._persisted.get(job_id, 0.0) >= _PERSIST_EVERY

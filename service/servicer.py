@@ -123,8 +123,9 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         principal = _caller()
         job = self.jobs.get(principal, request.job_id)
         seen = self.jobs.version(job.job_id)
-        last_event = self.jobs.latest_event(job)
+        seen_event = self.jobs.event_seq(job.job_id)
         first = pb.WatchJobResponse(job=self._job(job))
+        last_event = self.jobs.latest_event(job)
         if last_event:
             first.event.CopyFrom(convert.event_to_proto(last_event))
         yield first  # a late watcher starts from the current state and the latest event
@@ -137,13 +138,14 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
                 continue
             seen = version
             job = self.jobs.get(principal, job.job_id)
-            event = self.jobs.latest_event(job)
-            message = pb.WatchJobResponse(job=self._job(job))
-            if event and event is not last_event:
-                message.event.CopyFrom(convert.event_to_proto(event))
-                last_event = event
-            yield message
-            time.sleep(interval)  # throttle: events in between coalesce into the latest
+            seen_event, events = self.jobs.events_since(job.job_id, seen_event)
+            snapshot = self._job(job)
+            for event in events or [None]:
+                message = pb.WatchJobResponse(job=snapshot)
+                if event is not None:
+                    message.event.CopyFrom(convert.event_to_proto(event))
+                yield message
+            time.sleep(interval)  # throttle: events within a stage coalesce into the latest
 
     def DownloadResult(
         self, request: pb.DownloadResultRequest, context: Any

@@ -57,15 +57,24 @@ def test_round_trip(connect: Callable[..., PruningClient], model_id: str, tmp_pa
     assert job.state == pb.JOB_STATE_QUEUED and job.owner == "alice"
     assert job.config.target.value == 1.5 and job.config.method == metaprune.PruneConfig().method
     messages: list[tuple[int, str | None]] = []
-    final = client.watch(
-        job.job_id, lambda j, e: messages.append((j.state, e.stage if e else None))
-    )
+    last: dict[str, Any] = {}  # the last event seen of each stage
+
+    def on_message(j: pb.Job, e: Any) -> None:
+        messages.append((j.state, e.stage if e else None))
+        if e is not None:
+            last[e.stage] = e
+
+    final = client.watch(job.job_id, on_message)
     assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
     assert final.attempts == 1 and final.finished_at >= final.started_at >= final.created_at
     stages = [s for _, s in messages if s]
     assert stages[0] == "evaluate_base" and stages[-1] == "evaluate"
     assert {"prune", "after_pruning"} <= set(stages)
     assert [s for s, _ in messages][-1] == pb.JOB_STATE_SUCCEEDED
+    # events within a stage may coalesce, but every stage's last event arrives
+    for stage in ("evaluate_base", "recalibrate_bn", "evaluate"):
+        assert last[stage].step == last[stage].total == 1, stage
+    assert last["prune"].metrics["reached"] is True
 
     paths = client.download(job.job_id, tmp_path / "out")
     assert paths["checkpoint"].stat().st_size == final.result_size_bytes
