@@ -60,7 +60,7 @@ from typing import Any, NoReturn
 __all__ = ["PLUGIN_MODULES", "Subcommand", "UsageError", "add_subcommand", "main"]
 
 #: Modules that register subcommands (skipped if not installed), see the module doc.
-PLUGIN_MODULES: list[str] = ["metanet.cli", "metaprune.batch.cli"]
+PLUGIN_MODULES: list[str] = ["metanet.cli", "metaprune.batch.cli", "service.cli"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -1,0 +1,174 @@
+"""The content-addressed blob directory and atomic file writes.
+
+Layout under the data directory (see ``service/README.md``)::
+
+    blobs/<aa>/<sha256 hex>     an uploaded checkpoint, named by its own sha256
+    results/<job id>/           model.safetensors, report.json, curve.png of a finished job
+    tmp/                        uploads and results being written (emptied at start)
+
+Nothing is ever written in place: a file is streamed into ``tmp/``, flushed, fsynced and
+then renamed into ``blobs/`` (a directory into ``results/``), so after a crash a blob or
+result either exists complete or does not exist; ``tmp/`` leftovers are removed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["BlobDir", "HashingWriter", "commit_dir", "sha256_file"]
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1024 * 1024
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Lowercase hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashingWriter:
+    """Write chunks to a file and hash them on a background thread.
+
+    The thread that receives chunks from the network only queues them, so receiving, hashing
+    and writing overlap (``hashlib`` and file writes release the GIL on large buffers). The
+    queue is bounded (``depth`` chunks), so a slow disk slows the sender instead of filling
+    memory.
+    """
+
+    def __init__(self, f: BinaryIO, depth: int = 4) -> None:
+        self._f = f
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hash-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digest.update(chunk)
+                    self._f.write(chunk)
+                except BaseException as err:  # noqa: BLE001 (re-raised by close)
+                    self._error = err
+
+    def write(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> str:
+        """Wait for every queued chunk; return the hex sha256 (re-raises a write error)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._f.flush()
+        return self._digest.hexdigest()
+
+
+class BlobDir:
+    """Content-addressed files plus per-job result directories under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.results = self.root / "results"
+        self.tmp = self.root / "tmp"
+        for d in (self.blobs, self.results, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        # anything in tmp/ was being written when the previous process stopped
+        for leftover in self.tmp.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        if not _HEX.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
+        return self.blobs / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    @contextlib.contextmanager
+    def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
+        """A new file in ``tmp/`` open for writing; removed on exit unless committed."""
+        path = self.tmp / f"upload-{uuid.uuid4().hex}"
+        try:
+            with open(path, "wb") as f:
+                yield path, f
+        finally:
+            path.unlink(missing_ok=True)
+
+    def commit_blob(self, tmp_path: Path, sha256: str) -> bool:
+        """Move a fully written temp file to its content address; False if it was there."""
+        dest = self.blob_path(sha256)
+        if dest.is_file():
+            return False
+        _fsync(tmp_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+        return True
+
+    def remove_blob(self, sha256: str) -> None:
+        self.blob_path(sha256).unlink(missing_ok=True)
+
+    def temp_dir(self, prefix: str) -> Path:
+        path = self.tmp / f"{prefix}-{uuid.uuid4().hex}"
+        path.mkdir(parents=True)
+        return path
+
+    def result_dir(self, job_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+            raise ValueError(f"not a job id: {job_id[:80]!r}")
+        return self.results / job_id
+
+    def commit_result(self, tmp_dir: Path, job_id: str) -> Path:
+        """Rename a fully written result directory into place (replacing an older one)."""
+        return commit_dir(tmp_dir, self.result_dir(job_id))
+
+    def remove_result(self, job_id: str) -> None:
+        shutil.rmtree(self.result_dir(job_id), ignore_errors=True)
+
+
+def commit_dir(tmp_dir: Path, dest: Path) -> Path:
+    """Make a fully written directory appear at ``dest`` in one rename (fsynced first).
+
+    An older ``dest`` (from an attempt that died after renaming, before the store recorded
+    it) is superseded.
+    """
+    for f in tmp_dir.iterdir():
+        _fsync(f)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp_dir, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,72 @@
+"""What this server accepts: the checks a request passes before any work is queued.
+
+The library validates values (``PruneConfig.from_dict``); this module adds the server's
+policy on top: dataset and metanetwork *names* from the configuration only (a client never
+names a path), devices the server has, job settings and architecture size within
+:class:`~metaprune.limits.Limits`. Every check raises one of the library's categories with a
+message naming the field, the expectation and what was found.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from metaprune.errors import InvalidInputError, NotFoundError, quote
+from metaprune.limits import Limits, check_spec
+from metaprune.models import ArchSpec
+from metaprune.pruning.config import PruneConfig
+
+__all__ = ["check_job", "check_name", "spec_size"]
+
+
+def check_name(kind: str, name: str, allowed: Sequence[str]) -> str:
+    """``name`` if it is one of ``allowed``; a path is refused as such, anything else is
+    NOT_FOUND with the list of names."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{kind} must be a non-empty name (found {quote(name)})")
+    if "/" in name or os.sep in name or name.startswith(".") or "\\" in name:
+        raise InvalidInputError(
+            f"{kind} must be a registered name, not a path (found {quote(name)}); "
+            f"this server offers {sorted(allowed)}"
+        )
+    if name not in allowed:
+        raise NotFoundError(f"unknown {kind} {quote(name)} (this server offers {sorted(allowed)})")
+    return name
+
+
+def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | None) -> int:
+    """Check the parameters (and, given ``input_shape``, the MACs) of ``spec`` against
+    ``limits`` without allocating the model (:func:`metaprune.limits.check_spec`, on the
+    meta device); return the parameter count.
+
+    Raises:
+        LimitExceededError: over ``max_params``, ``max_macs`` or another size limit.
+    """
+    return int(check_spec(spec, limits, input_shape).params)
+
+
+def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) -> None:
+    """Server policy for a job's settings.
+
+    Raises:
+        InvalidInputError / NotFoundError / LimitExceededError: see the module doc.
+    """
+    if not config.target.value > 1.0:  # the library allows 1 (a no-op); a service job must prune
+        raise InvalidInputError(
+            f"config.target.value must be > 1 for a pruning job (found {config.target.value!r})"
+        )
+    if config.metanet is not None:
+        check_name("metanetwork", config.metanet, metanetworks)
+    if config.method == "metanet" and config.metanet is None:
+        raise InvalidInputError(
+            f"method 'metanet' needs config.metanet, one of {sorted(metanetworks)}"
+        )
+    if config.device != "cpu":
+        import torch
+
+        if not (config.device.startswith("cuda") and torch.cuda.is_available()):
+            raise InvalidInputError(
+                f"config.device {quote(config.device)} is not available on this server (use 'cpu')"
+            )
+    config.check_limits(limits)
