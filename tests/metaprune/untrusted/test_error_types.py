@@ -40,7 +40,11 @@ from metaprune.testing.bounded import run_bounded
 from metaprune.testing.untrusted import check_error, files_under, raises, raw_checkpoint
 
 _SETTINGS = settings(
-    max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=30,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
 )
 _JSON_SCALARS = st.one_of(
     st.none(),
@@ -220,7 +224,13 @@ def _png_header(width: int, height: int) -> bytes:
     )  # fmt: skip
 
 
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     st.one_of(
         st.tuples(st.integers(8193, 2**31 - 1), st.integers(8193, 2**31 - 1)).map(

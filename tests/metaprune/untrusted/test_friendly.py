@@ -22,7 +22,13 @@ from metaprune.models import ArchSpec
 from metaprune.testing.untrusted import check_error, files_under, raises
 
 
-@settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=12,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     classes=st.integers(2, 12),
     width=st.sampled_from([0.125, 0.25]),

@@ -64,7 +64,13 @@ _BIG = st.tuples(st.text(min_size=1, max_size=6), st.integers(300, 5_000_000)).m
 )
 
 
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(name=st.sampled_from(sorted(_surfaces(Path(".")))), text=_BIG)
 def test_quoted_client_data_is_capped(tmp_path_factory, name: str, text: str) -> None:
     folder = tmp_path_factory.mktemp("q")
@@ -74,7 +80,13 @@ def test_quoted_client_data_is_capped(tmp_path_factory, name: str, text: str) ->
         assert "more characters" in message, message[-300:]
 
 
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(text=_BIG, where=st.sampled_from(["dataset", "checkpoint", "metanet", "device"]))
 def test_cli_prints_one_short_line(text: str, where: str) -> None:
     argv = ["eval", "x.safetensors", "--dataset", "digits"]

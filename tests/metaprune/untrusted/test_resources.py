@@ -30,7 +30,11 @@ from metaprune.testing.bounded import run_bounded
 from metaprune.testing.untrusted import check_error, files_under, raises, raw_checkpoint
 
 _SETTINGS = settings(
-    max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=25,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
 )
 
 # (name, kwargs-or-plan builder, strategy of the scale): every scale here is over the limits
