@@ -33,7 +33,8 @@ from metaprune import checkpoint
 from metaprune.data import DatasetSplits, get_dataset, make_loaders
 from metaprune.models import ArchSpec
 from metaprune.pruning._checks import ConfigError
-from metaprune.pruning.bn import recalibrate_bn
+from metaprune.pruning.auto import resolve_method
+from metaprune.pruning.bn import calibration_loader, recalibrate_bn
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.latency import measure_latency
@@ -125,6 +126,9 @@ def prune(
     config = PruneConfig() if config is None else config
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig (found {type(config).__name__})")
+    requested = config
+    choice = resolve_method(config)  # "auto" -> a concrete method, with the reason
+    config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
     if method.name == "metanet" and metanetwork is None:  # fail before any work is done
         metanetwork = _load_metanetwork(config)
@@ -138,6 +142,11 @@ def prune(
     device = _available(torch.device(config.device))
     model = model.to(device)
     train, val, test = make_loaders(splits, config.batch_size, config.seed)
+    # one fixed sample set for every recalibration: the same weights always get the same
+    # statistics (a shuffled loader would draw other images each time)
+    calib = calibration_loader(
+        splits.train, config.bn_recalibration_batches, config.batch_size, config.seed
+    )
     gen = torch.Generator().manual_seed(config.seed)
     example = torch.randn(
         1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
@@ -157,9 +166,11 @@ def prune(
         notify(progress, cancel, "evaluate_base", 0, 1)
         base = _measure(model, example, val, test, device, latency)
         notify(progress, cancel, "evaluate_base", 1, 1, **base)
-    ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork)
+    ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
+                        calibration_loader=calib)  # fmt: skip
     with timed("before_pruning"):
         model = method.prepare(model, ctx)
+    seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
     curve: list[dict[str, Any]] = []
@@ -168,7 +179,7 @@ def prune(
     def curve_accuracy(m: nn.Module) -> float:
         if _curve_recalibrates(config):
             m = copy.deepcopy(m)
-            recalibrate_bn(m, train, config.bn_recalibration_batches, device)
+            recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
         return evaluate(m, val, device)
 
     def on_step(info: StepInfo, m: nn.Module) -> None:
@@ -191,7 +202,7 @@ def prune(
     final_step = history[-1]
     with timed("recalibrate_bn"):
         notify(progress, cancel, "recalibrate_bn", 0, 1)
-        recalibrate_bn(model, train, config.bn_recalibration_batches, device)
+        recalibrate_bn(model, calib, config.bn_recalibration_batches, device)
         pruned_val = evaluate(model, val, device)
         notify(progress, cancel, "recalibrate_bn", 1, 1, val_accuracy=pruned_val)
     with timed("after_pruning"):
@@ -210,6 +221,7 @@ def prune(
         "metaprune_version": __version__,
         "dataset": splits.name,
         "method": config.method,
+        "method_choice": choice.to_dict(),
         "target": {"kind": config.target.kind, "value": config.target.value},
         "target_reached": final_step.reached,
         "base": base,
@@ -231,7 +243,7 @@ def prune(
         "layer_widths": {k: [v, widths_after.get(k)] for k, v in widths_before.items()},
         "curve": curve,
         "chosen_step": final_step.step,
-        "config": config.to_dict(),
+        "config": requested.to_dict(),  # as requested: "auto" resolves the same way again
         "spec": pruned_spec.to_json() if pruned_spec is not None else None,
     }
     return PruneResult(model=model, spec=pruned_spec, report=report, curve=curve, config=config)
