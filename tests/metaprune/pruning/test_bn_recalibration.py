@@ -127,3 +127,22 @@ def test_zero_batches_and_models_without_bn_are_noops(model, loaders):
     assert recalibrate_bn(nn.Linear(2, 2), train, batches=3) == 0
     with pytest.raises(ConfigError, match="batches must be an int >= 0"):
         recalibrate_bn(model, train, batches=-1)
+
+
+def test_single_pass_mode_is_the_cumulative_average_and_deterministic(loaders, splits, model):
+    """exact=False: momentum None over one training-mode pass; same fixed set, same stats."""
+    train, _, _ = loaders
+    bn = nn.BatchNorm2d(1)
+    batches = [x for x, _ in list(train)[:3]]
+    recalibrate_bn(nn.Sequential(bn), [(x, None) for x in batches], batches=3, exact=False)
+    expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in batches]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected)
+    assert bn.momentum == 0.1  # restored
+    fixed = calibration_loader(splits.train, batches=2, batch_size=32, seed=0)
+    stats = []
+    for _ in range(2):
+        _perturb_stats(model)
+        recalibrate_bn(model, fixed, batches=2, exact=False)
+        stats.append(_stats(model))
+    for (m0, v0), (m1, v1) in zip(*stats):
+        assert torch.equal(m0, m1) and torch.equal(v0, v1)
