@@ -7,9 +7,9 @@ commands in ``benchmarks/RESULTS.md``, section "Baselines and defaults"):
    on validation (``SparseTraining(reg="auto")``) was the strongest method before and
    after the fine-tune on both families, at every budget of one epoch or more; the
    shipped metanetwork was behind it, and plain group-L2 further behind.
-2. ``before_pruning.epochs == 0`` -> ``group-l2`` (with the configured normaliser, ``sum``
-   by default): with no epochs sparse training cannot act, and it is the best criterion
-   that needs nothing but the weights.
+2. ``before_pruning.epochs == 0`` -> ``group-l2`` (with the configured normaliser, chosen
+   on validation by default): with no epochs sparse training cannot act, and it is the
+   best criterion that needs nothing but the weights.
 
 ``metanet`` is never chosen automatically (it lost to rule 1 on its own family and has
 no metanetwork for other families); request it explicitly. The rule reads only the
@@ -50,8 +50,10 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
             f"before_pruning has {epochs} epoch(s): sparse training ({how}) was the strongest "
             "method at every budget of >= 1 epoch on held-out ResNet-20 and VGG-11 models",
         )  # fmt: skip
+    norm = config.importance.normalizer
+    how = "the normaliser chosen on validation" if norm == "auto" else f"the {norm!r} normaliser"
     return MethodChoice(
         "group-l2", "auto",
         "before_pruning has 0 epochs, so sparse training cannot act; group-L2 magnitude "
-        f"with the {config.importance.normalizer!r} normaliser needs only the weights",
+        f"with {how} needs only the weights",
     )  # fmt: skip

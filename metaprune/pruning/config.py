@@ -44,6 +44,8 @@ TARGET_KINDS = ("macs", "params", "latency")
 METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "random")
 SCHEDULES = ("cosine", "step", "constant")
 NORMALIZERS = ("max", "mean", "sum", "none")
+#: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
+IMPORTANCE_NORMALIZERS = ("auto", *NORMALIZERS)
 REDUCTIONS = ("mean", "sum", "max", "first")
 
 
@@ -113,20 +115,23 @@ class ImportanceOptions:
 
     L2 norm (``p=2``) of each channel's weights, averaged over the coupled layers of a
     group, divided by a per-group normaliser so that groups of different scale can be
-    ranked globally. The default normaliser is ``"sum"``, not the paper's ``"max"``:
-    on held-out ``digits`` ResNet-20 and VGG-11 models ``"max"`` ranks the whole stage-1
-    residual stream lowest (one dominant channel makes all others look small) and is
-    worse than random at 1.5-3x MACs; ``"sum"`` is not (``benchmarks/RESULTS.md``).
+    ranked globally. The default normaliser is ``"auto"``, not the paper's ``"max"``: no
+    fixed normaliser was best on every held-out ``digits`` family (``max`` was worse
+    than random on ResNet-20s whose stage-1 residual stream has one dominant channel;
+    ``sum`` beat ``max`` and ``mean`` by ~15 points on VGG-11 but lost ~10 to ``mean``
+    on other ResNet-20s; ``benchmarks/RESULTS.md``), so ``"auto"`` prunes a copy with
+    each of ``sum``, ``mean``, ``max`` and keeps the best on the validation split
+    (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search.
     """
 
     p: int = 2
     group_reduction: str = "mean"
-    normalizer: str = "sum"
+    normalizer: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
         check_choice("importance.group_reduction", self.group_reduction, REDUCTIONS)
-        check_choice("importance.normalizer", self.normalizer, NORMALIZERS)
+        check_choice("importance.normalizer", self.normalizer, IMPORTANCE_NORMALIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,13 +194,15 @@ class SparseTraining:
         reg: a number ``>= 0``, or ``"auto"`` (default): try ``auto_grid`` from the
             largest value down, each a full sparse training of the ``before_pruning``
             budget from the same weights, and keep the first (largest) whose *validation*
-            accuracy (BatchNorm recalibrated) is at least the input model's minus
-            ``auto_tolerance``; if none is, the one with the best validation accuracy.
+            accuracy (BatchNorm recalibrated) is at least the input model's minus the
+            tolerance (``auto_tolerance`` or two standard errors of that accuracy on the
+            validation split, whichever is larger); if none is, the one with the best validation accuracy.
             The kept trial *is* the prepared model (nothing is retrained), so the search
             costs (number of trials - 1) extra budgets, reported in the job's
             ``stage_seconds["reg_search"]`` and ``stages.before_pruning.reg_search``.
             Only the training and validation splits are used.
-        auto_tolerance: allowed drop of validation accuracy (a fraction, 0.01 = 1 point).
+        auto_tolerance: smallest allowed drop of validation accuracy (a fraction,
+            0.01 = 1 point).
         auto_grid: candidate values, tried largest first.
     """
 

@@ -39,7 +39,8 @@ from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.latency import measure_latency
 from metaprune.pruning.methods import MethodContext, _load_metanetwork, get_method
-from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
+from metaprune.pruning.normalizer import choose_normalizer
+from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
@@ -190,15 +191,36 @@ def prune(
         curve.append(point)
         notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
 
-    with timed("prune"):
-        history = progressive_prune(
-            model, example, config.target, importance=method.importance, steps=pruning.steps,
+    def prune_to_target(m: nn.Module, normalizer: str, step_fn: Any) -> list[StepInfo]:
+        return progressive_prune(
+            m, example, config.target, importance=method.importance, steps=pruning.steps,
             round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
             min_channels=pruning.min_channels, p=config.importance.p,
             group_reduction=config.importance.group_reduction,
-            normalizer=config.importance.normalizer, seed=config.seed,
-            latency_fn=latency if config.target.kind == "latency" else None, on_step=on_step,
+            normalizer=normalizer, seed=config.seed,
+            latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
         )  # fmt: skip
+
+    normalizer, prune_info = config.importance.normalizer, {}
+    if normalizer == "auto" and method.importance != "group-l2":
+        normalizer = "sum"  # e.g. random: the normaliser does not change the ranking's use
+    elif normalizer == "auto":
+        with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
+
+            def score(m: nn.Module) -> float:
+                recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
+                return evaluate(m, val, device)
+
+            def check(info: StepInfo, m: nn.Module) -> None:
+                check_cancel(cancel, "prune")
+
+            normalizer, search = choose_normalizer(
+                model, lambda m, name: prune_to_target(m, name, check), score
+            )
+        prune_info["normalizer_search"] = search
+    prune_info["normalizer"] = normalizer
+    with timed("prune"):
+        history = prune_to_target(model, normalizer, on_step)
         if curve[-1]["val_accuracy"] is None:
             curve[-1]["val_accuracy"] = curve_accuracy(model)
     final_step = history[-1]
@@ -237,6 +259,7 @@ def prune(
         "stage_seconds": seconds,
         "stages": {
             **ctx.info,
+            "prune": prune_info,
             "after_pruning": {
                 "best_epoch": after.best_epoch,
                 "val_accuracy": after.best_val_accuracy,

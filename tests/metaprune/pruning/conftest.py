@@ -9,6 +9,7 @@ from metaprune.data import DatasetSplits, get_dataset, make_loaders
 from metaprune.models import ArchSpec
 from metaprune.pruning import (
     FinetuneBudget,
+    ImportanceOptions,
     LatencyOptions,
     PruneConfig,
     PruningOptions,
@@ -52,6 +53,7 @@ def fast_config() -> PruneConfig:
     return PruneConfig(
         method="group-l2",
         sparse=SparseTraining(auto_grid=(0.1, 0.01)),
+        importance=ImportanceOptions(normalizer="sum"),  # "auto" has its own tests
         before_pruning=FinetuneBudget(epochs=1),
         after_pruning=FinetuneBudget(epochs=1),
         pruning=PruningOptions(steps=20, curve_every=4),

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from metaprune.pruning import FinetuneBudget, PruneConfig, SparseTraining, format_report, prune
+from metaprune.pruning import (
+    FinetuneBudget,
+    ImportanceOptions,
+    PruneConfig,
+    SparseTraining,
+    format_report,
+    prune,
+)
 from metaprune.pruning.auto import resolve_method
 from metaprune.pruning.config import METHODS
 
@@ -19,7 +26,10 @@ def test_rule_follows_the_before_pruning_budget():
     assert "10 epoch(s)" in choice.reason and "validation split" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
-    assert "0 epochs" in zero.reason and "'sum'" in zero.reason
+    assert "0 epochs" in zero.reason and "normaliser chosen on validation" in zero.reason
+    fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
+                                     importance=ImportanceOptions(normalizer="max"))  # fmt: skip
+    assert "the 'max' normaliser" in resolve_method(fixed_norm).reason
     fixed = resolve_method(dataclasses.replace(config, sparse=SparseTraining(reg=0.05)))
     assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason
 

@@ -23,7 +23,7 @@ def test_defaults_are_valid_and_versioned():
     config = PruneConfig()
     assert config.version == CONFIG_VERSION == 1
     assert config.method == "auto"  # resolved per job, see metaprune/pruning/auto.py
-    assert config.importance.normalizer == "sum" and config.sparse.reg == "auto"
+    assert config.importance.normalizer == "auto" and config.sparse.reg == "auto"
     assert config.target == Target("macs", 2.0)
     assert config.bn_recalibration_batches > 0  # recalibration is on by default
     assert config.pruning.max_layer_ratio < 1 and config.pruning.min_channels >= 2
