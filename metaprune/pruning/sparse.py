@@ -79,7 +79,7 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
         acc = evaluate(candidate, ctx.val_loader, ctx.device)
         trials.append({"reg": reg, "val_accuracy": acc, "seconds": time.perf_counter() - t0})
         notify(ctx.progress, ctx.cancel, "reg_search", i + 1, len(grid), reg=reg, val_accuracy=acc)
-        if acc >= floor:
+        if acc >= floor - 1e-9:  # accuracies are ratios of counts: no rounding verdicts
             chosen = (candidate, reg)
             break
         if best is None or acc > best[0]:  # ties keep the larger reg (tried first)
@@ -94,7 +94,7 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
         "tolerance": tolerance,
         "validation_samples": n_val,
         "rule": "largest reg whose recalibrated val accuracy >= reference - tolerance"
-        + ("" if chosen[1] == trials[-1]["reg"] and trials[-1]["val_accuracy"] >= floor
+        + ("" if chosen[1] == trials[-1]["reg"] and trials[-1]["val_accuracy"] >= floor - 1e-9
            else "; none passed: best val accuracy"),
         "trials": trials,
         "epochs_trained": epochs * len(trials),
