@@ -369,7 +369,7 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
             for label in _order(rows):
                 es = rows[label]
                 ep = [e["before_pruning"].get("epochs_trained", b) or 0 for e in es.values()]
-                cells = [label, f"{statistics.fmean(ep):.1f}",
+                cells = [f"{label} (n={len(es)})", f"{statistics.fmean(ep):.1f}",
                          f"{statistics.fmean(e['prep_seconds'] for e in es.values()):.1f}",
                          _fmt([e["prepared"]["test"] for e in es.values()])]  # fmt: skip
                 for t in PRUNABILITY:
@@ -391,7 +391,7 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
                     + ", ".join(f"{m.split('/')[-1]} {r:g}" for m, r in regs if r is not None)
                 )
             md.append("")
-            if any("final" in e for r in rows.values() for e in r.values()):
+            if any(e.get("final") for r in rows.values() for e in r.values()):
                 md += [f"Final accuracy after {s.get('ft_epochs')} fine-tune epochs (equal for every row), "
                        "test %, Δ vs the strongest baseline (by validation); latency speed-up = base / "
                        f"pruned at {s.get('latency_size')}x{s.get('latency_size')}, batch {s.get('latency_batch')}, 1 thread:", ""]  # fmt: skip
@@ -511,13 +511,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-batch", type=int, default=32)
     p.add_argument("--latency-repeats", type=int, default=3)
     p.add_argument("--latency-rounds", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="1 ResNet-20, budgets 0 and 1, 2 ft epochs")
+    p.add_argument(
+        "--quick", action="store_true", help="1 ResNet-20, budgets 1 and 0, 4 rows, 2 ft epochs"
+    )
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
         a.family, a.seeds, a.budgets, a.final_budget = ["cifar_resnet20"], 1, [1, 0], 1
-        a.ft_epochs, a.steps, a.latency_repeats, a.latency_rounds = 2, 50, 2, 1
+        a.ft_epochs, a.steps, a.latency_repeats, a.latency_rounds = 2, 30, 2, 1
+        a.rows = ["group-l2[max]", "group-l2[sum]", "group-l2-sl[sum]", "metanet[sum]"]
+        a.final_rows, a.recal_batches = ["group-l2[sum]", "group-l2-sl[sum]"], 5
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if a.quick else ""

@@ -7,7 +7,10 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
    fine-tune (``group-l2``, ``random``).
 3. ``prune``: progressive global structural pruning until the target is met, recording
-   validation accuracy against speed-up (the curve).
+   validation accuracy against speed-up (the curve). With the default
+   ``normalizer="auto"`` a ``normalizer_search`` first prunes copies with each group-L2
+   normaliser and keeps the best on validation. ``method="auto"`` is resolved before
+   anything else (:mod:`metaprune.pruning.auto`); the report says which method ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
@@ -203,7 +206,7 @@ def prune(
 
     normalizer, prune_info = config.importance.normalizer, {}
     if normalizer == "auto" and method.importance != "group-l2":
-        normalizer = "sum"  # e.g. random: the normaliser does not change the ranking's use
+        normalizer = "sum"  # random scores: no normaliser to choose
     elif normalizer == "auto":
         with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
 
