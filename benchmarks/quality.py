@@ -1,36 +1,39 @@
-"""Quality benchmark (issue 4, section 4): does the metanetwork make networks prunable?
+"""Quality benchmark (issue 8): pruning quality against preparation compute, per method.
 
-    .venv/bin/python benchmarks/quality.py                 # full run (~30 min on 1 core)
-    .venv/bin/python benchmarks/quality.py --quick         # smoke run, a few minutes
-    .venv/bin/python benchmarks/quality.py --report-only   # tables + plots from results
+    python benchmarks/quality.py --family cifar_resnet20          # one family (run several in parallel)
+    python benchmarks/quality.py --quick                          # ~5-minute smoke run
+    python benchmarks/quality.py --report-only                    # tables + plot from results
 
-Models: ``cifar_resnet20`` (width 1.0, 1 input channel) on ``digits`` at 8x8, *held out*
-from the metanetwork's training (default: fresh base seeds put through the zoo's exact
-recipe, see ``quality_heldout.py``; ``--heldout meta-val`` uses the zoo's meta-val
-members instead, on which the metanetwork checkpoint was selected). MACs and latency
-speed-ups are relative to the held-out model itself (already pruned 1.33x by the recipe).
+Held-out models: ``quality_heldout.py`` (the zoo recipe, seeds 100+, never seen by the
+metanetwork). Data: ``digits`` 8x8, the zoo's split. For every held-out model and every
+**preparation budget** (epochs before pruning, ``--budgets``), each preparation runs
+once through the pipeline's own method code (:class:`MethodContext`, so exactly what
+``metaprune prune`` does):
 
-For every held-out model and method, the method's "before pruning" stage runs once with
-the same budget (``--epochs``): ``metanet`` = metanetwork transform + fine-tune,
-``group-l2-sl`` = DepGraph sparse training, ``group-l2`` / ``random`` = plain fine-tune.
-Then one progressive global pruning run (``progressive_prune``) goes up to the largest
-target and, at the first step reaching each target, a copy is BN-recalibrated and
-measured:
+* ``plain``: fine-tune (``group-l2`` / ``random`` preparation; budget 0 = the model as is);
+* ``sl``: sparse training with ``reg="auto"`` (chosen on validation; its search trials are
+  counted in the preparation's epochs and wall time);
+* ``metanet`` (``cifar_resnet20`` only, the family it was trained on): the shipped
+  metanetwork's forward pass, then the fine-tune (budget 0 = forward pass only).
 
-* **Prunability**: speed-ups 1.5, 2, 3 -- recalibrated, *no* fine-tune, test accuracy.
-* **Final accuracy**: speed-ups 4, 8 -- recalibrated, then ``--ft-epochs`` of fine-tune
-  (best epoch chosen on validation), test accuracy. Every method has the same total
-  budget: ``--epochs`` before pruning + ``--ft-epochs`` after.
-* **Latency**: median time of a batch of 256 at 8x8, 1 thread, base / pruned.
+Each prepared model is pruned (progressive, global, ``--steps``) with one or more
+criteria, giving the rows: ``group-l2[max]``, ``group-l2[sum]``, ``random`` (from
+``plain``), ``group-l2-sl[sum]``, ``group-l2-sl[max]`` (from ``sl``), ``metanet[sum]``,
+``metanet[max]``. At the first step reaching each MACs target a copy is BN-recalibrated
+(exactly, on a fixed training subset) and measured:
 
-Extra prunability rows (not part of the equal-budget comparison, labelled as such):
-``metanet@0ep`` (metanetwork transform, no fine-tune before pruning) and the
-group-L2 methods re-pruned with another importance normaliser (``--ablate-normalizer``).
+* prunability: validation and test accuracy at 1.5, 2, 3, 4x, no fine-tune;
+* final accuracy (budget ``--final-budget`` only): the 4x and 8x copies fine-tuned for
+  ``--ft-epochs`` (best validation epoch, ties to the latest), so every row has spent the
+  same epochs after pruning; rows differ before pruning only by what is reported;
+* latency (``--final-budget`` only): base vs pruned, timed back to back at 32x32 inputs
+  (digits upsampled; the nets are fully convolutional), 1 thread.
 
-Results are appended to ``benchmarks/quality/results[_quick].json`` after every
-(model, method), so an interrupted run resumes; tables (``*.md``) and plots (``*.png``)
-are written to ``benchmarks/quality/``. Every accuracy is on the test split; nothing is
-selected on it.
+The strongest baseline of each (family, budget, target) is the baseline row with the best
+mean *validation* accuracy; every row gets per-model paired test differences against it.
+Nothing is selected on the test split. Results are written after every finished cell to
+``benchmarks/quality/results[_quick].json`` (resumable); tables go to
+``benchmarks/quality/*.md``, the plot to ``benchmarks/quality/budget.png``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import fcntl
 import json
 import math
 import statistics
@@ -75,27 +79,29 @@ from metaprune.pruning import (  # noqa: E402
     SparseTraining,
     evaluate,
     finetune,
-    measure_cost,
     measure_latency,
     progressive_prune,
     recalibrate_bn,
 )
+from metaprune.pruning.bn import calibration_loader  # noqa: E402
 from metaprune.pruning.methods import MethodContext, get_method  # noqa: E402
 from metaprune.pruning.targets import layer_widths  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "quality"
-PRUNABILITY = (1.5, 2.0, 3.0)
+PRUNABILITY = (1.5, 2.0, 3.0, 4.0)
 FINAL = (4.0, 8.0)
-BASELINES = ("group-l2", "group-l2-sl", "random")
-METHODS = ("metanet", *BASELINES)
-REFERENCES = ("group-l2", "group-l2-sl")
-# (file in --out, key, label) of superseded runs kept for comparison
-EXTRA = (
-    ("results_sl_bestval", "group-l2-sl@best-val", "group-l2-sl, best-val epoch (before fix) *"),
-    ("results_metanet_provisional", "metanet@provisional", "metanet, provisional checkpoint (epoch 7) *"),
-)
 METANET_NAME = "resnet20-digits"
-PRETRAINED = ROOT / "metanet" / "pretrained"
+METANET_FAMILY = "cifar_resnet20"
+# prepared model -> rows (label, importance, normaliser); labels name the method as a user does
+ROWS = {
+    "plain": [("group-l2[max]", "group-l2", "max"), ("group-l2[sum]", "group-l2", "sum"),
+              ("group-l2[mean]", "group-l2", "mean"), ("random", "random", "sum")],
+    "sl": [("group-l2-sl[sum]", "group-l2", "sum"), ("group-l2-sl[max]", "group-l2", "max"),
+           ("group-l2-sl[mean]", "group-l2", "mean")],
+    "metanet": [("metanet[sum]", "group-l2", "sum"), ("metanet[max]", "group-l2", "max")],
+}  # fmt: skip
+BASELINES = tuple(lbl for p in ("plain", "sl") for lbl, imp, _ in ROWS[p] if imp == "group-l2")
+PREP_METHOD = {"plain": "group-l2", "sl": "group-l2-sl", "metanet": "metanet"}
 
 
 def log(*args: Any) -> None:
@@ -105,78 +111,53 @@ def log(*args: Any) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def load_metanetwork(name: str):
-    try:
-        import metanet
-    except ImportError as err:
-        raise RuntimeError(f"no metanet package: {err}") from None
-    load = getattr(metanet, "load", None)
-    if load is None:
-        from metanet.export import load
-    return load(name)
-
-
-def metanet_available(name: str) -> bool:
-    if Path(name).exists():
-        return True
-    return (PRETRAINED / f"{name}.safetensors").exists()
-
-
-def metanet_provenance(name: str) -> dict[str, Any]:
-    import hashlib
-
-    path = Path(name) if Path(name).exists() else PRETRAINED / f"{name}.safetensors"
-    info: dict[str, Any] = {"path": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
-    if path.exists():
-        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    meta = path.with_suffix(".json")
-    if meta.exists():
-        extra = json.loads(meta.read_text()).get("info", {})
-        info.update({k: v for k, v in extra.items() if k != "hyper_parameters"})
-    return info
-
-
 class Runner:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.splits = get_dataset("digits", seed=args.data_seed)  # the zoo's split
-        self.example = torch.zeros(1, 1, self.splits.image_size, self.splits.image_size)
-        self.shape = (1, self.splits.image_size, self.splits.image_size)
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.splits = get_dataset("digits", seed=0)  # the zoo's split
+        self.example = torch.zeros(1, 1, 8, 8)
         self._metanet = None
 
     def loaders(self, seed: int):
-        return make_loaders(self.splits, self.args.batch_size, seed)
+        return make_loaders(self.splits, self.a.batch_size, seed)
 
-    def latency(self, model) -> float:
-        a = self.args
-        return measure_latency(model, self.shape, batch_size=a.latency_batch, threads=1,
-                               repeats=a.latency_repeats, warmup=2)
+    def config(self, prep: str, seed: int, epochs: int) -> PruneConfig:
+        a = self.a
+        return PruneConfig(
+            method=PREP_METHOD[prep], seed=seed, batch_size=a.batch_size,
+            before_pruning=FinetuneBudget(epochs=epochs, lr=a.lr, schedule="cosine"),
+            sparse=SparseTraining(reg="auto", auto_tolerance=a.tolerance),
+            bn_recalibration_batches=a.recal_batches,
+            metanet=METANET_NAME if prep == "metanet" else None,
+        )  # fmt: skip
 
     def metanetwork(self):
         if self._metanet is None:
-            self._metanet = load_metanetwork(self.args.metanet)
+            from metanet.export import load
+
+            self._metanet = load(METANET_NAME)
         return self._metanet
 
-    def prepare(self, method: str, model, seed: int, epochs: int):
-        """The method's before-pruning stage (the pipeline's own code)."""
-        a = self.args
+    def prepare(self, prep: str, model, seed: int, epochs: int):
+        """The method's before-pruning stage, through the pipeline's own code."""
         train, val, _ = self.loaders(seed)
-        config = PruneConfig(
-            method=method, seed=seed, batch_size=a.batch_size,
-            before_pruning=FinetuneBudget(epochs=epochs, lr=a.lr, schedule="cosine"),
-            sparse=SparseTraining(reg=a.sparse_reg),
-            metanet=a.metanet if method == "metanet" else None,
-        )  # fmt: skip
+        config = self.config(prep, seed, epochs)
         ctx = MethodContext(config, train, val, torch.device("cpu"), self.example,
-                            metanetwork=self.metanetwork() if method == "metanet" else None)
+                            metanetwork=self.metanetwork() if prep == "metanet" else None)  # fmt: skip
         torch.manual_seed(seed)
-        prepared = get_method(method).prepare(copy.deepcopy(model), ctx)
-        return prepared.eval(), ctx.info.get("before_pruning", {})
+        start = time.perf_counter()
+        prepared = get_method(config.method).prepare(copy.deepcopy(model), ctx)
+        seconds = time.perf_counter() - start
+        return prepared.eval(), ctx.info.get("before_pruning", {}), seconds
 
-    def prune_points(self, prepared, importance: str, seed: int, targets, snapshot, normalizer: str):
+    def calib(self, seed: int):
+        return calibration_loader(self.splits.train, self.a.recal_batches, self.a.batch_size, seed)
+
+    def prune_points(self, prepared, importance: str, normalizer: str, seed: int, targets, keep):
         """One progressive run up to max(targets); a recalibrated copy measured at each target."""
-        a = self.args
-        train, val, test = self.loaders(seed)
+        a = self.a
+        _, val, test = self.loaders(seed)
+        calib = self.calib(seed)
         pending = sorted(targets)
         points: dict[str, dict[str, Any]] = {}
         snaps: dict[float, torch.nn.Module] = {}
@@ -185,381 +166,400 @@ class Runner:
             while pending and info.macs_speedup >= pending[0]:
                 t = pending.pop(0)
                 c = copy.deepcopy(m)
-                recalibrate_bn(c, train, a.recal_batches)
-                points[str(t)] = {
-                    "step": info.step, "macs_speedup": info.macs_speedup,
-                    "val": evaluate(c, val), "test": evaluate(c, test),
-                    "latency_s": self.latency(c), "widths": layer_widths(c),
-                }  # fmt: skip
-                if t in snapshot:
+                recalibrate_bn(c, calib, a.recal_batches)
+                points[str(t)] = {"step": info.step, "macs_speedup": info.macs_speedup,
+                                  "val": evaluate(c, val), "test": evaluate(c, test),
+                                  "widths": layer_widths(c)}  # fmt: skip
+                if t in keep:
                     snaps[t] = c
 
         model = copy.deepcopy(prepared)
+        start = time.perf_counter()
         hist = progressive_prune(
             model, self.example, max(targets), importance=importance, steps=a.steps,
-            max_layer_ratio=a.max_layer_ratio, min_channels=2, normalizer=normalizer, seed=seed,
-            on_step=on_step,
+            normalizer=normalizer, seed=seed, on_step=on_step,
         )  # fmt: skip
         for t in pending:  # not reached: every layer at its floor
             points[str(t)] = {"reached": False, "macs_speedup": hist[-1].macs_speedup}
-        return points, snaps
+        return points, snaps, time.perf_counter() - start
 
     def finetune_points(self, snaps, seed: int) -> dict[str, dict[str, Any]]:
-        a = self.args
+        a = self.a
         train, val, test = self.loaders(seed)
         out = {}
         for t, model in sorted(snaps.items()):
             torch.manual_seed(seed)
-            res = finetune(model, train, val, FinetuneBudget(epochs=a.ft_epochs, lr=a.lr, schedule="cosine"),
-                           stage="after_pruning", select_initial=True)
+            start = time.perf_counter()
+            budget = FinetuneBudget(epochs=a.ft_epochs, lr=a.lr, schedule="cosine")
+            res = finetune(model, train, val, budget, stage="after_pruning", select_initial=True)
             out[str(t)] = {"val": evaluate(model, val), "test": evaluate(model, test),
-                           "best_epoch": res.best_epoch, "latency_s": self.latency(model)}
+                           "kept_epoch": res.best_epoch, "epochs": a.ft_epochs,
+                           "seconds": time.perf_counter() - start,
+                           "latency_speedup": self.latency_speedup(self.base_model, model)}  # fmt: skip
         return out
 
-    def run_one(self, h, method: str, seed: int) -> dict[str, Any]:
-        a = self.args
-        start = time.perf_counter()
+    def latency_speedup(self, base, pruned) -> float:
+        """Base / pruned latency at 32x32, timed back to back; min over rounds (load only adds)."""
+        a = self.a
+        shape = (1, a.latency_size, a.latency_size)
+
+        def lat(m):
+            return measure_latency(m, shape, batch_size=a.latency_batch, threads=1,
+                                   repeats=a.latency_repeats, warmup=1)  # fmt: skip
+
+        b, p = [], []
+        for _ in range(a.latency_rounds):
+            b.append(lat(base))
+            p.append(lat(pruned))
+        return min(b) / min(p)
+
+    def cell(self, h, prep: str, budget: int) -> dict[str, Any]:
+        """One (held-out model, preparation, budget): preparation + its rows."""
+        a = self.a
         model, _ = heldout_mod.load(h)
-        _, val, test = self.loaders(seed)
-        importance = get_method(method).importance
-        prepared, info = self.prepare(method, model, seed, a.epochs)
-        record: dict[str, Any] = {
-            "heldout": h.name, "source": h.source, "seed": seed, "method": method,
-            "before_pruning": info,
+        self.base_model = model
+        _, val, test = self.loaders(h.seed)
+        prepared, info, prep_seconds = self.prepare(prep, model, h.seed, budget)
+        rec: dict[str, Any] = {
+            "family": h.family,
+            "model": h.name,
+            "prep": prep,
+            "budget": budget,
+            "before_pruning": {k: v for k, v in info.items()},
+            "prep_seconds": prep_seconds,
             "prepared": {"val": evaluate(prepared, val), "test": evaluate(prepared, test)},
+            "rows": {},
         }
-        points, snaps = self.prune_points(prepared, importance, seed, PRUNABILITY + FINAL,
-                                          set(FINAL), a.normalizer)
-        record["points"] = points
-        record["final"] = self.finetune_points(snaps, seed)
-        if importance == "group-l2":
-            record["ablation"] = {}
-            for norm in a.ablate_normalizer:
-                pts, _ = self.prune_points(prepared, importance, seed, PRUNABILITY, set(), norm)
-                record["ablation"][f"normalizer={norm}"] = pts
-        if method == "metanet" and a.metanet_zero:
-            raw, info0 = self.prepare(method, model, seed, 0)
-            pts, _ = self.prune_points(raw, importance, seed, PRUNABILITY, set(), a.normalizer)
-            record["metanet_0ep"] = {"prepared": {"val": evaluate(raw, val), "test": evaluate(raw, test)},
-                                     "points": pts}
-        record["seconds"] = time.perf_counter() - start
-        return record
+        final = budget == a.final_budget
+        for label, importance, normalizer in ROWS[prep]:
+            if label not in a.rows or (not final and a.light_rows and label not in a.light_rows):
+                continue
+            tuned = final and (not a.final_rows or label in a.final_rows)
+            targets = PRUNABILITY + (FINAL if tuned else ())
+            points, snaps, secs = self.prune_points(prepared, importance, normalizer, h.seed,
+                                                    targets, set(FINAL) if tuned else set())  # fmt: skip
+            row: dict[str, Any] = {"points": points, "prune_seconds": secs}
+            if tuned:
+                row["final"] = self.finetune_points(snaps, h.seed)
+            rec["rows"][label] = row
+        return rec
 
 
 # ----------------------------------------------------------------------------- reporting
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def _ms(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return math.nan, math.nan
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _fmt(xs: list[float], signed: bool = False) -> str:
+def _fmt(xs: list[float], scale: float = 100.0, signed: bool = False) -> str:
     if not xs:
         return "–"
-    m, s = _mean_std([100 * x for x in xs])
+    m, s = _ms([scale * x for x in xs])
     return f"{m:+.1f} ± {s:.1f}" if signed else f"{m:.1f} ± {s:.1f}"
 
 
-def _paired(rows: dict[str, dict], a: str, b: str, key) -> tuple[list[float], list[str]]:
-    diffs, names = [], []
-    for name, by_method in rows.items():
-        if a in by_method and b in by_method:
-            x, y = key(by_method[a]), key(by_method[b])
-            if x is not None and y is not None:
-                diffs.append(x - y)
-                names.append(name)
-    return diffs, names
-
-
-def _delta_cell(diffs: list[float]) -> str:
-    if not diffs:
-        return "–"
-    wins = sum(d > 0 for d in diffs)
-    return f"{_fmt(diffs, signed=True)} ({wins}/{len(diffs)})"
-
-
-def _get(path):
-    def key(rec):
-        cur = rec
-        for p in path:
-            if not isinstance(cur, dict) or p not in cur:
-                return None
-            cur = cur[p]
-        return cur
-    return key
-
-
-def variants(rows) -> list[tuple[str, str, tuple]]:
-    """(label, method, path prefix to the prunability points) for every prunability row."""
-    out = []
-    methods = {m for r in rows.values() for m in r}
-    for m in METHODS:
-        if m in methods:
-            out.append((m, m, ("points",)))
-    for _f, key, label in EXTRA:
-        if key in methods:
-            out.append((label, key, ("points",)))
-    if "metanet" in methods and any("metanet_0ep" in r.get("metanet", {}) for r in rows.values()):
-        out.append(("metanet@0ep *", "metanet", ("metanet_0ep", "points")))
-    norms = sorted({k for r in rows.values() for rec in r.values() for k in rec.get("ablation", {})})
-    for norm in norms:
-        for m in ("metanet", "group-l2", "group-l2-sl"):
-            if m in methods:
-                out.append((f"{m} [{norm.replace('normalizer=', 'norm=')}] *", m, ("ablation", norm)))
+def collect(results: dict[str, Any]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """(family, budget) -> row label -> model -> {row data + prep info}."""
+    out: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for rec in results["cells"].values():
+        key = (rec["family"], rec["budget"])
+        for label, row in rec["rows"].items():
+            out.setdefault(key, {}).setdefault(label, {})[rec["model"]] = {
+                **row, "prep_seconds": rec["prep_seconds"], "prepared": rec["prepared"],
+                "before_pruning": rec["before_pruning"],
+            }  # fmt: skip
+    for rows in out.values():
+        for base in ("group-l2", "group-l2-sl"):
+            _derive_auto(rows, base)
     return out
 
 
+def _derive_auto(rows: dict[str, dict[str, Any]], base: str) -> None:
+    """``base[auto]``: per model and target, the normaliser row with the best validation
+    accuracy (ties: sum, mean, max) -- exactly what ``normalizer="auto"`` does in the
+    pipeline, since a progressive run to a target takes the same steps as one beyond it."""
+    labels = [f"{base}[{n}]" for n in ("sum", "mean", "max") if f"{base}[{n}]" in rows]
+    if len(labels) < 2:
+        return
+    auto: dict[str, Any] = {}
+    for model in set.intersection(*(set(rows[lbl]) for lbl in labels)):
+        entry = {**rows[labels[0]][model], "points": {}, "final": {}, "chosen": {}}
+        for t in (*PRUNABILITY, *FINAL):
+            cands = [
+                (lbl, rows[lbl][model])
+                for lbl in labels
+                if _acc(rows[lbl][model], t, "val") is not None
+            ]
+            if not cands:
+                continue
+            lbl, best = max(cands, key=lambda c: _acc(c[1], t, "val"))  # first of equals
+            entry["points"][str(t)] = best["points"][str(t)]
+            entry["chosen"][str(t)] = lbl
+            if str(t) in best.get("final", {}):
+                entry["final"][str(t)] = best["final"][str(t)]
+        auto[model] = entry
+    rows[f"{base}[auto]"] = auto
+
+
+def _acc(entry: dict[str, Any], t: float, split: str, part: str = "points") -> float | None:
+    pt = entry.get(part, {}).get(str(t), {})
+    return pt.get(split)
+
+
+def _strongest(rows: dict[str, dict[str, Any]], t: float, part: str) -> str | None:
+    """The baseline row with the best mean validation accuracy at target ``t``."""
+    best, best_val = None, -1.0
+    for label in BASELINES:
+        vals = [
+            v for e in rows.get(label, {}).values() if (v := _acc(e, t, "val", part)) is not None
+        ]
+        if vals and statistics.fmean(vals) > best_val:
+            best, best_val = label, statistics.fmean(vals)
+    return best
+
+
+def _vs(rows, label: str, ref: str | None, t: float, part: str) -> str:
+    if ref is None or label == ref:
+        return "(strongest)" if label == ref else "–"
+    diffs = []
+    for model, e in rows[label].items():
+        x, y = _acc(e, t, "test", part), _acc(rows.get(ref, {}).get(model, {}), t, "test", part)
+        if x is not None and y is not None:
+            diffs.append(x - y)
+    if not diffs:
+        return "–"
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return f"{_fmt(diffs, signed=True)} ({wins}W/{losses}L)"
+
+
+def _order(labels) -> list[str]:
+    known = [lbl for rows in ROWS.values() for lbl, _, _ in rows]
+    known[1:1] = ["group-l2[auto]"]
+    known.insert(known.index("group-l2-sl[sum]"), "group-l2-sl[auto]")
+    return [lbl for lbl in known if lbl in labels]
+
+
 def report(results: dict[str, Any], out: Path, suffix: str) -> str:
-    rows: dict[str, dict[str, dict]] = {}
-    for rec in results["runs"].values():
-        rows.setdefault(rec["heldout"], {})[rec["method"]] = rec
-    for fname, key, _label in EXTRA:  # superseded rows, shown for comparison
-        extra = out / f"{fname}{suffix}.json"
-        if extra.exists():
-            for rec in json.loads(extra.read_text())["runs"].values():
-                if rec["heldout"] in rows:
-                    rows[rec["heldout"]][key] = rec
-    names = sorted(rows)
-    settings = results["settings"]
-    lines: list[str] = []
-    md: dict[str, list[str]] = {"prunability": [], "final": [], "latency": []}
-
-    # --- prunability
-    head = "| method | acc before pruning | " + " | ".join(
-        f"{t:g}x acc | {t:g}x Δ vs group-l2 | {t:g}x Δ vs group-l2-sl" for t in PRUNABILITY) + " |"
-    tab = [head, "|" + "---|" * (2 + 3 * len(PRUNABILITY))]
-    per_seed = ["| method | speed-up | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
-    plot_series = {}
-    for label, method, prefix in variants(rows):
-        before_path = ("metanet_0ep", "prepared", "test") if prefix[0] == "metanet_0ep" else ("prepared", "test")
-        before = [_get(before_path)(rows[n][method]) for n in names if method in rows[n]]
-        before = [b for b in before if b is not None]
-        cells = [label, _fmt(before)]
-        series = [(1.0, *_mean_std(before))]
-        for t in PRUNABILITY:
-            k = _get((*prefix, str(t), "test"))
-            accs = [k(rows[n][method]) for n in names if method in rows[n]]
-            accs = [x for x in accs if x is not None]
-            cells.append(_fmt(accs))
-            series.append((t, *_mean_std(accs)))
-            for ref in REFERENCES:
-                refk = _get(("points", str(t), "test"))
-                diffs = [k(rows[n][method]) - refk(rows[n][ref]) for n in names
-                         if method in rows[n] and ref in rows[n]
-                         and k(rows[n][method]) is not None and refk(rows[n][ref]) is not None]
-                cells.append("–" if (label == ref) else _delta_cell(diffs))
-            per_seed.append(f"| {label} | {t:g}x | " + " | ".join(
-                f"{100 * k(rows[n][method]):.1f}" if method in rows[n] and k(rows[n][method]) is not None else "–"
-                for n in names) + " |")
-        tab.append("| " + " | ".join(cells) + " |")
-        plot_series[label] = series
-    md["prunability"] = tab + ["", "Per held-out model (test accuracy %, BN recalibrated, no fine-tune):", ""] + per_seed
-
-    # --- final accuracy
-    head = "| method | " + " | ".join(
-        f"{t:g}x acc | {t:g}x Δ vs group-l2 | {t:g}x Δ vs group-l2-sl" for t in FINAL) + " |"
-    tab = [head, "|" + "---|" * (1 + 3 * len(FINAL))]
-    per_seed = ["| method | speed-up | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
-    final_series = {}
-    for label, method in [(m, m) for m in METHODS] + [(lbl, key) for _f, key, lbl in EXTRA]:
-        if not any(method in rows[n] for n in names):
-            continue
-        cells = [label]
-        final_series[label] = []
-        for t in FINAL:
-            k = _get(("final", str(t), "test"))
-            accs = [k(rows[n][method]) for n in names if method in rows[n] and k(rows[n][method]) is not None]
-            cells.append(_fmt(accs))
-            final_series[label].append((t, *_mean_std(accs)))
-            for ref in REFERENCES:
-                diffs, _ = _paired(rows, method, ref, k)
-                cells.append("–" if method == ref else _delta_cell(diffs))
-            per_seed.append(f"| {label} | {t:g}x | " + " | ".join(
-                f"{100 * k(rows[n][method]):.1f}" if method in rows[n] and k(rows[n][method]) is not None else "–"
-                for n in names) + " |")
-        tab.append("| " + " | ".join(cells) + " |")
-    md["final"] = tab + ["", f"Per held-out model (test accuracy %, after {settings['ft_epochs']} fine-tune epochs):", ""] + per_seed
-
-    # --- latency
-    paired = results.get("latency_pass", {}).get("speedup")
-    base_lat = {n: results["base"][n]["latency_s"] for n in names if n in results.get("base", {})}
-    ts = PRUNABILITY + FINAL
-    tab = ["| method | " + " | ".join(f"{t:g}x MACs" for t in ts) + " |", "|" + "---|" * (1 + len(ts))]
-    for method in METHODS:
-        if not any(method in rows[n] for n in names):
-            continue
-        cells = [method]
-        for t in ts:
-            if paired:
-                sp = [paired[f"{n}/{method}"][str(t)] for n in names
-                      if f"{n}/{method}" in paired and str(t) in paired[f"{n}/{method}"]]
-            else:  # timed during the run: drifts with the machine's load
-                k = _get(("final", str(t), "latency_s") if t in FINAL else ("points", str(t), "latency_s"))
-                sp = [base_lat[n] / k(rows[n][method]) for n in names
-                      if method in rows[n] and n in base_lat and k(rows[n][method])]
-            macs = [_get(("points", str(t), "macs_speedup"))(rows[n][method]) for n in names if method in rows[n]]
-            macs = [m for m in macs if m]
-            m, s_ = _mean_std(sp)
-            cells.append(f"{m:.2f} ± {s_:.2f} (MACs {statistics.fmean(macs):.2f})" if sp else "–")
-        tab.append("| " + " | ".join(cells) + " |")
-    bl = [1000 * v for v in base_lat.values()]
-    how = ("paired: base and pruned timed back to back, " + str(results["latency_pass"]["rounds"])
-           + " alternating rounds of " + str(results["latency_pass"]["repeats"]) + " passes, ratio of the fastest rounds" if paired else "timed during the run (load drift!)")
-    md["latency"] = tab + ["", f"Measured latency speed-up (base / pruned), mean ± std over held-out models; "
-                                f"in brackets the mean MACs speed-up actually reached. Batch 256, 8x8 inputs, "
-                                f"width 1.0, 1 thread, {how}. Base latency during the run: "
-                                f"{min(bl):.0f}-{max(bl):.0f} ms per batch." if bl else ""]
-
-    base_acc = [results["base"][n]["test"] for n in names if n in results.get("base", {})]
-    lines.append(f"Held-out models ({len(names)}): {', '.join(names)}; base test accuracy "
-                 f"{_fmt(base_acc)} %.")
-    if "metanet" in results:
-        lines.append(f"Metanetwork: {results['metanet']}")
-    for part, tab in md.items():
-        (out / f"{part}{suffix}.md").write_text("\n".join(tab) + "\n")
-    _plots(plot_series, final_series, out, suffix, len(names), settings)
-    return "\n".join(lines)
+    data = collect(results)
+    s = results.get("settings", {})
+    md: list[str] = []
+    families = sorted({f for f, _ in data})
+    for fam in families:
+        budgets = sorted(b for f, b in data if f == fam)
+        models = sorted(
+            {m for (f, _), rows in data.items() if f == fam for r in rows.values() for m in r}
+        )
+        md += [f"### {fam} ({len(models)} held-out models: {', '.join(models)})", ""]
+        md += ["Prunability: test accuracy % at each MACs speed-up, BN recalibrated, no fine-tune; "
+               "Δ = per-model paired test difference vs the strongest baseline (best mean *validation* "
+               "accuracy among group-l2[max|sum|mean] and group-l2-sl[max|sum|mean]), mean ± std (wins/losses).", ""]  # fmt: skip
+        for b in budgets:
+            rows = data[(fam, b)]
+            md += [f"**{b} epoch(s) before pruning**", ""]
+            head = (
+                "| row | prep epochs trained | prep s | acc before | "
+                + " | ".join(f"{t:g}x | {t:g}x Δ" for t in PRUNABILITY)
+                + " |"
+            )
+            md += [head, "|" + "---|" * (4 + 2 * len(PRUNABILITY))]
+            refs = {t: _strongest(rows, t, "points") for t in PRUNABILITY}
+            for label in _order(rows):
+                es = rows[label]
+                ep = [e["before_pruning"].get("epochs_trained", b) or 0 for e in es.values()]
+                cells = [f"{label} (n={len(es)})", f"{statistics.fmean(ep):.1f}",
+                         f"{statistics.fmean(e['prep_seconds'] for e in es.values()):.1f}",
+                         _fmt([e["prepared"]["test"] for e in es.values()])]  # fmt: skip
+                for t in PRUNABILITY:
+                    accs = [v for e in es.values() if (v := _acc(e, t, "test")) is not None]
+                    cells += [_fmt(accs), _vs(rows, label, refs[t], t, "points")]
+                md.append("| " + " | ".join(cells) + " |")
+            md.append("")
+            md.append(
+                "Strongest baseline per target: "
+                + ", ".join(f"{t:g}x {refs[t]}" for t in PRUNABILITY)
+            )
+            regs = [
+                (m, e["before_pruning"].get("sparse_reg"))
+                for m, e in rows.get("group-l2-sl[sum]", {}).items()
+            ]
+            if regs:
+                md.append(
+                    "reg chosen on validation: "
+                    + ", ".join(f"{m.split('/')[-1]} {r:g}" for m, r in regs if r is not None)
+                )
+            md.append("")
+            if any(e.get("final") for r in rows.values() for e in r.values()):
+                md += [f"Final accuracy after {s.get('ft_epochs')} fine-tune epochs (equal for every row), "
+                       "test %, Δ vs the strongest baseline (by validation); latency speed-up = base / "
+                       f"pruned at {s.get('latency_size')}x{s.get('latency_size')}, batch {s.get('latency_batch')}, 1 thread:", ""]  # fmt: skip
+                md += ["| row | " + " | ".join(f"{t:g}x | {t:g}x Δ | {t:g}x latency" for t in FINAL) + " |",
+                       "|" + "---|" * (1 + 3 * len(FINAL))]  # fmt: skip
+                frefs = {t: _strongest(rows, t, "final") for t in FINAL}
+                for label in _order(rows):
+                    es = rows[label]
+                    cells = [label]
+                    for t in FINAL:
+                        accs = [
+                            v for e in es.values() if (v := _acc(e, t, "test", "final")) is not None
+                        ]
+                        lat = [
+                            v
+                            for e in es.values()
+                            if (v := _acc(e, t, "latency_speedup", "final")) is not None
+                        ]
+                        m, sd = _ms(lat)
+                        cells += [_fmt(accs), _vs(rows, label, frefs[t], t, "final"),
+                                  f"{m:.2f} ± {sd:.2f}" if lat else "–"]  # fmt: skip
+                    md.append("| " + " | ".join(cells) + " |")
+                md += [
+                    "",
+                    "Strongest baseline after fine-tune: "
+                    + ", ".join(f"{t:g}x {frefs[t]}" for t in FINAL),
+                    "",
+                ]
+    text = "\n".join(md) + "\n"
+    (out / f"tables{suffix}.md").write_text(text)
+    _plot(data, out / f"budget{suffix}.png")
+    return text
 
 
-def _plots(prun, final, out: Path, suffix: str, n: int, settings) -> None:
-    import matplotlib
+def _plot(data, path: Path) -> None:
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, series in prun.items():
-        xs, ms, ss = zip(*series)
-        style = "--" if label.endswith("*") else "-"
-        ax.errorbar(xs, [100 * m for m in ms], yerr=[100 * s for s in ss], fmt=style + "o", capsize=3,
-                    label=label, alpha=0.9 if style == "-" else 0.6)
-    ax.set_xlabel("MACs speed-up (vs held-out model)")
-    ax.set_ylabel("test accuracy % (BN recalibrated, no fine-tune)")
-    ax.set_title(f"Prunability, ResNet-20 digits 8x8, {n} held-out models, mean ± std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    families = sorted({f for f, _ in data})
+    if not families:
+        return
+    targets = (2.0, 3.0)
+    fig = Figure(figsize=(5.5 * len(targets), 4 * len(families)), dpi=100)
+    for i, fam in enumerate(families):
+        budgets = sorted(b for f, b in data if f == fam)
+        labels = _order({lbl for b in budgets for lbl in data[(fam, b)]})
+        for j, t in enumerate(targets):
+            ax = fig.add_subplot(len(families), len(targets), i * len(targets) + j + 1)
+            for label in labels:
+                xs, ys, es = [], [], []
+                for b in budgets:
+                    accs = [v for e in data[(fam, b)].get(label, {}).values()
+                            if (v := _acc(e, t, "test")) is not None]  # fmt: skip
+                    if accs:
+                        m, sd = _ms([100 * x for x in accs])
+                        xs.append(b)
+                        ys.append(m)
+                        es.append(sd)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
+                                linestyle="--" if label.endswith("[max]") else "-")  # fmt: skip
+            ax.set_xlabel("epochs before pruning (preparation budget)")
+            ax.set_ylabel(f"test acc % at {t:g}x MACs (no fine-tune)")
+            ax.set_title(f"{fam}, {t:g}x")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / f"prunability{suffix}.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    methods = list(final)
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        xs, ms, ss = zip(*final[m])
-        pos = [j + i * width for j in range(len(xs))]
-        ax.bar(pos, [100 * v for v in ms], width, yerr=[100 * s for s in ss], capsize=3, label=m)
-    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(FINAL))])
-    ax.set_xticklabels([f"{t:g}x" for t in FINAL])
-    lo = min((100 * (m - s) for s_ in final.values() for _, m, s in s_ if not math.isnan(m)), default=0)
-    ax.set_ylim(max(0, lo - 5), 100)
-    ax.set_ylabel(f"test accuracy % after {settings['ft_epochs']} fine-tune epochs")
-    ax.set_title(f"Final accuracy, {n} held-out models, mean ± std")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / f"final{suffix}.png", dpi=120)
-    plt.close(fig)
+    fig.savefig(path, format="png")
 
 
 # ----------------------------------------------------------------------------- main
 
 
+def _locked_update(path: Path, key: str, rec: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Add one finished cell to the shared results file (several families run in parallel)."""
+    lock = path.with_suffix(".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {"cells": {}}
+        data.setdefault("settings", settings)
+        data.setdefault("commands", [])
+        cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+        if cmd not in data["commands"]:
+            data["commands"].append(cmd)
+        data["cells"][key] = rec
+        data["date"] = datetime.datetime.now().isoformat(timespec="minutes")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=5, help="number of held-out models (default 5)")
-    p.add_argument("--heldout", default="fresh", choices=["fresh", "meta-val", "mixed"])
-    p.add_argument("--epochs", type=int, default=5, help="before-pruning epochs, every method")
-    p.add_argument("--ft-epochs", type=int, default=20, help="fine-tune epochs after pruning (final part)")
-    p.add_argument("--steps", type=int, default=100, help="progressive pruning steps")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--family", nargs="+", default=["cifar_resnet20", "cifar_vgg11_bn"])
+    p.add_argument("--seeds", type=int, default=3, help="held-out models per family")
+    p.add_argument("--budgets", type=int, nargs="+", default=[5, 0, 2, 10, 1],
+                   help="epochs before pruning, run in this order")  # fmt: skip
+    p.add_argument(
+        "--final-budget", type=int, default=5, help="budget that also gets the fine-tune + latency"
+    )
+    p.add_argument(
+        "--ft-epochs", type=int, default=10, help="fine-tune epochs after pruning (final part)"
+    )
+    p.add_argument("--preps", nargs="+", default=["plain", "sl", "metanet"], choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=[lbl for r in ROWS.values() for lbl, _, _ in r])
+    p.add_argument("--light-rows", nargs="*", default=[],
+                   help="rows measured at budgets other than --final-budget (default: all)")  # fmt: skip
+    p.add_argument("--final-rows", nargs="*", default=[],
+                   help="rows fine-tuned and timed at --final-budget (default: all)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--recal-batches", type=int, default=20)
-    p.add_argument("--max-layer-ratio", type=float, default=0.75)
-    p.add_argument("--normalizer", default="max")
-    p.add_argument("--ablate-normalizer", nargs="*", default=["sum"])
-    p.add_argument("--sparse-reg", type=float, default=5e-4)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--metanet", default=METANET_NAME)
-    p.add_argument("--no-metanet-zero", dest="metanet_zero", action="store_false",
-                   help="skip the extra metanet@0ep prunability row")
-    p.add_argument("--wait-metanet", type=float, default=0.0,
-                   help="minutes to wait for the shipped metanetwork before its rows")
-    p.add_argument("--latency-batch", type=int, default=256)
-    p.add_argument("--latency-repeats", type=int, default=10)
-    p.add_argument("--data-seed", type=int, default=0, help="the zoo's dataset split")
-    p.add_argument("--quick", action="store_true", help="2 meta-val models, 1+2 epochs, 100 steps")
+    p.add_argument("--tolerance", type=float, default=0.01, help="reg='auto' tolerance")
+    p.add_argument("--latency-size", type=int, default=32)
+    p.add_argument("--latency-batch", type=int, default=32)
+    p.add_argument("--latency-repeats", type=int, default=3)
+    p.add_argument("--latency-rounds", type=int, default=2)
+    p.add_argument(
+        "--quick", action="store_true", help="1 ResNet-20, budgets 1 and 0, 4 rows, 2 ft epochs"
+    )
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
-        a.seeds, a.epochs, a.ft_epochs, a.steps = min(a.seeds, 2), 1, 2, 100
-        a.heldout = "meta-val" if a.heldout == "fresh" else a.heldout
-        a.latency_repeats = 3
+        a.family, a.seeds, a.budgets, a.final_budget = ["cifar_resnet20"], 1, [1, 0], 1
+        a.ft_epochs, a.steps, a.latency_repeats, a.latency_rounds = 2, 30, 2, 1
+        a.rows = ["group-l2[max]", "group-l2[sum]", "group-l2-sl[sum]", "metanet[sum]"]
+        a.final_rows, a.recal_batches = ["group-l2[sum]", "group-l2-sl[sum]"], 5
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if a.quick else ""
     path = a.out / f"results{suffix}.json"
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
-                if k not in ("methods", "wait_metanet", "report_only", "out", "metanet_zero")}
-    results: dict[str, Any] = {"settings": settings, "runs": {}, "base": {}}
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("settings") == settings:
-            results = old
-        elif not a.report_only:
-            log(f"{path} has other settings; starting afresh (old file kept as .bak)")
-            path.rename(path.with_suffix(".json.bak"))
-        else:
-            results = old
     if a.report_only:
-        print(report(results, a.out, suffix))
+        print(report(json.loads(path.read_text()), a.out, suffix))
         return 0
-    results["command"] = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-
-    def save() -> None:
-        results["date"] = datetime.datetime.now().isoformat(timespec="minutes")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-        tmp.replace(path)
-
+    settings = {k: v for k, v in vars(a).items() if k in (
+        "seeds", "final_budget", "ft_epochs", "steps", "lr", "batch_size", "recal_batches",
+        "tolerance", "latency_size", "latency_batch", "latency_repeats", "latency_rounds")}  # fmt: skip
+    done = set(json.loads(path.read_text())["cells"]) if path.exists() else set()
     runner = Runner(a)
-    models = heldout_mod.heldout_models(a.heldout, a.seeds, log=log)
-    for h in models:
-        if h.name not in results["base"]:
-            model, _ = heldout_mod.load(h)
-            _, val, test = runner.loaders(h.seed)
-            cost = measure_cost(model, runner.example)
-            results["base"][h.name] = {"val": evaluate(model, val), "test": evaluate(model, test),
-                                       "macs": cost.macs, "params": cost.params,
-                                       "latency_s": runner.latency(model)}
-            save()
-    order = [m for m in METHODS if m in a.methods and m != "metanet"] + (["metanet"] if "metanet" in a.methods else [])
-    for method in order:
-        if method == "metanet":
-            deadline = time.time() + 60 * a.wait_metanet
-            while not metanet_available(a.metanet) and time.time() < deadline:
-                log(f"waiting for metanetwork {a.metanet!r} ...")
-                time.sleep(120)
-            try:
-                runner.metanetwork()
-                results["metanet"] = metanet_provenance(a.metanet)
-            except Exception as err:  # noqa: BLE001 -- report and go on with the baselines
-                log(f"metanet rows skipped: cannot load {a.metanet!r}: {err}")
-                continue
-        for i, h in enumerate(models):
-            key = f"{h.name}/{method}"
-            if key in results["runs"]:
-                continue
-            rec = runner.run_one(h, method, seed=i)
-            results["runs"][key] = rec
-            save()
-            pts = " ".join(f"{t}x:{100 * v['test']:.1f}" for t, v in rec["points"].items() if "test" in v)
-            fin = " ".join(f"{t}x:{100 * v['test']:.1f}" for t, v in rec["final"].items())
-            log(f"{key}: before {100 * rec['prepared']['test']:.1f} | {pts} | ft {fin} | {rec['seconds']:.0f} s")
-    print(report(results, a.out, suffix))
+    for fam in a.family:
+        models = heldout_mod.heldout_models(fam, a.seeds, log=log)
+        for budget in a.budgets:
+            for h in models:
+                for prep in a.preps:
+                    if prep == "metanet" and fam != METANET_FAMILY:
+                        continue
+                    if prep == "sl" and budget == 0:
+                        continue  # no epochs: sparse training is the plain model
+                    key = f"{h.name}/{budget}/{prep}"
+                    if key in done:
+                        continue
+                    start = time.perf_counter()
+                    rec = runner.cell(h, prep, budget)
+                    rec["seconds"] = time.perf_counter() - start
+                    _locked_update(path, key, rec, settings)
+                    pts = " ".join(f"{lbl}:" + "/".join(
+                        f"{100 * r['points'][str(t)]['test']:.0f}" for t in PRUNABILITY if "test" in r["points"][str(t)])
+                        for lbl, r in rec["rows"].items())  # fmt: skip
+                    reg = rec["before_pruning"].get("sparse_reg")
+                    log(
+                        f"{key}: prep {rec['prep_seconds']:.0f}s"
+                        + (f" reg {reg:g}" if reg is not None else "")
+                        + f" | {pts} | {rec['seconds']:.0f}s"
+                    )
+    print(report(json.loads(path.read_text()), a.out, suffix))
     return 0
 
 

@@ -1,31 +1,25 @@
-"""Held-out models for the quality benchmark: never seen by the metanetwork's training.
+"""Held-out models for the quality benchmark: built fresh, with seeds no zoo here uses.
 
-Two sources:
+Each family is put through the zoo recipe of ``metanet/configs/zoo_resnet20_digits.yaml``
+(train from scratch, prune lightly to ``initial_speedup`` with the recipe's normaliser,
+recalibrate BN, fine-tune) with ``metanet.zoo.member.build_member``, only the
+architecture swapped. Seeds start at ``SEED0 = 100``: the shipped zoo used seeds 0-19,
+so none of these models was seen by the metanetwork's training or checkpoint selection.
+Built members are cached (checkpoint + metrics) and reused.
 
-* ``fresh``: new base seeds put through exactly the recipe of the zoo (``zoo.json``'s
-  ``ZooConfig``: train from scratch, prune lightly to ``initial_speedup``, recalibrate BN,
-  fine-tune) with ``metanet.zoo.member.build_member``. Member ``i`` of the extended zoo
-  has seed ``zoo.seed + i``, so seeds ``size, size + 1, ...`` are new. These models were
-  used neither for meta-training nor for the metanetwork's checkpoint selection.
-* ``meta-val``: the zoo's meta-val members. Not trained on, but the metanetwork's
-  checkpoint was *selected* on them (area under their pruning curve), so they are a
-  slightly optimistic test set for ``metanet``.
-
-Built members are cached (checkpoint + metrics) and reused on the next run.
-
-    .venv/bin/python benchmarks/quality_heldout.py --n 5     # pre-build the fresh members
+    python benchmarks/quality_heldout.py --families cifar_resnet20 cifar_vgg11_bn --n 3
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 _HERE = Path(__file__).resolve().parent
@@ -35,73 +29,58 @@ if str(ROOT) not in sys.path:
 
 from metaprune import checkpoint  # noqa: E402
 
-ZOO = ROOT / "runs" / "zoo-resnet20-digits"
-CACHE = Path("/tmp/metaprune-quality-heldout")
+RECIPE = ROOT / "metanet" / "configs" / "zoo_resnet20_digits.yaml"
+CACHE = Path("/tmp/metaprune-quality-heldout-v2")
+SEED0 = 100
+FAMILY_KWARGS = {
+    "cifar_resnet20": {"in_channels": 1, "width": 1.0},
+    "cifar_resnet32": {"in_channels": 1, "width": 1.0},
+    "cifar_resnet56": {"in_channels": 1, "width": 1.0},
+    "cifar_vgg11_bn": {"in_channels": 1},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Heldout:
-    name: str  # e.g. "fresh-0020" or "metaval-0004"
+    name: str  # e.g. "cifar_resnet20/s100"
+    family: str
     seed: int
     path: Path
-    source: str  # "fresh" | "meta-val"
+    metrics: dict
 
 
-def zoo_config(zoo: Path = ZOO):
+def recipe(family: str, n: int):
     from metanet.zoo.config import ZooConfig
 
-    return ZooConfig.from_dict(json.loads((zoo / "zoo.json").read_text())["config"])
+    data = yaml.safe_load(RECIPE.read_text())
+    data.update(arch=family, arch_kwargs=FAMILY_KWARGS[family], size=n, seed=SEED0)
+    return ZooConfig.from_dict(data)
 
 
-def fresh_members(n: int, zoo: Path = ZOO, cache: Path = CACHE, log=print) -> list[Heldout]:
-    """``n`` members with new seeds, built with the zoo's recipe (cached in ``cache``)."""
+def heldout_models(family: str, n: int, cache: Path = CACHE, log=print) -> list[Heldout]:
+    """``n`` held-out models of ``family`` (built on first use, then cached)."""
     from metanet.zoo.member import build_member, member_paths, read_metrics
 
-    config = zoo_config(zoo)
-    extended = dataclasses.replace(config, size=config.size + n)
+    config = recipe(family, n)
+    root = cache / family
     out = []
-    for k in range(n):
-        index = config.size + k
-        name = extended.member_names()[index]
-        ckpt, metrics_path = member_paths(cache, name)
+    for index, name in enumerate(config.member_names()):
+        ckpt, metrics_path = member_paths(root, name)
         metrics = read_metrics(metrics_path)
         if metrics is None or not _same_recipe(metrics.get("recipe", {}), config.to_dict()):
             start = time.perf_counter()
-            torch.set_num_threads(1)
-            metrics = build_member(extended, index, cache)
-            log(f"built fresh member {name} (seed {metrics['seed']}): test {metrics['test_accuracy']:.3f}, "
-                f"{metrics['macs_speedup']:.2f}x, {time.perf_counter() - start:.0f} s")
-        out.append(Heldout(f"fresh-{name}", config.seed + index, ckpt, "fresh"))
+            metrics = build_member(config, index, root)
+            log(f"built {family} seed {metrics['seed']}: val {metrics['val_accuracy']:.3f} "
+                f"(after light prune {metrics['pruned_val_accuracy']:.3f}), "
+                f"{metrics['macs_speedup']:.2f}x, {time.perf_counter() - start:.0f} s")  # fmt: skip
+        out.append(Heldout(f"{family}/s{metrics['seed']}", family, metrics["seed"], ckpt, metrics))
     return out
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
-    ignore = {"size"}
-    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
-
-
-def metaval_members(zoo: Path = ZOO) -> list[Heldout]:
-    data = json.loads((zoo / "zoo.json").read_text())
-    seeds = {m["name"]: m["seed"] for m in data["members"]}
-    return [
-        Heldout(f"metaval-{n}", seeds[n], zoo / "members" / f"{n}.safetensors", "meta-val")
-        for n in data["split"]["meta_val"]
-    ]
-
-
-def heldout_models(source: str, n: int, zoo: Path = ZOO, cache: Path = CACHE, log=print) -> list[Heldout]:
-    """``n`` held-out models: ``fresh``, ``meta-val`` or ``mixed`` (meta-val first, then fresh)."""
-    if source == "fresh":
-        return fresh_members(n, zoo, cache, log)
-    metaval = metaval_members(zoo)
-    if source == "meta-val":
-        if n > len(metaval):
-            raise SystemExit(f"only {len(metaval)} meta-val members; use --heldout fresh or mixed")
-        return metaval[:n]
-    if source == "mixed":
-        take = metaval[:n]
-        return take + fresh_members(n - len(take), zoo, cache, log) if n > len(take) else take
-    raise SystemExit(f"unknown held-out source {source!r} (fresh, meta-val, mixed)")
+    return {k: v for k, v in a.items() if k != "size"} == {
+        k: v for k, v in b.items() if k != "size"
+    }
 
 
 def load(h: Heldout):
@@ -110,10 +89,17 @@ def load(h: Heldout):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=5)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--families", nargs="+", default=["cifar_resnet20", "cifar_vgg11_bn"])
+    parser.add_argument("--n", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for h in fresh_members(args.n, cache=args.cache):
-        print(h)
+    for fam in args.families:
+        for h in heldout_models(fam, args.n, cache=args.cache):
+            print(
+                h.name,
+                {k: h.metrics[k] for k in ("val_accuracy", "test_accuracy", "pruned_val_accuracy")},
+            )

@@ -201,7 +201,14 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="PruneConfig as a JSON or YAML file (flags override it)")
     p.add_argument("--target-speedup", type=_positive_float, help="target ratio (default 2)")
     p.add_argument("--target-kind", choices=TARGET_KINDS, help="what the ratio measures")
-    p.add_argument("--method", choices=METHODS, help="pruning method (default group-l2)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="pruning method (default auto: the report says which ran and why)",
+    )
+    p.add_argument(
+        "--reg", type=_reg, help="sparse-training strength: a number or 'auto' (default)"
+    )
     p.add_argument(
         "--metanet",
         help="exported metanetwork: a registered name, or a path to NAME.safetensors; "
@@ -229,6 +236,20 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.epilog = _EXIT_HELP
 
 
+def _reg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 or 'auto' (found {text!r})"
+        ) from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or 'auto' (found {text!r})")
+    return value
+
+
 def _run_prune(args: argparse.Namespace) -> int:
     from metaprune.errors import quote
     from metaprune.pruning import PruneConfig, format_report, prune
@@ -243,7 +264,7 @@ def _run_prune(args: argparse.Namespace) -> int:
     data = _read_config(args.config) if args.config else PruneConfig().to_dict()
     flags = {
         ("target", "value"): args.target_speedup, ("target", "kind"): args.target_kind,
-        ("method",): args.method, ("metanet",): args.metanet,
+        ("method",): args.method, ("metanet",): args.metanet, ("sparse", "reg"): args.reg,
         ("after_pruning", "epochs"): args.epochs, ("before_pruning", "epochs"): args.before_epochs,
         ("after_pruning", "lr"): args.lr, ("before_pruning", "lr"): args.lr,
         ("pruning", "steps"): args.steps, ("pruning", "min_channels"): args.min_channels,

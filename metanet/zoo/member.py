@@ -101,7 +101,12 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
     base = measure_cost(model, example)
     base_val = evaluate(model, val)
     history = progressive_prune(
-        model, example, config.initial_speedup, importance="group-l2", steps=config.prune_steps
+        model,
+        example,
+        config.initial_speedup,
+        importance="group-l2",
+        steps=config.prune_steps,
+        normalizer=config.prune_normalizer,
     )
     recalibrate_bn(model, train, config.recalibrate_batches)
     pruned_val = evaluate(model, val)

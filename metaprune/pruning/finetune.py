@@ -2,7 +2,8 @@
 
 ``finetune`` trains with SGD (momentum, weight decay) under a cosine, step or constant
 schedule, evaluates validation accuracy after every epoch and leaves the model with the
-weights of its best epoch: the validation split selects, the test split is only ever
+weights of its best epoch (ties go to the *latest* such epoch: on a small, saturated
+validation split, "earliest" kept epoch 1-2 of 10, i.e. threw most of the budget away): the validation split selects, the test split is only ever
 evaluated once, by the caller, at the very end. An optional ``regularizer`` runs after
 every backward pass (``group-l2-sl`` adds its group-sparsity gradient there).
 """
@@ -127,7 +128,7 @@ def finetune(
         val_acc = evaluate(model, val_loader, device)
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_accuracy": val_acc}
         history.append(record)
-        if val_acc > best_acc:
+        if val_acc >= best_acc:  # ties go to the later epoch: it trained longer
             best_acc, best_epoch = val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
         notify(progress, cancel, stage, epoch, budget.epochs, **record, best_val_accuracy=best_acc)

@@ -7,7 +7,10 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
    fine-tune (``group-l2``, ``random``).
 3. ``prune``: progressive global structural pruning until the target is met, recording
-   validation accuracy against speed-up (the curve).
+   validation accuracy against speed-up (the curve). With the default
+   ``normalizer="auto"`` a ``normalizer_search`` first prunes copies with each group-L2
+   normaliser and keeps the best on validation. ``method="auto"`` is resolved before
+   anything else (:mod:`metaprune.pruning.auto`); the report says which method ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
@@ -35,13 +38,15 @@ from metaprune.errors import InvalidInputError, describe_exception
 from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning._checks import ConfigError
-from metaprune.pruning.bn import recalibrate_bn
+from metaprune.pruning.auto import resolve_method
+from metaprune.pruning.bn import calibration_loader, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.latency import measure_latency
 from metaprune.pruning.methods import MethodContext, _load_metanetwork, get_method
-from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
+from metaprune.pruning.normalizer import choose_normalizer
+from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
@@ -145,6 +150,9 @@ def prune(
     config.check_limits(limits)
     wall = min(config.max_wall_seconds or limits.max_wall_seconds, limits.max_wall_seconds)
     cancel = BudgetToken(wall, cancel)
+    requested = config
+    choice = resolve_method(config)  # "auto" -> a concrete method, with the reason
+    config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
     if method.name == "metanet" and metanetwork is None:  # fail before any work is done
         metanetwork = _load_metanetwork(config, limits=limits, allow_paths=metanet_paths)
@@ -162,6 +170,11 @@ def prune(
     device = _available(torch.device(config.device))
     model = model.to(device)
     train, val, test = make_loaders(splits, config.batch_size, config.seed)
+    # one fixed sample set for every recalibration: the same weights always get the same
+    # statistics (a shuffled loader would draw other images each time)
+    calib = calibration_loader(
+        splits.train, config.bn_recalibration_batches, config.batch_size, config.seed
+    )
     gen = torch.Generator().manual_seed(config.seed)
     example = torch.randn(
         1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
@@ -185,9 +198,11 @@ def prune(
         notify(progress, cancel, "evaluate_base", 0, 1)
         base = _measure(model, example, val, test, device, latency)
         notify(progress, cancel, "evaluate_base", 1, 1, **base)
-    ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork)
+    ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
+                        calibration_loader=calib)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
+    seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
     curve: list[dict[str, Any]] = []
@@ -196,7 +211,9 @@ def prune(
     def curve_accuracy(m: nn.Module) -> float:
         if _curve_recalibrates(config):
             m = copy.deepcopy(m)
-            recalibrate_bn(m, train, config.bn_recalibration_batches, device)
+            # one cheap pass (deterministic on the fixed set): 12x faster than exact, and
+            # the curve is evaluated every few steps; reported stage figures are exact
+            recalibrate_bn(m, calib, config.bn_recalibration_batches, device, exact=False)
         return evaluate(m, val, device)
 
     def on_step(info: StepInfo, m: nn.Module) -> None:
@@ -205,21 +222,42 @@ def prune(
         curve.append(point)
         notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
 
-    with timed("prune"):
-        history = progressive_prune(
-            model, example, config.target, importance=method.importance, steps=pruning.steps,
+    def prune_to_target(m: nn.Module, normalizer: str, step_fn: Any) -> list[StepInfo]:
+        return progressive_prune(
+            m, example, config.target, importance=method.importance, steps=pruning.steps,
             round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
             min_channels=pruning.min_channels, p=config.importance.p,
             group_reduction=config.importance.group_reduction,
-            normalizer=config.importance.normalizer, seed=config.seed,
-            latency_fn=latency if config.target.kind == "latency" else None, on_step=on_step,
+            normalizer=normalizer, seed=config.seed,
+            latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
         )  # fmt: skip
+
+    normalizer, prune_info = config.importance.normalizer, {}
+    if normalizer == "auto" and method.importance != "group-l2":
+        normalizer = "sum"  # random scores: no normaliser to choose
+    elif normalizer == "auto":
+        with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
+
+            def score(m: nn.Module) -> float:
+                recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
+                return evaluate(m, val, device)
+
+            def check(info: StepInfo, m: nn.Module) -> None:
+                check_cancel(cancel, "prune")
+
+            normalizer, search = choose_normalizer(
+                model, lambda m, name: prune_to_target(m, name, check), score
+            )
+        prune_info["normalizer_search"] = search
+    prune_info["normalizer"] = normalizer
+    with timed("prune"):
+        history = prune_to_target(model, normalizer, on_step)
         if curve[-1]["val_accuracy"] is None:
             curve[-1]["val_accuracy"] = curve_accuracy(model)
     final_step = history[-1]
     with timed("recalibrate_bn"):
         notify(progress, cancel, "recalibrate_bn", 0, 1)
-        recalibrate_bn(model, train, config.bn_recalibration_batches, device)
+        recalibrate_bn(model, calib, config.bn_recalibration_batches, device)
         pruned_val = evaluate(model, val, device)
         notify(progress, cancel, "recalibrate_bn", 1, 1, val_accuracy=pruned_val)
     with timed("after_pruning"):
@@ -239,6 +277,7 @@ def prune(
         "metaprune_version": __version__,
         "dataset": splits.name,
         "method": config.method,
+        "method_choice": choice.to_dict(),
         "target": {"kind": config.target.kind, "value": config.target.value},
         # never report success for a model whose outputs are not finite
         "target_reached": bool(final_step.reached and outputs_finite),
@@ -254,6 +293,7 @@ def prune(
         "stage_seconds": seconds,
         "stages": {
             **ctx.info,
+            "prune": prune_info,
             "after_pruning": {
                 "best_epoch": after.best_epoch,
                 "val_accuracy": after.best_val_accuracy,
@@ -262,7 +302,7 @@ def prune(
         "layer_widths": {k: [v, widths_after.get(k)] for k, v in widths_before.items()},
         "curve": curve,
         "chosen_step": final_step.step,
-        "config": config.to_dict(),
+        "config": requested.to_dict(),  # as requested: "auto" resolves the same way again
         "spec": pruned_spec.to_json() if pruned_spec is not None else None,
     }
     return PruneResult(model=model, spec=pruned_spec, report=report, curve=curve, config=config)

@@ -3,12 +3,15 @@
 ``report.json`` (``report_version`` 1) holds plain JSON::
 
     {"report_version": 1, "metaprune_version": "...", "dataset": "digits",
-     "method": "group-l2", "target": {"kind": "macs", "value": 2.0}, "target_reached": true,
+     "method": "group-l2-sl",            # the method that ran
+     "method_choice": {"method", "requested", "reason"},   # why (requested "auto" or not)
+     "target": {"kind": "macs", "value": 2.0}, "target_reached": true,
      "base":  {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "pruned": {"val_accuracy"}          # after pruning + BN recalibration, no fine-tune
      "final": {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "speedup": {"macs", "latency", "params"},
-     "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., ...},
+     "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ..., ...},
+     # reg_search (reg="auto" only) is part of before_pruning, not in addition to it
      "layer_widths": {"layer1.0.conv1": [16, 9], ...},   # [before, after]
      "curve": [{"step", "macs_speedup", "param_ratio", "latency_speedup", "val_accuracy"}],
      "chosen_step": 42, "stages": {...}, "config": {...}, "spec": {...} | null}
@@ -83,6 +86,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     """A short human-readable summary of a report (used by the CLI)."""
     base, final, speed = report["base"], report["final"], report["speedup"]
     target = report["target"]
+    choice = report.get("method_choice") or {}
     lines = [
         f"method {report['method']} on {report['dataset']}: target {target['kind']} "
         f"{target['value']}x {'reached' if report['target_reached'] else 'NOT reached (layer floors hit)'}",
@@ -95,6 +99,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"  test acc   {_pct(base['test_accuracy']):>12} -> {_pct(final['test_accuracy']):>12}",
         "  stages     " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stage_seconds"].items()),
     ]
+    if choice.get("requested") == "auto":
+        lines.insert(1, f"  method     auto -> {choice['method']}: {choice['reason']}")
+    sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
+    if sparse:
+        tried = ", ".join(f"{t['reg']:g}: {_pct(t['val_accuracy'])}" for t in sparse["trials"])
+        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} chosen on "
+                        f"validation (reference {_pct(sparse['reference_val_accuracy'])}; tried {tried})")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -78,6 +78,10 @@ def test_unknown_model_in_checkpoint(capsys, tmp_path):
             ["prune", "X", "--dataset", "digits", "-o", "o", "--method", "metanet"],
             "--method metanet needs --metanet",
         ),
+        (
+            ["prune", "X", "--dataset", "digits", "-o", "o", "--reg", "strong"],
+            "must be a number >= 0 or 'auto' (found 'strong')",
+        ),
         (["info", "X", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

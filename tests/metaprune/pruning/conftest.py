@@ -7,7 +7,14 @@ import torch
 
 from metaprune.data import DatasetSplits, get_dataset, make_loaders
 from metaprune.models import ArchSpec
-from metaprune.pruning import FinetuneBudget, LatencyOptions, PruneConfig, PruningOptions
+from metaprune.pruning import (
+    FinetuneBudget,
+    ImportanceOptions,
+    LatencyOptions,
+    PruneConfig,
+    PruningOptions,
+    SparseTraining,
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +48,12 @@ def example() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def fast_config() -> PruneConfig:
-    """One epoch per fine-tune, a coarse schedule, a sparse curve, cheap latency."""
+    """group-l2, one epoch per fine-tune, a coarse schedule, a sparse curve, cheap latency,
+    a two-value reg grid."""
     return PruneConfig(
+        method="group-l2",
+        sparse=SparseTraining(auto_grid=(0.1, 0.01)),
+        importance=ImportanceOptions(normalizer="sum"),  # "auto" has its own tests
         before_pruning=FinetuneBudget(epochs=1),
         after_pruning=FinetuneBudget(epochs=1),
         pruning=PruningOptions(steps=20, curve_every=4),

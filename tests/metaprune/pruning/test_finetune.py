@@ -65,3 +65,13 @@ def test_cancel_from_the_callback(model, loaders):
 def test_schedules(budget, expected):
     factor = _lr_factor(budget, iters_per_epoch=10)  # checked at epochs 0, 2 and 4 (the end)
     assert [factor(0), factor(20), factor(40)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_ties_go_to_the_latest_epoch(loaders):
+    """lr 0, no BatchNorm: every epoch ties with the start; the latest epoch is kept."""
+    train, val, _ = loaders
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    result = finetune(model, train, val, FinetuneBudget(epochs=3, lr=0.0, weight_decay=0.0))
+    accs = [h["val_accuracy"] for h in result.history]
+    assert len(set(accs)) == 1 and result.best_epoch == 3

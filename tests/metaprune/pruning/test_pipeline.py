@@ -129,7 +129,10 @@ def test_other_methods_run_under_the_same_budget(method, model, spec, splits, fa
     result = prune(model, splits, config, spec=spec)
     assert result.report["method"] == method and result.report["target_reached"]
     assert result.report["speedup"]["params"] >= 1.5
-    assert result.report["stages"]["before_pruning"]["best_epoch"] == 1  # trained weights win
+    info = result.report["stages"]["before_pruning"]
+    assert info["best_epoch"] == info["kept_epoch"] == info["epochs"] == 1  # the last epoch kept
+    trials = len(info.get("reg_search", {}).get("trials", [None]))
+    assert info["epochs_trained"] == trials and info["seconds"] > 0  # what the method spent
 
 
 def test_latency_target_is_measured_at_every_step(model, splits, fast_config):

@@ -14,6 +14,7 @@ from metaprune.pruning import (
     FinetuneBudget,
     PruneConfig,
     PruningOptions,
+    SparseTraining,
     Target,
 )
 
@@ -21,7 +22,8 @@ from metaprune.pruning import (
 def test_defaults_are_valid_and_versioned():
     config = PruneConfig()
     assert config.version == CONFIG_VERSION == 1
-    assert config.method == "group-l2"
+    assert config.method == "auto"  # resolved per job, see metaprune/pruning/auto.py
+    assert config.importance.normalizer == "auto" and config.sparse.reg == "auto"
     assert config.target == Target("macs", 2.0)
     assert config.bn_recalibration_batches > 0  # recalibration is on by default
     assert config.pruning.max_layer_ratio < 1 and config.pruning.min_channels >= 2
@@ -46,6 +48,28 @@ def test_round_trip_through_json_and_yaml():
     assert PruneConfig.from_dict(json.loads(json.dumps(data))) == config
     assert PruneConfig.from_dict(yaml.safe_load(yaml.safe_dump(data))) == config
     assert PruneConfig.from_dict({}) == PruneConfig()  # missing keys take defaults
+
+
+def test_sparse_reg_is_a_number_or_auto():
+    assert SparseTraining(reg=0.1).reg == 0.1 and SparseTraining(reg=1).reg == 1.0
+    sparse = SparseTraining(auto_grid=[0.01, 0.3, 0.01])
+    assert sparse.auto_grid == (0.3, 0.01)  # deduplicated, largest first
+    data = PruneConfig(sparse=SparseTraining(reg=0.05, auto_tolerance=0.02)).to_dict()
+    assert data["sparse"] == {
+        "reg": 0.05,
+        "auto_tolerance": 0.02,
+        "auto_grid": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001],
+    }
+    assert PruneConfig.from_dict(json.loads(json.dumps(data))).sparse.reg == 0.05
+    assert PruneConfig.from_dict({"sparse": {"reg": "auto"}}).sparse == SparseTraining()
+    for bad, match in (("max", "sparse.reg must be a number >= 0 or 'auto'"),
+                       (-1.0, r"sparse.reg must be in \[0"), (True, "finite number")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            SparseTraining(reg=bad)
+    with pytest.raises(ConfigError, match="auto_grid must not be empty"):
+        SparseTraining(auto_grid=())
+    with pytest.raises(ConfigError, match="auto_tolerance"):
+        SparseTraining(auto_tolerance=2.0)
 
 
 def test_partial_nested_dict_keeps_other_defaults():

@@ -1,0 +1,62 @@
+"""Tests for metaprune/pruning/auto.py: the documented, deterministic ``method="auto"`` rule."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from metaprune.pruning import (
+    FinetuneBudget,
+    ImportanceOptions,
+    PruneConfig,
+    SparseTraining,
+    format_report,
+    prune,
+)
+from metaprune.pruning.auto import resolve_method
+from metaprune.pruning.config import METHODS
+
+
+def test_rule_follows_the_before_pruning_budget():
+    config = PruneConfig()
+    assert config.method == "auto"
+    choice = resolve_method(config)
+    assert (choice.method, choice.requested) == ("group-l2-sl", "auto")
+    assert "10 epoch(s)" in choice.reason and "validation split" in choice.reason
+    zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
+    assert (zero.method, zero.requested) == ("group-l2", "auto")
+    assert "0 epochs" in zero.reason and "normaliser chosen on validation" in zero.reason
+    fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
+                                     importance=ImportanceOptions(normalizer="max"))  # fmt: skip
+    assert "the 'max' normaliser" in resolve_method(fixed_norm).reason
+    fixed = resolve_method(dataclasses.replace(config, sparse=SparseTraining(reg=0.05)))
+    assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "auto"])
+def test_explicit_methods_are_kept(method):
+    choice = resolve_method(PruneConfig(method=method))
+    assert choice.to_dict() == {
+        "method": method,
+        "requested": method,
+        "reason": "requested explicitly",
+    }
+
+
+def test_rule_is_deterministic():
+    configs = [PruneConfig(before_pruning=FinetuneBudget(epochs=e)) for e in (0, 1, 3)]
+    assert [resolve_method(c) for c in configs] == [resolve_method(c) for c in configs]
+    assert [resolve_method(c).method for c in configs] == ["group-l2", "group-l2-sl", "group-l2-sl"]
+
+
+@pytest.mark.timeout(120)
+def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
+    config = dataclasses.replace(fast_config, method="auto", before_pruning=FinetuneBudget(epochs=0),
+                                 after_pruning=FinetuneBudget(epochs=0))  # fmt: skip
+    result = prune(model, splits, config, spec=spec)
+    report = result.report
+    assert report["method"] == result.config.method == "group-l2"
+    assert report["method_choice"] == resolve_method(config).to_dict()
+    assert report["config"]["method"] == "auto"  # as requested: resolves the same way again
+    assert "auto -> group-l2: before_pruning has 0 epochs" in format_report(report)
