@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -59,10 +60,14 @@ class PruningOptions(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., max_layer_ratio: _Optional[float] = ..., curve_every: _Optional[int] = ..., curve_bn_recalibration: _Optional[bool] = ...) -> None: ...
 
 class SparseTraining(_message.Message):
-    __slots__ = ("reg",)
+    __slots__ = ("reg", "auto_tolerance", "auto_grid")
     REG_FIELD_NUMBER: _ClassVar[int]
-    reg: float
-    def __init__(self, reg: _Optional[float] = ...) -> None: ...
+    AUTO_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_GRID_FIELD_NUMBER: _ClassVar[int]
+    reg: _struct_pb2.Value
+    auto_tolerance: float
+    auto_grid: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, reg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., auto_tolerance: _Optional[float] = ..., auto_grid: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LatencyOptions(_message.Message):
     __slots__ = ("batch_size", "threads", "repeats", "warmup")
