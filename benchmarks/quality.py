@@ -72,6 +72,7 @@ def _load_helper(name: str):
 
 heldout_mod = _load_helper("quality_heldout")
 
+import metanet  # noqa: E402, F401  (registers the "metanet" method)
 from metaprune.data import get_dataset, make_loaders  # noqa: E402
 from metaprune.pruning import (  # noqa: E402
     FinetuneBudget,

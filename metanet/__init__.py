@@ -8,6 +8,7 @@ Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
 :class:`ReferenceMetaLayer` is the plain PyG formulation of the same function.
 """
 
+from . import method as _method  # noqa: F401  (registers the "metanet" pruning method)
 from .apply import apply_metanetwork, transformed_tensors
 from .blocks import BlockLayout
 from .export import export, list_pretrained, load

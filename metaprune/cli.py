@@ -251,6 +251,7 @@ def _reg(text: str) -> float | str:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    import metanet  # noqa: F401  (the CLI offers the "metanet" method, which it registers)
     from metaprune.errors import quote
     from metaprune.pruning import PruneConfig, format_report, prune
 

@@ -38,6 +38,7 @@ def run_prune_job(
     Returns:
         ``{"sha256", "size", "summary"}`` of the pruned checkpoint.
     """
+    import metanet  # noqa: F401  (registers the "metanet" method the job may ask for)
     import metaprune
     from metaprune.limits import Limits
     from metaprune.pruning import PruneConfig

@@ -32,6 +32,7 @@ def prune_one(
 
     Returns the summary row (see :func:`summary_row`), also written as ``result.json``.
     """
+    import metanet  # noqa: F401  (registers the "metanet" method the job may ask for)
     import metaprune
     from metaprune.limits import Limits
     from metaprune.pruning import PruneConfig

@@ -11,6 +11,10 @@ says what each method spent: ``epochs_trained`` (with ``reg="auto"``, every tria
 search counts) and wall ``seconds``. ``"auto"`` is not a method of its own: the pipeline
 resolves it first (:mod:`metaprune.pruning.auto`).
 
+``metanet`` is registered by the ``metanet`` package when it is imported (it depends on
+this module, never the other way round); the entry points that offer it (CLI, service,
+batch) import it.
+
 ==================  ==================================================  ==========
 method              before pruning                                      importance
 ==================  ==================================================  ==========
@@ -23,9 +27,7 @@ method              before pruning                                      importan
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +36,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
+from metaprune.errors import InvalidInputError, NotFoundError
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.bn import calibration_loader, recalibrate_bn
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, evaluate, finetune
-from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
+from metaprune.pruning.progress import CancelToken, ProgressCallback
 from metaprune.pruning.sparse import search_reg, sparse_train
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "MethodContext",
     "MetanetUnavailable",
     "UnknownMetanetError",
+    "UnknownMetanetError",
     "get_method",
     "list_methods",
+    "plain_finetune",
     "register_method",
 ]
 
@@ -116,12 +120,18 @@ class MethodContext:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A pruning method: ``prepare(model, ctx)`` returns the model to prune (in place or new)."""
+    """A pruning method: ``prepare(model, ctx)`` returns the model to prune (in place or new).
+
+    ``load(config, limits, allow_paths)``, if given, loads what the method needs before any
+    work is done (the ``metanet`` method's metanetwork), so a bad name fails at once;
+    :func:`~metaprune.pruning.prune` passes the result as ``MethodContext.metanetwork``.
+    """
 
     name: str
     importance: str
     prepare: Callable[[nn.Module, MethodContext], nn.Module]
     description: str = ""
+    load: Callable[[PruneConfig, Any, bool], nn.Module] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -143,14 +153,22 @@ def get_method(name: str) -> Method:
     try:
         return _REGISTRY[name]
     except KeyError:
+        hint = _PROVIDERS.get(name)
+        hint = f"; it is registered by `import {hint}`" if hint else ""
         raise ConfigError(
-            f"unknown method {name!r} (registered: {', '.join(list_methods())})"
+            f"unknown method {name!r} (registered: {', '.join(list_methods())}){hint}"
         ) from None
 
 
-def _plain(
+# methods registered by packages above this one, named so a missing import reads clearly
+_PROVIDERS = {"metanet": "metanet"}
+
+
+def plain_finetune(
     model: nn.Module, ctx: MethodContext, start: float | None = None, **extra: Any
 ) -> nn.Module:
+    """The shared preparation: the ``before_pruning`` fine-tune, recalibrated and recorded
+    (``start``: when the stage began; ``extra``: more entries for the report)."""
     start = time.perf_counter() if start is None else start
     result = ctx.finetune(model, "before_pruning")
     ctx.record(model, start, result.best_val_accuracy, **extra)
@@ -174,65 +192,6 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return model
 
 
-def _load_metanetwork(
-    config: PruneConfig, *, limits: Any = None, allow_paths: bool = True
-) -> nn.Module:
-    """Load the metanetwork ``config.metanet`` (a name or a path) with ``metanet.load``
-    (within ``limits``; with ``allow_paths=False`` only registered names are accepted).
-
-    Raises:
-        MetanetUnavailable: if the ``metanet`` package has no ``load`` yet, or loading fails.
-    """
-    if config.metanet is None:
-        raise MetanetUnavailable(
-            "method 'metanet' needs a metanetwork: set PruneConfig.metanet (a name or path) "
-            "or pass metanetwork= to prune(); use method 'group-l2' to prune without one"
-        )
-    try:
-        metanet = importlib.import_module("metanet")
-    except ImportError as err:
-        raise MetanetUnavailable(f"method 'metanet' needs the metanet package ({err})") from None
-    load = getattr(metanet, "load", None)
-    if load is None:
-        with contextlib.suppress(ImportError):
-            load = getattr(importlib.import_module("metanet.export"), "load", None)
-    if load is None:
-        raise MetanetUnavailable(
-            "method 'metanet' needs metanet.load(name_or_path), which this installation lacks; "
-            "use --method group-l2 or pass a metanetwork object"
-        )
-    options: dict[str, Any] = {}
-    if limits is not None:
-        options["limits"] = limits
-    if not allow_paths:
-        options["allow_paths"] = False
-    try:
-        return load(config.metanet, **options)
-    except LimitExceededError:
-        raise
-    except NotFoundError as err:
-        raise UnknownMetanetError(f"cannot load metanetwork: {err}") from None
-    except (OSError, ValueError, KeyError) as err:
-        raise MetanetUnavailable(f"cannot load metanetwork {quote(config.metanet)}: {err}") from None
-
-
-def _metanet(model: nn.Module, ctx: MethodContext) -> nn.Module:
-    net = ctx.metanetwork if ctx.metanetwork is not None else _load_metanetwork(ctx.config)
-    import metanet  # lazily: only this method depends on it
-
-    start = time.perf_counter()
-    notify(ctx.progress, ctx.cancel, "metanet", 0, 1)
-    net = net.to(ctx.device).eval()
-    with torch.no_grad():
-        transformed = metanet.apply_metanetwork(net, model, ctx.example_inputs)
-    transformed = transformed.to(ctx.device)
-    for param in transformed.parameters():  # built under no_grad: make it trainable again
-        param.requires_grad_(True)
-    notify(ctx.progress, ctx.cancel, "metanet", 1, 1)
-    return _plain(transformed, ctx, start, metanet_seconds=time.perf_counter() - start)
-
-
-register_method(Method("metanet", "group-l2", _metanet, "metanetwork transform, then fine-tune"))
-register_method(Method("group-l2", "group-l2", _plain, "plain fine-tune, group L2 importance"))
+register_method(Method("group-l2", "group-l2", plain_finetune, "plain fine-tune, group L2 importance"))
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
-register_method(Method("random", "random", _plain, "plain fine-tune, random importance"))
+register_method(Method("random", "random", plain_finetune, "plain fine-tune, random importance"))

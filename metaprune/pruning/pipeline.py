@@ -44,7 +44,7 @@ from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.latency import measure_latency
-from metaprune.pruning.methods import MethodContext, _load_metanetwork, get_method
+from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import choose_normalizer
 from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
@@ -154,8 +154,8 @@ def prune(
     choice = resolve_method(config)  # "auto" -> a concrete method, with the reason
     config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
-    if method.name == "metanet" and metanetwork is None:  # fail before any work is done
-        metanetwork = _load_metanetwork(config, limits=limits, allow_paths=metanet_paths)
+    if method.load is not None and metanetwork is None:  # fail before any work is done
+        metanetwork = method.load(config, limits, metanet_paths)
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
     splits = (
         dataset

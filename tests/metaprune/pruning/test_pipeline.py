@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import metanet  # registers the "metanet" method, as the entry points do
 from metaprune import checkpoint
 from metaprune.pruning import (
     CANCEL,
@@ -145,7 +146,6 @@ def test_latency_target_is_measured_at_every_step(model, splits, fast_config):
 
 
 def test_metanet_method_with_a_fresh_metanetwork(model, spec, splits, example, fast_config):
-    import metanet
     from graph_encoding import encode
 
     net = metanet.MetaNetwork(
