@@ -3,10 +3,9 @@
 import re
 
 import pytest
+import timm  # noqa: F401 - dev extra: the sweep must run, never silently skip
 
-pytest.importorskip("timm")
-
-from metaprune.testing.timm_sweep import FAMILIES, check  # noqa: E402
+from metaprune.testing.timm_sweep import FAMILIES, check
 
 # families the encoder refuses, and the module and op each refusal must name
 REFUSED = {

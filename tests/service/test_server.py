@@ -82,7 +82,8 @@ def test_graceful_stop_requeues_the_running_job(tmp_path: Path, checkpoint: Path
 
 
 def _tls_files(tmp_path: Path) -> dict[str, Any]:
-    trustme = pytest.importorskip("trustme")
+    import trustme  # dev extra: test certificates made here, never checked in
+
     ca = trustme.CA()
     server_cert = ca.issue_cert("localhost", "127.0.0.1")
     client_cert = ca.issue_cert("client@metaprune")

@@ -6,15 +6,14 @@ import os
 import threading
 
 import pytest
+import ray  # the test environment installs the ray extra (make test): a missing Ray fails
 
-ray = pytest.importorskip("ray")
-
-import metaprune.testing.tasks  # noqa: E402, F401 - registers the test tasks
-from metaprune.batch import run_batch  # noqa: E402
-from metaprune.errors import NotFoundError  # noqa: E402
-from metaprune.executor import Resources, TaskSpec, create_executor  # noqa: E402
-from metaprune.testing.batch import make_tiny_models, write_manifest  # noqa: E402
-from metaprune.testing.procs import descendants, wait_gone  # noqa: E402
+import metaprune.testing.tasks  # noqa: F401 - registers the test tasks
+from metaprune.batch import run_batch
+from metaprune.errors import NotFoundError
+from metaprune.executor import Resources, TaskSpec, create_executor
+from metaprune.testing.batch import make_tiny_models, write_manifest
+from metaprune.testing.procs import descendants, wait_gone
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 T = "metaprune.testing.tasks:"

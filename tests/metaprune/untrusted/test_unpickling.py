@@ -113,7 +113,7 @@ def _child_guarded() -> dict[str, Any]:
                 errors.append(type(err).__name__)
     before_canary = list(calls)
     with contextlib.suppress(RuntimeError):
-        torch.load(cwd / "evil.ckpt")  # the canary: proves the traps are live
+        torch.load(cwd / "evil.ckpt", weights_only=True)  # the canary: the traps are live
     return {
         "statuses": statuses,
         "errors": errors,
