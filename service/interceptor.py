@@ -75,17 +75,20 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _principal(self, metadata: Any, public: bool) -> Principal | None:
-        return None if public else self._auth.authenticate(metadata)
+    def _enter(self, metadata: Any, public: bool) -> str:
+        """Authenticate (unless the RPC is public), publish the caller to the servicer and
+        return its name for the log ("-" for public RPCs)."""
+        principal: Principal | None = None if public else self._auth.authenticate(metadata)
+        if principal is None:
+            return "-"
+        current_principal.set(principal)
+        return principal.name
 
     def _wrap_unary(self, behavior: Callable, method: str, metadata: Any, public: bool) -> Callable:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             start, who, status = time.perf_counter(), "-", "OK"
             try:
-                principal = self._principal(metadata, public)
-                who = principal.name if principal else "-"
-                if principal is not None:
-                    current_principal.set(principal)
+                who = self._enter(metadata, public)
                 return behavior(request, context)
             except Exception as err:  # noqa: BLE001 (the one place errors become statuses)
                 code, message = _describe(err, method, context)
@@ -102,10 +105,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start, who, status = time.perf_counter(), "-", "OK"
             try:
-                principal = self._principal(metadata, public)
-                who = principal.name if principal else "-"
-                if principal is not None:
-                    current_principal.set(principal)
+                who = self._enter(metadata, public)
                 yield from behavior(request, context)
             except GeneratorExit:  # the client went away mid-stream
                 status = "CANCELLED"

@@ -192,6 +192,8 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return model
 
 
-register_method(Method("group-l2", "group-l2", plain_finetune, "plain fine-tune, group L2 importance"))
+register_method(
+    Method("group-l2", "group-l2", plain_finetune, "plain fine-tune, group L2 importance")
+)
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
 register_method(Method("random", "random", plain_finetune, "plain fine-tune, random importance"))

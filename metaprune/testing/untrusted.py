@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from metaprune.errors import MAX_MESSAGE_BYTES, MetapruneError
 
-__all__ = ["check_error", "files_under", "raises", "raw_checkpoint"]
+__all__ = ["check_error", "files_under", "generated", "raises", "raw_checkpoint"]
 
 
 def check_error(
@@ -74,3 +74,15 @@ def files_under(root: str | os.PathLike[str]) -> list[str]:
     """Every file and directory under ``root``, relative, sorted."""
     base = Path(root)
     return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
+def generated(max_examples: int) -> Any:
+    """Hypothesis settings for the untrusted-input tests: ``max_examples`` derandomised
+    examples (the same every run, also in bounded child processes that load no conftest),
+    no deadline (children and model builds are slow on a shared machine), no database."""
+    from hypothesis import HealthCheck, settings  # a dev dependency: only tests call this
+
+    return settings(
+        max_examples=max_examples, deadline=None, database=None, derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metaprune import checkpoint
@@ -37,15 +37,9 @@ from metaprune.pruning import (
     prune,
 )
 from metaprune.testing.bounded import run_bounded
-from metaprune.testing.untrusted import check_error, files_under, raises, raw_checkpoint
+from metaprune.testing.untrusted import check_error, files_under, generated, raises, raw_checkpoint
 
-_SETTINGS = settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+_SETTINGS = generated(30)
 _JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -224,13 +218,7 @@ def _png_header(width: int, height: int) -> bytes:
     )  # fmt: skip
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@generated(25)
 @given(
     st.one_of(
         st.tuples(st.integers(8193, 2**31 - 1), st.integers(8193, 2**31 - 1)).map(

@@ -12,23 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import metaprune
 from metaprune.cli import main
 from metaprune.errors import InvalidInputError
 from metaprune.models import ArchSpec
-from metaprune.testing.untrusted import check_error, files_under, raises
+from metaprune.testing.untrusted import check_error, files_under, generated, raises
 
 
-@settings(
-    max_examples=12,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@generated(12)
 @given(
     classes=st.integers(2, 12),
     width=st.sampled_from([0.125, 0.25]),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metaprune import checkpoint
@@ -27,7 +27,7 @@ from metaprune.errors import MAX_MESSAGE_BYTES, InvalidInputError, cap_message, 
 from metaprune.limits import Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning import PruneConfig, prune
-from metaprune.testing.untrusted import check_error, raises, raw_checkpoint
+from metaprune.testing.untrusted import check_error, generated, raises, raw_checkpoint
 
 _SMALL = ArchSpec("cifar_resnet20", {"width": 0.25, "in_channels": 1})
 
@@ -64,13 +64,7 @@ _BIG = st.tuples(st.text(min_size=1, max_size=6), st.integers(300, 5_000_000)).m
 )
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@generated(40)
 @given(name=st.sampled_from(sorted(_surfaces(Path(".")))), text=_BIG)
 def test_quoted_client_data_is_capped(tmp_path_factory, name: str, text: str) -> None:
     folder = tmp_path_factory.mktemp("q")
@@ -80,13 +74,7 @@ def test_quoted_client_data_is_capped(tmp_path_factory, name: str, text: str) ->
         assert "more characters" in message, message[-300:]
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@generated(25)
 @given(text=_BIG, where=st.sampled_from(["dataset", "checkpoint", "metanet", "device"]))
 def test_cli_prints_one_short_line(text: str, where: str) -> None:
     argv = ["eval", "x.safetensors", "--dataset", "digits"]

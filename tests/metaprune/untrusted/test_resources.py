@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaprune import checkpoint
@@ -27,15 +27,9 @@ from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
 from metaprune.models import ArchSpec, spec_size
 from metaprune.pruning import PruneConfig, prune
 from metaprune.testing.bounded import run_bounded
-from metaprune.testing.untrusted import check_error, files_under, raises, raw_checkpoint
+from metaprune.testing.untrusted import check_error, files_under, generated, raises, raw_checkpoint
 
-_SETTINGS = settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+_SETTINGS = generated(25)
 
 # (name, kwargs-or-plan builder, strategy of the scale): every scale here is over the limits
 _HUGE_SPECS = st.one_of(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metaprune import checkpoint
@@ -22,7 +22,7 @@ from metaprune.cli import EXIT_TARGET_NOT_REACHED, main
 from metaprune.errors import InvalidInputError
 from metaprune.models import ArchSpec
 from metaprune.pruning import PruneConfig, prune
-from metaprune.testing.untrusted import check_error, files_under, raises
+from metaprune.testing.untrusted import check_error, files_under, generated, raises
 
 SPEC = ArchSpec("cifar_resnet20", {"width": 0.25, "in_channels": 1})
 _FAST = [
@@ -41,13 +41,7 @@ def good(tmp_path_factory, model_state) -> Path:
     return checkpoint.save(model_state, SPEC, tmp_path_factory.mktemp("good") / "m.safetensors")
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@generated(20)
 @given(
     poison=st.lists(
         st.tuples(st.integers(0, 10_000), st.sampled_from([math.nan, math.inf, -math.inf])),
