@@ -20,6 +20,7 @@ from metaprune.pruning.finetune import finetune
 
 from ..apply import transformed_tensors
 from ..network import MetaNetwork, edge_types_of
+from ..prune_mask import ChannelMask
 from ..sparsity import GroupSparsity
 from .data import Member, ZooDataModule
 from .selection import curve_auc, pruning_curve
@@ -55,6 +56,19 @@ class MetaPruneModule(L.LightningModule):
         val_max_speedup, val_prune_steps, val_recalibrate_batches: the selection curve.
         val_finetune_epochs, val_finetune_lr: optional fine-tune after the metanetwork (the
             reference ``val/auc_base`` gets the same fine-tune, so the gain compares equal budgets).
+        val_normalizer: group-L2 normaliser of the selection curve's pruning (``"max"``, the
+            shipped network's; ``"sum"`` is what the pipeline's jobs mostly pick).
+        prune_weight: weight of the prune-aware term (:class:`~metanet.prune_mask.ChannelMask`):
+            the cross-entropy of the rewritten network with its globally weakest channels
+            masked, for a keep ratio drawn uniformly from ``[keep_min, keep_max]`` per step
+            (0 disables it).
+        mask_normalizer, mask_temperature: the mask's ranking and soft-mask temperature.
+        batch_stats: run the rewritten networks with BatchNorm on batch statistics (what
+            recalibration gives after pruning) instead of the member's running statistics.
+            Always on for the masked network.
+        reg_warmup_epochs: ramp ``reg`` linearly from 0 over these epochs (a strong sparsity
+            term from the first step zeroes the networks before the metanetwork learns).
+        grad_clip: clip the metanetwork's gradient norm to this value (0: off).
     """
 
     def __init__(
@@ -75,11 +89,21 @@ class MetaPruneModule(L.LightningModule):
         val_recalibrate_batches: int = 2,
         val_finetune_epochs: int = 0,
         val_finetune_lr: float = 0.01,
+        val_normalizer: str = "max",
+        prune_weight: float = 0.0,
+        keep_min: float = 0.5,
+        keep_max: float = 0.9,
+        mask_normalizer: str = "sum",
+        mask_temperature: float = 0.5,
+        batch_stats: bool = False,
+        reg_warmup_epochs: int = 0,
+        grad_clip: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.metanet: MetaNetwork | None = None
         self._base_auc: dict[str, float] = {}
+        self._masks: dict[str, ChannelMask] = {}
         if edge_types is not None:
             self._build(edge_types)
 
@@ -106,15 +130,31 @@ class MetaPruneModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def sparsity(self, member: Member) -> GroupSparsity:
-        """The sparsity term of ``member`` with this module's ``reg`` and ``alpha``."""
-        return GroupSparsity(member.groups, reg=self.hparams.reg, alpha=self.hparams.alpha)
+        """The sparsity term of ``member`` with this module's ``reg`` (after its warm-up)
+        and ``alpha``."""
+        hp = self.hparams
+        ramp = (
+            min(1.0, (self.current_epoch + 1) / hp.reg_warmup_epochs)
+            if hp.reg_warmup_epochs
+            else 1.0
+        )
+        return GroupSparsity(member.groups, reg=hp.reg * ramp, alpha=hp.alpha)
+
+    def mask(self, member: Member) -> ChannelMask:
+        if member.name not in self._masks:
+            hp = self.hparams
+            self._masks[member.name] = ChannelMask(
+                member.groups, normalizer=hp.mask_normalizer, temperature=hp.mask_temperature
+            )
+        return self._masks[member.name]
 
     def forward(self, member: Member, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits of ``member`` rewritten by the metanetwork, and its rewritten tensors."""
         tensors = transformed_tensors(self.metanet, member.to(self.device).graph)
-        return functional_call(member.model, tensors, (images,)), tensors
+        return _run(member, tensors, images, self.hparams.batch_stats), tensors
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        hp = self.hparams
         index, images, labels = batch
         member = self._datamodule().train_members[int(index)]
         logits, tensors = self(member, images)
@@ -122,6 +162,13 @@ class MetaPruneModule(L.LightningModule):
         sparsity = self.sparsity(member)(tensors).to(ce.dtype)
         loss = ce + sparsity
         n = len(labels)
+        if hp.prune_weight > 0:
+            keep = hp.keep_min + (hp.keep_max - hp.keep_min) * float(torch.rand(()))
+            masked = _run(member, self.mask(member)(tensors, keep), images, batch_stats=True)
+            pruned_ce = F.cross_entropy(masked, labels)
+            loss = loss + hp.prune_weight * pruned_ce
+            self.log("train/pruned_ce", pruned_ce, batch_size=n)
+            self.log("train/pruned_acc", (masked.argmax(1) == labels).float().mean(), batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/ce", ce, batch_size=n)
         self.log("train/sparsity", sparsity, batch_size=n)
@@ -154,6 +201,7 @@ class MetaPruneModule(L.LightningModule):
         points = pruning_curve(
             model, dm.example_inputs.to(self.device), train, val, max_speedup=hp.val_max_speedup,
             steps=hp.val_prune_steps, recalibrate_batches=hp.val_recalibrate_batches,
+            normalizer=hp.val_normalizer,
         )  # fmt: skip
         return curve_auc(points, hp.val_max_speedup)
 
@@ -180,6 +228,28 @@ class MetaPruneModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
+                                gradient_clip_algorithm="norm")  # fmt: skip
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # plain data only, so export can read the file with torch.load(weights_only=True)
         checkpoint["metanet_config"] = self.metanet.config if self.metanet is not None else None
+
+
+def _run(member: Member, tensors: dict[str, Tensor], images: Tensor, batch_stats: bool) -> Tensor:
+    """``member``'s network on ``tensors``; with ``batch_stats`` BatchNorm normalises with
+    the batch's statistics (its running-statistics update lands on clones, never on the
+    member's graph)."""
+    if not batch_stats:
+        return functional_call(member.model, tensors, (images,))
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    tensors = {k: v.clone() if k.endswith(stats) else v for k, v in tensors.items()}
+    member.model.train()
+    try:
+        return functional_call(member.model, tensors, (images,))
+    finally:
+        member.model.eval()

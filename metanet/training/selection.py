@@ -37,6 +37,7 @@ def pruning_curve(
     max_speedup: float = 3.0,
     steps: int = 40,
     recalibrate_batches: int = 5,
+    normalizer: str = "max",
 ) -> list[CurvePoint]:
     """Prune ``model`` (in place) up to ``max_speedup`` and measure the curve, step 0 first.
 
@@ -45,6 +46,7 @@ def pruning_curve(
         val_batches: batches accuracy is measured on (the validation split).
         steps: pruning steps to reach ``100 %`` of the prunable channels; pruning stops at
             the first step that reaches ``max_speedup``.
+        normalizer: group-L2 normaliser of the global ranking.
     """
     points: list[CurvePoint] = []
 
@@ -53,7 +55,13 @@ def pruning_curve(
         points.append(CurvePoint(info.macs_speedup, evaluate(pruned, val_batches)))
 
     progressive_prune(
-        model, example_inputs, max_speedup, importance="group-l2", steps=steps, on_step=measure
+        model,
+        example_inputs,
+        max_speedup,
+        importance="group-l2",
+        steps=steps,
+        on_step=measure,
+        normalizer=normalizer,
     )
     return points
 
