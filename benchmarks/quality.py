@@ -13,8 +13,12 @@ once through the pipeline's own method code (:class:`MethodContext`, so exactly 
 * ``plain``: fine-tune (``group-l2`` / ``random`` preparation; budget 0 = the model as is);
 * ``sl``: sparse training with ``reg="auto"`` (chosen on validation; its search trials are
   counted in the preparation's epochs and wall time);
-* ``metanet`` (``cifar_resnet20`` only, the family it was trained on): the shipped
-  metanetwork's forward pass, then the fine-tune (budget 0 = forward pass only).
+* ``metanet``: a metanetwork's forward pass (``--metanet``, default the shipped
+  ``resnet20-digits``; rows tagged ``metanet@TAG`` with ``--tag``), then the fine-tune
+  (budget 0 = forward pass only); run on every family the metanetwork can encode, so
+  families it was not trained on are measured too;
+* ``metanet-sl``: the forward pass, then sparse training with ``reg="auto"`` from its
+  output (a warm start; compare with ``sl`` at the same budget).
 
 Each prepared model is pruned (progressive, global, ``--steps``) with one or more
 criteria, giving the rows: ``group-l2[max]``, ``group-l2[sum]``, ``random`` (from
@@ -92,7 +96,6 @@ OUT = ROOT / "benchmarks" / "quality"
 PRUNABILITY = (1.5, 2.0, 3.0, 4.0)
 FINAL = (4.0, 8.0)
 METANET_NAME = "resnet20-digits"
-METANET_FAMILY = "cifar_resnet20"
 # prepared model -> rows (label, importance, normaliser); labels name the method as a user does
 ROWS = {
     "plain": [("group-l2[max]", "group-l2", "max"), ("group-l2[sum]", "group-l2", "sum"),
@@ -100,9 +103,20 @@ ROWS = {
     "sl": [("group-l2-sl[sum]", "group-l2", "sum"), ("group-l2-sl[max]", "group-l2", "max"),
            ("group-l2-sl[mean]", "group-l2", "mean")],
     "metanet": [("metanet[sum]", "group-l2", "sum"), ("metanet[max]", "group-l2", "max")],
+    "metanet-sl": [("metanet-sl[sum]", "group-l2", "sum")],
 }  # fmt: skip
 BASELINES = tuple(lbl for p in ("plain", "sl") for lbl, imp, _ in ROWS[p] if imp == "group-l2")
-PREP_METHOD = {"plain": "group-l2", "sl": "group-l2-sl", "metanet": "metanet"}
+PREP_METHOD = {"plain": "group-l2", "sl": "group-l2-sl", "metanet": "metanet",
+               "metanet-sl": "group-l2-sl"}  # fmt: skip
+
+
+def tagged(name: str, prep: str, tag: str) -> str:
+    """A metanetwork prep's result key / row label carries the metanetwork's ``--tag``:
+    ``metanet@pa``, ``metanet@pa[sum]``."""
+    if not tag or not prep.startswith("metanet"):
+        return name
+    base, bracket, rest = name.partition("[")
+    return f"{base}@{tag}{bracket}{rest}"
 
 
 def log(*args: Any) -> None:
@@ -129,25 +143,34 @@ class Runner:
             before_pruning=FinetuneBudget(epochs=epochs, lr=a.lr, schedule="cosine"),
             sparse=SparseTraining(reg="auto", auto_tolerance=a.tolerance),
             bn_recalibration_batches=a.recal_batches,
-            metanet=METANET_NAME if prep == "metanet" else None,
+            metanet=a.metanet if prep == "metanet" else None,
         )  # fmt: skip
 
     def metanetwork(self):
         if self._metanet is None:
             from metanet.export import load
 
-            self._metanet = load(METANET_NAME)
+            self._metanet = load(self.a.metanet)
         return self._metanet
 
     def prepare(self, prep: str, model, seed: int, epochs: int):
-        """The method's before-pruning stage, through the pipeline's own code."""
+        """The method's before-pruning stage, through the pipeline's own code.
+        ``metanet-sl``: the metanetwork's forward pass, then sparse training from its output
+        (the warm start of issue 11)."""
         train, val, _ = self.loaders(seed)
         config = self.config(prep, seed, epochs)
         ctx = MethodContext(config, train, val, torch.device("cpu"), self.example,
                             metanetwork=self.metanetwork() if prep == "metanet" else None)  # fmt: skip
         torch.manual_seed(seed)
         start = time.perf_counter()
-        prepared = get_method(config.method).prepare(copy.deepcopy(model), ctx)
+        model = copy.deepcopy(model)
+        if prep == "metanet-sl":
+            from metanet import apply_metanetwork
+
+            model = apply_metanetwork(self.metanetwork(), model, self.example)
+            for param in model.parameters():
+                param.requires_grad_(True)
+        prepared = get_method(config.method).prepare(model, ctx)
         seconds = time.perf_counter() - start
         return prepared.eval(), ctx.info.get("before_pruning", {}), seconds
 
@@ -224,7 +247,8 @@ class Runner:
         rec: dict[str, Any] = {
             "family": h.family,
             "model": h.name,
-            "prep": prep,
+            "prep": tagged(prep, prep, a.tag),
+            "metanet": a.metanet if prep.startswith("metanet") else None,
             "budget": budget,
             "before_pruning": {k: v for k, v in info.items()},
             "prep_seconds": prep_seconds,
@@ -242,7 +266,7 @@ class Runner:
             row: dict[str, Any] = {"points": points, "prune_seconds": secs}
             if tuned:
                 row["final"] = self.finetune_points(snaps, h.seed)
-            rec["rows"][label] = row
+            rec["rows"][tagged(label, prep, a.tag)] = row
         return rec
 
 
@@ -340,7 +364,7 @@ def _order(labels) -> list[str]:
     known = [lbl for rows in ROWS.values() for lbl, _, _ in rows]
     known[1:1] = ["group-l2[auto]"]
     known.insert(known.index("group-l2-sl[sum]"), "group-l2-sl[auto]")
-    return [lbl for lbl in known if lbl in labels]
+    return [lbl for lbl in known if lbl in labels] + sorted(set(labels) - set(known))
 
 
 def report(results: dict[str, Any], out: Path, suffix: str) -> str:
@@ -515,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="1 ResNet-20, budgets 1 and 0, 4 rows, 2 ft epochs"
     )
+    p.add_argument(
+        "--metanet",
+        default=METANET_NAME,
+        help="metanetwork of the metanet preps (a shipped name or an export path)",
+    )
+    p.add_argument("--tag", default="", help="suffix of the metanet preps' rows (metanet@TAG[sum])")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
@@ -540,11 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         for budget in a.budgets:
             for h in models:
                 for prep in a.preps:
-                    if prep == "metanet" and fam != METANET_FAMILY:
-                        continue
-                    if prep == "sl" and budget == 0:
+                    if prep in ("sl", "metanet-sl") and budget == 0:
                         continue  # no epochs: sparse training is the plain model
-                    key = f"{h.name}/{budget}/{prep}"
+                    key = f"{h.name}/{budget}/{tagged(prep, prep, a.tag)}"
                     if key in done:
                         continue
                     start = time.perf_counter()

@@ -69,6 +69,9 @@ class MetaPruneModule(L.LightningModule):
         reg_warmup_epochs: ramp ``reg`` linearly from 0 over these epochs (a strong sparsity
             term from the first step zeroes the networks before the metanetwork learns).
         grad_clip: clip the metanetwork's gradient norm to this value (0: off).
+        zero_init_decoders: start the decoders' last layers at zero, so the metanetwork
+            starts as the identity whatever the residual ratios (then a ratio of 1 lets
+            it make large edits without destroying the networks in the first steps).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class MetaPruneModule(L.LightningModule):
         batch_stats: bool = False,
         reg_warmup_epochs: int = 0,
         grad_clip: float = 0.0,
+        zero_init_decoders: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +116,11 @@ class MetaPruneModule(L.LightningModule):
         self.metanet = MetaNetwork(hp.num_layers, hp.hidden, edge_types=edge_types,
                                    node_ratio=hp.node_ratio, edge_ratio=hp.edge_ratio)  # fmt: skip
         self.hparams["edge_types"] = list(self.metanet.edge_types)  # stored in checkpoints
+        if hp.zero_init_decoders:
+            decoders = [self.metanet.node_decoder, *self.metanet.edge_decoders.values()]
+            for decoder in decoders:
+                torch.nn.init.zeros_(decoder[-1].weight)
+                torch.nn.init.zeros_(decoder[-1].bias)
 
     def setup(self, stage: str) -> None:
         dm = self._datamodule()
