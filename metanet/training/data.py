@@ -78,7 +78,10 @@ class ZooDataModule(L.LightningDataModule):
     minibatches, and the meta-val members for checkpoint selection.
 
     Args:
-        zoo: directory of a finished zoo (``metaprune zoo build``).
+        zoo: directory of a finished zoo (``metaprune zoo build``), or a list of them
+            (several families / depths / widths in one meta-training; they must share the
+            task: dataset, its options and ``data_seed``). With several zoos member names
+            are ``<zoo dir name>/<member>``.
         batch_size: task images per training step.
         batches_per_member: training steps per meta-train member and epoch.
         eval_batch_size: batch size of recalibration and validation passes.
@@ -90,7 +93,7 @@ class ZooDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        zoo: str,
+        zoo: str | list[str],
         batch_size: int = 64,
         batches_per_member: int = 4,
         eval_batch_size: int = 256,
@@ -99,7 +102,9 @@ class ZooDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.zoo_dir = Path(zoo)
+        self.zoo_dirs = [Path(z) for z in ([zoo] if isinstance(zoo, (str, Path)) else zoo)]
+        if not self.zoo_dirs:
+            raise ZooError("ZooDataModule needs at least one zoo directory (found an empty list)")
         self.batch_size = batch_size
         self.batches_per_member = batches_per_member
         self.eval_batch_size = eval_batch_size
@@ -112,32 +117,45 @@ class ZooDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_members:
             return
-        self.zoo = Zoo.open(self.zoo_dir)
-        missing = sorted(set(self.zoo.members) - set(self.zoo.finished()))
-        if missing:
+        self.zoos = [Zoo.open(d) for d in self.zoo_dirs]
+        for zoo, zoo_dir in zip(self.zoos, self.zoo_dirs):
+            missing = sorted(set(zoo.members) - set(zoo.finished()))
+            if missing:
+                raise ZooError(
+                    f"zoo {str(zoo_dir)!r} has unfinished members {missing[:5]}; run `metaprune zoo build` to finish it"
+                )
+        tasks = {(z.config.dataset, repr(sorted(z.config.dataset_kwargs.items())), z.config.data_seed)
+                 for z in self.zoos}  # fmt: skip
+        if len(tasks) > 1:
             raise ZooError(
-                f"zoo {str(self.zoo_dir)!r} has unfinished members {missing[:5]}; run `metaprune zoo build` to finish it"
+                f"zoos {[str(d) for d in self.zoo_dirs]} were trained on different tasks "
+                f"(dataset, options, data_seed: {sorted(tasks)}); meta-training needs one task"
             )
+        self.zoo = self.zoos[0]
         self.splits: DatasetSplits = task_splits(self.zoo.config)
         size = self.splits.image_size
         self.example_inputs = torch.zeros(1, self.splits.in_channels, size, size)
-        train_names = self.zoo.meta_train[: self.max_train_members]
-        val_names = self.zoo.meta_val[: self.max_val_members]
-        if not train_names or not val_names:
+        many = len(self.zoos) > 1
+        train, val = [], []
+        for zoo, zoo_dir in zip(self.zoos, self.zoo_dirs):
+            for names, out, cap in ((zoo.meta_train, train, self.max_train_members),
+                                    (zoo.meta_val, val, self.max_val_members)):  # fmt: skip
+                out += [self._prepare(zoo, n, f"{zoo_dir.name}/{n}" if many else n)
+                        for n in names[:cap]]  # fmt: skip
+        if not train or not val:
             raise ZooError(
-                f"zoo {str(self.zoo_dir)!r} needs at least one meta-train and one meta-val member "
-                f"(found {len(train_names)} and {len(val_names)})"
+                f"zoo(s) {[str(d) for d in self.zoo_dirs]} need at least one meta-train and one "
+                f"meta-val member (found {len(train)} and {len(val)})"
             )
-        self.train_members = [self._prepare(n) for n in train_names]
-        self.val_members = [self._prepare(n) for n in val_names]
+        self.train_members, self.val_members = train, val
         self._train_batches = _MetaBatches(
             len(self.train_members), self.splits.train, self.batch_size, self.batches_per_member
         )
 
-    def _prepare(self, name: str) -> Member:
-        model, _ = self.zoo.load_member(name)
+    def _prepare(self, zoo: Zoo, name: str, label: str) -> Member:
+        model, _ = zoo.load_member(name)
         return Member(
-            name=name, model=model, graph=encode(model, self.example_inputs),
+            name=label, model=model, graph=encode(model, self.example_inputs),
             groups=GroupSparsity.from_model(model, self.example_inputs).groups,
         )  # fmt: skip
 

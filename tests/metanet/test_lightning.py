@@ -14,7 +14,7 @@ from metanet import apply_metanetwork, edge_types_of
 from metanet.cli import make_cli
 from metanet.export import read_fit_checkpoint
 from metanet.training import CurvePoint, MetaPruneModule, ZooDataModule, accuracy_at, curve_auc
-from metanet.zoo import build_zoo, tiny_zoo_config
+from metanet.zoo import ZooError, build_zoo, tiny_zoo_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "metanet" / "configs"
 
@@ -153,3 +153,46 @@ def test_print_config_of_the_shipped_yaml(capsys: pytest.CaptureFixture[str]) ->
         "zoo: runs/zoo-resnet20-digits",
     ):
         assert needle in out, needle
+
+
+def test_several_zoos_train_together_and_must_share_the_task(zoo_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    second = tmp_path / "second"
+    shutil.copytree(zoo_dir, second)
+    data = ZooDataModule([str(zoo_dir), str(second)])
+    data.setup("fit")
+    single = ZooDataModule(str(zoo_dir))
+    single.setup("fit")
+    assert len(data.train_members) == 2 * len(single.train_members)
+    assert len(data.val_members) == 2 * len(single.val_members)
+    names = [m.name for m in data.train_members + data.val_members]
+    assert len(set(names)) == len(names)
+    assert {n.split("/")[0] for n in names} == {zoo_dir.name, "second"}
+    other = tmp_path / "other"
+    build_zoo(tiny_zoo_config(size=2, data_seed=1), other, progress=False)
+    with pytest.raises(ZooError, match="different tasks"):
+        ZooDataModule([str(zoo_dir), str(other)]).setup("fit")
+    with pytest.raises(ZooError, match="at least one zoo"):
+        ZooDataModule([])
+
+
+def test_prune_aware_fit_with_zero_initialised_decoders(zoo_dir: Path) -> None:
+    L.seed_everything(0)
+    module = _module(prune_weight=1.0, reg=0.0, node_ratio=1.0, edge_ratio=1.0,
+                     zero_init_decoders=True, batch_stats=True, grad_clip=1.0)  # fmt: skip
+    data = ZooDataModule(str(zoo_dir), batch_size=16, batches_per_member=2)
+    data.setup("fit")
+    module._build(edge_types_of(data.graphs()))
+    member = data.train_members[0]
+    with torch.no_grad():  # zero-initialised decoders: the identity, whatever the ratios
+        x, flat = module.metanet(member.graph)
+    assert torch.equal(flat, member.graph.edge_flat) and torch.equal(x, member.graph.x)
+    before = {k: v.clone() for k, v in module.metanet.state_dict().items()}
+    trainer = _trainer()
+    trainer.fit(module, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert {"train/pruned_ce", "train/pruned_acc", "val/auc"} <= set(metrics)
+    assert torch.isfinite(metrics["train/pruned_ce"]) and 0.0 <= float(metrics["val/auc"]) <= 1.0
+    changed = [k for k, v in module.metanet.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("edge_decoders" in k for k in changed)
