@@ -75,10 +75,6 @@ def test_unknown_model_in_checkpoint(capsys, tmp_path):
             "target.value must be in [1.0, inf]",
         ),
         (
-            ["prune", "X", "--dataset", "digits", "-o", "o", "--method", "metanet"],
-            "--method metanet needs --metanet",
-        ),
-        (
             ["prune", "X", "--dataset", "digits", "-o", "o", "--reg", "strong"],
             "must be a number >= 0 or 'auto' (found 'strong')",
         ),
