@@ -154,46 +154,75 @@ class CanonicalEdges(nn.Module):
         self.encoder = nn.Linear(self.grid + len(self.edge_kinds) + 2, hidden)
         self.decoder = _decoder(hidden, self.grid)
 
-    def handles(self, kind: int) -> bool:
-        return EdgeKind(int(kind)).name in self.edge_kinds
+    def _shape(self, row: Sequence[int]) -> tuple[int, int]:
+        return kernel_shape(row[COL["kind"]], row[COL["kernel_h"]], row[COL["kernel_w"]],
+                            row[COL["width"]])  # fmt: skip
 
-    def _constant(self, kind: int, kh: int, kw: int) -> Tensor:
-        """The encoder's bias plus its response to the block-constant features."""
+    def _constants(self, rows: Sequence[Sequence[int]]) -> Tensor:
+        """``[B, h]``: the encoder's bias plus its response to each block's constant
+        features (kind flag, kernel size), one matmul for all blocks."""
         weight = self.encoder.weight
-        flag = self.grid + self.edge_kinds.index(EdgeKind(int(kind)).name)
-        size = weight[:, -2] * (kh / self.max_kernel) + weight[:, -1] * (kw / self.max_kernel)
-        return self.encoder.bias + weight[:, flag] + size
+        features = torch.zeros(len(rows), len(self.edge_kinds) + 2, dtype=weight.dtype)
+        for i, row in enumerate(rows):
+            kh, kw = self._shape(row)
+            features[i, self.edge_kinds.index(EdgeKind(row[COL["kind"]]).name)] = 1.0
+            features[i, -2] = kh / self.max_kernel
+            features[i, -1] = kw / self.max_kernel
+        return F.linear(features.to(weight.device), weight[:, self.grid :], self.encoder.bias)
+
+    def encode_blocks(
+        self, rows: Sequence[Sequence[int]], values: Sequence[Tensor | None]
+    ) -> list[Tensor]:
+        """Edge states of each block: ``values[i]`` is block ``i``'s ``(E, width)`` values
+        (``None`` for a valueless kind, whose ``out_size`` edges share one state)."""
+        constants = self._constants(rows)
+        weight, columns = self.encoder.weight, {}
+        states = []
+        for row, block, constant in zip(rows, values, constants):
+            if row[COL["kind"]] in VALUELESS_KINDS:  # 1.0 at the centre
+                centre = placement(1, 1, self.max_kernel).grid_index[0]
+                states.append((constant + weight[:, centre]).expand(row[COL["out_size"]], -1))
+                continue
+            kh, kw = self._shape(row)
+            place = placement(kh, kw, self.max_kernel)
+            if place.cropped:  # only the centre window is on the grid
+                block = block.view(-1, kh, kw)[:, place.rows, place.cols].reshape(block.size(0), -1)
+            if (kh, kw) not in columns:  # the grid columns of its positions, once per shape
+                columns[kh, kw] = weight[:, place.grid_index.to(weight.device)]
+            states.append(F.linear(block, columns[kh, kw], constant))
+        return states
+
+    def decode_blocks(
+        self, rows: Sequence[Sequence[int]], states: Sequence[Tensor]
+    ) -> list[Tensor]:
+        """Edits ``(E, width)`` of each dense block from its edge states ``(E, h)``."""
+        if not rows:
+            return []
+        *trunk, last = self.decoder
+        hidden = torch.cat(list(states))
+        for module in trunk:  # the shared part once over every edge
+            hidden = module(hidden)
+        edits, rows_of = [], {}
+        for row, part in zip(rows, hidden.split([s.size(0) for s in states])):
+            kh, kw = self._shape(row)
+            place = placement(kh, kw, self.max_kernel)
+            if (kh, kw) not in rows_of:  # only the rows of its positions
+                index = place.grid_index.to(last.weight.device)
+                rows_of[kh, kw] = (last.weight[index], last.bias[index])
+            edit = F.linear(part, *rows_of[kh, kw])
+            if place.cropped:  # positions off the grid: edit 0
+                window = (place.rows.stop - place.rows.start, place.cols.stop - place.cols.start)
+                edit = F.pad(edit.view(-1, *window), place.pad).reshape(edit.size(0), -1)
+            edits.append(edit)
+        return edits
 
     def encode(self, row: Sequence[int], values: Tensor | None) -> Tensor:
-        """Edge states of one block: ``values`` ``(E, width)`` (``None`` for identity, whose
-        ``out_size`` edges all get the same state)."""
-        kind = row[COL["kind"]]
-        if kind == EdgeKind.IDENTITY:
-            centre = placement(1, 1, self.max_kernel).grid_index
-            state = self._constant(kind, 1, 1) + self.encoder.weight[:, centre[0]]
-            return state.expand(row[COL["out_size"]], self.hidden)
-        kh, kw = kernel_shape(kind, row[COL["kernel_h"]], row[COL["kernel_w"]], row[COL["width"]])
-        place = placement(kh, kw, self.max_kernel)
-        if place.cropped:  # only the centre window is on the grid
-            values = values.view(-1, kh, kw)[:, place.rows, place.cols].reshape(values.size(0), -1)
-        weight = self.encoder.weight[:, place.grid_index.to(values.device)]
-        return F.linear(values, weight, self._constant(kind, kh, kw))
+        """Edge states of one block (see :meth:`encode_blocks`)."""
+        return self.encode_blocks([row], [values])[0]
 
     def decode(self, row: Sequence[int], states: Tensor) -> Tensor:
-        """Edits ``(E, width)`` of one dense block from its edge states ``(E, h)``."""
-        kind = row[COL["kind"]]
-        kh, kw = kernel_shape(kind, row[COL["kernel_h"]], row[COL["kernel_w"]], row[COL["width"]])
-        place = placement(kh, kw, self.max_kernel)
-        *trunk, last = self.decoder
-        hidden = states
-        for module in trunk:
-            hidden = module(hidden)
-        index = place.grid_index.to(states.device)
-        edit = F.linear(hidden, last.weight[index], last.bias[index])  # only its positions
-        if place.cropped:  # positions off the grid: edit 0
-            rows, cols = place.rows.stop - place.rows.start, place.cols.stop - place.cols.start
-            edit = F.pad(edit.view(-1, rows, cols), place.pad).reshape(edit.size(0), -1)
-        return edit
+        """Edits of one dense block (see :meth:`decode_blocks`)."""
+        return self.decode_blocks([row], [states])[0]
 
     def extra_repr(self) -> str:
         return f"max_kernel={self.max_kernel}, edge_kinds={self.edge_kinds}"

@@ -352,8 +352,10 @@ def export_checkpoint(
     path: str | os.PathLike[str],
     *,
     info: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Export the metanetwork of a fit checkpoint, recording its epoch, step and score."""
+    """Export the metanetwork of a fit checkpoint, recording its epoch, step and score (and
+    ``summary``, what it was trained on: see :func:`export`)."""
     ckpt = Path(ckpt)
     _, _, raw = _read_lightning(ckpt)
     provenance: dict[str, Any] = {
@@ -367,4 +369,5 @@ def export_checkpoint(
             provenance["monitor"] = state.get("monitor", "val/auc")
             provenance["best_score"] = float(score) if score is not None else None
     provenance["hyper_parameters"] = raw.get("hyper_parameters")
-    return export(read_fit_checkpoint(ckpt), path, info={**provenance, **(info or {})})
+    info = {**provenance, **(info or {})}
+    return export(read_fit_checkpoint(ckpt), path, info=info, summary=summary)

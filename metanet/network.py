@@ -230,12 +230,20 @@ class MetaNetwork(nn.Module):
         keys = [edge_type_key(r[COL["kind"]], r[COL["width"]]) for r in rows]
         h = self.node_encoder(x)
         layout = BlockLayout.from_table(table, graph.num_nodes)
-        edges = torch.cat(
-            [
-                self._encode_block(key, row, flat).reshape(-1, self.hidden)
-                for key, row in zip(keys, rows)
-            ]
-        )
+        if self.edge_encoding == "canonical":
+            values = [
+                None if r[COL["kind"]] == EdgeKind.IDENTITY
+                else _block_values(r, flat).reshape(-1, r[COL["width"]])
+                for r in rows
+            ]  # fmt: skip
+            edges = torch.cat(self.edges.encode_blocks(rows, values))
+        else:
+            edges = torch.cat(
+                [
+                    self._encode_block(key, row, flat).reshape(-1, self.hidden)
+                    for key, row in zip(keys, rows)
+                ]
+            )
         h, edges = self._message_passing(h, edges, graph, layout)
         blocks = layout.split(edges)
 
@@ -247,10 +255,14 @@ class MetaNetwork(nn.Module):
             for i, row in enumerate(rows)
             if row[COL["kind"]] != EdgeKind.IDENTITY
         )
+        if self.edge_encoding == "canonical":  # one decoder: its trunk once over all edges
+            changes = self.edges.decode_blocks([rows[i] for _, i in dense],
+                                               [blocks[i] for _, i in dense])  # fmt: skip
+        else:
+            changes = [self.edge_decoders[_module_key(keys[i])](blocks[i]) for _, i in dense]
         values = []
-        for _, i in dense:
+        for (_, i), change in zip(dense, changes):
             w_old = _block_values(rows[i], flat)
-            change = self._decode_block(keys[i], rows[i], blocks[i])
             values.append((w_old + self.edge_ratio * change.view_as(w_old)).reshape(-1))
         flat_new = torch.cat(values) if values else flat.clone()
         if flat_new.numel() != flat.numel():
@@ -259,16 +271,7 @@ class MetaNetwork(nn.Module):
             )
         return x_new, flat_new
 
-    def _decode_block(self, key: str, row: list[int], states: Tensor) -> Tensor:
-        if self.edge_encoding == "canonical":
-            return self.edges.decode(row, states)
-        return self.edge_decoders[_module_key(key)](states)
-
     def _encode_block(self, key: str, row: list[int], flat: Tensor) -> Tensor:
-        if self.edge_encoding == "canonical":
-            if row[COL["kind"]] == EdgeKind.IDENTITY:
-                return self.edges.encode(row, None)
-            return self.edges.encode(row, _block_values(row, flat).reshape(-1, row[COL["width"]]))
         encoder = self.edge_encoders[_module_key(key)]
         if row[COL["kind"]] == EdgeKind.IDENTITY:  # constant feature 1.0 on a diagonal
             one = flat.new_ones(1, 1)

@@ -207,3 +207,23 @@ def test_runs_end_to_end_on_a_torchvision_model() -> None:
     assert changed == dense  # every conv / linear weight, whatever its kernel, is rewritten
     with torch.no_grad():
         assert torch.isfinite(out(inputs)).all()
+
+
+def test_batch_equals_each_graph_alone_and_the_pyg_reference_agrees() -> None:
+    from torch_geometric.data import Batch
+
+    from metanet import ReferenceMetaNetwork
+
+    graphs = [encode(_mixed(seed)[0], _mixed(seed)[1]) for seed in (0, 1)]
+    graphs.append(encode(TinyConvNet().double(), torch.randn(1, 3, 6, 6, dtype=torch.float64)))
+    net = _general(ratio=1.0)
+    x, flat = net(Batch.from_data_list(graphs))
+    sizes = [g.edge_flat.numel() for g in graphs]
+    for g, xs, fs in zip(graphs, x.split([g.num_nodes for g in graphs]), flat.split(sizes)):
+        x1, f1 = net(g)
+        torch.testing.assert_close(xs, x1, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fs, f1, rtol=0, atol=1e-12)
+    reference = ReferenceMetaNetwork(**net.config).double()
+    reference.load_state_dict(net.state_dict())
+    for a, b in zip(net(graphs[0]), reference(graphs[0])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

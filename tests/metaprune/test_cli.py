@@ -136,6 +136,20 @@ def test_prune_eval_info_happy_path(capsys, ckpt, tmp_path):
     assert info["macs"] == report["final"]["macs"] and info["graph"]["nodes"] > 0
 
 
+def test_prune_method_metanet_without_a_name_chooses_and_says_which(capsys, ckpt, tmp_path):
+    out = tmp_path / "out"
+    status = main([
+        "prune", ckpt, "--dataset", "digits", "--target-speedup", "1.3", "--method", "metanet",
+        "--before-epochs", "0", "--epochs", "0", "--steps", "10", "--bn-batches", "1",
+        "--threads", "1", "--quiet", "-o", str(out),
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "metanet    auto -> resnet20-digits: family-specific metanetwork" in captured.out
+    chosen = json.loads((out / "report.json").read_text())["stages"]["before_pruning"]["metanet"]
+    assert chosen["name"] == "resnet20-digits" and chosen["auto"] is True
+
+
 def test_info_text(capsys, ckpt):
     assert main(["info", ckpt]) == 0
     out = capsys.readouterr().out
