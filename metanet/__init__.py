@@ -1,7 +1,9 @@
 """The graph metanetwork: a GNN that rewrites a network's weights so it prunes well.
 
-``MetaNetwork(edge_types=edge_types_of(graphs))`` maps a :class:`graph_encoding.ModelGraph`
-to new node features and edge values; :func:`apply_metanetwork` does it for an
+``MetaNetwork(edge_types=edge_types_of(graphs))`` (one encoder per edge type) or
+``MetaNetwork(edge_encoding="canonical")`` (one encoder for every kind and kernel size,
+:mod:`metanet.canonical`) maps a :class:`graph_encoding.ModelGraph` to new node features and
+edge values; :func:`apply_metanetwork` does it for an
 ``nn.Module`` and returns a transformed copy; :func:`transformed_tensors` gives the
 differentiable state tensors that meta-training feeds to ``torch.func.functional_call``.
 Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
@@ -13,7 +15,7 @@ from .apply import apply_metanetwork, transformed_tensors
 from .blocks import BlockLayout
 from .export import export, list_pretrained, load
 from .layer import MetaLayer, sign_vector
-from .network import MetaNetwork, edge_types_of
+from .network import EDGE_ENCODINGS, MetaNetwork, edge_signatures_of, edge_types_of
 from .reference import ReferenceMetaLayer, ReferenceMetaNetwork
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "apply_metanetwork",
     "transformed_tensors",
     "edge_types_of",
+    "edge_signatures_of",
+    "EDGE_ENCODINGS",
     "sign_vector",
     "export",
     "load",

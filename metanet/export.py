@@ -1,7 +1,9 @@
 """Exported metanetworks: ``NAME.safetensors`` (weights) + ``NAME.json`` (config), no pickle.
 
 ``NAME.json`` holds ``{"format_version": 1, "config": MetaNetwork.config, "info": {...}}``
-(``info`` is free-form provenance: source checkpoint, epoch, selection score, zoo...);
+(``info`` is free-form provenance: source checkpoint, epoch, selection score, zoo...) and,
+if given, ``"summary"``: what it was trained on (:func:`metanet.summary.training_summary`,
+read by :func:`read_document` for automatic choice, :mod:`metanet.choice`);
 the safetensors file carries the same config in its metadata (``metanet.config``), so it
 also loads on its own.
 
@@ -54,6 +56,7 @@ __all__ = [
     "export_checkpoint",
     "list_pretrained",
     "load",
+    "read_document",
     "read_fit_checkpoint",
     "registry_dirs",
 ]
@@ -80,9 +83,17 @@ def _base(path: str | os.PathLike[str]) -> Path:
 
 
 def export(
-    metanet: MetaNetwork, path: str | os.PathLike[str], *, info: dict[str, Any] | None = None
+    metanet: MetaNetwork,
+    path: str | os.PathLike[str],
+    *,
+    info: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``metanet`` as ``path.safetensors`` + ``path.json`` (atomically); return both paths."""
+    """Write ``metanet`` as ``path.safetensors`` + ``path.json`` (atomically); return both paths.
+
+    ``summary`` (optional): what it was trained on, from
+    :func:`metanet.summary.training_summary` over the zoo graphs; stored in the JSON.
+    """
     base = _base(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     weights, config_path = (
@@ -98,6 +109,8 @@ def export(
         _VERSION_KEY: str(EXPORT_FORMAT_VERSION),
     }
     document = {"format_version": EXPORT_FORMAT_VERSION, "config": config, "info": info or {}}
+    if summary is not None:
+        document["summary"] = summary
     for target, write in (
         (weights, lambda p: save_file(tensors, str(p), metadata=meta)),
         (
@@ -196,7 +209,8 @@ def load(
         LimitExceededError: file, header, JSON or network over ``limits``.
     """
     weights = _resolve(path_or_name, allow_paths)
-    config, shapes, reader = _read_export(_base(weights), limits)
+    document, shapes, reader = _read_export(_base(weights), limits)
+    config = document["config"]
     where = f"metanetwork {str(weights)!r}"
     skeleton = _build(config, "meta", limits, where)
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
@@ -220,6 +234,20 @@ def load(
     return metanet.to(device).eval()
 
 
+def read_document(
+    path_or_name: str | os.PathLike[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    allow_paths: bool = True,
+) -> dict[str, Any]:
+    """The JSON document of an export (``config``, ``info``, ``summary`` if recorded, and
+    ``path``: where its weights are), read and checked like :func:`load` but without
+    reading any tensor. Raises as :func:`load` does."""
+    weights = _resolve(path_or_name, allow_paths)
+    document, _, _ = _read_export(_base(weights), limits)
+    return {**document, "path": str(weights)}
+
+
 def _build(config: dict[str, Any], device: str | None, limits: Limits, where: str) -> MetaNetwork:
     try:
         with build_guard(limits, where), torch.device(device or "cpu"):
@@ -233,7 +261,8 @@ def _build(config: dict[str, Any], device: str | None, limits: Limits, where: st
 def _read_export(
     base: Path, limits: Limits
 ) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], Any]:
-    """The config, the tensor shapes from the header, and a function reading the tensors."""
+    """The document (``config`` always, ``info``/``summary`` if in the JSON), the tensor
+    shapes from the header, and a function reading the tensors."""
     weights, config_path = (
         base.with_name(base.name + ".safetensors"),
         base.with_name(base.name + ".json"),
@@ -258,6 +287,7 @@ def _read_export(
             )
         version, config = document.get("format_version"), document.get("config")
     else:
+        document = {}
         version = meta.get(_VERSION_KEY)
         config = (
             parse_json(meta[_CONFIG_KEY], limits, f"{where} metadata")
@@ -277,7 +307,7 @@ def _read_export(
         except Exception as err:  # noqa: BLE001
             raise ExportError(f"cannot read {where}: {describe_exception(err)}") from None
 
-    return config, shapes, read
+    return {**document, "config": config}, shapes, read
 
 
 def read_fit_checkpoint(ckpt: str | os.PathLike[str]) -> MetaNetwork:
@@ -322,8 +352,10 @@ def export_checkpoint(
     path: str | os.PathLike[str],
     *,
     info: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Export the metanetwork of a fit checkpoint, recording its epoch, step and score."""
+    """Export the metanetwork of a fit checkpoint, recording its epoch, step and score (and
+    ``summary``, what it was trained on: see :func:`export`)."""
     ckpt = Path(ckpt)
     _, _, raw = _read_lightning(ckpt)
     provenance: dict[str, Any] = {
@@ -337,4 +369,5 @@ def export_checkpoint(
             provenance["monitor"] = state.get("monitor", "val/auc")
             provenance["best_score"] = float(score) if score is not None else None
     provenance["hyper_parameters"] = raw.get("hyper_parameters")
-    return export(read_fit_checkpoint(ckpt), path, info={**provenance, **(info or {})})
+    info = {**provenance, **(info or {})}
+    return export(read_fit_checkpoint(ckpt), path, info=info, summary=summary)

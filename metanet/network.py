@@ -1,5 +1,14 @@
-"""``MetaNetwork``: per-edge-type encoders, ``L`` :class:`MetaLayer` s and residual decoders
-over the one graph schema of :mod:`graph_encoding` (METHOD.md section 3).
+"""``MetaNetwork``: edge encoders, ``L`` :class:`MetaLayer` s and residual decoders over the
+one graph schema of :mod:`graph_encoding` (METHOD.md section 3).
+
+Two edge encodings (``edge_encoding``):
+
+- ``"per-type"`` (the default; what ``resnet20-digits`` is): one ``Linear(width, h)``
+  encoder and one decoder per edge-type key (``"CONV:9"``, ``"PROJECTION:1"``, ...), so
+  it runs only on the edge types it was built for.
+- ``"canonical"``: ONE encoder and ONE decoder for every edge kind and kernel size over a
+  centred ``max_kernel x max_kernel`` grid with kind and kernel-size features
+  (:mod:`metanet.canonical`), so it runs on every architecture the encoder supports.
 
 Sizes: with ``num_layers=8, hidden=64`` the layers hold 8 x 33,088 = 264,704 parameters;
 the node encoder/decoder 6,666 and each edge type ``w`` values wide ``4,352 + 129 w``
@@ -19,9 +28,12 @@ from torch import Tensor, nn
 from graph_encoding import COL, NODE_FEATURES, VALUE_SLOTS, EdgeKind, ModelGraph, edge_type_key
 
 from .blocks import BlockLayout
+from .canonical import DEFAULT_MAX_KERNEL, CanonicalEdges, edge_signature
 from .layer import MetaLayer
 
-__all__ = ["MetaNetwork", "edge_types_of"]
+__all__ = ["EDGE_ENCODINGS", "MetaNetwork", "edge_signatures_of", "edge_types_of"]
+
+EDGE_ENCODINGS = ("per-type", "canonical")
 
 
 def edge_types_of(graphs: Iterable[ModelGraph]) -> list[str]:
@@ -32,6 +44,20 @@ def edge_types_of(graphs: Iterable[ModelGraph]) -> list[str]:
         table = graph.layer_table
         keys.update(edge_type_key(k, w) for k, w in table[:, [COL["kind"], COL["width"]]].tolist())
     return sorted(keys)
+
+
+def edge_signatures_of(graphs: Iterable[ModelGraph]) -> list[str]:
+    """Sorted edge signatures (kind and kernel, e.g. ``"CONV:7x7"``, see
+    :func:`metanet.canonical.edge_signature`) occurring in ``graphs``."""
+    found: set[str] = set()
+    for graph in graphs:
+        found.update(_signatures(graph.layer_table))
+    return sorted(found)
+
+
+def _signatures(table: Tensor) -> set[str]:
+    cols = [COL["kind"], COL["kernel_h"], COL["kernel_w"], COL["width"]]
+    return {edge_signature(*row) for row in table[:, cols].tolist()}
 
 
 def _module_key(edge_type: str) -> str:
@@ -61,10 +87,16 @@ class MetaNetwork(nn.Module):
     Args:
         num_layers (int): Message-passing layers ``L``.
         hidden (int): Hidden size ``h``.
-        edge_types (Sequence[str]): Edge-type keys it must handle; use
-            :func:`edge_types_of` over the graphs it will see.
+        edge_types (Sequence[str], optional): ``"per-type"`` only (required there): the
+            edge-type keys it must handle; use :func:`edge_types_of` over the graphs it
+            will see. ``"canonical"`` checks that their kinds are in ``edge_kinds`` and
+            does not store them.
         node_ratio (float): Residual ratio ``r_n`` of node outputs.
         edge_ratio (float): Residual ratio ``r_e`` of edge outputs.
+        edge_encoding (str): ``"per-type"`` (default) or ``"canonical"`` (module doc).
+        max_kernel (int): ``"canonical"`` only: the grid side ``K`` (default 7).
+        edge_kinds (Sequence[str], optional): ``"canonical"`` only: the ``EdgeKind`` names
+            with a flag, in one-hot order (default: every ``EdgeKind``, in enum order).
 
     Shapes:
         - **input:** a :class:`~graph_encoding.ModelGraph` or a PyG ``Batch`` of them
@@ -77,35 +109,59 @@ class MetaNetwork(nn.Module):
         num_layers: int = 8,
         hidden: int = 64,
         *,
-        edge_types: Sequence[str],
+        edge_types: Sequence[str] | None = None,
         node_ratio: float = 0.01,
         edge_ratio: float = 0.01,
+        edge_encoding: str = "per-type",
+        max_kernel: int = DEFAULT_MAX_KERNEL,
+        edge_kinds: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if not edge_types:
+        if edge_encoding not in EDGE_ENCODINGS:
             raise ValueError(
-                "MetaNetwork needs at least one edge type (use edge_types=edge_types_of(graphs))"
+                f"edge_encoding must be one of {list(EDGE_ENCODINGS)} (found {edge_encoding!r})"
             )
         self.num_layers = num_layers
         self.hidden = hidden
-        self.edge_types = sorted(set(edge_types))
+        self.edge_encoding = edge_encoding
         self.node_ratio = float(node_ratio)
         self.edge_ratio = float(edge_ratio)
-        widths = {t: int(t.rsplit(":", 1)[1]) for t in self.edge_types}
         self.node_encoder = nn.Linear(NODE_FEATURES, hidden)
-        self.edge_encoders = nn.ModuleDict(
-            {_module_key(t): nn.Linear(w, hidden) for t, w in widths.items()}
-        )
+        if edge_encoding == "canonical":
+            kinds = list(EdgeKind.__members__) if edge_kinds is None else list(edge_kinds)
+            self.edges = CanonicalEdges(hidden, max_kernel, kinds)
+            self.edge_types: list[str] = []
+            missing = sorted({t for t in edge_types or () if t.split(":")[0] not in kinds})
+            if missing:
+                raise ValueError(f"edge types {missing} have no flag in edge_kinds {kinds}")
+        else:
+            if edge_kinds is not None or max_kernel != DEFAULT_MAX_KERNEL:
+                raise ValueError(
+                    "max_kernel and edge_kinds are options of edge_encoding='canonical'"
+                )
+            if not edge_types:
+                raise ValueError(
+                    "MetaNetwork needs at least one edge type "
+                    "(use edge_types=edge_types_of(graphs), or edge_encoding='canonical')"
+                )
+            self.edge_types = sorted(set(edge_types))
+            widths = {t: int(t.rsplit(":", 1)[1]) for t in self.edge_types}
+            self.edge_encoders = nn.ModuleDict(
+                {_module_key(t): nn.Linear(w, hidden) for t, w in widths.items()}
+            )
+        # modules are created in the order they always were: seeded initialisations and
+        # state_dict order of per-type networks are unchanged
         self.layers = nn.ModuleList(self._make_layer(hidden) for _ in range(num_layers))
         self.node_decoder = _decoder(hidden, VALUE_SLOTS)
-        # identity edges hold no values, so they get no decoder
-        self.edge_decoders = nn.ModuleDict(
-            {
-                _module_key(t): _decoder(hidden, w)
-                for t, w in widths.items()
-                if not t.startswith(f"{EdgeKind.IDENTITY.name}:")
-            }
-        )
+        if edge_encoding == "per-type":
+            # identity edges hold no values, so they get no decoder
+            self.edge_decoders = nn.ModuleDict(
+                {
+                    _module_key(t): _decoder(hidden, w)
+                    for t, w in widths.items()
+                    if not t.startswith(f"{EdgeKind.IDENTITY.name}:")
+                }
+            )
 
     def _make_layer(self, hidden: int) -> nn.Module:
         return MetaLayer(hidden)
@@ -118,7 +174,18 @@ class MetaNetwork(nn.Module):
     # ------------------------------------------------------------------ config / export
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments as plain JSON-able data (see :meth:`from_config`)."""
+        """Constructor arguments as plain JSON-able data (see :meth:`from_config`); a
+        per-type network's config has no ``edge_encoding`` key (as before it existed)."""
+        if self.edge_encoding == "canonical":
+            return {
+                "num_layers": self.num_layers,
+                "hidden": self.hidden,
+                "edge_encoding": "canonical",
+                "max_kernel": self.edges.max_kernel,
+                "edge_kinds": list(self.edges.edge_kinds),
+                "node_ratio": self.node_ratio,
+                "edge_ratio": self.edge_ratio,
+            }
         return {
             "num_layers": self.num_layers,
             "hidden": self.hidden,
@@ -126,6 +193,17 @@ class MetaNetwork(nn.Module):
             "node_ratio": self.node_ratio,
             "edge_ratio": self.edge_ratio,
         }
+
+    def unsupported(self, graph_or_table: ModelGraph | Tensor) -> list[str]:
+        """What in a graph (or its ``layer_table``) this network has no encoder for: sorted
+        edge-type keys (``"CONV:49"``) for per-type, edge signatures for canonical (a kind
+        without a flag); empty if it can run on it."""
+        table = getattr(graph_or_table, "layer_table", graph_or_table)
+        if self.edge_encoding == "canonical":
+            kinds = set(self.edges.edge_kinds)
+            return sorted(s for s in _signatures(table) if s.split(":")[0] not in kinds)
+        keys = {edge_type_key(k, w) for k, w in table[:, [COL["kind"], COL["width"]]].tolist()}
+        return sorted(keys - set(self.edge_types))
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MetaNetwork:
@@ -135,23 +213,37 @@ class MetaNetwork(nn.Module):
     def forward(self, graph: ModelGraph) -> tuple[Tensor, Tensor]:
         """New node features and edge values of ``graph`` (a ModelGraph or a Batch)."""
         table, x, flat = graph.layer_table, graph.x, graph.edge_flat
-        keys = [edge_type_key(k, w) for k, w in table[:, [COL["kind"], COL["width"]]].tolist()]
-        unknown = sorted(set(keys) - set(self.edge_types))
+        unknown = self.unsupported(table)
+        if unknown and self.edge_encoding == "canonical":
+            raise ValueError(
+                f"graph has edge kind(s) {unknown} that this MetaNetwork has no flag for "
+                f"(edge_kinds {self.edges.edge_kinds}); build it with the default edge_kinds"
+            )
         if unknown:
             raise ValueError(
                 f"graph has edge type(s) {unknown} that this MetaNetwork has no encoder for "
                 f"(it handles {self.edge_types}); construct it with "
-                f"edge_types=edge_types_of(graphs) over every graph it must handle"
+                f"edge_types=edge_types_of(graphs) over every graph it must handle, or use "
+                f"edge_encoding='canonical'"
             )
         rows = table.tolist()
+        keys = [edge_type_key(r[COL["kind"]], r[COL["width"]]) for r in rows]
         h = self.node_encoder(x)
         layout = BlockLayout.from_table(table, graph.num_nodes)
-        edges = torch.cat(
-            [
-                self._encode_block(key, row, flat).reshape(-1, self.hidden)
-                for key, row in zip(keys, rows)
-            ]
-        )
+        if self.edge_encoding == "canonical":
+            values = [
+                None if r[COL["kind"]] == EdgeKind.IDENTITY
+                else _block_values(r, flat).reshape(-1, r[COL["width"]])
+                for r in rows
+            ]  # fmt: skip
+            edges = torch.cat(self.edges.encode_blocks(rows, values))
+        else:
+            edges = torch.cat(
+                [
+                    self._encode_block(key, row, flat).reshape(-1, self.hidden)
+                    for key, row in zip(keys, rows)
+                ]
+            )
         h, edges = self._message_passing(h, edges, graph, layout)
         blocks = layout.split(edges)
 
@@ -163,10 +255,14 @@ class MetaNetwork(nn.Module):
             for i, row in enumerate(rows)
             if row[COL["kind"]] != EdgeKind.IDENTITY
         )
+        if self.edge_encoding == "canonical":  # one decoder: its trunk once over all edges
+            changes = self.edges.decode_blocks([rows[i] for _, i in dense],
+                                               [blocks[i] for _, i in dense])  # fmt: skip
+        else:
+            changes = [self.edge_decoders[_module_key(keys[i])](blocks[i]) for _, i in dense]
         values = []
-        for _, i in dense:
+        for (_, i), change in zip(dense, changes):
             w_old = _block_values(rows[i], flat)
-            change = self.edge_decoders[_module_key(keys[i])](blocks[i])
             values.append((w_old + self.edge_ratio * change.view_as(w_old)).reshape(-1))
         flat_new = torch.cat(values) if values else flat.clone()
         if flat_new.numel() != flat.numel():

@@ -211,8 +211,10 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--metanet",
-        help="exported metanetwork: a registered name, or a path to NAME.safetensors; "
-        "implies --method metanet (any other --method with --metanet is an error)",
+        help="exported metanetwork: a registered name, a path to NAME.safetensors, or "
+        "'auto' (the default of --method metanet: chosen by the model's graph, the report "
+        "says which and why); implies --method metanet (any other --method with --metanet "
+        "is an error)",
     )
     p.add_argument("--epochs", type=_nonneg_int, help="fine-tune epochs after pruning")
     p.add_argument(
@@ -287,8 +289,6 @@ def _run_prune(args: argparse.Namespace) -> int:
             node[path[-1]] = value
     config = PruneConfig.from_dict(data)
     config.check_limits(limits)
-    if config.method == "metanet" and config.metanet is None:
-        raise UsageError("metaprune prune: error: --method metanet needs --metanet NAME_OR_PATH")
     if config.metanet is not None and config.method not in ("metanet", "auto"):
         raise UsageError(
             f"metaprune prune: error: the config names metanet {quote(config.metanet)} but method "

@@ -46,6 +46,18 @@ def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | Non
     return int(check_spec(spec, limits, input_shape).params)
 
 
+def _check_auto_metanet(metanetworks: Sequence[str]) -> None:
+    from metanet.export import list_pretrained
+
+    registered = set(list_pretrained())
+    if not registered or not registered <= set(metanetworks):
+        raise InvalidInputError(
+            "metanet 'auto' chooses among every registered metanetwork "
+            f"({sorted(registered)}) but this server offers {sorted(metanetworks)}; "
+            "name one of those instead"
+        )
+
+
 def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) -> None:
     """Server policy for a job's settings.
 
@@ -56,12 +68,10 @@ def check_job(config: PruneConfig, limits: Limits, metanetworks: Sequence[str]) 
         raise InvalidInputError(
             f"config.target.value must be > 1 for a pruning job (found {config.target.value!r})"
         )
-    if config.metanet is not None:
+    if config.metanet is not None and config.metanet != "auto":
         check_name("metanetwork", config.metanet, metanetworks)
-    if config.method == "metanet" and config.metanet is None:
-        raise InvalidInputError(
-            f"method 'metanet' needs config.metanet, one of {sorted(metanetworks)}"
-        )
+    elif config.method == "metanet":  # None or "auto": the worker chooses among every
+        _check_auto_metanet(metanetworks)  # registered one, so all must be offered
     if config.device != "cpu":
         import torch
 

@@ -101,6 +101,11 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     if choice.get("requested") == "auto":
         lines.insert(1, f"  method     auto -> {choice['method']}: {choice['reason']}")
+    metanet = report.get("stages", {}).get("before_pruning", {}).get("metanet") or {}
+    if metanet.get("auto"):  # chosen by the model's graph (metanet.choice)
+        lines.insert(1, f"  metanet    auto -> {metanet['reason']}")
+        if metanet.get("warning"):
+            lines.insert(2, f"  WARNING    {metanet['warning']}")
     sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
     if sparse:
         tried = ", ".join(f"{t['reg']:g}: {_pct(t['val_accuracy'])}" for t in sparse["trials"])

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TinyMLP", "TinyResidual", "TinyConvNet", "permute_hidden_conv", "randomize_norms"]
+__all__ = [
+    "MixedKernels",
+    "TinyMLP",
+    "TinyResidual",
+    "TinyConvNet",
+    "permute_hidden_conv",
+    "randomize_norms",
+]
 
 
 class TinyMLP(nn.Module):
@@ -80,3 +87,22 @@ def permute_hidden_conv(model: TinyConvNet, perm: torch.Tensor) -> TinyConvNet:
         out.conv2.weight.copy_(model.conv2.weight[:, perm])
         out.proj.weight.copy_(model.proj.weight[:, perm])
     return out
+
+
+class MixedKernels(nn.Module):
+    """11x11, 7x7, 3x3, depthwise 3x3 and 1x1 convs and a linear head, with BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 11, padding=5, bias=False)
+        self.conv7 = nn.Conv2d(4, 6, 7, padding=3, bias=False)
+        self.conv3 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.conv1 = nn.Conv2d(6, 8, 1, bias=False)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in (4, 6, 6, 6, 8))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, bn in zip((self.stem, self.conv7, self.conv3, self.dw, self.conv1), self.bns):
+            x = torch.relu(bn(conv(x)))
+        return self.fc(x.mean((2, 3)))

@@ -56,8 +56,9 @@ def test_importing_metanet_registered_the_method_with_its_loader() -> None:
 def test_load_for_job_resolves_the_shipped_name_and_refuses_paths_when_asked(tmp_path) -> None:
     net = metanet.method.load_for_job(PruneConfig(method="metanet", metanet="resnet20-digits"))
     assert isinstance(net, metanet.MetaNetwork)
-    with pytest.raises(MetanetUnavailable, match="needs a metanetwork"):
-        metanet.method.load_for_job(PruneConfig(method="metanet"))
+    # no name or "auto": chosen by the model's graph when the method runs
+    assert metanet.method.load_for_job(PruneConfig(method="metanet")) is None
+    assert metanet.method.load_for_job(PruneConfig(method="metanet", metanet="auto")) is None
     with pytest.raises(UnknownMetanetError):
         metanet.method.load_for_job(PruneConfig(method="metanet", metanet="no-such-metanet"))
     path = str(tmp_path / "x.safetensors")

@@ -75,10 +75,6 @@ def test_unknown_model_in_checkpoint(capsys, tmp_path):
             "target.value must be in [1.0, inf]",
         ),
         (
-            ["prune", "X", "--dataset", "digits", "-o", "o", "--method", "metanet"],
-            "--method metanet needs --metanet",
-        ),
-        (
             ["prune", "X", "--dataset", "digits", "-o", "o", "--reg", "strong"],
             "must be a number >= 0 or 'auto' (found 'strong')",
         ),
@@ -138,6 +134,20 @@ def test_prune_eval_info_happy_path(capsys, ckpt, tmp_path):
     info = json.loads(capsys.readouterr().out)
     assert info["architecture"] == "cifar_resnet20" and info["pruned_modules"] > 0
     assert info["macs"] == report["final"]["macs"] and info["graph"]["nodes"] > 0
+
+
+def test_prune_method_metanet_without_a_name_chooses_and_says_which(capsys, ckpt, tmp_path):
+    out = tmp_path / "out"
+    status = main([
+        "prune", ckpt, "--dataset", "digits", "--target-speedup", "1.3", "--method", "metanet",
+        "--before-epochs", "0", "--epochs", "0", "--steps", "10", "--bn-batches", "1",
+        "--threads", "1", "--quiet", "-o", str(out),
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "metanet    auto -> resnet20-digits: family-specific metanetwork" in captured.out
+    chosen = json.loads((out / "report.json").read_text())["stages"]["before_pruning"]["metanet"]
+    assert chosen["name"] == "resnet20-digits" and chosen["auto"] is True
 
 
 def test_info_text(capsys, ckpt):

@@ -230,6 +230,19 @@ def test_bad_job_requests_are_refused(
     assert len(client.list_jobs()) == before  # nothing created
 
 
+def test_a_metanet_job_with_auto_reports_the_chosen_metanetwork(
+    connect: Callable[..., PruningClient], model_id: str, tmp_path: Path
+) -> None:
+    client = connect("alice")
+    job = client.create_job(model_id, "synthetic", tiny_config(method="metanet", metanet="auto"))
+    final = client.watch(job.job_id, lambda j, e: None)
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+    report = json.loads(client.download(job.job_id, tmp_path / "out")["report"].read_text())
+    chosen = report["stages"]["before_pruning"]["metanet"]
+    assert report["method"] == "metanet" and chosen["auto"] is True
+    assert chosen["name"] == "resnet20-digits" and chosen["reason"].startswith("resnet20-digits")
+
+
 def test_unknown_model_and_job(connect: Callable[..., PruningClient]) -> None:
     client = connect("alice")
     for call in (

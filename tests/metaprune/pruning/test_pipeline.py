@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import metanet  # registers the "metanet" method, as the entry points do
+import metaprune.pruning
 from metaprune import checkpoint
 from metaprune.pruning import (
     CANCEL,
@@ -168,9 +170,24 @@ def test_metanet_method_loads_the_shipped_metanetwork_by_name(model, spec, split
     assert result.report["method"] == "metanet"
 
 
-def test_metanet_without_a_metanetwork_fails_before_any_work(model, splits, fast_config):
+def test_metanet_auto_chooses_by_the_graph_and_reports_it(model, spec, splits, fast_config):
+    config = dataclasses.replace(fast_config, method="metanet", metanet="auto")
+    report = prune(model, splits, config, spec=spec).report
+    chosen = report["stages"]["before_pruning"]["metanet"]
+    assert chosen["name"] == "resnet20-digits" and chosen["auto"] is True
+    assert chosen["reason"].startswith("resnet20-digits: family-specific metanetwork")
+    assert [c["name"] for c in chosen["candidates"]][0] == "resnet20-digits"
+    assert "metanet    auto -> resnet20-digits" in metaprune.pruning.format_report(report)
+
+
+def test_metanet_auto_without_any_registered_fails_before_any_work(
+    model, splits, fast_config, tmp_path, monkeypatch
+):
+    registry = importlib.import_module("metanet.export")  # `metanet.export` is the function
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.delenv("METAPRUNE_METANET_PATH", raising=False)
     events = []
-    with pytest.raises(MetanetUnavailable, match="needs a metanetwork"):
+    with pytest.raises(MetanetUnavailable, match="needs a registered metanetwork"):
         prune(model, splits, dataclasses.replace(fast_config, method="metanet"), events.append)
     assert events == []
 
