@@ -139,13 +139,29 @@ def configure_metanet_export(parser: argparse.ArgumentParser) -> None:
         help="output path without suffix: writes OUT.safetensors and OUT.json",
     )
     parser.add_argument("--info", help="extra JSON object merged into the exported info")
+    parser.add_argument(
+        "--zoo",
+        nargs="+",
+        default=[],
+        help="the zoo(s) it was meta-trained on: their graphs' summary is stored in the JSON "
+        "(automatic metanetwork choice compares models with it)",
+    )
 
 
 def run_metanet_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
     info = json.loads(args.info) if args.info else None
-    weights, config = export_checkpoint(args.ckpt, args.out, info=info)
+    summary = None
+    if args.zoo:
+        from .summary import training_summary
+        from .training import ZooDataModule
+
+        data = ZooDataModule(args.zoo)
+        data.setup("fit")
+        archs = [zoo.config.arch for zoo in data.zoos]
+        summary = training_summary(data.graphs(), architectures=archs)
+    weights, config = export_checkpoint(args.ckpt, args.out, info=info, summary=summary)
     print(f"wrote {weights} and {config}")
     return 0
 

@@ -69,6 +69,8 @@ class MetaPruneModule(L.LightningModule):
         reg_warmup_epochs: ramp ``reg`` linearly from 0 over these epochs (a strong sparsity
             term from the first step zeroes the networks before the metanetwork learns).
         grad_clip: clip the metanetwork's gradient norm to this value (0: off).
+        edge_encoding, max_kernel: the :class:`MetaNetwork`'s edge encoding; ``"canonical"``
+            gives a general metanetwork that runs on every kernel size and edge kind.
         zero_init_decoders: start the decoders' last layers at zero, so the metanetwork
             starts as the identity whatever the residual ratios (then a ratio of 1 lets
             it make large edits without destroying the networks in the first steps).
@@ -102,6 +104,8 @@ class MetaPruneModule(L.LightningModule):
         reg_warmup_epochs: int = 0,
         grad_clip: float = 0.0,
         zero_init_decoders: bool = False,
+        edge_encoding: str = "per-type",
+        max_kernel: int = 7,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -113,11 +117,21 @@ class MetaPruneModule(L.LightningModule):
 
     def _build(self, edge_types: list[str]) -> None:
         hp = self.hparams
+        options = {"edge_encoding": hp.edge_encoding}
+        if hp.edge_encoding == "canonical":
+            options["max_kernel"] = hp.max_kernel
         self.metanet = MetaNetwork(hp.num_layers, hp.hidden, edge_types=edge_types,
-                                   node_ratio=hp.node_ratio, edge_ratio=hp.edge_ratio)  # fmt: skip
-        self.hparams["edge_types"] = list(self.metanet.edge_types)  # stored in checkpoints
+                                   node_ratio=hp.node_ratio, edge_ratio=hp.edge_ratio,
+                                   **options)  # fmt: skip
+        self.hparams["edge_types"] = sorted(set(edge_types))  # stored in checkpoints
         if hp.zero_init_decoders:
-            decoders = [self.metanet.node_decoder, *self.metanet.edge_decoders.values()]
+            net = self.metanet
+            edge = (
+                [net.edges.decoder]
+                if hp.edge_encoding == "canonical"
+                else net.edge_decoders.values()
+            )
+            decoders = [net.node_decoder, *edge]
             for decoder in decoders:
                 torch.nn.init.zeros_(decoder[-1].weight)
                 torch.nn.init.zeros_(decoder[-1].bias)
