@@ -139,13 +139,22 @@ def configure_metanet_export(parser: argparse.ArgumentParser) -> None:
         help="output path without suffix: writes OUT.safetensors and OUT.json",
     )
     parser.add_argument("--info", help="extra JSON object merged into the exported info")
+    parser.add_argument(
+        "--zoo",
+        action="append",
+        default=[],
+        help="a zoo directory it was meta-trained on (repeatable): its meta-train members' "
+        "graphs give the export's training summary, which automatic metanetwork choice reads",
+    )
 
 
 def run_metanet_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
+    from .summary import zoo_summary
 
     info = json.loads(args.info) if args.info else None
-    weights, config = export_checkpoint(args.ckpt, args.out, info=info)
+    summary = zoo_summary(args.zoo) if args.zoo else None
+    weights, config = export_checkpoint(args.ckpt, args.out, info=info, summary=summary)
     print(f"wrote {weights} and {config}")
     return 0
 
