@@ -1,10 +1,11 @@
 """Per-forward cost of the two edge encodings on the ResNet-20 ``digits`` graph.
 
     PYTHONPATH=. .venv/bin/python benchmarks/edge_encoding.py [--repeats 20] [--threads 1]
+        [--model cifar_resnet20 --layers 4 --hidden 32]
 
-The graph is a ``cifar_resnet20`` (width 1.0, 1 input channel, 8x8 input: the shipped
-``resnet20-digits`` zoo's architecture); both networks have the shipped size (4 layers,
-hidden 32). ``per-type`` is :class:`metanet.MetaNetwork` with ``edge_types`` of the graph
+The graph is by default a ``cifar_resnet20`` (width 1.0, 1 input channel, 8x8 input: the
+shipped ``resnet20-digits`` zoo's architecture); both networks have by default the
+shipped size (4 layers, hidden 32). ``per-type`` is :class:`metanet.MetaNetwork` with ``edge_types`` of the graph
 (what ``resnet20-digits`` is), ``canonical`` the same with ``edge_encoding="canonical"``
 (one encoder/decoder over the 7x7 grid). Medians of ``--repeats`` calls after a warm-up,
 forward under ``no_grad`` and forward+backward of ``sum(x'^2) + sum(w'^2)``.
@@ -44,6 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="cifar_resnet20", help="a CIFAR model (1 channel)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -52,12 +56,13 @@ def main() -> None:
     from metaprune.models import create_model
 
     torch.manual_seed(0)
-    graph = encode(create_model("cifar_resnet20", in_channels=1).eval(), torch.randn(1, 1, 8, 8))
+    graph = encode(create_model(args.model, in_channels=1).eval(), torch.randn(1, 1, 8, 8))
+    size = (args.layers, args.hidden)
     nets = {
-        "per-type": MetaNetwork(4, 32, edge_types=edge_types_of([graph])),
-        "canonical": MetaNetwork(4, 32, edge_encoding="canonical"),
+        "per-type": MetaNetwork(*size, edge_types=edge_types_of([graph])),
+        "canonical": MetaNetwork(*size, edge_encoding="canonical"),
     }
-    print(f"ResNet-20 digits graph: {graph.num_nodes} nodes, {graph.num_edges} edges, "
+    print(f"{args.model} graph ({size[0]} x {size[1]} metanetworks): {graph.num_nodes} nodes, {graph.num_edges} edges, "
           f"{graph.edge_flat.numel()} values; {args.threads} thread(s), median of {args.repeats}")  # fmt: skip
 
     def forward(net: MetaNetwork) -> None:

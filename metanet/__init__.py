@@ -13,10 +13,12 @@ Layers run on the encoder's dense per-layer blocks (:class:`MetaLayer`);
 from . import method as _method  # noqa: F401  (registers the "metanet" pruning method)
 from .apply import apply_metanetwork, transformed_tensors
 from .blocks import BlockLayout
+from .choice import MetanetChoice, NoMetanetworkError, choose_metanetwork
 from .export import export, list_pretrained, load
 from .layer import MetaLayer, sign_vector
 from .network import EDGE_ENCODINGS, MetaNetwork, edge_signatures_of, edge_types_of
 from .reference import ReferenceMetaLayer, ReferenceMetaNetwork
+from .summary import training_summary
 
 __all__ = [
     "MetaNetwork",
@@ -33,4 +35,8 @@ __all__ = [
     "export",
     "load",
     "list_pretrained",
+    "choose_metanetwork",
+    "MetanetChoice",
+    "NoMetanetworkError",
+    "training_summary",
 ]

@@ -192,21 +192,22 @@ class CanonicalEdges(nn.Module):
             states.append(F.linear(block, columns[kh, kw], constant))
         return states
 
-    def decode_blocks(
-        self, rows: Sequence[Sequence[int]], states: Sequence[Tensor]
-    ) -> list[Tensor]:
-        """Edits ``(E, width)`` of each dense block from its edge states ``(E, h)``."""
-        if not rows:
-            return []
-        *trunk, last = self.decoder
-        hidden = torch.cat(list(states))
-        for module in trunk:  # the shared part once over every edge
-            hidden = module(hidden)
+    def decode_trunk(self, states: Tensor) -> Tensor:
+        """The decoder's shared part (all but its last ``Linear``), ``(E, h) -> (E, h)``:
+        run once over every edge state of a graph."""
+        for module in list(self.decoder)[:-1]:
+            states = module(states)
+        return states
+
+    def decode_heads(self, rows: Sequence[Sequence[int]], hidden: Sequence[Tensor]) -> list[Tensor]:
+        """Edits ``(E, width)`` of each dense block from its :meth:`decode_trunk` output:
+        only the last ``Linear``'s rows of the block's grid positions are computed."""
+        last = self.decoder[-1]
         edits, rows_of = [], {}
-        for row, part in zip(rows, hidden.split([s.size(0) for s in states])):
+        for row, part in zip(rows, hidden):
             kh, kw = self._shape(row)
             place = placement(kh, kw, self.max_kernel)
-            if (kh, kw) not in rows_of:  # only the rows of its positions
+            if (kh, kw) not in rows_of:  # once per kernel shape
                 index = place.grid_index.to(last.weight.device)
                 rows_of[kh, kw] = (last.weight[index], last.bias[index])
             edit = F.linear(part, *rows_of[kh, kw])
@@ -221,8 +222,8 @@ class CanonicalEdges(nn.Module):
         return self.encode_blocks([row], [values])[0]
 
     def decode(self, row: Sequence[int], states: Tensor) -> Tensor:
-        """Edits of one dense block (see :meth:`decode_blocks`)."""
-        return self.decode_blocks([row], [states])[0]
+        """Edits of one dense block (see :meth:`decode_heads`)."""
+        return self.decode_heads([row], [self.decode_trunk(states)])[0]
 
     def extra_repr(self) -> str:
         return f"max_kernel={self.max_kernel}, edge_kinds={self.edge_kinds}"

@@ -141,26 +141,19 @@ def configure_metanet_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--info", help="extra JSON object merged into the exported info")
     parser.add_argument(
         "--zoo",
-        nargs="+",
+        action="append",
         default=[],
-        help="the zoo(s) it was meta-trained on: their graphs' summary is stored in the JSON "
-        "(automatic metanetwork choice compares models with it)",
+        help="a zoo directory it was meta-trained on (repeatable): its meta-train members' "
+        "graphs give the export's training summary, which automatic metanetwork choice reads",
     )
 
 
 def run_metanet_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
+    from .summary import zoo_summary
 
     info = json.loads(args.info) if args.info else None
-    summary = None
-    if args.zoo:
-        from .summary import training_summary
-        from .training import ZooDataModule
-
-        data = ZooDataModule(args.zoo)
-        data.setup("fit")
-        archs = [zoo.config.arch for zoo in data.zoos]
-        summary = training_summary(data.graphs(), architectures=archs)
+    summary = zoo_summary(args.zoo) if args.zoo else None
     weights, config = export_checkpoint(args.ckpt, args.out, info=info, summary=summary)
     print(f"wrote {weights} and {config}")
     return 0

@@ -256,8 +256,10 @@ class MetaNetwork(nn.Module):
             if row[COL["kind"]] != EdgeKind.IDENTITY
         )
         if self.edge_encoding == "canonical":  # one decoder: its trunk once over all edges
-            changes = self.edges.decode_blocks([rows[i] for _, i in dense],
-                                               [blocks[i] for _, i in dense])  # fmt: skip
+            # (identity edges too: far fewer than dense ones, and no copy of the states)
+            hidden = layout.split(self.edges.decode_trunk(edges))
+            changes = self.edges.decode_heads([rows[i] for _, i in dense],
+                                              [hidden[i] for _, i in dense])  # fmt: skip
         else:
             changes = [self.edge_decoders[_module_key(keys[i])](blocks[i]) for _, i in dense]
         values = []

@@ -32,7 +32,14 @@ from graph_encoding import COL, EdgeKind, ModelGraph, edge_type_key
 
 from .canonical import edge_signature
 
-__all__ = ["STATS", "SUMMARY_VERSION", "derived_summary", "graph_stats", "training_summary"]
+__all__ = [
+    "STATS",
+    "SUMMARY_VERSION",
+    "derived_summary",
+    "graph_stats",
+    "training_summary",
+    "zoo_summary",
+]
 
 SUMMARY_VERSION = 1
 STATS = ("nodes", "layers", "width")
@@ -79,6 +86,21 @@ def training_summary(
         "edge_signatures": sorted({t for s in stats for t in s["edge_signatures"]}),
         **{k: [min(s[k] for s in stats), max(s[k] for s in stats)] for k in STATS},
     }
+
+
+def zoo_summary(zoo_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """:func:`training_summary` of the meta-train members of finished zoos (the graphs
+    ``metaprune metanet fit`` trains on, encoded as :class:`~metanet.training.data.ZooDataModule`
+    does); what ``metaprune metanet export --zoo DIR`` records."""
+    from .training.data import ZooDataModule
+
+    graphs, architectures = [], []
+    for zoo in zoo_dirs:
+        data = ZooDataModule(str(zoo))
+        data.setup("fit")
+        graphs.extend(member.graph for member in data.train_members)
+        architectures.append(data.zoo.config.arch)
+    return training_summary(graphs, architectures)
 
 
 def derived_summary(config: Mapping[str, Any], export_base: Path | None) -> dict[str, Any]:

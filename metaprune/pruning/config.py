@@ -269,7 +269,9 @@ class PruneConfig:
             training first) or ``"random"``.
         target: the ratio to reach.
         metanet: metanetwork name or path, used by ``method="metanet"`` (unless a
-            metanetwork object is passed to :func:`~metaprune.pruning.prune`).
+            metanetwork object is passed to :func:`~metaprune.pruning.prune`); ``None`` or
+            ``"auto"`` chooses among the registered ones by the model's graph
+            (``metanet.choice``; the report's ``stages.before_pruning.metanet`` says which).
         importance, pruning: importance criterion and progressive schedule.
         before_pruning: the fine-tune before pruning; every method gets the same budget
             (after the metanetwork for ``metanet``, sparse training for ``group-l2-sl``,

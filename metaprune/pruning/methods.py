@@ -124,14 +124,15 @@ class Method:
 
     ``load(config, limits, allow_paths)``, if given, loads what the method needs before any
     work is done (the ``metanet`` method's metanetwork), so a bad name fails at once;
-    :func:`~metaprune.pruning.prune` passes the result as ``MethodContext.metanetwork``.
+    :func:`~metaprune.pruning.prune` passes the result as ``MethodContext.metanetwork``
+    (``None`` when the method chooses it later, from the model: ``metanet`` "auto").
     """
 
     name: str
     importance: str
     prepare: Callable[[nn.Module, MethodContext], nn.Module]
     description: str = ""
-    load: Callable[[PruneConfig, Any, bool], nn.Module] | None = None
+    load: Callable[[PruneConfig, Any, bool], nn.Module | None] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}

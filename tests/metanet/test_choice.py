@@ -153,3 +153,34 @@ def test_prepare_logs_the_warning_and_records_the_choice(registry, graphs, caplo
     assert isinstance(net, MetaNetwork) and net.edge_encoding == "canonical"
     assert details["name"] == "general-tiny" and "width 512" in details["warning"]
     assert any("far from what general-tiny saw" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(300)
+def test_cli_export_records_the_summary_of_its_zoos(tmp_path, monkeypatch) -> None:
+    from metanet.cli import main
+    from metanet.training.data import ZooDataModule
+    from metanet.zoo import build_zoo
+    from metanet.zoo.tiny import tiny_zoo_config
+
+    zoo = tmp_path / "zoo"
+    build_zoo(tiny_zoo_config(size=2), zoo, progress=False)
+    torch.manual_seed(0)
+    net = MetaNetwork(1, 4, edge_encoding="canonical")
+    ckpt = tmp_path / "best.ckpt"  # what `metanet fit` writes, reduced to what export reads
+    torch.save({"metanet_config": net.config, "epoch": 3, "global_step": 12,
+                "state_dict": {f"metanet.{k}": v for k, v in net.state_dict().items()}}, ckpt)  # fmt: skip
+    out = tmp_path / "registry" / "general-zoo"
+    assert (
+        main(["metanet", "export", "--ckpt", str(ckpt), "--out", str(out), "--zoo", str(zoo)]) == 0
+    )
+    data = ZooDataModule(str(zoo))
+    data.setup("fit")
+    train_graphs = [m.graph for m in data.train_members]
+    summary = read_document(out.with_suffix(".json"))["summary"]
+    assert summary == training_summary(train_graphs, ["cifar_resnet20"])
+    assert (
+        summary["graphs"] == len(train_graphs) == 1 and summary["edge_signatures"][0] == "CONV:3x3"
+    )
+    monkeypatch.setenv("METAPRUNE_METANET_PATH", str(out.parent))
+    choice = choose_metanetwork(data.val_members[0].graph, ["general-zoo"])
+    assert choice.name == "general-zoo" and choice.warning is None
