@@ -163,16 +163,17 @@ class Runner:
                             metanetwork=self.metanetwork() if prep == "metanet" else None)  # fmt: skip
         torch.manual_seed(seed)
         start = time.perf_counter()
-        model = copy.deepcopy(model)
-        if prep == "metanet-sl":
-            from metanet import apply_metanetwork
+        model, check = copy.deepcopy(model), None
+        if prep == "metanet-sl":  # the metanet method's own guarded rewrite, then sparse training
+            from metanet.method import guarded_rewrite
 
-            model = apply_metanetwork(self.metanetwork(), model, self.example)
-            for param in model.parameters():
-                param.requires_grad_(True)
+            model, check = guarded_rewrite(model, self.metanetwork(), ctx)
         prepared = get_method(config.method).prepare(model, ctx)
         seconds = time.perf_counter() - start
-        return prepared.eval(), ctx.info.get("before_pruning", {}), seconds
+        info = dict(ctx.info.get("before_pruning", {}))
+        if check is not None:
+            info["metanet"] = {"accuracy_check": check}
+        return prepared.eval(), info, seconds
 
     def calib(self, seed: int):
         return calibration_loader(self.splits.train, self.a.recal_batches, self.a.batch_size, seed)

@@ -11,8 +11,10 @@ by the model's graph (:func:`metanet.choice.choose_metanetwork`); the report's
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ from graph_encoding import encode
 from metaprune.errors import LimitExceededError, NotFoundError, quote
 from metaprune.limits import DEFAULT_LIMITS, Limits
 from metaprune.pruning.config import PruneConfig
+from metaprune.pruning.finetune import evaluate
 from metaprune.pruning.methods import (
     MetanetUnavailable,
     Method,
@@ -37,9 +40,11 @@ from .apply import apply_metanetwork
 from .choice import choose_metanetwork
 from .export import list_pretrained, load
 
-__all__ = ["AUTO", "load_for_job"]
+__all__ = ["AUTO", "MAX_ACCURACY_DROP", "guarded_rewrite", "load_for_job"]
 
 AUTO = "auto"
+#: smallest validation-accuracy drop (a ratio) for which a rewrite is discarded
+MAX_ACCURACY_DROP = 0.01
 _LOG = logging.getLogger(__name__)
 
 
@@ -82,15 +87,51 @@ def _prepare(model: nn.Module, ctx: MethodContext) -> nn.Module:
     start = time.perf_counter()
     notify(ctx.progress, ctx.cancel, "metanet", 0, 1)
     net, details = _metanetwork(model, ctx)
-    net = net.to(ctx.device).eval()
-    with torch.no_grad():
-        transformed = apply_metanetwork(net, model, ctx.example_inputs)
-    transformed = transformed.to(ctx.device)
-    for param in transformed.parameters():  # built under no_grad: make it trainable again
-        param.requires_grad_(True)
+    transformed, details["accuracy_check"] = guarded_rewrite(model, net, ctx)
     notify(ctx.progress, ctx.cancel, "metanet", 1, 1)
     seconds = time.perf_counter() - start
     return plain_finetune(transformed, ctx, start, metanet_seconds=seconds, metanet=details)
+
+
+def guarded_rewrite(
+    model: nn.Module, net: nn.Module, ctx: MethodContext
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``net``'s rewrite of ``model`` (trainable, on ``ctx.device``), unless it costs
+    validation accuracy: then a copy of ``model`` itself, with a warning.
+
+    Both are compared BatchNorm-recalibrated on the job's calibration set, on the
+    validation split; the rewrite is discarded when it falls below the input's accuracy
+    by more than ``max(MAX_ACCURACY_DROP, 2 standard errors)`` (the rule of
+    ``reg="auto"``). A metanetwork far from what it was trained on can wreck a model: the
+    general metanetwork took held-out VGG-11s to chance (issue 11, ``benchmarks/RESULTS.md``).
+    """
+    with torch.no_grad():
+        transformed = apply_metanetwork(net.to(ctx.device).eval(), model, ctx.example_inputs)
+    transformed = transformed.to(ctx.device)
+    before, after = _recalibrated_accuracy(model, ctx), _recalibrated_accuracy(transformed, ctx)
+    n = max(1, len(ctx.val_loader.dataset))
+    tolerance = max(MAX_ACCURACY_DROP, 2.0 * math.sqrt(before * (1.0 - before) / n))
+    check: dict[str, Any] = {
+        "val_accuracy_input": before, "val_accuracy_rewritten": after,
+        "tolerance": tolerance, "discarded": after < before - tolerance - 1e-9,
+    }  # fmt: skip
+    if check["discarded"]:
+        check["warning"] = (
+            f"the metanetwork lowered the BN-recalibrated validation accuracy from "
+            f"{before:.4f} to {after:.4f} (tolerance {tolerance:.4f}): its rewrite was "
+            f"discarded and the input weights are used"
+        )
+        _LOG.warning("metanet: %s", check["warning"])
+        transformed = copy.deepcopy(model).to(ctx.device)
+    for param in transformed.parameters():  # built under no_grad: make it trainable again
+        param.requires_grad_(True)
+    return transformed, check
+
+
+def _recalibrated_accuracy(model: nn.Module, ctx: MethodContext) -> float:
+    probe = copy.deepcopy(model).to(ctx.device)
+    ctx.recalibrate(probe)
+    return evaluate(probe, ctx.val_loader, ctx.device)
 
 
 def _metanetwork(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[str, Any]]:

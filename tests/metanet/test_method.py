@@ -64,3 +64,40 @@ def test_load_for_job_resolves_the_shipped_name_and_refuses_paths_when_asked(tmp
     path = str(tmp_path / "x.safetensors")
     with pytest.raises(MetanetUnavailable):
         metanet.method.load_for_job(PruneConfig(method="metanet", metanet=path), allow_paths=False)
+
+
+def test_a_rewrite_that_costs_validation_accuracy_is_discarded(caplog) -> None:
+    import torch
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import create_model
+    from metaprune.pruning import FinetuneBudget, finetune
+    from metaprune.pruning.methods import MethodContext
+
+    splits = get_dataset("digits", seed=0)
+    train, val, _ = make_loaders(splits, 64, seed=0)
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_channels=1, num_classes=10, width=0.25)
+    finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.1))
+    config = PruneConfig(method="metanet", bn_recalibration_batches=2)
+    ctx = MethodContext(config, train, val, torch.device("cpu"), torch.zeros(1, 1, 8, 8))
+
+    def net(ratio: float) -> metanet.MetaNetwork:
+        torch.manual_seed(1)
+        return metanet.MetaNetwork(2, 8, edge_encoding="canonical", node_ratio=ratio,
+                                   edge_ratio=ratio)  # fmt: skip
+
+    kept, check = metanet.method.guarded_rewrite(model, net(0.0), ctx)
+    assert check["discarded"] is False and "warning" not in check
+    assert check["val_accuracy_input"] == check["val_accuracy_rewritten"] > 0.5
+    assert check["tolerance"] >= metanet.method.MAX_ACCURACY_DROP
+    assert all(p.requires_grad for p in kept.parameters())
+
+    with caplog.at_level("WARNING", logger="metanet.method"):
+        restored, check = metanet.method.guarded_rewrite(model, net(50.0), ctx)
+    assert check["discarded"] is True
+    assert check["val_accuracy_rewritten"] < check["val_accuracy_input"] - check["tolerance"]
+    assert "rewrite was discarded" in check["warning"] and "rewrite was discarded" in caplog.text
+    assert restored is not model and all(p.requires_grad for p in restored.parameters())
+    for (key, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), key  # the input's weights, untouched by the probe
