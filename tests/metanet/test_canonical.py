@@ -209,6 +209,28 @@ def test_runs_end_to_end_on_a_torchvision_model() -> None:
         assert torch.isfinite(out(inputs)).all()
 
 
+@pytest.mark.timeout(120)
+def test_the_shipped_general_metanetwork_runs_on_a_family_it_never_saw() -> None:
+    from metanet import choose_metanetwork
+    from metanet.export import load
+
+    torch.manual_seed(0)
+    model = create_model("torchvision/mobilenet_v3_small", num_classes=10).eval()
+    inputs = torch.randn(1, 3, 32, 32)
+    graph = encode(model, inputs)
+    choice = choose_metanetwork(graph)
+    assert choice.name == "general-digits" and choice.chosen.general
+    assert "never seen" in choice.warning  # depthwise 3x3/5x5 kernels and gates: far from its zoo
+    net = load("general-digits")
+    assert net.config["edge_encoding"] == "canonical"
+    out = apply_metanetwork(net, model, inputs)
+    before, after = model.state_dict(), out.state_dict()
+    dense = [k for k in before if k.endswith("weight") and before[k].dim() > 1]
+    assert all(not torch.equal(before[k], after[k]) for k in dense)
+    with torch.no_grad():
+        assert torch.isfinite(out(inputs)).all()
+
+
 def test_batch_equals_each_graph_alone_and_the_pyg_reference_agrees() -> None:
     from torch_geometric.data import Batch
 

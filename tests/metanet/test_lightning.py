@@ -136,22 +136,23 @@ def test_curve_auc() -> None:
     assert accuracy_at(line, 0.5) == 1.0 and accuracy_at(line, 9.0) == 0.0
 
 
-def test_print_config_of_the_shipped_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("metanet_resnet20_digits", ["zoo: runs/zoo-resnet20-digits"]),
+        ("metanet_general_digits", ["- runs/zoo-resnet20-digits", "- runs/zoo-resnet32w075-digits",
+                                    "edge_encoding: canonical", "prune_weight: 1.0"]),
+    ],
+)  # fmt: skip
+def test_print_config_of_the_shipped_yamls(
+    name: str, needles: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        make_cli(
-            ["fit", "--config", str(CONFIGS / "metanet_resnet20_digits.yaml"), "--print_config"]
-        )
+        make_cli(["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    for needle in (
-        "model:",
-        "data:",
-        "trainer:",
-        "checkpoint:",
-        "monitor: val/auc",
-        "mode: max",
-        "zoo: runs/zoo-resnet20-digits",
-    ):
+    for needle in ("model:", "data:", "trainer:", "checkpoint:", "monitor: val/auc", "mode: max",
+                   *needles):  # fmt: skip
         assert needle in out, needle
 
 
