@@ -297,8 +297,8 @@ def collect(results: dict[str, Any]) -> dict[tuple, dict[str, dict[str, Any]]]:
                 **row, "prep_seconds": rec["prep_seconds"], "prepared": rec["prepared"],
                 "before_pruning": rec["before_pruning"],
             }  # fmt: skip
-    for rows in out.values():
-        for base in ("group-l2", "group-l2-sl"):
+    for rows in out.values():  # every prep pruned with several normalisers, metanetworks too
+        for base in sorted({label.split("[")[0] for label in rows if label != "random"}):
             _derive_auto(rows, base)
     return out
 
