@@ -18,7 +18,10 @@ once through the pipeline's own method code (:class:`MethodContext`, so exactly 
   (budget 0 = forward pass only); run on every family the metanetwork can encode, so
   families it was not trained on are measured too;
 * ``metanet-sl``: the forward pass, then sparse training with ``reg="auto"`` from its
-  output (a warm start; compare with ``sl`` at the same budget).
+  output (a warm start; compare with ``sl`` at the same budget);
+* ``metanet-raw``: the forward pass with its rewrite always kept, then the fine-tune: the
+  metanetwork's own effect (``metanet`` is the product path, whose accuracy check
+  discards a rewrite that costs validation accuracy, and then prunes the input model).
 
 Each prepared model is pruned (progressive, global, ``--steps``) with one or more
 criteria, giving the rows: ``group-l2[max]``, ``group-l2[sum]``, ``random`` (from
@@ -104,10 +107,11 @@ ROWS = {
            ("group-l2-sl[mean]", "group-l2", "mean")],
     "metanet": [("metanet[sum]", "group-l2", "sum"), ("metanet[max]", "group-l2", "max")],
     "metanet-sl": [("metanet-sl[sum]", "group-l2", "sum")],
+    "metanet-raw": [("metanet-raw[sum]", "group-l2", "sum"), ("metanet-raw[max]", "group-l2", "max")],
 }  # fmt: skip
 BASELINES = tuple(lbl for p in ("plain", "sl") for lbl, imp, _ in ROWS[p] if imp == "group-l2")
 PREP_METHOD = {"plain": "group-l2", "sl": "group-l2-sl", "metanet": "metanet",
-               "metanet-sl": "group-l2-sl"}  # fmt: skip
+               "metanet-sl": "group-l2-sl", "metanet-raw": "group-l2"}  # fmt: skip
 
 
 def tagged(name: str, prep: str, tag: str) -> str:
@@ -168,6 +172,12 @@ class Runner:
             from metanet.method import guarded_rewrite
 
             model, check = guarded_rewrite(model, self.metanetwork(), ctx)
+        elif prep == "metanet-raw":  # the metanetwork itself: its rewrite always kept
+            from metanet import apply_metanetwork
+
+            model = apply_metanetwork(self.metanetwork(), model, self.example)
+            for param in model.parameters():
+                param.requires_grad_(True)
         prepared = get_method(config.method).prepare(model, ctx)
         seconds = time.perf_counter() - start
         info = dict(ctx.info.get("before_pruning", {}))
