@@ -462,6 +462,17 @@ def report(results: dict[str, Any], out: Path, suffix: str) -> str:
     return text
 
 
+def _plotted(labels: list[str]) -> list[str]:
+    """One curve per preparation: its ``[auto]`` row (the normaliser the pipeline would
+    pick on validation) where derived, else its only row; ``random`` as the floor."""
+    bases = {lbl.split("[")[0] for lbl in labels}
+    keep = [f"{b}[auto]" if f"{b}[auto]" in labels else None for b in bases]
+    singles = [
+        lbl for lbl in labels if sum(x.split("[")[0] == lbl.split("[")[0] for x in labels) == 1
+    ]
+    return [lbl for lbl in labels if lbl in keep or lbl in singles]
+
+
 def _plot(data, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -472,7 +483,7 @@ def _plot(data, path: Path) -> None:
     fig = Figure(figsize=(5.5 * len(targets), 4 * len(families)), dpi=100)
     for i, fam in enumerate(families):
         budgets = sorted(b for f, b in data if f == fam)
-        labels = _order({lbl for b in budgets for lbl in data[(fam, b)]})
+        labels = _plotted(_order({lbl for b in budgets for lbl in data[(fam, b)]}))
         for j, t in enumerate(targets):
             ax = fig.add_subplot(len(families), len(targets), i * len(targets) + j + 1)
             for label in labels:
@@ -492,7 +503,7 @@ def _plot(data, path: Path) -> None:
             ax.set_ylabel(f"test acc % at {t:g}x MACs (no fine-tune)")
             ax.set_title(f"{fam}, {t:g}x")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, format="png")
 
