@@ -140,7 +140,7 @@ def test_curve_auc() -> None:
     "name, needles",
     [
         ("metanet_resnet20_digits", ["zoo: runs/zoo-resnet20-digits"]),
-        ("metanet_general_digits", ["- runs/zoo-resnet20-digits", "- runs/zoo-resnet32w075-digits",
+        ("metanet_general_digits", ["- runs/zoo-resnet20-digits", "- runs/zoo-resnet32w075-digits", "- runs/zoo-resnet20-digits-40",
                                     "edge_encoding: canonical", "prune_weight: 1.0"]),
     ],
 )  # fmt: skip
