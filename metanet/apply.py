@@ -31,14 +31,20 @@ def transformed_tensors(metanet: MetaNetwork, graph: ModelGraph) -> dict[str, Te
 
 
 def apply_metanetwork(
-    metanet: MetaNetwork, model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]
+    metanet: MetaNetwork,
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    graph: ModelGraph | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose weights ``metanet`` has rewritten (``model`` is untouched).
 
-    ``example_inputs`` fix the input shapes for tracing (see :func:`graph_encoding.encode`).
+    ``example_inputs`` fix the input shapes for tracing (see :func:`graph_encoding.encode`);
+    ``graph``, if given, is ``model``'s encoding already made with them (not encoded again;
+    its tensors are moved in place).
     The graph is moved to the metanetwork's device and dtype, the results back to the model's.
     """
-    graph = encode(model, example_inputs)
+    if graph is None:
+        graph = encode(model, example_inputs)
     param = next(metanet.parameters())
     graph.x = graph.x.to(param.device, param.dtype)
     graph.edge_flat = graph.edge_flat.to(param.device, param.dtype)

@@ -113,7 +113,8 @@ def placement(kh: int, kw: int, max_kernel: int) -> GridPlacement:
     return GridPlacement((kh, kw), rows, cols, index, (left, right, top, bottom))
 
 
-def _decoder(hidden: int, out: int) -> nn.Sequential:
+def mlp_decoder(hidden: int, out: int) -> nn.Sequential:
+    """``LayerNorm -> Linear -> SiLU -> Linear``: every decoder of a metanetwork."""
     return nn.Sequential(
         nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)
     )
@@ -152,7 +153,7 @@ class CanonicalEdges(nn.Module):
         self.hidden, self.max_kernel, self.edge_kinds = hidden, max_kernel, list(edge_kinds)
         self.grid = max_kernel * max_kernel
         self.encoder = nn.Linear(self.grid + len(self.edge_kinds) + 2, hidden)
-        self.decoder = _decoder(hidden, self.grid)
+        self.decoder = mlp_decoder(hidden, self.grid)
 
     def _shape(self, row: Sequence[int]) -> tuple[int, int]:
         return kernel_shape(row[COL["kind"]], row[COL["kernel_h"]], row[COL["kernel_w"]],

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graph_encoding import encode
+from graph_encoding import ModelGraph, encode
 from metaprune.errors import LimitExceededError, NotFoundError, quote
 from metaprune.limits import DEFAULT_LIMITS, Limits
 from metaprune.pruning.config import PruneConfig
@@ -86,18 +86,19 @@ def load_for_job(
 def _prepare(model: nn.Module, ctx: MethodContext) -> nn.Module:
     start = time.perf_counter()
     notify(ctx.progress, ctx.cancel, "metanet", 0, 1)
-    net, details = _metanetwork(model, ctx)
-    transformed, details["accuracy_check"] = guarded_rewrite(model, net, ctx)
+    net, details, graph = _metanetwork(model, ctx)
+    transformed, details["accuracy_check"] = guarded_rewrite(model, net, ctx, graph)
     notify(ctx.progress, ctx.cancel, "metanet", 1, 1)
     seconds = time.perf_counter() - start
     return plain_finetune(transformed, ctx, start, metanet_seconds=seconds, metanet=details)
 
 
 def guarded_rewrite(
-    model: nn.Module, net: nn.Module, ctx: MethodContext
+    model: nn.Module, net: nn.Module, ctx: MethodContext, graph: ModelGraph | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``net``'s rewrite of ``model`` (trainable, on ``ctx.device``), unless it costs
-    validation accuracy: then a copy of ``model`` itself, with a warning.
+    validation accuracy: then a copy of ``model`` itself, with a warning. ``graph``: the
+    model's encoding, if already made.
 
     Both are compared BatchNorm-recalibrated on the job's calibration set, on the
     validation split; the rewrite is discarded when it falls below the input's accuracy
@@ -106,7 +107,7 @@ def guarded_rewrite(
     general metanetwork took held-out VGG-11s to chance (issue 11, ``benchmarks/RESULTS.md``).
     """
     with torch.no_grad():
-        transformed = apply_metanetwork(net.to(ctx.device).eval(), model, ctx.example_inputs)
+        transformed = apply_metanetwork(net.to(ctx.device).eval(), model, ctx.example_inputs, graph)
     transformed = transformed.to(ctx.device)
     before, after = _recalibrated_accuracy(model, ctx), _recalibrated_accuracy(transformed, ctx)
     n = max(1, len(ctx.val_loader.dataset))
@@ -134,20 +135,24 @@ def _recalibrated_accuracy(model: nn.Module, ctx: MethodContext) -> float:
     return evaluate(probe, ctx.val_loader, ctx.device)
 
 
-def _metanetwork(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The metanetwork to apply and what the report says about it."""
+def _metanetwork(
+    model: nn.Module, ctx: MethodContext
+) -> tuple[nn.Module, dict[str, Any], ModelGraph | None]:
+    """The metanetwork to apply, what the report says about it, and the model's graph if
+    the choice had to encode it (so the rewrite does not encode it again)."""
     name = ctx.config.metanet
     if ctx.metanetwork is not None:
-        return ctx.metanetwork, {"name": name, "auto": False, "given": "object"}
+        return ctx.metanetwork, {"name": name, "auto": False, "given": "object"}, None
     if name is not None and name != AUTO:
-        return load_for_job(ctx.config), {"name": name, "auto": False}
+        return load_for_job(ctx.config), {"name": name, "auto": False}, None
     # the choice reads registered names only: the exports shipped with or installed for it
-    choice = choose_metanetwork(encode(model, ctx.example_inputs), allow_paths=False)
+    graph = encode(model, ctx.example_inputs)
+    choice = choose_metanetwork(graph, allow_paths=False)
     _LOG.info("metanet auto: %s", choice.reason)
     if choice.warning:
         _LOG.warning("metanet auto: %s", choice.warning)
     net = load_for_job(dataclasses.replace(ctx.config, metanet=choice.name), allow_paths=False)
-    return net, choice.to_dict()
+    return net, choice.to_dict(), graph
 
 
 register_method(

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from graph_encoding import COL, NODE_FEATURES, VALUE_SLOTS, EdgeKind, ModelGraph, edge_type_key
 
 from .blocks import BlockLayout
-from .canonical import DEFAULT_MAX_KERNEL, CanonicalEdges, edge_signature
+from .canonical import DEFAULT_MAX_KERNEL, CanonicalEdges, edge_signature, mlp_decoder
 from .layer import MetaLayer
 
 __all__ = ["EDGE_ENCODINGS", "MetaNetwork", "edge_signatures_of", "edge_types_of"]
@@ -62,12 +62,6 @@ def _signatures(table: Tensor) -> set[str]:
 
 def _module_key(edge_type: str) -> str:
     return edge_type.replace(".", "_")  # ModuleDict keys may not contain '.'
-
-
-def _decoder(hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out)
-    )
 
 
 class MetaNetwork(nn.Module):
@@ -152,12 +146,12 @@ class MetaNetwork(nn.Module):
         # modules are created in the order they always were: seeded initialisations and
         # state_dict order of per-type networks are unchanged
         self.layers = nn.ModuleList(self._make_layer(hidden) for _ in range(num_layers))
-        self.node_decoder = _decoder(hidden, VALUE_SLOTS)
+        self.node_decoder = mlp_decoder(hidden, VALUE_SLOTS)
         if edge_encoding == "per-type":
             # identity edges hold no values, so they get no decoder
             self.edge_decoders = nn.ModuleDict(
                 {
-                    _module_key(t): _decoder(hidden, w)
+                    _module_key(t): mlp_decoder(hidden, w)
                     for t, w in widths.items()
                     if not t.startswith(f"{EdgeKind.IDENTITY.name}:")
                 }

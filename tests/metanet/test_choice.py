@@ -150,8 +150,9 @@ def test_prepare_logs_the_warning_and_records_the_choice(registry, graphs, caplo
     ctx = MethodContext(PruneConfig(method="metanet", metanet="auto"), None, None,
                         torch.device("cpu"), torch.randn(1, 3, 32, 32))  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="metanet.method"):
-        net, details = _metanetwork(model, ctx)
+        net, details, graph = _metanetwork(model, ctx)
     assert isinstance(net, MetaNetwork) and net.edge_encoding == "canonical"
+    assert graph.num_nodes == graphs["resnet18"].num_nodes  # encoded once, reused by the rewrite
     assert details["name"] == "general-tiny" and "width 512" in details["warning"]
     assert any("far from what general-tiny saw" in r.getMessage() for r in caplog.records)
 

@@ -78,6 +78,18 @@ def test_ratios_zero_give_the_input_network_exactly(make) -> None:
         assert torch.equal(state[key], value), key
 
 
+def test_a_given_graph_is_used_instead_of_encoding_again() -> None:
+    model, inputs = _conv(), torch.randn(CONV_INPUT, dtype=torch.float64)
+    graph = encode(model, inputs)
+    net = _metanet([graph], ratio=0.5)
+    fresh = apply_metanetwork(net, model, inputs).state_dict()
+    given = apply_metanetwork(net, model, inputs, graph).state_dict()
+    assert list(fresh) == list(given)
+    for key, value in fresh.items():
+        assert torch.equal(given[key], value), key
+    assert not all(torch.equal(fresh[k], v) for k, v in model.state_dict().items())
+
+
 def test_running_stats_come_from_the_input() -> None:
     model = _conv()
     inputs = torch.randn(CONV_INPUT, dtype=torch.float64)
