@@ -2,11 +2,27 @@
 
 Torch-Pruning shrinks a model in place: it edits module attributes (``out_channels``,
 ``num_features``, ...) and replaces parameters with smaller ones. A *channel plan*
-records those attributes for every module that differs from a freshly built model of
-the same architecture, keyed by module path, e.g.::
+records everything that differs from a freshly built model of the same architecture,
+keyed by module path, e.g.::
 
     {"layer1.0.conv1": {"in_channels": 16, "out_channels": 8, "groups": 1},
-     "layer1.0.bn1": {"num_features": 8}}
+     "layer1.0.bn1": {"num_features": 8},
+     "stages.3.blocks.0": {"gamma": [185]},
+     "blocks.0.attn": {"num_heads": 3, "head_dim": 40},
+     "": {"pos_embed": [1, 17, 120], "cls_token": [1, 1, 120]}}
+
+An entry holds three kinds of values:
+
+* the **structural attributes** of a standard layer (table below), from which the shapes
+  of its own weights follow;
+* the **shape** (a list of ints) of any other parameter or buffer registered directly on
+  the module that was resized: layer scale (ConvNeXt ``gamma``, torchvision
+  ``layer_scale``), ResMLP's affine, position embeddings and class tokens (``""`` is the
+  root module);
+* the **head geometry** of an attention module that is not a standard layer (timm's
+  fused-qkv ``Attention`` and its relatives): ``num_heads`` and ``head_dim`` (or
+  ``dim_head``), set through :func:`set_heads`, which also keeps ``attn_dim`` and the
+  softmax ``scale`` consistent, the same way on the pruned model and on its rebuild.
 
 :func:`apply_channel_plan` replays it on a fresh model, so a pruned checkpoint can be
 rebuilt from JSON alone (no pickled modules). Structural attributes per module type:
@@ -23,6 +39,7 @@ rebuilt from JSON alone (no pickled modules). Structural attributes per module t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -33,12 +50,16 @@ from torch.nn.modules.conv import _ConvNd
 from metaprune.errors import quote
 
 __all__ = [
+    "HEAD_ATTRS",
+    "MAX_TENSOR_DIMS",
     "STRUCTURAL_ATTRS",
     "ChannelPlan",
     "PlanValue",
     "apply_channel_plan",
     "channel_plan_of",
+    "head_attrs",
     "normalize_channel_plan",
+    "set_heads",
     "structural_attrs",
 ]
 
@@ -54,6 +75,18 @@ STRUCTURAL_ATTRS: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (nn.GroupNorm, ("num_channels", "num_groups")),
     (nn.MultiheadAttention, ("embed_dim", "num_heads", "head_dim", "kdim", "vdim")),
 )
+
+#: Tensors a structural module's attributes resize (the plan does not list their shapes).
+_RESIZED_BY_ATTRS = frozenset(
+    {"weight", "bias", "running_mean", "running_var", "in_proj_weight", "in_proj_bias",
+     "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"}
+)  # fmt: skip
+
+#: Head geometry of attention modules that are not standard layers (see :func:`set_heads`).
+HEAD_ATTRS: tuple[str, ...] = ("num_heads", "head_dim", "dim_head")
+
+#: The most dimensions a resized tensor in a plan may have.
+MAX_TENSOR_DIMS = 8
 
 
 def _attr_names(module: nn.Module) -> tuple[str, ...] | None:
@@ -75,11 +108,43 @@ def structural_attrs(module: nn.Module) -> dict[str, PlanValue] | None:
     return out
 
 
+def head_attrs(module: nn.Module) -> dict[str, int] | None:
+    """The head geometry (:data:`HEAD_ATTRS` present as ints) of an attention module that
+    is not a standard layer, or ``None``."""
+    if _attr_names(module) is not None or not isinstance(getattr(module, "num_heads", None), int):
+        return None
+    out = {n: getattr(module, n) for n in HEAD_ATTRS if hasattr(module, n)}
+    if len(out) < 2 or not all(_is_pos_int(v) for v in out.values()):
+        return None
+    return out
+
+
+def set_heads(module: nn.Module, num_heads: int, head_dim: int) -> None:
+    """Give an attention module ``num_heads`` heads of ``head_dim`` channels.
+
+    Sets ``num_heads``, ``head_dim`` (or ``dim_head``) and, where the module has them,
+    ``attn_dim = num_heads * head_dim`` and a softmax ``scale`` that was
+    ``old_head_dim ** -0.5`` to ``head_dim ** -0.5``: the value PyTorch's fused
+    ``scaled_dot_product_attention`` uses anyway, so the fused and unfused paths agree.
+    """
+    dim_name = "head_dim" if hasattr(module, "head_dim") else "dim_head"
+    old = getattr(module, dim_name)
+    module.num_heads = num_heads
+    setattr(module, dim_name, head_dim)
+    if isinstance(getattr(module, "attn_dim", None), int):
+        module.attn_dim = num_heads * head_dim
+    scale = getattr(module, "scale", None)
+    if isinstance(scale, float) and _is_pos_int(old) and math.isclose(scale, old**-0.5):
+        module.scale = head_dim**-0.5
+
+
 def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:
     """The channel plan turning ``base`` (freshly built) into ``model`` (pruned in place).
 
     Every structural module of ``model`` whose attributes differ from the module at the
-    same path in ``base`` is recorded with *all* its structural attributes.
+    same path in ``base`` is recorded with *all* its structural attributes; every other
+    parameter or buffer whose shape differs, with its shape; every attention module
+    whose head geometry differs, with all of it (see the module doc).
 
     Raises:
         ValueError: if the two models do not have the same structural modules (same paths
@@ -103,6 +168,16 @@ def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:
             )
         if attrs != structural_attrs(other):
             plan[path] = attrs
+    for path, module in model.named_modules():
+        other = base_modules.get(path)
+        if other is None:
+            continue
+        entry = _tensor_shapes(module, other)
+        heads = head_attrs(module)
+        if heads is not None and heads != head_attrs(other):
+            entry.update(heads)
+        if entry:
+            plan.setdefault(path, {}).update(entry)
     missing = [p for p, m in base_modules.items() if p not in seen and _attr_names(m) is not None]
     if missing:
         raise ValueError(
@@ -112,12 +187,32 @@ def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:
     return plan
 
 
+def _tensor_shapes(module: nn.Module, base: nn.Module) -> dict[str, PlanValue]:
+    """Shapes of ``module``'s own tensors that differ from ``base``'s and that its
+    structural attributes (if any) do not already determine."""
+    structural = _attr_names(module) is not None
+    out: dict[str, PlanValue] = {}
+    for name, tensor in (*module._parameters.items(), *module._buffers.items()):
+        if tensor is None or (structural and name in _RESIZED_BY_ATTRS):
+            continue
+        old = base._parameters.get(name, base._buffers.get(name))
+        if old is None:
+            raise ValueError(
+                f"tensor {name!r} of module {type(module).__name__} has no counterpart in the "
+                "base model; a channel plan cannot describe added tensors"
+            )
+        if tuple(tensor.shape) != tuple(old.shape):
+            out[name] = [int(d) for d in tensor.shape]
+    return out
+
+
 def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelPlan:
     """Validate ``plan``'s types and return a canonical plain-JSON copy.
 
     Raises:
-        ValueError: on a non-string path or attribute, or a value that is not a positive
-            int (or, for ``normalized_shape``, a non-empty list of positive ints).
+        ValueError: on a non-string path or attribute, or a value that is neither a
+            positive int nor a non-empty list of at most :data:`MAX_TENSOR_DIMS` positive
+            ints (a ``normalized_shape`` or a tensor shape).
     """
     if not isinstance(plan, Mapping):
         raise ValueError(
@@ -137,14 +232,11 @@ def normalize_channel_plan(plan: Mapping[str, Mapping[str, object]]) -> ChannelP
                 raise ValueError(
                     f"channel plan: {quote(path)} has a non-string attribute name {quote(name)}"
                 )
-            if name == "normalized_shape":
-                if (
-                    not isinstance(value, (list, tuple))
-                    or not value
-                    or not all(_is_pos_int(v) for v in value)
-                ):
+            if isinstance(value, (list, tuple)):  # normalized_shape or a tensor's shape
+                if not 0 < len(value) <= MAX_TENSOR_DIMS or not all(_is_pos_int(v) for v in value):
                     raise ValueError(
-                        f"channel plan: {quote(path)}.normalized_shape must be a non-empty list of positive ints (found {quote(value)})"
+                        f"channel plan: {quote(path)}.{quote(name)} must be a non-empty list of "
+                        f"at most {MAX_TENSOR_DIMS} positive ints (found {quote(value)})"
                     )
                 entry[name] = [int(v) for v in value]
             elif _is_pos_int(value):
@@ -174,17 +266,35 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
             module type, or inconsistent values (e.g. channels not divisible by ``groups``).
     """
     plan = normalize_channel_plan(plan)
-    for path, attrs in plan.items():
+    for path, entry in plan.items():
         try:
             module = model.get_submodule(path)
         except AttributeError:
             raise ValueError(
                 f"channel plan: module {quote(path)} not found in {type(model).__name__}"
             ) from None
+        where = f"channel plan: {path!r} ({type(module).__name__})"
+        own = {**module._parameters, **module._buffers}
+        attrs = {k: v for k, v in entry.items() if own.get(k) is None}
+        for name, shape in entry.items():
+            if own.get(name) is not None:
+                if not isinstance(shape, list):
+                    raise ValueError(f"{where}: tensor {name!r} needs a shape (found {shape!r})")
+                try:
+                    _resize(module, name, tuple(shape))
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
+        if not attrs:
+            continue
+        heads = head_attrs(module)
+        if heads is not None:
+            _apply_heads(module, attrs, heads, where)
+            continue
         current = structural_attrs(module)
         if current is None:
             raise ValueError(
-                f"channel plan: module {path!r} ({type(module).__name__}) has no structural attributes"
+                f"channel plan: module {path!r} ({type(module).__name__}) has no structural "
+                f"attributes, head geometry or tensors named {sorted(attrs)}"
             )
         unknown = sorted(set(attrs) - set(current))
         if unknown:
@@ -193,7 +303,6 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
                 f"{unknown} (expected a subset of {list(current)})"
             )
         new = {**current, **attrs}
-        where = f"channel plan: {path!r} ({type(module).__name__})"
         if isinstance(module, _ConvNd):
             _resize_conv(module, new, where)
         elif isinstance(module, nn.Linear):
@@ -218,6 +327,20 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
         elif isinstance(module, nn.MultiheadAttention):
             _resize_mha(module, new, where)
     return model
+
+
+def _apply_heads(
+    module: nn.Module, attrs: dict[str, PlanValue], current: dict[str, int], where: str
+) -> None:
+    unknown = sorted(set(attrs) - set(current))
+    if unknown or not all(isinstance(v, int) for v in attrs.values()):
+        raise ValueError(
+            f"{where}: expected int head attribute(s) among {sorted(current)} (found {quote(attrs)})"
+        )
+    new = {**current, **attrs}
+    dim = new.get("head_dim", new.get("dim_head"))
+    assert isinstance(dim, int)
+    set_heads(module, new["num_heads"], dim)
 
 
 def _resize(module: nn.Module, name: str, shape: tuple[int, ...]) -> None:

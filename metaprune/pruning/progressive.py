@@ -8,10 +8,11 @@ to select checkpoints), so it knows nothing about datasets or fine-tuning: accur
 whatever the caller's ``on_step`` callback measures.
 
 Invariants: the classifier's outputs are never pruned (it is found automatically and
-ignored unless ``ignored_layers`` is given); an ``nn.MultiheadAttention`` keeps its number
-of heads and every head loses the same dimensions (Torch-Pruning 1.6 can only remove
-whole heads of timm-style qkv ``Linear`` layers, not of ``nn.MultiheadAttention``);
-every prunable layer keeps at least its floor (see
+ignored unless ``ignored_layers`` is given); attention modules (``nn.MultiheadAttention``
+and fused-qkv ones such as timm's) keep their number of heads and every head loses the
+same dimensions (:mod:`metaprune.pruning.structure`); layers named in ``frozen`` (the
+groups :func:`~metaprune.pruning.structure.check_prunable` found unprunable) are left
+alone; every prunable layer keeps at least its floor (see
 :class:`metaprune.pruning.PruningOptions` for why a floor is needed).
 """
 
@@ -24,9 +25,9 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from metaprune.pruning._checks import ConfigError, check_int, check_number
-from metaprune.pruning._floor import FlooredPruner
 from metaprune.pruning.config import TARGET_KINDS, Target
 from metaprune.pruning.importance import make_importance
+from metaprune.pruning.structure import make_pruner, sync_heads
 from metaprune.pruning.targets import find_classifier, measure_cost
 
 __all__ = ["StepInfo", "progressive_prune"]
@@ -76,6 +77,7 @@ def progressive_prune(
     latency_fn: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[StepInfo, nn.Module], None] | None = None,
     should_stop: Callable[[StepInfo], bool] | None = None,
+    frozen: Sequence[str] = (),
 ) -> list[StepInfo]:
     """Prune ``model`` in place, step by step, until ``target`` is reached.
 
@@ -96,6 +98,8 @@ def progressive_prune(
             pruning) and after every step; e.g. evaluates accuracy for a curve. It may
             raise (e.g. ``PruneCancelled``) to abort.
         should_stop: an extra stop condition, checked after every step.
+        frozen: paths of layers whose coupled groups are never pruned
+            (:attr:`~metaprune.pruning.structure.PruningStructure.frozen_modules`).
 
     Returns:
         One :class:`StepInfo` per step, step 0 first; the last one is the final model.
@@ -120,8 +124,6 @@ def progressive_prune(
         )
     if ignored_layers is None:
         ignored_layers = [find_classifier(model, example_inputs)]
-    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-
     base = measure_cost(model, example_inputs)
     base_latency = latency_fn(model) if latency_fn is not None else None
 
@@ -143,15 +145,14 @@ def progressive_prune(
         on_step(info, model)
     if info.reached:
         return history
-    pruner = FlooredPruner(
-        model, example_inputs, importance,
+    pruner = make_pruner(
+        model, example_inputs, importance, ignored_layers=ignored_layers, frozen=frozen,
         min_channels=min_channels, max_layer_ratio=max_layer_ratio,
-        global_pruning=True, pruning_ratio=1.0, iterative_steps=steps,
-        ignored_layers=list(ignored_layers), round_to=round_to,
-        out_channel_groups=heads,
+        global_pruning=True, pruning_ratio=1.0, iterative_steps=steps, round_to=round_to,
     )  # fmt: skip
     for step in range(1, steps + 1):
         pruner.prune_step()
+        sync_heads(model)
         info = measure(step)
         history.append(info)
         if on_step is not None:
