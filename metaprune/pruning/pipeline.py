@@ -48,7 +48,9 @@ from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import choose_normalizer
 from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
+from metaprune.pruning.rebuild import check_rebuild
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
+from metaprune.pruning.structure import check_prunable
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
 from metaprune.version import __version__
 
@@ -185,6 +187,8 @@ def prune(
         raise InvalidInputError(
             "the model's outputs are NaN or Inf on a random input; refusing to prune it"
         )
+    # before any work: a model that cannot be pruned structurally is refused here
+    structure = check_prunable(model, example, round_to=config.pruning.round_to)
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     latency = functools.partial(
         measure_latency, input_shape=input_shape, batch_size=config.latency.batch_size,
@@ -230,6 +234,7 @@ def prune(
             group_reduction=config.importance.group_reduction,
             normalizer=normalizer, seed=config.seed,
             latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
+            frozen=structure.frozen_modules,
         )  # fmt: skip
 
     normalizer, prune_info = config.importance.normalizer, {}
@@ -271,6 +276,8 @@ def prune(
     outputs_finite = _finite_outputs(model, example)
 
     pruned_spec = spec.with_plan_of(model) if spec is not None else None
+    if pruned_spec is not None:  # what save() writes must rebuild this model
+        check_rebuild(pruned_spec, model, example, limits)
     widths_after = layer_widths(model)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
@@ -300,6 +307,7 @@ def prune(
             },
         },
         "layer_widths": {k: [v, widths_after.get(k)] for k, v in widths_before.items()},
+        "structure": structure.to_dict(),  # prunable groups, frozen ones and why
         "curve": curve,
         "chosen_step": final_step.step,
         "config": requested.to_dict(),  # as requested: "auto" resolves the same way again

@@ -13,6 +13,7 @@
      "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ..., ...},
      # reg_search (reg="auto" only) is part of before_pruning, not in addition to it
      "layer_widths": {"layer1.0.conv1": [16, 9], ...},   # [before, after]
+     "structure": {"prunable_groups": 9, "frozen": [{"modules": [...], "reason": ...}]},
      "curve": [{"step", "macs_speedup", "param_ratio", "latency_speedup", "val_accuracy"}],
      "chosen_step": 42, "stages": {...}, "config": {...}, "spec": {...} | null}
 
