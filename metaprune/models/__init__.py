@@ -1,18 +1,26 @@
 """Architectures metaprune can build: a registry, CIFAR ResNet/VGG, torchvision models, specs."""
 
-from metaprune.models import cifar_resnet, cifar_vgg, torchvision_models  # noqa: F401 (registers)
+from metaprune.models import (  # noqa: F401 (registers)
+    cifar_resnet,
+    cifar_vgg,
+    timm_models,
+    torchvision_models,
+)
 from metaprune.models.channel_plan import (
     ChannelPlan,
     apply_channel_plan,
     channel_plan_of,
     structural_attrs,
 )
+from metaprune.models.inputs import InputConfig, preferred_input
 from metaprune.models.registry import (
     UnknownModelError,
     create_model,
     is_model,
     list_models,
+    list_sources,
     register_model,
+    set_enabled_sources,
 )
 from metaprune.models.size import SpecSize, spec_size
 from metaprune.models.spec import ArchSpec, SpecError
@@ -20,6 +28,7 @@ from metaprune.models.spec import ArchSpec, SpecError
 __all__ = [
     "ArchSpec",
     "ChannelPlan",
+    "InputConfig",
     "SpecError",
     "SpecSize",
     "UnknownModelError",
@@ -28,7 +37,10 @@ __all__ = [
     "create_model",
     "is_model",
     "list_models",
+    "list_sources",
+    "preferred_input",
     "register_model",
+    "set_enabled_sources",
     "spec_size",
     "structural_attrs",
 ]
