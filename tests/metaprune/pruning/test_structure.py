@@ -1,0 +1,137 @@
+"""Tests for metaprune.pruning.structure: attention heads, the dry run, frozen groups."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from metaprune.errors import InvalidInputError
+from metaprune.models import apply_channel_plan, channel_plan_of
+from metaprune.pruning.progressive import progressive_prune
+from metaprune.pruning.structure import attention_heads, check_prunable, sync_heads
+
+timm_layers = pytest.importorskip("timm.layers")
+
+
+class _TinyViT(nn.Module):
+    """Patch conv, two timm attention blocks with layer scale, a pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 4, 32) * 0.1)
+        self.blocks = nn.ModuleList(timm_layers.Attention(32, num_heads=4, qkv_bias=True)
+                                    for _ in range(2))  # fmt: skip
+        self.gammas = nn.ParameterList(nn.Parameter(torch.rand(32)) for _ in range(2))
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        for block, gamma in zip(self.blocks, self.gammas):
+            x = x + gamma * block(x)
+        x = x + self.mlp(x)
+        return self.head(x.mean(1))
+
+
+class _HardCoded(nn.Module):
+    """conv1's width is read back as a constant in forward: pruning conv1 breaks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x.reshape(x.shape[0], 8, x.shape[2], x.shape[3]).relu()
+        x = self.conv3(self.conv2(x).relu()).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_timm_attention_keeps_its_heads_and_rebuilds_exactly() -> None:
+    torch.manual_seed(0)
+    model = _TinyViT().eval()
+    x = torch.randn(1, 3, 8, 8)
+    heads = attention_heads(model)
+    assert heads == {model.blocks[0].qkv: 4, model.blocks[1].qkv: 4}
+    structure = check_prunable(model, x)
+    assert structure.frozen == () and structure.groups >= 3
+    base = copy.deepcopy(model)
+    history = progressive_prune(model, x, 1.6, steps=10, normalizer="sum")
+    assert history[-1].reached
+    for block in model.blocks:
+        assert block.num_heads == 4 and block.qkv.out_features == 3 * 4 * block.head_dim
+        assert block.attn_dim == 4 * block.head_dim == block.proj.in_features
+        assert block.head_dim < 8 and block.scale == pytest.approx(block.head_dim**-0.5)
+    assert model.gammas[0].shape == (model.patch.out_channels,) < (32,)
+    plan = channel_plan_of(model, base)
+    assert plan["blocks.0"]["head_dim"] == model.blocks[0].head_dim
+    width = [model.patch.out_channels]
+    assert plan["gammas"] == {"0": width, "1": width}  # a ParameterList's bare parameters
+    rebuilt = apply_channel_plan(_TinyViT().eval(), plan)
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_sync_heads_only_touches_consistent_widths() -> None:
+    attn = timm_layers.Attention(16, num_heads=4)
+    sync_heads(attn)
+    assert (attn.head_dim, attn.attn_dim) == (4, 16)
+
+
+def test_a_group_whose_width_forward_hard_codes_is_frozen_by_name() -> None:
+    torch.manual_seed(0)
+    model = _HardCoded().eval()
+    x = torch.randn(1, 3, 8, 8)
+    structure = check_prunable(model, x)
+    assert [g.modules for g in structure.frozen] == [("conv1",)]
+    assert "shape" in structure.frozen[0].reason and "8" in structure.frozen[0].reason
+    assert structure.frozen_modules == ("conv1",)
+    assert structure.to_dict()["frozen"][0]["modules"] == ["conv1"]
+    before = copy.deepcopy(model)
+    history = progressive_prune(model, x, 1.3, steps=10, frozen=structure.frozen_modules)
+    assert model.conv1.out_channels == 8
+    assert model.conv2.out_channels + model.conv3.out_channels < 16
+    assert history[-1].macs < history[0].macs
+    assert torch.isfinite(model(x)).all() and channel_plan_of(model, before)
+
+
+def test_nothing_prunable_is_refused_before_any_work() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(InvalidInputError, match="Sequential has no prunable layer"):
+        check_prunable(model, torch.randn(1, 3, 2, 2))
+
+
+def test_a_model_whose_every_group_breaks_is_refused_naming_the_module() -> None:
+    class OnlyHardCoded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv1(x)
+            return self.fc(x.reshape(x.shape[0], 8, -1).mean(2))
+
+    with pytest.raises(InvalidInputError, match="cannot be pruned structurally: pruning 'conv1' breaks it"):
+        check_prunable(OnlyHardCoded(), torch.randn(1, 3, 6, 6))
+
+
+def test_frozen_names_must_exist() -> None:
+    with pytest.raises(InvalidInputError, match="frozen layer 'nope'"):
+        progressive_prune(_HardCoded(), torch.randn(1, 3, 8, 8), 1.5, steps=2, frozen=["nope"])
+
+
+def test_dry_run_does_not_touch_the_model() -> None:
+    model = _TinyViT()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    check_prunable(model, torch.randn(1, 3, 8, 8))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model.blocks[0].head_dim == 8 and not any(p.is_meta for p in model.parameters())
