@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from metaprune.errors import InvalidInputError, NotFoundError, quote
-from metaprune.models import ArchSpec
+from metaprune.models import ArchSpec, list_sources
 from metaprune.pruning.config import METHODS, TARGET_KINDS, PruneConfig
 from metaprune.version import __version__
 from service import convert
@@ -200,7 +200,7 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
             version=__version__, limits=self.config.public_limits(), methods=list(METHODS),
             target_kinds=list(TARGET_KINDS),
             default_config_json=json.dumps(PruneConfig().to_dict()), token_name=principal.name,
-            workers=self.config.workers,
+            workers=self.config.workers, architecture_sources=list_sources(),
         )  # fmt: skip
 
     def _metanetworks(self) -> tuple[str, ...]:

@@ -283,7 +283,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "limits", "methods", "target_kinds", "default_config_json", "token_name", "workers")
+    __slots__ = ("version", "limits", "methods", "target_kinds", "default_config_json", "token_name", "workers", "architecture_sources")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,7 @@ class GetServerInfoResponse(_message.Message):
     DEFAULT_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_SOURCES_FIELD_NUMBER: _ClassVar[int]
     version: str
     limits: _containers.ScalarMap[str, float]
     methods: _containers.RepeatedScalarFieldContainer[str]
@@ -305,4 +306,5 @@ class GetServerInfoResponse(_message.Message):
     default_config_json: str
     token_name: str
     workers: int
-    def __init__(self, version: _Optional[str] = ..., limits: _Optional[_Mapping[str, float]] = ..., methods: _Optional[_Iterable[str]] = ..., target_kinds: _Optional[_Iterable[str]] = ..., default_config_json: _Optional[str] = ..., token_name: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+    architecture_sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., limits: _Optional[_Mapping[str, float]] = ..., methods: _Optional[_Iterable[str]] = ..., target_kinds: _Optional[_Iterable[str]] = ..., default_config_json: _Optional[str] = ..., token_name: _Optional[str] = ..., workers: _Optional[int] = ..., architecture_sources: _Optional[_Iterable[str]] = ...) -> None: ...

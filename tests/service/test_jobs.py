@@ -315,6 +315,8 @@ def test_listings(connect: Callable[..., PruningClient]) -> None:
     assert "max_upload_bytes" in info.limits and "blob_quota_bytes" in info.limits
     assert set(info.methods) >= {"group-l2", "metanet"} and "macs" in info.target_kinds
     assert json.loads(info.default_config_json) == metaprune.PruneConfig().to_dict()
+    assert list(info.architecture_sources) == metaprune.models.list_sources()
+    assert list(info.architecture_sources)[:2] == ["builtin", "torchvision"]
 
 
 def test_a_job_that_raises_is_failed_with_its_reason(
