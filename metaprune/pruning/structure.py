@@ -219,14 +219,8 @@ def check_prunable(
     if ignored_layers is None:
         ignored_layers = [find_classifier(model, example_inputs)]
     ignored = [names[m] for m in ignored_layers if m in names]
-    device = "meta"
-    try:
-        probe = _Probe(model, example_inputs, ignored, device, round_to)
-    except (NotImplementedError, RuntimeError) as err:  # an op without a meta kernel
-        if "meta" not in str(err).lower() and not isinstance(err, NotImplementedError):
-            raise _untraceable(model, err) from None
-        device = "cpu"
-        probe = _Probe(model, example_inputs, ignored, device, round_to)
+    device = "meta" if _runs_on_meta(model, example_inputs) else "cpu"
+    probe = _Probe(model, example_inputs, ignored, device, round_to)
     groups = probe.groups
     if not groups:
         raise InvalidInputError(
@@ -264,6 +258,16 @@ def check_prunable(
     return PruningStructure(groups=len(groups), frozen=tuple(frozen))
 
 
+def _runs_on_meta(model: nn.Module, example: Tensor) -> bool:
+    """Whether ``model`` runs on the meta device (not if its forward reads tensor values)."""
+    try:
+        with torch.no_grad():
+            _meta_copy(model).eval()(example.to("meta"))
+    except Exception:  # noqa: BLE001 (any op may lack a meta kernel)
+        return False
+    return True
+
+
 def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
     return InvalidInputError(
         f"Torch-Pruning cannot trace {type(model).__name__}: {describe_exception(err)}"
@@ -286,8 +290,6 @@ class _Probe:
         pruned = self._copy()
         try:
             pruner = self._pruner(pruned, [])
-        except (NotImplementedError, RuntimeError):
-            raise
         except Exception as err:  # noqa: BLE001 (tracing a foreign model raises anything)
             raise _untraceable(model, err) from None
         self.groups = _group_modules(pruner, {m: n for n, m in pruned.named_modules()})

@@ -135,3 +135,13 @@ def test_dry_run_does_not_touch_the_model() -> None:
     check_prunable(model, torch.randn(1, 3, 8, 8))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert model.blocks[0].head_dim == 8 and not any(p.is_meta for p in model.parameters())
+
+
+def test_a_forward_that_reads_tensor_values_is_dry_run_on_the_cpu() -> None:
+    class ReadsValues(_HardCoded):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv2(self.conv1(x).relu()) * float(x.abs().max().item() > 0)
+            return self.fc(self.conv3(x).mean((2, 3)))
+
+    structure = check_prunable(ReadsValues().eval(), torch.randn(1, 3, 8, 8))
+    assert structure.frozen == () and structure.groups == 2
