@@ -144,4 +144,4 @@ def test_a_forward_that_reads_tensor_values_is_dry_run_on_the_cpu() -> None:
             return self.fc(self.conv3(x).mean((2, 3)))
 
     structure = check_prunable(ReadsValues().eval(), torch.randn(1, 3, 8, 8))
-    assert structure.frozen == () and structure.groups == 2
+    assert structure.frozen == () and structure.groups == 3
