@@ -258,6 +258,21 @@ def check_prunable(
     return PruningStructure(groups=len(groups), frozen=tuple(frozen))
 
 
+def _layer_before(node: Any, names: dict[nn.Module, str]) -> str | None:
+    """The nearest layer of the model feeding a Torch-Pruning graph node (breadth first)."""
+    frontier, seen = [node], set()
+    for _ in range(32):
+        following = []
+        for n in frontier:
+            path = names.get(getattr(n, "module", None))  # type: ignore[arg-type]
+            if path:
+                return path
+            following += [i for i in getattr(n, "inputs", ()) if id(i) not in seen]
+            seen.update(id(i) for i in following)
+        frontier = following
+    return None
+
+
 def _runs_on_meta(model: nn.Module, example: Tensor) -> bool:
     """Whether ``model`` runs on the meta device (not if its forward reads tensor values)."""
     try:
@@ -269,9 +284,22 @@ def _runs_on_meta(model: nn.Module, example: Tensor) -> bool:
 
 
 def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
-    return InvalidInputError(
-        f"Torch-Pruning cannot trace {type(model).__name__}: {describe_exception(err)}"
+    where, reshape = "", False
+    tb = err.__traceback__
+    while tb is not None:  # the dependency-graph node Torch-Pruning was mapping, if any
+        node = tb.tb_frame.f_locals.get("reshape_node", tb.tb_frame.f_locals.get("node"))
+        reshape = reshape or tb.tb_frame.f_code.co_name == "update_reshape_index_mapping"
+        if node is not None and hasattr(node, "inputs"):
+            layer = _layer_before(node, {m: n for n, m in model.named_modules()})
+            where = f" after layer {layer!r}" if layer else where
+        tb = tb.tb_next
+    why = (
+        "its forward reshapes the channel axis (a channel shuffle or a split into groups) "
+        "in a way Torch-Pruning cannot map channel by channel"
+        if reshape
+        else describe_exception(err)
     )
+    return InvalidInputError(f"Torch-Pruning cannot trace {type(model).__name__}{where}: {why}")
 
 
 class _Probe:
@@ -291,7 +319,7 @@ class _Probe:
         try:
             pruner = self._pruner(pruned, [])
         except Exception as err:  # noqa: BLE001 (tracing a foreign model raises anything)
-            raise _untraceable(model, err) from None
+            raise _untraceable(pruned, err) from None
         self.groups = _group_modules(pruner, {m: n for n, m in pruned.named_modules()})
         self.first_error = self._run(pruned, pruner)
 

@@ -54,7 +54,8 @@ def find_classifier(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...
     """The layer that produces the network's output (its outputs must never be pruned).
 
     Found by running the model once with hooks on every conv/linear layer: the last one
-    called whose output has the shape of the model's output.
+    called whose output has the shape of the model's output (else, for a model pooling
+    a conv classifier's maps, the last conv with as many channels as the output).
 
     Raises:
         ValueError: if no conv/linear layer produces an output of that shape.
@@ -86,6 +87,9 @@ def find_classifier(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...
         )
     for module, shape in reversed(calls):
         if shape == output.shape:
+            return module
+    for module, shape in reversed(calls):  # a conv classifier pooled afterwards (SqueezeNet)
+        if output.dim() == 2 and len(shape) > 2 and shape[:2] == output.shape:
             return module
     raise ValueError(
         f"cannot find the classifier of {type(model).__name__}: no conv/linear layer outputs "

@@ -138,3 +138,12 @@ def test_attention_heads_stay_consistent(example):
     assert attn.num_heads == 4 and attn.embed_dim % 4 == 0 and attn.embed_dim < 16
     assert attn.head_dim * 4 == attn.embed_dim
     assert model(torch.randn(2, 5, 6)).shape == (2, 3)
+
+
+def test_find_classifier_takes_a_pooled_conv_classifier() -> None:
+    import torchvision
+
+    from metaprune.pruning.targets import find_classifier
+
+    model = torchvision.models.squeezenet1_1(num_classes=3).eval()
+    assert find_classifier(model, torch.randn(1, 3, 32, 32)) is model.classifier[1]
