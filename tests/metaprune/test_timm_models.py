@@ -17,8 +17,8 @@ from metaprune.models import (
     list_sources,
     preferred_input,
     set_enabled_sources,
+    timm_models,
 )
-from metaprune.models import timm_models
 from metaprune.models.registry import SOURCES_ENV
 
 timm = pytest.importorskip("timm")
