@@ -107,7 +107,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-_BUILTIN = ("prune", "eval", "info")
+_BUILTIN = ("prune", "eval", "info", "import")
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -511,6 +511,61 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import
+
+_IMPORT_HELP = """\
+Turn weights you already have into a metaprune checkpoint (weights + architecture).
+
+WEIGHTS is a plain state dict in safetensors (as timm, torchvision and the hub write),
+a hub folder as timm writes it (config.json + model.safetensors: no --arch needed, the
+architecture is timm/<architecture>), or a torch.save'd state dict (.pt/.pth/.bin).
+A torch.save file is a pickle: it is read here, and only here, with
+torch.load(weights_only=True, mmap=True), which loads tensors and plain containers but
+no code. Import only files you trust, on your own machine: prune, eval, info, batches
+and the service never read pickles. Keys and shapes are matched strictly; missing,
+unexpected and differently shaped keys are listed, and a common prefix (module.,
+model.) is offered as --strip-prefix, never stripped silently.
+"""
+
+
+def _configure_import(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = _IMPORT_HELP, argparse.RawDescriptionHelpFormatter
+    p.add_argument("weights", help="safetensors / .pt / .pth / .bin file, or a hub folder")
+    p.add_argument("--arch", help="registered architecture, e.g. torchvision/resnet18")
+    p.add_argument("--arch-kwargs", type=_json_object, help="JSON, e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--strip-prefix", help="remove this prefix from every key, e.g. module.")
+    p.add_argument("--state-key", help="the entry of a torch.save'd dict holding the state dict")
+    p.add_argument("-o", "--out", required=True, help="the checkpoint to write (.safetensors)")
+    _add_limits_argument(p)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from metaprune.importer import import_weights
+
+    result = import_weights(
+        args.weights, args.out, arch=args.arch, arch_kwargs=args.arch_kwargs,
+        strip_prefix=args.strip_prefix, state_key=args.state_key, limits=_limits(args),
+    )  # fmt: skip
+    print(f"wrote {result.path}: {result.spec.name} {json.dumps(result.spec.kwargs)}, "
+          f"{result.tensors} tensors from {result.source_format}")  # fmt: skip
+    for note in result.notes:
+        print(f"  note: {note}")
+    return EXIT_OK
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    from metaprune.documents import parse_json
+    from metaprune.errors import InvalidInputError
+
+    try:
+        value = parse_json(text, what="JSON argument")
+    except InvalidInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {text[:100]!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- argument types
 
 
@@ -541,6 +596,10 @@ add_subcommand("eval", _configure_eval, _run_eval, help="accuracy, MACs and para
 add_subcommand(
     "info", _configure_info, _run_info, help="architecture, size and graph of a checkpoint"
 )
+add_subcommand(
+    "import", _configure_import, _run_import,
+    help="turn a state dict (safetensors, torch.save, hub folder) into a checkpoint",
+)  # fmt: skip
 
 
 if __name__ == "__main__":
