@@ -197,6 +197,7 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="input checkpoint (.safetensors with metaprune spec)")
     p.add_argument("--dataset", required=True, help="registered dataset name, e.g. digits")
     p.add_argument("--data-root", help="local root of file-based datasets")
+    _add_dataset_kwargs_argument(p)
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--config", help="PruneConfig as a JSON or YAML file (flags override it)")
     p.add_argument("--target-speedup", type=_positive_float, help="target ratio (default 2)")
@@ -299,8 +300,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     _set_threads(args.threads, limits)
     with _progress_bar(args.quiet) as progress:
         result = prune(
-            args.checkpoint, args.dataset, config, progress, data_root=args.data_root, limits=limits
-        )
+            args.checkpoint, args.dataset, config, progress, data_root=args.data_root,
+            limits=limits, dataset_kwargs=args.dataset_kwargs,
+        )  # fmt: skip
     paths = result.save(args.out)
     print(format_report(result.report))
     for kind, path in paths.items():
@@ -377,11 +379,20 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-root")
+    _add_dataset_kwargs_argument(p)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/val split")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limits_argument(p)
+
+
+def _add_dataset_kwargs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset-kwargs", type=_json_object, metavar="JSON",
+        help="dataset options as a JSON object, e.g. '{\"image_size\": 64, \"num_classes\": 10}' "
+        "(synthetic: image_size, num_classes, in_channels, ...; imagefolder: image_size, ...)",
+    )  # fmt: skip
 
 
 def _add_limits_argument(p: argparse.ArgumentParser) -> None:
@@ -424,15 +435,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from metaprune import checkpoint
-    from metaprune.data import get_dataset, make_loaders
+    from metaprune.data import check_dataset_kwargs, get_dataset, make_loaders
     from metaprune.pruning import evaluate, measure_cost
     from metaprune.pruning.pipeline import _check_classes
 
     limits = _limits(args)
     _set_threads(args.threads, limits)
     limits.check("max_batch_size", args.batch_size, "--batch-size")
+    options = check_dataset_kwargs(args.dataset, args.dataset_kwargs, limits)
     model, spec = checkpoint.load(args.checkpoint, limits=limits)
-    splits = get_dataset(args.dataset, args.data_root, args.seed)
+    splits = get_dataset(args.dataset, args.data_root, args.seed, **options)
     limits.check("max_image_size", splits.image_size, f"dataset {splits.name!r}")
     _, val, test = make_loaders(splits, args.batch_size, args.seed)
     example = torch.zeros(1, splits.in_channels, splits.image_size, splits.image_size)

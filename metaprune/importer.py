@@ -353,9 +353,10 @@ def _offers(
         and len(firsts) == 1
         and all(state[k].shape[1:] == expected[k].shape[1:] for k in shaped)
     ):
+        first = firsts.pop()
         hints.append(
-            f"Only the first dimension differs ({firsts.pop()} in the file): a different "
-            "class count? pass --arch-kwargs '{\"num_classes\": N}'."
+            f"Only the first dimension differs ({first} in the file): a different "
+            f"class count? pass --arch-kwargs '{{\"num_classes\": {first}}}'."
         )
     return hints
 
