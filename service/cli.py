@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from metaprune.cli import _json_object
+
 __all__ = ["register"]
 
 
@@ -56,6 +58,10 @@ def register(sub: Any) -> None:
     p = leaf("prune", "upload (if a path), create a pruning job, optionally wait and download")
     p.add_argument("model", help="a checkpoint path or a model id (sha256:...)")
     p.add_argument("--dataset", required=True, help="dataset name on the server")
+    p.add_argument(
+        "--dataset-kwargs", type=_json_object, metavar="JSON",
+        help="dataset options, e.g. '{\"image_size\": 64, \"num_classes\": 10}'",
+    )  # fmt: skip
     p.add_argument("--config", help="PruneConfig fields as a JSON/YAML file (flags override)")
     p.add_argument("--target-speedup", type=float)
     p.add_argument("--target-kind", choices=("macs", "params", "latency"))
@@ -190,7 +196,10 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
     if not model_id.startswith("sha256:"):
         model_id = client.upload(args.model).model_id
         print(f"uploaded {args.model} as {model_id}", file=sys.stderr)
-    job = client.create_job(model_id, args.dataset, data, request_id=args.request_id)
+    job = client.create_job(
+        model_id, args.dataset, data, request_id=args.request_id,
+        dataset_kwargs=args.dataset_kwargs,
+    )  # fmt: skip
     print(f"job {job.job_id} {_state(job)}", file=sys.stderr)
     if not args.wait:
         _print(args, _job_dict(job), job.job_id)

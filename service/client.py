@@ -152,14 +152,17 @@ class PruningClient:
 
     def create_job(
         self, model_id: str, dataset: str, config: PruneConfig | Mapping[str, Any] | None = None,
-        *, request_id: str | None = None,
+        *, request_id: str | None = None, dataset_kwargs: Mapping[str, Any] | None = None,
     ) -> pb.Job:  # fmt: skip
         """Queue a job. ``config`` is a :class:`PruneConfig` or a partial dict of its fields
-        (the server fills the rest with its defaults)."""
+        (the server fills the rest with its defaults); ``dataset_kwargs`` are the dataset's
+        options (e.g. ``{"image_size": 64}``)."""
         request = pb.CreatePruneJobRequest(
             model_id=model_id, dataset=dataset, config=config_message(config),
             request_id=request_id or uuid.uuid4().hex,
         )  # fmt: skip
+        if dataset_kwargs:
+            request.dataset_kwargs.update(dict(dataset_kwargs))
         return self._call(self.stub.CreatePruneJob, request).job
 
     def get_job(self, job_id: str) -> pb.Job:

@@ -30,7 +30,8 @@ def run_prune_job(
 ) -> dict[str, Any]:
     """Prune ``args["model_path"]`` on ``args["dataset"]`` with ``args["config"]``.
 
-    Args (plain data): ``model_path``, ``dataset``, ``data_root`` (or None), ``config``
+    Args (plain data): ``model_path``, ``dataset``, ``dataset_kwargs`` (checked by the
+    server, optional), ``data_root`` (or None), ``config``
     (``PruneConfig.to_dict()``), ``limits`` (``Limits.to_dict()``: the server's bounds,
     including the wall-clock budget the pipeline enforces between steps), ``tmp_dir`` (a new directory to write into) and
     ``result_dir`` (where the finished result appears).
@@ -52,6 +53,7 @@ def run_prune_job(
     result = metaprune.prune(
         args["model_path"], args["dataset"], config, forward, cancel=cancel,
         data_root=args.get("data_root"), limits=limits, metanet_paths=False,
+        dataset_kwargs=args.get("dataset_kwargs") or None,
     )  # fmt: skip
     tmp = Path(args["tmp_dir"])
     tmp.mkdir(parents=True, exist_ok=True)

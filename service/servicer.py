@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from metaprune.data import check_dataset_kwargs
 from metaprune.errors import InvalidInputError, NotFoundError, quote
 from metaprune.models import ArchSpec
 from metaprune.pruning.config import METHODS, TARGET_KINDS, PruneConfig
@@ -89,9 +90,14 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         dataset = check_name("dataset", request.dataset, self.config.datasets)
         config = convert.config_from_proto(request.config)
         check_job(config, self.config.limits, self._metanetworks())
+        options = convert.dataset_kwargs_from_proto(request.dataset_kwargs)
+        options = check_dataset_kwargs(dataset, options, self.config.limits)
         _, channels, size = self._dataset_shape(dataset)
+        channels, size = options.get("in_channels", channels), options.get("image_size", size)
         spec_size(ArchSpec.from_json(model.spec_json), self.config.limits, (channels, size, size))
-        job, created = self.jobs.create(principal, model.model_id, dataset, config, request_id)
+        job, created = self.jobs.create(
+            principal, model.model_id, dataset, config, request_id, options
+        )
         return pb.CreatePruneJobResponse(job=self._job(job), created=created)
 
     def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:

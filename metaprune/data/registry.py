@@ -97,8 +97,9 @@ def check_dataset_kwargs(
 ) -> dict[str, Any]:
     """Dataset options from a client or a command line, checked before any data is built:
     a mapping of plain JSON data whose keys are options of dataset ``name`` (the builder's
-    keyword-only arguments) and whose ``image_size`` is within ``limits``. The builder
-    checks each value's type and range when it runs.
+    keyword-only arguments), whose shape options (``image_size``, ``in_channels``,
+    ``num_classes``) are positive ints, and whose ``image_size`` is within ``limits``. The
+    builder checks the other values when it runs.
 
     Returns:
         A plain ``dict`` copy of ``kwargs`` (``{}`` for ``None``).
@@ -132,9 +133,13 @@ def check_dataset_kwargs(
                 + (f" (did you mean {close[0]!r}?)" if close else "")
                 + f"; its options: {', '.join(options) or 'none'}"
             )
-    size = plain.get("image_size")
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        limits.check("max_image_size", size, f"dataset {name!r} image_size")
+    for key in ("image_size", "in_channels", "num_classes"):  # shape options: before any work
+        value = plain.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(
+                f"dataset {name!r}: {key} must be an int >= 1 (found {quote(value)})"
+            )
+    limits.check("max_image_size", plain.get("image_size", 0), f"dataset {name!r} image_size")
     return plain
 
 
