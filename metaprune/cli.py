@@ -107,7 +107,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-_BUILTIN = ("prune", "eval", "info", "import")
+_BUILTIN = ("prune", "eval", "info", "import", "export")
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -565,6 +565,70 @@ def _run_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- export
+
+_EXPORT_HELP = """\
+Write a checkpoint's model for serving stacks without metaprune: ONNX (torch.onnx.export,
+input "input" (N, C, H, W), output "logits"; checked with onnxruntime) or a torch.export
+program (.pt2, torch.export.save; checked with torch.export.load). The batch dimension is
+dynamic where the model allows it. Every file is checked against the PyTorch model on
+seeded random inputs before it is kept (|diff| <= 1e-4 * max(1, max |logits|)).
+The input shape: --input-size, else --dataset, else the shape the checkpoint was pruned
+at, else an imported hub config's input_size, else the spec's (in_channels; 8 px for one
+channel, else 32). A .pt2 archive holds pickled parts: metaprune writes them but never
+reads one it did not just write.
+"""
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    from metaprune.export import FORMATS
+
+    p.description, p.formatter_class = _EXPORT_HELP, argparse.RawDescriptionHelpFormatter
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("-o", "--out", required=True, help="the file to write (.onnx / .pt2)")
+    p.add_argument("--input-size", type=_positive_int, help="input height and width")
+    p.add_argument("--in-channels", type=_positive_int, help="input channels (with --input-size)")
+    p.add_argument("--dataset", help="take the input shape from this dataset")
+    p.add_argument("--data-root")
+    _add_dataset_kwargs_argument(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_limits_argument(p)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from metaprune import checkpoint
+    from metaprune.export import checkpoint_input_shape, export_checkpoint
+
+    limits = _limits(args)
+    shape = None
+    if args.dataset is not None:
+        from metaprune.data import check_dataset_kwargs, get_dataset
+
+        options = check_dataset_kwargs(args.dataset, args.dataset_kwargs, limits)
+        splits = get_dataset(args.dataset, args.data_root, 0, **options)
+        shape = (splits.in_channels, splits.image_size, splits.image_size)
+    elif args.dataset_kwargs is not None:
+        raise UsageError("metaprune export: error: --dataset-kwargs needs --dataset")
+    if args.input_size is not None or args.in_channels is not None:
+        spec = checkpoint.read_spec(args.checkpoint, limits=limits)
+        base = shape or checkpoint_input_shape(args.checkpoint, spec, limits)
+        size = args.input_size or base[1]
+        shape = (args.in_channels or base[0], size, size)
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.format, input_shape=shape, limits=limits
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return EXIT_OK
+    batch = "dynamic batch" if result.dynamic_batch else f"fixed batch {result.fixed_batch}"
+    print(f"wrote {result.path} ({result.format}, input (N, {', '.join(map(str, result.input_shape))}), "
+          f"{batch}); outputs within {result.max_abs_diff:.2g} of PyTorch (allowed {result.tolerance:.2g})")  # fmt: skip
+    if result.note:
+        print(f"  note: {result.note}")
+    return EXIT_OK
+
+
 def _json_object(text: str) -> dict[str, Any]:
     from metaprune.documents import parse_json
     from metaprune.errors import InvalidInputError
@@ -608,6 +672,10 @@ add_subcommand("eval", _configure_eval, _run_eval, help="accuracy, MACs and para
 add_subcommand(
     "info", _configure_info, _run_info, help="architecture, size and graph of a checkpoint"
 )
+add_subcommand(
+    "export", _configure_export, _run_export,
+    help="write a checkpoint's model as ONNX or a torch.export .pt2 file, checked",
+)  # fmt: skip
 add_subcommand(
     "import", _configure_import, _run_import,
     help="turn a state dict (safetensors, torch.save, hub folder) into a checkpoint",

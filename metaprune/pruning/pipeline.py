@@ -23,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -88,6 +89,8 @@ class PruneResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"method": self.config.method, "dataset": str(self.report.get("dataset"))}
+        if self.report.get("input_shape"):  # what `metaprune export` traces with by default
+            meta["input_shape"] = json.dumps(self.report["input_shape"])
         paths = {
             "checkpoint": checkpoint.save(self.model, self.spec, out / "model.safetensors", metadata=meta),
             "report": write_report(self.report, out / "report.json"),
@@ -284,6 +287,7 @@ def prune(
         "metaprune_version": __version__,
         "dataset": splits.name,
         "dataset_kwargs": dataset_kwargs or {},
+        "input_shape": list(example.shape[1:]),
         "method": config.method,
         "method_choice": choice.to_dict(),
         "target": {"kind": config.target.kind, "value": config.target.value},
