@@ -82,6 +82,8 @@ def register(sub: Any) -> None:
     p = leaf("download", "download a finished job's checkpoint, report and plot")
     p.add_argument("job_id")
     p.add_argument("-o", "--out", required=True)
+    p.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
+                   help="the model as a metaprune checkpoint, ONNX or torch.export .pt2")  # fmt: skip
     p = leaf("cancel", "cancel a queued or running job")
     p.add_argument("job_id")
     p = leaf("jobs", "list jobs")
@@ -245,7 +247,7 @@ def _watch(client: Any, args: argparse.Namespace) -> int:
 
 
 def _download(client: Any, args: argparse.Namespace) -> int:
-    paths = client.download(args.job_id, args.out)
+    paths = client.download(args.job_id, args.out, args.format)
     _print(
         args,
         {k: str(v) for k, v in paths.items()},

@@ -29,6 +29,7 @@ from service.config import ServiceConfig
 from service.errors import FailedPreconditionError
 from service.jobs import JobManager
 from service.policy import check_job, check_name, spec_size
+from service.result_formats import ResultFiles
 from service.store import FINAL_STATES, SUCCEEDED, Store
 from service.uploads import receive_upload
 
@@ -45,6 +46,7 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         self.config, self.store, self.blobs, self.jobs = config, store, blobs, jobs
         self._datasets: dict[str, tuple[int, int, int]] = {}  # name -> classes, channels, size
         self._datasets_lock = threading.Lock()
+        self.results = ResultFiles(jobs.executor, config.limits)
 
     # ------------------------------------------------------------------ models
 
@@ -163,13 +165,14 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
                 + (f" (error: {job.error})" if job.error else "")
             )
         folder = self.blobs.result_dir(job.job_id)
-        checkpoint = folder / "model.safetensors"
+        checkpoint, sha = self.results.get(folder, request.format, job.result_sha256 or "")
         plot = folder / "curve.png"
         yield pb.DownloadResultResponse(
             header=pb.DownloadHeader(
-                total_size=checkpoint.stat().st_size, sha256=job.result_sha256 or "",
+                total_size=checkpoint.stat().st_size, sha256=sha,
                 report_json=(folder / "report.json").read_text(),
                 plot_png=plot.read_bytes() if plot.exists() else b"",
+                format=request.format or "safetensors",
             )
         )  # fmt: skip
         with open(checkpoint, "rb") as f:

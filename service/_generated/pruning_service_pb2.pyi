@@ -217,22 +217,26 @@ class WatchJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., event: _Optional[_Union[ProgressEvent, _Mapping]] = ...) -> None: ...
 
 class DownloadResultRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "format")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    format: str
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class DownloadHeader(_message.Message):
-    __slots__ = ("total_size", "sha256", "report_json", "plot_png")
+    __slots__ = ("total_size", "sha256", "report_json", "plot_png", "format")
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     PLOT_PNG_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     total_size: int
     sha256: str
     report_json: str
     plot_png: bytes
-    def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., report_json: _Optional[str] = ..., plot_png: _Optional[bytes] = ...) -> None: ...
+    format: str
+    def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., report_json: _Optional[str] = ..., plot_png: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class DownloadResultResponse(_message.Message):
     __slots__ = ("header", "chunk")

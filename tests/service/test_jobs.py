@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 
 import metaprune
 from metaprune.data import get_dataset, make_loaders
@@ -363,6 +364,33 @@ def test_dataset_kwargs_reach_the_job(
     splits = get_dataset("synthetic", seed=0, **options)
     _, _, test = make_loaders(splits, 64, 0)
     assert evaluate(model, test) == pytest.approx(report["final"]["test_accuracy"], abs=1e-9)
+    with pytest.raises(grpc.RpcError) as info:
+        client.download(job.job_id, tmp_path / "bad", format="tflite")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "format must be one of safetensors, onnx, pt2 (found 'tflite')" in info.value.details()
+
+
+@pytest.mark.slow  # a torch.export in a worker: ~10-30 s on 2 shared cores
+def test_download_as_pt2_is_converted_once_at_the_jobs_input(
+    connect: Callable[..., PruningClient], model_id: str, tmp_path: Path
+) -> None:
+    client = connect("alice")
+    job = client.create_job(model_id, "synthetic", tiny_config(),
+                            dataset_kwargs={"image_size": 12})  # fmt: skip
+    assert _wait(client, job.job_id, (pb.JOB_STATE_SUCCEEDED,)).state == pb.JOB_STATE_SUCCEEDED
+    model, _ = metaprune.load(client.download(job.job_id, tmp_path / "st")["checkpoint"])
+    paths = client.download(job.job_id, tmp_path / "pt2", format="pt2")
+    assert paths["checkpoint"].name == "model.pt2" and set(paths) == {
+        "checkpoint",
+        "report",
+        "plot",
+    }
+    exported = torch.export.load(str(paths["checkpoint"])).module()  # our own server's file
+    x = torch.randn(3, 3, 12, 12)  # the job's input size, another batch than the trace's
+    with torch.no_grad():
+        assert torch.equal(exported(x), model.eval()(x))
+    again = client.download(job.job_id, tmp_path / "again", format="pt2")  # from the cache
+    assert again["checkpoint"].read_bytes() == paths["checkpoint"].read_bytes()
 
 
 @pytest.mark.parametrize(
