@@ -466,7 +466,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="input size for MACs and the graph (default: 8 for 1 channel, else 32)")  # fmt: skip
+                   help="input size for MACs and the graph (default: the size prune recorded, else "
+                        "8 for 1 channel, else 32)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limits_argument(p)
 
@@ -476,15 +477,15 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from metaprune import checkpoint
     from metaprune.errors import InvalidInputError, describe_exception
+    from metaprune.export import checkpoint_input_shape
     from metaprune.limits import check_spec
     from metaprune.pruning import measure_cost
 
     limits = _limits(args)
     spec = checkpoint.read_spec(args.checkpoint, limits=limits)
-    in_channels = spec.kwargs.get("in_channels", 3)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise InvalidInputError(f"spec {spec.name!r}: in_channels must be a positive int")
-    size = args.image_size or (8 if in_channels == 1 else 32)
+    # the input the checkpoint was pruned (or published) at, else the spec's default
+    in_channels, recorded, _ = checkpoint_input_shape(args.checkpoint, spec, limits)
+    size = args.image_size or recorded
     check_spec(spec, limits, (in_channels, size, size))  # before any real memory
     model, spec = checkpoint.load(args.checkpoint, limits=limits)
     example = torch.zeros(1, in_channels, size, size)

@@ -192,6 +192,8 @@ def test_dataset_kwargs_on_prune_and_eval(capsys, ckpt, tmp_path):
     assert evaluated["test_accuracy"] == pytest.approx(report["final"]["test_accuracy"])
     assert evaluated["macs"] == report["final"]["macs"]
     assert "to have 1 channels, but got 3" in _error(capsys, argv)  # the default: 3 channels
+    assert main(["info", str(out / "model.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [1, 16, 16]  # as pruned
 
 
 @pytest.mark.parametrize(
