@@ -533,8 +533,8 @@ WEIGHTS is a plain state dict in safetensors (as timm, torchvision and the hub w
 a hub folder as timm writes it (config.json + model.safetensors: no --arch needed, the
 architecture is timm/<architecture>), or a torch.save'd state dict (.pt/.pth/.bin).
 A torch.save file is a pickle: it is read here, and only here, with
-torch.load(weights_only=True, mmap=True), which loads tensors and plain containers but
-no code. Import only files you trust, on your own machine: prune, eval, info, batches
+torch.load(weights_only=True, mmap=True) (mmap for zip-format files), which loads tensors
+and plain containers but no code. Import only files you trust, on your own machine: prune, eval, info, batches
 and the service never read pickles. Keys and shapes are matched strictly; missing,
 unexpected and differently shaped keys are listed, and a common prefix (module.,
 model.) is offered as --strip-prefix, never stripped silently.

@@ -39,7 +39,7 @@ from metaprune.checkpoint import CheckpointError, describe_foreign_file
 from metaprune.documents import parse_json
 from metaprune.errors import InvalidInputError, LimitExceededError, describe_exception, quote
 from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
-from metaprune.models import ArchSpec
+from metaprune.models import ArchSpec, UnknownModelError
 
 __all__ = ["ImportResult", "WeightsImportError", "import_weights", "read_weights"]
 
@@ -255,6 +255,13 @@ def _spec(
             kwargs.update(model_args)
         if isinstance(hub.get("num_classes"), int):
             kwargs["num_classes"] = hub["num_classes"]
+        try:
+            ArchSpec(arch)
+        except UnknownModelError as err:
+            raise WeightsImportError(
+                f"hub config in {str(source)!r} names architecture {quote(name, 100)}, read "
+                f"as {quote(arch, 100)}: {err}; pass --arch NAME to choose one"
+            ) from None
     kwargs.update(arch_kwargs or {})
     spec = ArchSpec(arch, kwargs)
     try:

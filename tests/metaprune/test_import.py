@@ -219,6 +219,12 @@ def test_hub_folder_is_recognised(model: torch.nn.Module, tmp_path: Path, monkey
         hub, tmp_path / "p.safetensors", arch=SPEC.name, arch_kwargs=SPEC.kwargs
     )
     assert result.spec == SPEC
+    (hub / "config.json").write_text(json.dumps({"architecture": "no_such_net", "num_classes": 4}))
+    with pytest.raises(
+        WeightsImportError,
+        match="names architecture 'no_such_net', read as 'timm/no_such_net'.*pass --arch",
+    ):
+        import_weights(hub, tmp_path / "o.safetensors")
     (hub / "config.json").write_text(json.dumps({"num_classes": 4}))
     with pytest.raises(WeightsImportError, match="no 'architecture' string"):
         import_weights(hub, tmp_path / "o.safetensors")
