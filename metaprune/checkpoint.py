@@ -356,6 +356,13 @@ def import_hint(path: Path) -> str:
     import shlex
 
     path = Path(path)
+    if (path.parent / "config.json").is_file():  # a hub folder: its config names the model
+        folder = shlex.quote(path.parent.name[:120] or ".")
+        return (
+            f"It sits in a hub folder with config.json: convert it on your own machine with "
+            f"'metaprune import {folder} -o {shlex.quote(path.parent.name[:100] + '.safetensors')}' "
+            "(see 'metaprune import --help')"
+        )
     name = shlex.quote(path.name[:120] or "WEIGHTS")
     out = shlex.quote(f"{path.stem[:100] or 'model'}-metaprune.safetensors")
     return (

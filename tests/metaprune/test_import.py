@@ -184,6 +184,16 @@ def test_no_architecture(model: torch.nn.Module, tmp_path: Path) -> None:
         import_weights(tmp_path / "nope.pth", tmp_path / "o.safetensors", arch=SPEC.name)
 
 
+def _cli_error(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2
+    return err.getvalue()
+
+
 def _hub_folder(path: Path, model: torch.nn.Module, config: dict) -> Path:
     path.mkdir()
     save_file(
@@ -204,6 +214,11 @@ def test_hub_folder_is_recognised(model: torch.nn.Module, tmp_path: Path, monkey
         "pretrained_cfg": {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3},
     }  # fmt: skip
     hub = _hub_folder(tmp_path / "hub", model, config)
+    line = _cli_error(["info", str(hub)])  # a hub folder given to prune/eval/info
+    assert (
+        "hub folder with config.json" in line
+        and "'metaprune import hub -o hub.safetensors'" in line
+    )
     result = import_weights(hub, tmp_path / "o.safetensors")
     assert result.spec == ArchSpec("timm/tiny_test_net", {"num_classes": 4})
     assert result.source_format == "hub folder (model.safetensors)"
