@@ -66,7 +66,7 @@ def run(name: str, size: int, pruned: bool, out: Path) -> list[str]:
             rows.append(
                 f"| {name} | {size} | {import_s:.1f} | {prune_note} | {fmt} | "
                 f"{time.perf_counter() - start:.1f} | {'yes' if r.dynamic_batch else 'no'} | "
-                f"{r.max_abs_diff:.1e} (<= {r.tolerance:.1e}) |"
+                f"{r.max_abs_diff:.1e} (<= {r.tolerance:.1e}) | {r.max_abs_output:.2g} |"
             )
         except Exception as err:  # noqa: BLE001
             rows.append(f"| {name} | {size} | {import_s:.1f} | {prune_note} | {fmt} | failed: "

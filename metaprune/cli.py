@@ -624,7 +624,8 @@ def _run_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     batch = "dynamic batch" if result.dynamic_batch else f"fixed batch {result.fixed_batch}"
     print(f"wrote {result.path} ({result.format}, input (N, {', '.join(map(str, result.input_shape))}), "
-          f"{batch}); outputs within {result.max_abs_diff:.2g} of PyTorch (allowed {result.tolerance:.2g})")  # fmt: skip
+          f"{batch}); outputs within {result.max_abs_diff:.2g} of PyTorch's (allowed "
+          f"{result.tolerance:.2g}; outputs up to {result.max_abs_output:.2g})")  # fmt: skip
     if result.note:
         print(f"  note: {result.note}")
     return EXIT_OK

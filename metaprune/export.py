@@ -65,6 +65,7 @@ class ExportResult:
         fixed_batch: the batch size of a static export (``None`` when dynamic).
         max_abs_diff: the largest output difference of the check.
         tolerance: the absolute bound it was held to.
+        max_abs_output: the largest output magnitude of the check (the scale of the diff).
         note: why the batch is fixed, if it is.
     """
 
@@ -75,6 +76,7 @@ class ExportResult:
     fixed_batch: int | None
     max_abs_diff: float
     tolerance: float
+    max_abs_output: float
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,11 +122,12 @@ def export_model(
         else:
             torch.export.save(program, str(tmp))
         checks = [example] + ([torch.randn(3, *shape, generator=generator)] if dynamic else [])
-        diff, bound = _check(model, tmp, format, checks)
+        diff, bound, scale = _check(model, tmp, format, checks)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(out, format, shape, dynamic, None if dynamic else 2, diff, bound, note)  # type: ignore[arg-type]
+    fixed = None if dynamic else int(example.shape[0])
+    return ExportResult(out, format, shape, dynamic, fixed, diff, bound, scale, note)  # type: ignore[arg-type]
 
 
 def export_checkpoint(
@@ -224,9 +227,11 @@ def _write_onnx(program: Any, example: Tensor, path: Path) -> None:
         raise ExportError(f"torch.onnx.export failed: {describe_exception(err)}") from None
 
 
-def _check(model: nn.Module, path: Path, format: str, inputs: list[Tensor]) -> tuple[float, float]:
+def _check(
+    model: nn.Module, path: Path, format: str, inputs: list[Tensor]
+) -> tuple[float, float, float]:
     run = _onnx_runner(path) if format == "onnx" else _pt2_runner(path)
-    worst, bound = 0.0, TOLERANCE
+    worst, bound, scale = 0.0, TOLERANCE, 0.0
     with torch.no_grad():
         for x in inputs:
             ref = model(x)
@@ -236,14 +241,15 @@ def _check(model: nn.Module, path: Path, format: str, inputs: list[Tensor]) -> t
                     f"the exported {format} file gives outputs of shape {tuple(got.shape)} "
                     f"for input {tuple(x.shape)}, the model {tuple(ref.shape)}"
                 )
-            bound = max(bound, TOLERANCE * max(1.0, float(ref.abs().max())))
+            scale = max(scale, float(ref.abs().max()))
+            bound = max(bound, TOLERANCE * max(1.0, scale))
             worst = max(worst, float((got - ref).abs().max()))
     if not worst <= bound:
         raise ExportError(
             f"the exported {format} file differs from the model by up to {worst:.3g} "
             f"(allowed {bound:.3g}); it was not written"
         )
-    return worst, bound
+    return worst, bound, scale
 
 
 def _onnx_runner(path: Path) -> Any:
