@@ -125,8 +125,9 @@ def check_dataset_kwargs(
     except (TypeError, ValueError) as err:
         raise DatasetError(f"{where} must be plain JSON data ({describe_exception(err)})") from None
     options = _options(builder)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
     for key in plain:
-        if key not in options:
+        if key not in options and not takes_any:
             close = difflib.get_close_matches(key[:100], options, n=1, cutoff=0.6)
             raise DatasetError(
                 f"dataset {name!r} has no option {quote(key, 100)}"
