@@ -75,6 +75,8 @@ def register(sub: Any) -> None:
     p.add_argument("--request-id", help="idempotency key (default: random)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.add_argument("-o", "--out", help="with --wait: download the result here")
+    p.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
+                   help="with -o: the model as a checkpoint, ONNX or torch.export .pt2")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = leaf("watch", "follow a job's progress until it ends")
     p.add_argument("job_id")
@@ -211,7 +213,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
         print(f"metaprune client: job {job.job_id} {_state(job)}: {job.error}", file=sys.stderr)
         return 1
     if args.out:
-        paths = client.download(job.job_id, args.out)
+        paths = client.download(job.job_id, args.out, args.format)
         from metaprune.pruning import format_report
 
         print(format_report(json.loads(paths["report"].read_text())))
