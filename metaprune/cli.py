@@ -1,4 +1,5 @@
-"""The ``metaprune`` command line: ``prune``, ``eval``, ``info`` and pluggable subcommands.
+"""The ``metaprune`` command line: ``prune``, ``eval``, ``info``, ``import``, ``export`` and
+pluggable subcommands.
 
 Usage::
 
@@ -6,6 +7,8 @@ Usage::
         --method metanet --metanet NAME -o out/
     metaprune eval out/model.safetensors --dataset digits
     metaprune info out/model.safetensors
+    metaprune import resnet18.pth --arch torchvision/resnet18 -o resnet18.safetensors
+    metaprune export out/model.safetensors --format onnx -o model.onnx
 
 Exit status (decided in one place, :func:`_describe` and the commands' return values):
 
@@ -675,12 +678,12 @@ add_subcommand(
     "info", _configure_info, _run_info, help="architecture, size and graph of a checkpoint"
 )
 add_subcommand(
-    "export", _configure_export, _run_export,
-    help="write a checkpoint's model as ONNX or a torch.export .pt2 file, checked",
-)  # fmt: skip
-add_subcommand(
     "import", _configure_import, _run_import,
     help="turn a state dict (safetensors, torch.save, hub folder) into a checkpoint",
+)  # fmt: skip
+add_subcommand(
+    "export", _configure_export, _run_export,
+    help="write a checkpoint's model as ONNX or a torch.export .pt2 file, checked",
 )  # fmt: skip
 
 
