@@ -56,6 +56,8 @@ __all__ = [
     "CheckpointError",
     "check_safetensors_file",
     "CheckpointNotFoundError",
+    "describe_foreign_file",
+    "import_hint",
     "load",
     "load_state",
     "read_spec",
@@ -311,10 +313,16 @@ def check_safetensors_file(path: Path, limits: Limits, where: str) -> Path:
     size = path.stat().st_size
     limits.check("max_upload_bytes", size, f"{where} file size")
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    foreign = describe_foreign_file(head, size)
+    if foreign is not None:
+        raise CheckpointError(
+            f"{where} is not a readable safetensors file: it is {foreign}, not a metaprune "
+            f"checkpoint, and metaprune never unpickles files here. {import_hint(path)}"
+        )
     if len(head) < 8:
         raise CheckpointError(f"{where} is not a readable safetensors file: only {size} bytes")
-    (header,) = struct.unpack("<Q", head)  # safetensors: little-endian u64 header length
+    (header,) = struct.unpack("<Q", head[:8])  # safetensors: little-endian u64 header length
     if header > size - 8:
         raise CheckpointError(
             f"{where} is not a readable safetensors file (truncated or corrupt?): its header "
@@ -322,6 +330,46 @@ def check_safetensors_file(path: Path, limits: Limits, where: str) -> Path:
         )
     limits.check("max_header_bytes", header, f"{where} safetensors header")
     return path
+
+
+def describe_foreign_file(head: bytes, size: int) -> str | None:
+    """What a file that is not safetensors is, from its first 9 bytes (magic numbers only,
+    nothing is parsed), or ``None`` if it may be safetensors (a header length the file can
+    hold, then ``{``).
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``) holding a pickle; older
+    ``torch.save`` and ``pickle`` write a bare pickle (``\\x80`` and a protocol byte 2-5).
+    """
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header,) = struct.unpack("<Q", head[:8])
+        if header <= size - 8:
+            return None
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive as torch.save writes .pt/.pth/.bin files (a pickle inside)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return f"a Python pickle (protocol {head[1]}, e.g. an old-style torch.save file)"
+    return None
+
+
+def import_hint(path: Path) -> str:
+    """How to turn weights the user trusts into a metaprune checkpoint (for messages)."""
+    import shlex
+
+    path = Path(path)
+    if (path.parent / "config.json").is_file():  # a hub folder: its config names the model
+        folder = shlex.quote(path.parent.name[:120] or ".")
+        return (
+            f"It sits in a hub folder with config.json: convert it on your own machine with "
+            f"'metaprune import {folder} -o {shlex.quote(path.parent.name[:100] + '.safetensors')}' "
+            "(see 'metaprune import --help')"
+        )
+    name = shlex.quote(path.name[:120] or "WEIGHTS")
+    out = shlex.quote(f"{path.stem[:100] or 'model'}-metaprune.safetensors")
+    return (
+        "Convert weights you trust, on your own machine, with metaprune import, e.g. "
+        f"'metaprune import {name} --arch torchvision/resnet18 -o {out}' "
+        "(a hub folder with config.json needs no --arch; see 'metaprune import --help')"
+    )
 
 
 def _check_finite(state: Mapping[str, Tensor], where: str) -> None:
@@ -342,7 +390,8 @@ def _parse_spec(path: Path, metadata: Mapping[str, str] | None, limits: Limits) 
     if SPEC_KEY not in metadata:
         raise CheckpointError(
             f"{where} has no {SPEC_KEY!r} metadata, so it is not a metaprune checkpoint "
-            f"(found metadata keys {quote(sorted(metadata))})"
+            f"(found metadata keys {quote(sorted(metadata))}): a plain state dict, as timm, "
+            f"torchvision and the hub write, carries no architecture. {import_hint(path)}"
         )
     version = metadata.get(VERSION_KEY)
     if version != str(FORMAT_VERSION):

@@ -1,4 +1,5 @@
-"""The ``metaprune`` command line: ``prune``, ``eval``, ``info`` and pluggable subcommands.
+"""The ``metaprune`` command line: ``prune``, ``eval``, ``info``, ``import``, ``export`` and
+pluggable subcommands.
 
 Usage::
 
@@ -6,6 +7,8 @@ Usage::
         --method metanet --metanet NAME -o out/
     metaprune eval out/model.safetensors --dataset digits
     metaprune info out/model.safetensors
+    metaprune import resnet18.pth --arch torchvision/resnet18 -o resnet18.safetensors
+    metaprune export out/model.safetensors --format onnx -o model.onnx
 
 Exit status (decided in one place, :func:`_describe` and the commands' return values):
 
@@ -107,7 +110,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-_BUILTIN = ("prune", "eval", "info")
+_BUILTIN = ("prune", "eval", "info", "import", "export")
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -197,6 +200,7 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="input checkpoint (.safetensors with metaprune spec)")
     p.add_argument("--dataset", required=True, help="registered dataset name, e.g. digits")
     p.add_argument("--data-root", help="local root of file-based datasets")
+    _add_dataset_kwargs_argument(p)
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--config", help="PruneConfig as a JSON or YAML file (flags override it)")
     p.add_argument("--target-speedup", type=_positive_float, help="target ratio (default 2)")
@@ -299,8 +303,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     _set_threads(args.threads, limits)
     with _progress_bar(args.quiet) as progress:
         result = prune(
-            args.checkpoint, args.dataset, config, progress, data_root=args.data_root, limits=limits
-        )
+            args.checkpoint, args.dataset, config, progress, data_root=args.data_root,
+            limits=limits, dataset_kwargs=args.dataset_kwargs,
+        )  # fmt: skip
     paths = result.save(args.out)
     print(format_report(result.report))
     for kind, path in paths.items():
@@ -377,11 +382,20 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-root")
+    _add_dataset_kwargs_argument(p)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/val split")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limits_argument(p)
+
+
+def _add_dataset_kwargs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset-kwargs", type=_json_object, metavar="JSON",
+        help="dataset options as a JSON object, e.g. '{\"image_size\": 64, \"num_classes\": 10}' "
+        "(synthetic: image_size, num_classes, in_channels, ...; imagefolder: image_size, ...)",
+    )  # fmt: skip
 
 
 def _add_limits_argument(p: argparse.ArgumentParser) -> None:
@@ -424,15 +438,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from metaprune import checkpoint
-    from metaprune.data import get_dataset, make_loaders
+    from metaprune.data import check_dataset_kwargs, get_dataset, make_loaders
     from metaprune.pruning import evaluate, measure_cost
     from metaprune.pruning.pipeline import _check_classes
 
     limits = _limits(args)
     _set_threads(args.threads, limits)
     limits.check("max_batch_size", args.batch_size, "--batch-size")
+    options = check_dataset_kwargs(args.dataset, args.dataset_kwargs, limits)
     model, spec = checkpoint.load(args.checkpoint, limits=limits)
-    splits = get_dataset(args.dataset, args.data_root, args.seed)
+    splits = get_dataset(args.dataset, args.data_root, args.seed, **options)
     limits.check("max_image_size", splits.image_size, f"dataset {splits.name!r}")
     _, val, test = make_loaders(splits, args.batch_size, args.seed)
     example = torch.zeros(1, splits.in_channels, splits.image_size, splits.image_size)
@@ -454,7 +469,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="input size for MACs and the graph (default: 8 for 1 channel, else 32)")  # fmt: skip
+                   help="input size for MACs and the graph (default: the size prune recorded, else "
+                        "8 for 1 channel, else 32)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limits_argument(p)
 
@@ -464,15 +480,15 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from metaprune import checkpoint
     from metaprune.errors import InvalidInputError, describe_exception
+    from metaprune.export import checkpoint_input_shape
     from metaprune.limits import check_spec
     from metaprune.pruning import measure_cost
 
     limits = _limits(args)
     spec = checkpoint.read_spec(args.checkpoint, limits=limits)
-    in_channels = spec.kwargs.get("in_channels", 3)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise InvalidInputError(f"spec {spec.name!r}: in_channels must be a positive int")
-    size = args.image_size or (8 if in_channels == 1 else 32)
+    # the input the checkpoint was pruned (or published) at, else the spec's default
+    in_channels, recorded, _ = checkpoint_input_shape(args.checkpoint, spec, limits)
+    size = args.image_size or recorded
     check_spec(spec, limits, (in_channels, size, size))  # before any real memory
     model, spec = checkpoint.load(args.checkpoint, limits=limits)
     example = torch.zeros(1, in_channels, size, size)
@@ -511,6 +527,126 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import
+
+_IMPORT_HELP = """\
+Turn weights you already have into a metaprune checkpoint (weights + architecture).
+
+WEIGHTS is a plain state dict in safetensors (as timm, torchvision and the hub write),
+a hub folder as timm writes it (config.json + model.safetensors: no --arch needed, the
+architecture is timm/<architecture>), or a torch.save'd state dict (.pt/.pth/.bin).
+A torch.save file is a pickle: it is read here, and only here, with
+torch.load(weights_only=True, mmap=True) (mmap for zip-format files), which loads tensors
+and plain containers but no code. Import only files you trust, on your own machine: prune, eval, info, batches
+and the service never read pickles. Keys and shapes are matched strictly; missing,
+unexpected and differently shaped keys are listed, and a common prefix (module.,
+model.) is offered as --strip-prefix, never stripped silently.
+"""
+
+
+def _configure_import(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = _IMPORT_HELP, argparse.RawDescriptionHelpFormatter
+    p.add_argument("weights", help="safetensors / .pt / .pth / .bin file, or a hub folder")
+    p.add_argument("--arch", help="registered architecture, e.g. torchvision/resnet18")
+    p.add_argument("--arch-kwargs", type=_json_object, help="JSON, e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--strip-prefix", help="remove this prefix from every key, e.g. module.")
+    p.add_argument("--state-key", help="the entry of a torch.save'd dict holding the state dict")
+    p.add_argument("-o", "--out", required=True, help="the checkpoint to write (.safetensors)")
+    _add_limits_argument(p)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from metaprune.importer import import_weights
+
+    result = import_weights(
+        args.weights, args.out, arch=args.arch, arch_kwargs=args.arch_kwargs,
+        strip_prefix=args.strip_prefix, state_key=args.state_key, limits=_limits(args),
+    )  # fmt: skip
+    print(f"wrote {result.path}: {result.spec.name} {json.dumps(result.spec.kwargs)}, "
+          f"{result.tensors} tensors from {result.source_format}")  # fmt: skip
+    for note in result.notes:
+        print(f"  note: {note}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- export
+
+_EXPORT_HELP = """\
+Write a checkpoint's model for serving stacks without metaprune: ONNX (torch.onnx.export,
+input "input" (N, C, H, W), output "logits"; checked with onnxruntime) or a torch.export
+program (.pt2, torch.export.save; checked with torch.export.load). The batch dimension is
+dynamic where the model allows it. Every file is checked against the PyTorch model on
+seeded random inputs before it is kept (|diff| <= 1e-4 * max(1, max |logits|)).
+The input shape: --input-size, else --dataset, else the shape the checkpoint was pruned
+at, else an imported hub config's input_size, else the spec's (in_channels; 8 px for one
+channel, else 32). A .pt2 archive holds pickled parts: metaprune writes them but never
+reads one it did not just write.
+"""
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    from metaprune.export import FORMATS
+
+    p.description, p.formatter_class = _EXPORT_HELP, argparse.RawDescriptionHelpFormatter
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("-o", "--out", required=True, help="the file to write (.onnx / .pt2)")
+    p.add_argument("--input-size", type=_positive_int, help="input height and width")
+    p.add_argument("--in-channels", type=_positive_int, help="input channels (with --input-size)")
+    p.add_argument("--dataset", help="take the input shape from this dataset")
+    p.add_argument("--data-root")
+    _add_dataset_kwargs_argument(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_limits_argument(p)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from metaprune import checkpoint
+    from metaprune.export import checkpoint_input_shape, export_checkpoint
+
+    limits = _limits(args)
+    shape = None
+    if args.dataset is not None:
+        from metaprune.data import check_dataset_kwargs, get_dataset
+
+        options = check_dataset_kwargs(args.dataset, args.dataset_kwargs, limits)
+        splits = get_dataset(args.dataset, args.data_root, 0, **options)
+        shape = (splits.in_channels, splits.image_size, splits.image_size)
+    elif args.dataset_kwargs is not None:
+        raise UsageError("metaprune export: error: --dataset-kwargs needs --dataset")
+    if args.input_size is not None or args.in_channels is not None:
+        spec = checkpoint.read_spec(args.checkpoint, limits=limits)
+        base = shape or checkpoint_input_shape(args.checkpoint, spec, limits)
+        size = args.input_size or base[1]
+        shape = (args.in_channels or base[0], size, size)
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.format, input_shape=shape, limits=limits
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return EXIT_OK
+    batch = "dynamic batch" if result.dynamic_batch else f"fixed batch {result.fixed_batch}"
+    print(f"wrote {result.path} ({result.format}, input (N, {', '.join(map(str, result.input_shape))}), "
+          f"{batch}); outputs within {result.max_abs_diff:.2g} of PyTorch's (allowed "
+          f"{result.tolerance:.2g}; outputs up to {result.max_abs_output:.2g})")  # fmt: skip
+    if result.note:
+        print(f"  note: {result.note}")
+    return EXIT_OK
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    from metaprune.documents import parse_json
+    from metaprune.errors import InvalidInputError
+
+    try:
+        value = parse_json(text, what="JSON argument")
+    except InvalidInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {text[:100]!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- argument types
 
 
@@ -541,6 +677,14 @@ add_subcommand("eval", _configure_eval, _run_eval, help="accuracy, MACs and para
 add_subcommand(
     "info", _configure_info, _run_info, help="architecture, size and graph of a checkpoint"
 )
+add_subcommand(
+    "import", _configure_import, _run_import,
+    help="turn a state dict (safetensors, torch.save, hub folder) into a checkpoint",
+)  # fmt: skip
+add_subcommand(
+    "export", _configure_export, _run_export,
+    help="write a checkpoint's model as ONNX or a torch.export .pt2 file, checked",
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from metaprune.cli import _json_object
+
 __all__ = ["register"]
 
 
@@ -56,6 +58,10 @@ def register(sub: Any) -> None:
     p = leaf("prune", "upload (if a path), create a pruning job, optionally wait and download")
     p.add_argument("model", help="a checkpoint path or a model id (sha256:...)")
     p.add_argument("--dataset", required=True, help="dataset name on the server")
+    p.add_argument(
+        "--dataset-kwargs", type=_json_object, metavar="JSON",
+        help="dataset options, e.g. '{\"image_size\": 64, \"num_classes\": 10}'",
+    )  # fmt: skip
     p.add_argument("--config", help="PruneConfig fields as a JSON/YAML file (flags override)")
     p.add_argument("--target-speedup", type=float)
     p.add_argument("--target-kind", choices=("macs", "params", "latency"))
@@ -69,6 +75,8 @@ def register(sub: Any) -> None:
     p.add_argument("--request-id", help="idempotency key (default: random)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.add_argument("-o", "--out", help="with --wait: download the result here")
+    p.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
+                   help="with -o: the model as a checkpoint, ONNX or torch.export .pt2")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = leaf("watch", "follow a job's progress until it ends")
     p.add_argument("job_id")
@@ -76,6 +84,8 @@ def register(sub: Any) -> None:
     p = leaf("download", "download a finished job's checkpoint, report and plot")
     p.add_argument("job_id")
     p.add_argument("-o", "--out", required=True)
+    p.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
+                   help="the model as a metaprune checkpoint, ONNX or torch.export .pt2")  # fmt: skip
     p = leaf("cancel", "cancel a queued or running job")
     p.add_argument("job_id")
     p = leaf("jobs", "list jobs")
@@ -190,7 +200,10 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
     if not model_id.startswith("sha256:"):
         model_id = client.upload(args.model).model_id
         print(f"uploaded {args.model} as {model_id}", file=sys.stderr)
-    job = client.create_job(model_id, args.dataset, data, request_id=args.request_id)
+    job = client.create_job(
+        model_id, args.dataset, data, request_id=args.request_id,
+        dataset_kwargs=args.dataset_kwargs,
+    )  # fmt: skip
     print(f"job {job.job_id} {_state(job)}", file=sys.stderr)
     if not args.wait:
         _print(args, _job_dict(job), job.job_id)
@@ -200,7 +213,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
         print(f"metaprune client: job {job.job_id} {_state(job)}: {job.error}", file=sys.stderr)
         return 1
     if args.out:
-        paths = client.download(job.job_id, args.out)
+        paths = client.download(job.job_id, args.out, args.format)
         from metaprune.pruning import format_report
 
         print(format_report(json.loads(paths["report"].read_text())))
@@ -236,7 +249,7 @@ def _watch(client: Any, args: argparse.Namespace) -> int:
 
 
 def _download(client: Any, args: argparse.Namespace) -> int:
-    paths = client.download(args.job_id, args.out)
+    paths = client.download(args.job_id, args.out, args.format)
     _print(
         args,
         {k: str(v) for k, v in paths.items()},

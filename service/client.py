@@ -152,14 +152,17 @@ class PruningClient:
 
     def create_job(
         self, model_id: str, dataset: str, config: PruneConfig | Mapping[str, Any] | None = None,
-        *, request_id: str | None = None,
+        *, request_id: str | None = None, dataset_kwargs: Mapping[str, Any] | None = None,
     ) -> pb.Job:  # fmt: skip
         """Queue a job. ``config`` is a :class:`PruneConfig` or a partial dict of its fields
-        (the server fills the rest with its defaults)."""
+        (the server fills the rest with its defaults); ``dataset_kwargs`` are the dataset's
+        options (e.g. ``{"image_size": 64}``)."""
         request = pb.CreatePruneJobRequest(
             model_id=model_id, dataset=dataset, config=config_message(config),
             request_id=request_id or uuid.uuid4().hex,
         )  # fmt: skip
+        if dataset_kwargs:
+            request.dataset_kwargs.update(dict(dataset_kwargs))
         return self._call(self.stub.CreatePruneJob, request).job
 
     def get_job(self, job_id: str) -> pb.Job:
@@ -204,9 +207,13 @@ class PruningClient:
             time.sleep(min(0.5 * 2**attempt, 5.0))
         return job if job is not None else self.get_job(job_id)
 
-    def download(self, job_id: str, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    def download(
+        self, job_id: str, out_dir: str | os.PathLike[str], format: str = "safetensors"
+    ) -> dict[str, Path]:
         """Write ``model.safetensors`` (sha256-checked), ``report.json`` and ``curve.png``
-        into ``out_dir``; returns their paths.
+        into ``out_dir``; returns their paths (``"checkpoint"``, ``"report"``, ``"plot"``).
+        With ``format="onnx"`` or ``"pt2"`` the model comes as ``model.onnx`` /
+        ``model.pt2`` instead (converted by the server, see ``metaprune export``).
 
         Raises:
             DownloadError: the checkpoint's size or sha256 differs from the announced one.
@@ -214,14 +221,18 @@ class PruningClient:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stream = self.stub.DownloadResult(
-            pb.DownloadResultRequest(job_id=job_id), metadata=self._metadata
+            pb.DownloadResultRequest(job_id=job_id, format=format), metadata=self._metadata
         )
         first = next(stream)
         if first.WhichOneof("part") != "header":
             raise DownloadError("the server's download stream did not start with a header")
         header = first.header
-        target = out / "model.safetensors"
-        tmp = out / f".model.safetensors.{uuid.uuid4().hex}.part"
+        target = out / f"model.{header.format or 'safetensors'}"
+        if target.suffix[1:] != format:
+            raise DownloadError(
+                f"job {job_id}: asked for {format}, the server sent {header.format!r}"
+            )
+        tmp = out / f".{target.name}.{uuid.uuid4().hex}.part"
         size = 0
         try:
             with open(tmp, "wb") as f:

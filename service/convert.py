@@ -29,6 +29,7 @@ from service._generated import pruning_service_pb2 as pb
 __all__ = [
     "config_from_proto",
     "config_to_proto",
+    "dataset_kwargs_from_proto",
     "dict_to_config_proto",
     "event_from_proto",
     "event_to_proto",
@@ -174,6 +175,25 @@ def _is_repeated(field: Any) -> bool:
     return field.label == field.LABEL_REPEATED
 
 
+def dataset_kwargs_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """``CreatePruneJobRequest.dataset_kwargs`` as plain data; whole numbers become ints
+    (``Struct`` numbers are doubles, JSON's ``64`` is an int), so ``image_size: 64`` reaches
+    the dataset as the int it checks for. Values are checked by the caller
+    (:func:`metaprune.data.check_dataset_kwargs`)."""
+    from google.protobuf.json_format import MessageToDict
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            return int(value)
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(MessageToDict(struct))
+
+
 def metrics_to_struct(metrics: Mapping[str, Any]) -> struct_pb2.Struct:
     """Plain metrics as a ``Struct``; values it cannot hold (NaN, objects) become strings."""
     struct = struct_pb2.Struct()
@@ -239,6 +259,8 @@ def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.
         result_size_bytes=job.result_size or 0,
         summary_json=json.dumps(job.summary) if job.summary else "",
     )  # fmt: skip
+    if job.dataset_kwargs:
+        message.dataset_kwargs.update(job.dataset_kwargs)
     if event:
         message.latest_event.CopyFrom(event_to_proto(event))
     return message

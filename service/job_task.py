@@ -19,7 +19,7 @@ from metaprune.executor import task
 from metaprune.pruning.progress import CancelToken, ProgressEvent
 from service.blobs import commit_dir, sha256_file
 
-__all__ = ["TASK_NAME", "run_prune_job", "summarize"]
+__all__ = ["TASK_NAME", "run_export", "run_prune_job", "summarize"]
 
 TASK_NAME = "service.job_task:run_prune_job"
 
@@ -30,7 +30,8 @@ def run_prune_job(
 ) -> dict[str, Any]:
     """Prune ``args["model_path"]`` on ``args["dataset"]`` with ``args["config"]``.
 
-    Args (plain data): ``model_path``, ``dataset``, ``data_root`` (or None), ``config``
+    Args (plain data): ``model_path``, ``dataset``, ``dataset_kwargs`` (checked by the
+    server, optional), ``data_root`` (or None), ``config``
     (``PruneConfig.to_dict()``), ``limits`` (``Limits.to_dict()``: the server's bounds,
     including the wall-clock budget the pipeline enforces between steps), ``tmp_dir`` (a new directory to write into) and
     ``result_dir`` (where the finished result appears).
@@ -52,6 +53,7 @@ def run_prune_job(
     result = metaprune.prune(
         args["model_path"], args["dataset"], config, forward, cancel=cancel,
         data_root=args.get("data_root"), limits=limits, metanet_paths=False,
+        dataset_kwargs=args.get("dataset_kwargs") or None,
     )  # fmt: skip
     tmp = Path(args["tmp_dir"])
     tmp.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,25 @@ def run_prune_job(
     sha, size = sha256_file(paths["checkpoint"]), paths["checkpoint"].stat().st_size
     commit_dir(tmp, Path(args["result_dir"]))
     return {"sha256": sha, "size": size, "summary": summarize(result.report)}
+
+
+@task
+def run_export(
+    args: dict[str, Any], progress: Callable[[dict[str, Any]], None], cancel: CancelToken
+) -> dict[str, Any]:
+    """Export the result checkpoint ``args["checkpoint"]`` (a file this server wrote) to
+    ``args["out"]`` in ``args["format"]`` (:mod:`metaprune.export`: written atomically and
+    checked); returns ``{"sha256", "size", "dynamic_batch", "max_abs_diff"}``."""
+    from metaprune.export import export_checkpoint
+    from metaprune.limits import Limits
+
+    result = export_checkpoint(
+        args["checkpoint"], args["out"], args["format"], limits=Limits.from_dict(args["limits"])
+    )
+    return {
+        "sha256": sha256_file(result.path), "size": result.path.stat().st_size,
+        "dynamic_batch": result.dynamic_batch, "max_abs_diff": result.max_abs_diff,
+    }  # fmt: skip
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:

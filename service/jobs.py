@@ -114,7 +114,7 @@ class JobManager:
 
     def create(
         self, principal: Principal, model_id: str, dataset: str, config: PruneConfig,
-        request_id: str,
+        request_id: str, dataset_kwargs: dict[str, Any] | None = None,
     ) -> tuple[JobRecord, bool]:  # fmt: skip
         """Queue a job, or return the job ``request_id`` already created.
 
@@ -123,7 +123,7 @@ class JobManager:
             LimitExceededError: the queue or the token's job count is full.
             UnavailableError: the server is stopping.
         """
-        digest = _request_hash(model_id, dataset, config)
+        digest = _request_hash(model_id, dataset, config, dataset_kwargs)
         existing = self.store.find_job_by_request(principal.name, request_id)
         if existing is not None:
             return self._same_request(existing, digest, request_id), False
@@ -145,6 +145,7 @@ class JobManager:
             request_hash=digest, model_id=model_id, dataset=dataset, config=config.to_dict(),
             state=QUEUED, created_at=time.time(), started_at=None, finished_at=None, error="",
             attempts=0, latest_event=None, result_sha256=None, result_size=None, summary=None,
+            dataset_kwargs=dict(dataset_kwargs or {}),
         )  # fmt: skip
         job, created = self.store.insert_job(record)
         if not created:  # a concurrent call with the same request_id won the race
@@ -353,6 +354,7 @@ class JobManager:
         args = {
             "model_path": str(self.blobs.blob_path(model.sha256)),
             "dataset": job.dataset, "data_root": self.config.data_root, "config": job.config,
+            "dataset_kwargs": job.dataset_kwargs,
             "limits": self.config.limits.to_dict(),
             "tmp_dir": str(tmp_dir), "result_dir": str(self.blobs.result_dir(job.job_id)),
         }  # fmt: skip
@@ -437,10 +439,13 @@ class JobManager:
         log_event("job", job_id=job_id, state=state, **fields)
 
 
-def _request_hash(model_id: str, dataset: str, config: PruneConfig) -> str:
-    text = json.dumps(
-        {"model_id": model_id, "dataset": dataset, "config": config.to_dict()}, sort_keys=True
-    )
+def _request_hash(
+    model_id: str, dataset: str, config: PruneConfig, dataset_kwargs: dict[str, Any] | None = None
+) -> str:
+    data = {"model_id": model_id, "dataset": dataset, "config": config.to_dict()}
+    if dataset_kwargs:  # absent when empty: digests of jobs without options stay as they were
+        data["dataset_kwargs"] = dataset_kwargs
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from metaprune.data import check_dataset_kwargs
 from metaprune.errors import InvalidInputError, NotFoundError, quote
 from metaprune.models import ArchSpec, list_sources
 from metaprune.pruning.config import METHODS, TARGET_KINDS, PruneConfig
@@ -28,6 +29,7 @@ from service.config import ServiceConfig
 from service.errors import FailedPreconditionError
 from service.jobs import JobManager
 from service.policy import check_job, check_name, spec_size
+from service.result_formats import ResultFiles
 from service.store import FINAL_STATES, SUCCEEDED, Store
 from service.uploads import receive_upload
 
@@ -44,6 +46,7 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         self.config, self.store, self.blobs, self.jobs = config, store, blobs, jobs
         self._datasets: dict[str, tuple[int, int, int]] = {}  # name -> classes, channels, size
         self._datasets_lock = threading.Lock()
+        self.results = ResultFiles(jobs.executor, config.limits)
 
     # ------------------------------------------------------------------ models
 
@@ -89,9 +92,14 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         dataset = check_name("dataset", request.dataset, self.config.datasets)
         config = convert.config_from_proto(request.config)
         check_job(config, self.config.limits, self._metanetworks())
+        options = convert.dataset_kwargs_from_proto(request.dataset_kwargs)
+        options = check_dataset_kwargs(dataset, options, self.config.limits)
         _, channels, size = self._dataset_shape(dataset)
+        channels, size = options.get("in_channels", channels), options.get("image_size", size)
         spec_size(ArchSpec.from_json(model.spec_json), self.config.limits, (channels, size, size))
-        job, created = self.jobs.create(principal, model.model_id, dataset, config, request_id)
+        job, created = self.jobs.create(
+            principal, model.model_id, dataset, config, request_id, options
+        )
         return pb.CreatePruneJobResponse(job=self._job(job), created=created)
 
     def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
@@ -157,13 +165,14 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
                 + (f" (error: {job.error})" if job.error else "")
             )
         folder = self.blobs.result_dir(job.job_id)
-        checkpoint = folder / "model.safetensors"
+        checkpoint, sha = self.results.get(folder, request.format, job.result_sha256 or "")
         plot = folder / "curve.png"
         yield pb.DownloadResultResponse(
             header=pb.DownloadHeader(
-                total_size=checkpoint.stat().st_size, sha256=job.result_sha256 or "",
+                total_size=checkpoint.stat().st_size, sha256=sha,
                 report_json=(folder / "report.json").read_text(),
                 plot_png=plot.read_bytes() if plot.exists() else b"",
+                format=request.format or "safetensors",
             )
         )  # fmt: skip
         with open(checkpoint, "rb") as f:

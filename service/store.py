@@ -7,7 +7,8 @@ data directory. Tables::
     model_refs(model_id, owner, display_name, created_at)   -- who uploaded it
     jobs(seq PK autoincrement, job_id UNIQUE, owner, request_id, request_hash, model_id,
          dataset, config_json, state, created_at, started_at, finished_at, error,
-         attempts, latest_event_json, result_sha256, result_size, summary_json)
+         attempts, latest_event_json, result_sha256, result_size, summary_json,
+         dataset_kwargs_json)
 
 WAL mode lets readers (listing, watching) proceed while a writer commits; every write is
 one transaction, so a crash leaves the previous committed state. One connection is shared
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_size INTEGER, summary_json TEXT, UNIQUE (owner, request_id));
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+# columns added after the first release: (name, definition), added to older databases on open
+_ADDED_COLUMNS = (("dataset_kwargs_json", "TEXT NOT NULL DEFAULT '{}'"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,7 @@ class JobRecord:
     result_sha256: str | None
     result_size: int | None
     summary: dict[str, Any] | None
+    dataset_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -101,6 +105,10 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives power loss too
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -204,11 +212,11 @@ class Store:
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, owner, request_id, request_hash, model_id, "
-                "dataset, config_json, state, created_at, error, attempts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0)",
+                "dataset, config_json, state, created_at, error, attempts, dataset_kwargs_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, ?)",
                 (record.job_id, record.owner, record.request_id, record.request_hash,
                  record.model_id, record.dataset, json.dumps(record.config), record.state,
-                 record.created_at),
+                 record.created_at, json.dumps(record.dataset_kwargs)),
             )  # fmt: skip
             created = cur.rowcount == 1
             row = self._db.execute(
@@ -300,4 +308,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
         latest_event=json.loads(data["latest_event_json"]) if data["latest_event_json"] else None,
         result_sha256=data["result_sha256"], result_size=data["result_size"],
         summary=json.loads(data["summary_json"]) if data["summary_json"] else None,
+        dataset_kwargs=json.loads(data.get("dataset_kwargs_json") or "{}"),
     )  # fmt: skip

@@ -146,12 +146,14 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
     if head[:2] == b"PK":
         raise InvalidInputError(
             "the upload is a zip archive (a torch.save checkpoint?), not safetensors; "
-            "pickled checkpoints are never loaded: convert with metaprune.save(model, spec, path)"
+            "pickled checkpoints are never loaded: convert your own file on your machine with "
+            "'metaprune import WEIGHTS --arch NAME -o OUT.safetensors'"
         )
     if head[:1] == b"\x80":
         raise InvalidInputError(
             "the upload is a Python pickle, not safetensors; pickles are never loaded: "
-            "convert with metaprune.save(model, spec, path)"
+            "convert your own file on your machine with "
+            "'metaprune import WEIGHTS --arch NAME -o OUT.safetensors'"
         )
     if len(head) < 8:
         raise InvalidInputError(f"the upload ({size} bytes) is too short to be a safetensors file")

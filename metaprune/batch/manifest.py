@@ -197,6 +197,7 @@ def parse_manifest(data: Any, *, base: Path, source: str = "<manifest>") -> Mani
             entry.get("dataset", top_dataset),
             f"{where}.dataset" if "dataset" in entry else "dataset",
             problems,
+            limits,
         )
         targets = _targets(
             entry.get("targets", top_targets),
@@ -271,8 +272,10 @@ def _stem(file: str) -> str:
     )
 
 
-def _dataset(value: Any, where: str, problems: list[str]) -> dict[str, Any] | None:
-    from metaprune.data import list_datasets
+def _dataset(
+    value: Any, where: str, problems: list[str], limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any] | None:
+    from metaprune.data import check_dataset_kwargs, list_datasets
 
     if isinstance(value, str):
         value = {"name": value}
@@ -290,6 +293,11 @@ def _dataset(value: Any, where: str, problems: list[str]) -> dict[str, Any] | No
         problems.append(f"{where}.root {quote(root)} is not a directory")
     if not isinstance(kwargs, Mapping):
         problems.append(f"{where}.kwargs must be a mapping (found {quote(kwargs)})")
+    elif len(problems) == bad:
+        try:  # the same check as --dataset-kwargs and the service: known options, bounds
+            kwargs = check_dataset_kwargs(name, kwargs, limits)
+        except InvalidInputError as err:
+            problems.append(f"{where}.kwargs: {' '.join(str(err).split())}")
     if len(problems) > bad:
         return None
     return {"name": name, "root": os.path.abspath(root) if root else None, "kwargs": dict(kwargs)}

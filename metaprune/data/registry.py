@@ -10,20 +10,22 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import json
 import os
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from torch.utils.data import Dataset
 
 from metaprune.errors import InvalidInputError, NotFoundError, describe_exception, quote
-from metaprune.limits import DEFAULT_LIMITS
+from metaprune.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "DatasetBuilder",
     "DatasetError",
     "DatasetSplits",
     "UnknownDatasetError",
+    "check_dataset_kwargs",
     "get_dataset",
     "list_datasets",
     "register_dataset",
@@ -90,6 +92,76 @@ def list_datasets(pattern: str | None = None) -> list[str]:
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
+def check_dataset_kwargs(
+    name: str, kwargs: Mapping[str, Any] | None, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any]:
+    """Dataset options from a client or a command line, checked before any data is built:
+    a mapping of plain JSON data whose keys are options of dataset ``name`` (the builder's
+    keyword-only arguments), whose shape options (``image_size``, ``in_channels``,
+    ``num_classes``) are positive ints, and whose ``image_size`` is within ``limits``. The
+    builder checks the other values when it runs.
+
+    Returns:
+        A plain ``dict`` copy of ``kwargs`` (``{}`` for ``None``).
+
+    Raises:
+        UnknownDatasetError: ``name`` is not registered.
+        DatasetError: not a mapping of plain data, or an unknown option (named, with the
+            dataset's options).
+        LimitExceededError: ``image_size`` over ``limits.max_image_size``, or nesting over
+            ``limits.max_json_depth``.
+    """
+    from metaprune.documents import check_depth
+
+    builder = _builder(name)
+    if kwargs is None:
+        return {}
+    where = f"dataset {name!r} options"
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise DatasetError(f"{where} must be a mapping with string keys (found {quote(kwargs)})")
+    check_depth(dict(kwargs), limits, where)
+    try:
+        plain = json.loads(json.dumps(dict(kwargs), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise DatasetError(f"{where} must be plain JSON data ({describe_exception(err)})") from None
+    options = _options(builder)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+    for key in plain:
+        if key not in options and not takes_any:
+            close = difflib.get_close_matches(key[:100], options, n=1, cutoff=0.6)
+            raise DatasetError(
+                f"dataset {name!r} has no option {quote(key, 100)}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; its options: {', '.join(options) or 'none'}"
+            )
+    for key in ("image_size", "in_channels", "num_classes"):  # shape options: before any work
+        value = plain.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(
+                f"dataset {name!r}: {key} must be an int >= 1 (found {quote(value)})"
+            )
+    limits.check("max_image_size", plain.get("image_size", 0), f"dataset {name!r} image_size")
+    return plain
+
+
+def _options(builder: Callable[..., DatasetSplits]) -> list[str]:
+    params = inspect.signature(builder).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def _builder(name: str) -> Callable[..., DatasetSplits]:
+    builder = _REGISTRY.get(name) if isinstance(name, str) else None
+    if builder is None:
+        # difflib is quadratic in the length; str() of a deep list would recurse
+        text = name[:100] if isinstance(name, str) else ""
+        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6) if text else []
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownDatasetError(
+            f"unknown dataset {quote(name)} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
+        )
+    return builder
+
+
 def get_dataset(
     name: str, root: str | os.PathLike[str] | None = None, seed: int = 0, **kwargs: object
 ) -> DatasetSplits:
@@ -106,15 +178,7 @@ def get_dataset(
         DatasetError: invalid options, or missing/invalid local files (an InvalidInputError).
         LimitExceededError: ``image_size`` over ``Limits.max_image_size``.
     """
-    builder = _REGISTRY.get(name) if isinstance(name, str) else None
-    if builder is None:
-        # difflib is quadratic in the length; str() of a deep list would recurse
-        text = name[:100] if isinstance(name, str) else ""
-        close = difflib.get_close_matches(text, list(_REGISTRY), n=3, cutoff=0.6) if text else []
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownDatasetError(
-            f"unknown dataset {quote(name)} (registered: {', '.join(sorted(_REGISTRY))}){hint}"
-        )
+    builder = _builder(name)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DatasetError(f"dataset {name!r}: seed must be an int (found {quote(seed)})")
     image_size = kwargs.get("image_size")
@@ -123,11 +187,7 @@ def get_dataset(
     try:
         inspect.signature(builder).bind(root, seed, **kwargs)
     except TypeError as err:
-        options = [
-            p.name
-            for p in inspect.signature(builder).parameters.values()
-            if p.kind is p.KEYWORD_ONLY
-        ]
+        options = _options(builder)
         raise DatasetError(
             f"dataset {name!r}: {describe_exception(err)} (options: {', '.join(options) or 'none'})"
         ) from None

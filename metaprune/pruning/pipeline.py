@@ -23,9 +23,10 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from metaprune import checkpoint
-from metaprune.data import DatasetSplits, get_dataset, make_loaders
+from metaprune.data import DatasetSplits, check_dataset_kwargs, get_dataset, make_loaders
 from metaprune.errors import InvalidInputError, describe_exception
 from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
 from metaprune.models import ArchSpec
@@ -90,6 +91,8 @@ class PruneResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"method": self.config.method, "dataset": str(self.report.get("dataset"))}
+        if self.report.get("input_shape"):  # what `metaprune export` traces with by default
+            meta["input_shape"] = json.dumps(self.report["input_shape"])
         paths = {
             "checkpoint": checkpoint.save(self.model, self.spec, out / "model.safetensors", metadata=meta),
             "report": write_report(self.report, out / "report.json"),
@@ -116,6 +119,7 @@ def prune(
     data_root: str | os.PathLike[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
     metanet_paths: bool = True,
+    dataset_kwargs: Mapping[str, Any] | None = None,
 ) -> PruneResult:
     """Prune a trained classifier to ``config.target`` and fine-tune it (see module doc).
 
@@ -129,6 +133,8 @@ def prune(
         metanetwork: a metanetwork object for ``method="metanet"`` instead of loading
             ``config.metanet``.
         data_root: local root of file-based datasets.
+        dataset_kwargs: options of a dataset given by name (e.g. ``{"image_size": 64}``),
+            checked by :func:`~metaprune.data.check_dataset_kwargs` against ``limits``.
         limits: bounds on the job (:meth:`PruneConfig.check_limits`, checked first), on
             the checkpoint and architecture, and the wall-clock budget (the smaller of
             ``config.max_wall_seconds`` and ``limits.max_wall_seconds``), enforced between
@@ -158,11 +164,15 @@ def prune(
     method = get_method(config.method)
     if method.load is not None and metanetwork is None:  # fail before any work is done
         metanetwork = method.load(config, limits, metanet_paths)
+    if isinstance(dataset, DatasetSplits) and dataset_kwargs:
+        raise ConfigError("dataset_kwargs apply to a dataset given by name, not to DatasetSplits")
+    if not isinstance(dataset, DatasetSplits):  # options checked before any work
+        dataset_kwargs = check_dataset_kwargs(dataset, dataset_kwargs, limits)
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
-        else get_dataset(dataset, data_root, config.data_seed)
+        else get_dataset(dataset, data_root, config.data_seed, **dataset_kwargs)
     )
     limits.check("max_image_size", splits.image_size, f"dataset {splits.name!r} image size")
     if spec is not None:
@@ -283,6 +293,8 @@ def prune(
         "report_version": REPORT_VERSION,
         "metaprune_version": __version__,
         "dataset": splits.name,
+        "dataset_kwargs": dataset_kwargs or {},
+        "input_shape": list(example.shape[1:]),
         "method": config.method,
         "method_choice": choice.to_dict(),
         "target": {"kind": config.target.kind, "value": config.target.value},

@@ -3,6 +3,8 @@
 ``report.json`` (``report_version`` 1) holds plain JSON::
 
     {"report_version": 1, "metaprune_version": "...", "dataset": "digits",
+     "dataset_kwargs": {"image_size": 64},  # options of the dataset (may be {})
+     "input_shape": [3, 64, 64],           # (C, H, W) of the model's input
      "method": "group-l2-sl",            # the method that ran
      "method_choice": {"method", "requested", "reason"},   # why (requested "auto" or not)
      "target": {"kind": "macs", "value": 2.0}, "target_reached": true,

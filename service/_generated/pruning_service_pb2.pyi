@@ -91,7 +91,7 @@ class ProgressEvent(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "model_id", "dataset", "config", "request_id", "owner", "created_at", "started_at", "finished_at", "error", "attempts", "latest_event", "result_sha256", "result_size_bytes", "summary_json")
+    __slots__ = ("job_id", "state", "model_id", "dataset", "config", "request_id", "owner", "created_at", "started_at", "finished_at", "error", "attempts", "latest_event", "result_sha256", "result_size_bytes", "summary_json", "dataset_kwargs")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class Job(_message.Message):
     RESULT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATASET_KWARGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     model_id: str
@@ -124,19 +125,22 @@ class Job(_message.Message):
     result_sha256: str
     result_size_bytes: int
     summary_json: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., model_id: _Optional[str] = ..., dataset: _Optional[str] = ..., config: _Optional[_Union[_prune_config_pb2.PruneConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., latest_event: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result_sha256: _Optional[str] = ..., result_size_bytes: _Optional[int] = ..., summary_json: _Optional[str] = ...) -> None: ...
+    dataset_kwargs: _struct_pb2.Struct
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., model_id: _Optional[str] = ..., dataset: _Optional[str] = ..., config: _Optional[_Union[_prune_config_pb2.PruneConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., latest_event: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result_sha256: _Optional[str] = ..., result_size_bytes: _Optional[int] = ..., summary_json: _Optional[str] = ..., dataset_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreatePruneJobRequest(_message.Message):
-    __slots__ = ("model_id", "dataset", "config", "request_id")
+    __slots__ = ("model_id", "dataset", "config", "request_id", "dataset_kwargs")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_KWARGS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dataset: str
     config: _prune_config_pb2.PruneConfig
     request_id: str
-    def __init__(self, model_id: _Optional[str] = ..., dataset: _Optional[str] = ..., config: _Optional[_Union[_prune_config_pb2.PruneConfig, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    dataset_kwargs: _struct_pb2.Struct
+    def __init__(self, model_id: _Optional[str] = ..., dataset: _Optional[str] = ..., config: _Optional[_Union[_prune_config_pb2.PruneConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreatePruneJobResponse(_message.Message):
     __slots__ = ("job", "created")
@@ -213,22 +217,26 @@ class WatchJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., event: _Optional[_Union[ProgressEvent, _Mapping]] = ...) -> None: ...
 
 class DownloadResultRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "format")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    format: str
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class DownloadHeader(_message.Message):
-    __slots__ = ("total_size", "sha256", "report_json", "plot_png")
+    __slots__ = ("total_size", "sha256", "report_json", "plot_png", "format")
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     PLOT_PNG_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     total_size: int
     sha256: str
     report_json: str
     plot_png: bytes
-    def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., report_json: _Optional[str] = ..., plot_png: _Optional[bytes] = ...) -> None: ...
+    format: str
+    def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., report_json: _Optional[str] = ..., plot_png: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class DownloadResultResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -158,7 +158,8 @@ class PruningServiceServicer:
 
     def DownloadResult(self, request, context):
         """Server streaming: a DownloadHeader (sha256, size, report, plot), then the pruned
-        checkpoint's bytes in chunks.
+        checkpoint's bytes (or its ONNX / torch.export file, see DownloadResultRequest.format)
+        in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -169,3 +169,45 @@ def test_plugins_register_subcommands(capsys, monkeypatch):
     cli.add_subcommand("hello", configure, lambda args: calls.append(args.n) or 3, help="say hi")
     assert main(["hello", "--n", "7"]) == 3 and calls == [7]
     assert "hello: error: the following arguments are required: --n" in _error(capsys, ["hello"])
+
+
+def test_dataset_kwargs_on_prune_and_eval(capsys, ckpt, tmp_path):
+    # the digits model (1 channel, 10 classes) on a synthetic task at 16x16
+    options = json.dumps({"image_size": 16, "num_classes": 10, "in_channels": 1})
+    out = tmp_path / "out"
+    status = main([
+        "prune", ckpt, "--dataset", "synthetic", "--dataset-kwargs", options,
+        "--target-speedup", "1.5", "--method", "group-l2", "--before-epochs", "0",
+        "--epochs", "0", "--steps", "5", "--threads", "1", "--quiet", "-o", str(out),
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"] == "synthetic"
+    assert report["dataset_kwargs"] == {"image_size": 16, "num_classes": 10, "in_channels": 1}
+    assert report["base"]["macs"] > 4 * 11_000  # 16x16 costs 4x the 8x8 default
+    argv = ["eval", str(out / "model.safetensors"), "--dataset", "synthetic", "--json"]
+    assert main([*argv, "--dataset-kwargs", options]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_accuracy"] == pytest.approx(report["final"]["test_accuracy"])
+    assert evaluated["macs"] == report["final"]["macs"]
+    assert "to have 1 channels, but got 3" in _error(capsys, argv)  # the default: 3 channels
+    assert main(["info", str(out / "model.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [1, 16, 16]  # as pruned
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ('{"imagesize": 64}', "has no option 'imagesize' (did you mean 'image_size'?)"),
+        ('{"image_size": 4096}', "max_image_size is 1,024 but 4,096 was requested"),
+        ('{"image_size": "big"}', "image_size must be an int >= 1 (found 'big')"),
+        ("[64]", "expected a JSON object"),
+        ("{image_size: 64", "is not valid JSON"),
+    ],
+)
+def test_dataset_kwargs_errors(capsys, ckpt, tmp_path, options, expected):
+    for command in (["eval", ckpt], ["prune", ckpt, "-o", str(tmp_path / "o")]):
+        line = _error(capsys, [*command, "--dataset", "synthetic", "--dataset-kwargs", options])
+        assert expected in line, line
+    assert not (tmp_path / "o").exists()

@@ -293,3 +293,42 @@ def test_make_loaders_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     args = {"batch_size": 4, "seed": 0, **kwargs}
     with pytest.raises(DatasetError, match=match):
         make_loaders(get_dataset("synthetic"), **args)
+
+
+def test_check_dataset_kwargs() -> None:
+    from metaprune.data import UnknownDatasetError, check_dataset_kwargs
+    from metaprune.errors import LimitExceededError
+    from metaprune.limits import Limits
+
+    options = {"image_size": 64, "num_classes": 10, "in_channels": 1}
+    assert check_dataset_kwargs("synthetic", options) == options
+    assert check_dataset_kwargs("synthetic", None) == {}
+    assert check_dataset_kwargs("imagefolder", {"image_size": 160}) == {"image_size": 160}
+    with pytest.raises(
+        DatasetError,
+        match=r"'synthetic' has no option 'imagesize' \(did you mean 'image_size'\?\); its options: num_classes, in_channels, image_size",
+    ):
+        check_dataset_kwargs("synthetic", {"imagesize": 64})
+    with pytest.raises(DatasetError, match="'digits' has no option 'root'"):
+        check_dataset_kwargs("digits", {"root": "/etc"})  # never a path through the options
+    with pytest.raises(DatasetError, match="must be a mapping with string keys"):
+        check_dataset_kwargs("synthetic", [("image_size", 8)])  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="must be plain JSON data"):
+        check_dataset_kwargs("synthetic", {"noise": float("nan")})
+    with pytest.raises(LimitExceededError, match="max_image_size is 1,024 but 5,000 was requested"):
+        check_dataset_kwargs("synthetic", {"image_size": 5000})
+    with pytest.raises(LimitExceededError, match="max_image_size is 32"):
+        check_dataset_kwargs("imagefolder", {"image_size": 64}, Limits(max_image_size=32))
+    with pytest.raises(LimitExceededError, match="max_json_depth"):
+        check_dataset_kwargs("synthetic", {"noise": [[[[1]]]]}, Limits(max_json_depth=3))
+    with pytest.raises(
+        UnknownDatasetError, match="unknown dataset 'synthetc'.*did you mean 'synthetic'"
+    ):
+        check_dataset_kwargs("synthetc", {})
+
+
+def test_synthetic_at_a_real_input_size() -> None:
+    splits = get_dataset("synthetic", None, 0, image_size=64, num_classes=10, in_channels=1)
+    image, label = splits.train[0]
+    assert image.shape == (1, 64, 64) and (splits.num_classes, splits.image_size) == (10, 64)
+    assert {int(splits.train[i][1]) for i in range(len(splits.train))} == set(range(10))

@@ -28,13 +28,15 @@ def test_client_prune_round_trip(server: Any, checkpoint: Path, tmp_path: Path,
     config.write_text(json.dumps(tiny_config()))
     out = tmp_path / "out"
     status = main(_client(server, "prune", str(checkpoint), "--dataset", "synthetic", "--config",
-                          str(config), "--target-speedup", "1.6", "--wait", "-o", str(out), "--quiet"))  # fmt: skip
+                          str(config), "--target-speedup", "1.6", "--wait", "-o", str(out), "--quiet",
+                          "--dataset-kwargs", '{"image_size": 12}'))  # fmt: skip
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "uploaded" in captured.err and "target macs 1.6x reached" in captured.out
     model, spec = metaprune.load(out / "model.safetensors")
     report = json.loads((out / "report.json").read_text())
     assert report["speedup"]["macs"] >= 1.6 and spec.channel_plan
+    assert report["dataset_kwargs"] == {"image_size": 12}
 
     assert main(_client(server, "jobs", "--state", "succeeded", "--json")) == 0
     jobs = json.loads(capsys.readouterr().out)

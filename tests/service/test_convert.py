@@ -109,3 +109,16 @@ def test_job_states_map_both_ways() -> None:
         assert convert.state_from_proto(convert.state_to_proto(name)) == name
     with pytest.raises(ValueError, match="unknown job state 0"):
         convert.state_from_proto(pb.JOB_STATE_UNSPECIFIED)
+
+
+def test_dataset_kwargs_from_proto_gives_whole_numbers_as_ints() -> None:
+    from google.protobuf import struct_pb2
+
+    from service.convert import dataset_kwargs_from_proto
+
+    struct = struct_pb2.Struct()
+    struct.update({"image_size": 64, "noise": 0.5, "augment": False, "sizes": [1, 2.5]})
+    out = dataset_kwargs_from_proto(struct)
+    assert out == {"image_size": 64, "noise": 0.5, "augment": False, "sizes": [1, 2.5]}
+    assert type(out["image_size"]) is int and type(out["noise"]) is float
+    assert dataset_kwargs_from_proto(struct_pb2.Struct()) == {}

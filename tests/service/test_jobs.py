@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 
 import metaprune
 from metaprune.data import get_dataset, make_loaders
@@ -333,3 +334,86 @@ def test_a_job_that_raises_is_failed_with_its_reason(
     assert "10 outputs" in final.error and "4 classes" in final.error, final.error
     assert "Traceback" not in final.error and final.attempts == 1
     assert client.health() == "SERVING"
+
+
+def test_dataset_kwargs_reach_the_job(
+    connect: Callable[..., PruningClient], tmp_path: Path
+) -> None:
+    from service.testing import make_checkpoint
+
+    client = connect("alice")
+    path = make_checkpoint(tmp_path / "c10.safetensors", num_classes=10, in_channels=1, width=0.25)
+    model_id = client.upload(path).model_id
+    options = {"image_size": 16, "num_classes": 10, "in_channels": 1}
+    job = client.create_job(model_id, "synthetic", tiny_config(), dataset_kwargs=options,
+                            request_id="options-1")  # fmt: skip
+    from service.convert import dataset_kwargs_from_proto
+
+    assert dataset_kwargs_from_proto(job.dataset_kwargs) == options
+    again = client.create_job(model_id, "synthetic", tiny_config(), dataset_kwargs=options,
+                              request_id="options-1")  # fmt: skip
+    assert again.job_id == job.job_id
+    with pytest.raises(grpc.RpcError) as info:  # the options are part of the request
+        client.create_job(model_id, "synthetic", tiny_config(), request_id="options-1",
+                          dataset_kwargs={**options, "image_size": 12})  # fmt: skip
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    final = _wait(client, job.job_id, (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED))
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+    assert dataset_kwargs_from_proto(final.dataset_kwargs) == options
+    report = json.loads(client.download(job.job_id, tmp_path / "out")["report"].read_text())
+    assert report["dataset_kwargs"] == options
+    model, _ = metaprune.load(tmp_path / "out" / "model.safetensors")
+    splits = get_dataset("synthetic", seed=0, **options)
+    _, _, test = make_loaders(splits, 64, 0)
+    assert evaluate(model, test) == pytest.approx(report["final"]["test_accuracy"], abs=1e-9)
+    with pytest.raises(grpc.RpcError) as info:
+        client.download(job.job_id, tmp_path / "bad", format="tflite")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "format must be one of safetensors, onnx, pt2 (found 'tflite')" in info.value.details()
+
+
+@pytest.mark.slow  # a torch.export in a worker: ~10-30 s on 2 shared cores
+def test_download_as_pt2_is_converted_once_at_the_jobs_input(
+    connect: Callable[..., PruningClient], model_id: str, tmp_path: Path
+) -> None:
+    client = connect("alice")
+    job = client.create_job(model_id, "synthetic", tiny_config(),
+                            dataset_kwargs={"image_size": 12})  # fmt: skip
+    assert _wait(client, job.job_id, (pb.JOB_STATE_SUCCEEDED,)).state == pb.JOB_STATE_SUCCEEDED
+    model, _ = metaprune.load(client.download(job.job_id, tmp_path / "st")["checkpoint"])
+    paths = client.download(job.job_id, tmp_path / "pt2", format="pt2")
+    assert paths["checkpoint"].name == "model.pt2" and set(paths) == {
+        "checkpoint",
+        "report",
+        "plot",
+    }
+    exported = torch.export.load(str(paths["checkpoint"])).module()  # our own server's file
+    x = torch.randn(3, 3, 12, 12)  # the job's input size, another batch than the trace's
+    with torch.no_grad():
+        assert torch.equal(exported(x), model.eval()(x))
+    again = client.download(job.job_id, tmp_path / "again", format="pt2")  # from the cache
+    assert again["checkpoint"].read_bytes() == paths["checkpoint"].read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "needle"),
+    [
+        ({"imagesize": 64}, grpc.StatusCode.INVALID_ARGUMENT,
+         "dataset 'synthetic' has no option 'imagesize' (did you mean 'image_size'?)"),
+        ({"image_size": 5000}, grpc.StatusCode.RESOURCE_EXHAUSTED, "max_image_size"),
+        ({"image_size": 64.5}, grpc.StatusCode.INVALID_ARGUMENT, "image_size must be an int"),
+        ({"in_channels": 1}, grpc.StatusCode.INVALID_ARGUMENT,
+         "does not accept inputs of shape (1, 8, 8)"),  # sized at the job's input shape
+    ],
+)  # fmt: skip
+def test_bad_dataset_kwargs_are_refused(
+    connect: Callable[..., PruningClient], model_id: str, options: dict,
+    code: grpc.StatusCode, needle: str,
+) -> None:  # fmt: skip
+    client = connect("alice")
+    before = len(client.list_jobs())
+    with pytest.raises(grpc.RpcError) as info:
+        client.create_job(model_id, "synthetic", tiny_config(), dataset_kwargs=options)
+    assert info.value.code() == code, info.value.details()
+    assert needle in info.value.details()
+    assert len(client.list_jobs()) == before  # nothing created

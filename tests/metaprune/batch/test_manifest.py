@@ -139,3 +139,20 @@ def test_the_cli_reports_manifest_problems_and_missing_batches(models, tmp_path,
     assert "holds no batch (no batch.json)" in capsys.readouterr().err
     assert main(["batch", "run", str(manifest), "-o", str(out), "--ray-address", "x:1"]) == 2
     assert "--ray-address needs --backend ray" in capsys.readouterr().err
+
+
+def test_dataset_kwargs_are_checked_like_the_cli_and_the_service(models):
+    zoo = models[0].parent.parent
+    data = {
+        "dataset": {"name": "synthetic", "kwargs": {"imagesize": 64}},
+        "limits": {"max_image_size": 32},
+        "models": [
+            {"path": "models/m0.safetensors", "dataset": {"name": "synthetic", "kwargs": {"image_size": 64}}},
+            {"path": "models/m1.safetensors"},
+        ],
+    }  # fmt: skip
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, base=zoo)
+    text = "\n".join(info.value.problems)
+    assert "models[0].dataset.kwargs: dataset 'synthetic' image_size: max_image_size is 32" in text
+    assert "dataset.kwargs: dataset 'synthetic' has no option 'imagesize'" in text
