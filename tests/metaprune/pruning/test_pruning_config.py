@@ -63,6 +63,7 @@ def test_version_1_data_is_migrated():
     # unversioned data with retired keys (manifests, YAML files) migrates the same way
     assert PruneConfig.from_dict({k: v for k, v in old.items() if k != "version"}) == config
     assert PruneConfig.from_dict({"bn_recalibration_batches": 2}).bn_recalibration_images == 256
+    assert PruneConfig().bn_recalibration_images == 1024
     assert PruneConfig.from_dict({"version": 1}) == PruneConfig()
     with pytest.raises(ConfigError, match="not both"):
         PruneConfig.from_dict({"bn_recalibration_batches": 2, "bn_recalibration_images": 9})
