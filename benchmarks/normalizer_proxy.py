@@ -67,6 +67,11 @@ def points(model, normalizer: str, steps: int, measure) -> dict[str, dict[str, A
     return out
 
 
+def _choice(runs: dict[str, dict[str, Any]], t: str) -> str:
+    """The candidate with the best validation score (max keeps the first of equals)."""
+    return max(NORMALIZER_CANDIDATES, key=lambda n: runs[n][t]["val"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", nargs="+", default=["cifar_resnet20", "cifar_vgg11_bn"])
@@ -107,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec["seconds"][n] = {"full": t1 - t0, "proxy": time.perf_counter() - t1}
             rec["decisions"] = {}
             for t in map(str, TARGETS):
-                def choice(kind: str) -> str:  # max keeps the first of equals: sum, mean, max
-                    return max(NORMALIZER_CANDIDATES, key=lambda n: rec[kind][n][t]["val"])
-
-                f, q = choice("full"), choice("proxy")
+                f, q = (_choice(rec[kind], t) for kind in ("full", "proxy"))
                 rec["decisions"][t] = {"full": f, "proxy": q, "agree": f == q,
                                        "test_cost": rec["full"][f][t]["test"] - rec["full"][q][t]["test"]}  # fmt: skip
             rec["total_seconds"] = time.perf_counter() - start
