@@ -7,7 +7,8 @@
 ``mean``, ``max``) on the job's full schedule (200 steps), recalibrate BatchNorm exactly
 over the whole calibration set (20 batches of 128: all 1,257 ``digits`` training images)
 and score on the whole validation split (180 images): three full prunes. The proxy
-(``ImportanceOptions.search_steps`` / ``search_images``) prunes in 20 steps, re-estimates
+(``ImportanceOptions.search_steps`` / ``search_images``) prunes on the job's schedule
+(``pruning.steps``, 50 by default; ``--proxy-steps``), re-estimates
 BatchNorm in one training-mode pass over 128 training images and scores on 128
 validation images. On the held-out models of ``benchmarks/quality.py`` (the zoo recipe,
 seeds 100+, cached by ``quality_heldout.py``), with no epochs before pruning, at 1.5, 2,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--families", nargs="+", default=["cifar_resnet20", "cifar_vgg11_bn"])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--full-steps", type=int, default=200)
-    p.add_argument("--proxy-steps", type=int, default=20)
+    p.add_argument("--proxy-steps", type=int, default=50, help="the default pruning.steps")
     p.add_argument("--proxy-images", type=int, default=128)
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)

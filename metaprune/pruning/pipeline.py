@@ -244,7 +244,7 @@ def prune(
         with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
             search = config.importance.search_images
             normalizer, prune_info["normalizer_search"] = _search_normalizer(
-                model, config.importance.search_steps, prune_to_target,
+                model, config.importance.search_steps or pruning.steps, prune_to_target,
                 subset(splits.train, search), subset(splits.val, search), device,
                 StageMeter(progress, cancel, "normalizer_search", 0),
             )  # fmt: skip
