@@ -7,14 +7,21 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
    fine-tune (``group-l2``, ``random``).
 3. ``prune``: progressive global structural pruning until the target is met, recording
-   validation accuracy against speed-up (the curve). With the default
-   ``normalizer="auto"`` a ``normalizer_search`` first prunes copies with each group-L2
-   normaliser and keeps the best on validation. ``method="auto"`` is resolved before
-   anything else (:mod:`metaprune.pruning.auto`); the report says which method ran and why.
-4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
+   validation accuracy against speed-up (the curve: both ends and at most
+   ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
+   ``normalizer_search`` first prunes copies with each group-L2 normaliser and keeps the
+   best on a validation subset (a cheap proxy, :mod:`metaprune.pruning.normalizer`).
+   ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
+   the report says which method ran and why.
+4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
    the base model) only, never for a choice.
+
+Every budget is counted in images or seconds (:class:`PruneConfig`), so a job's cost
+follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
+work (a batch, a timed pass, a pruning step); the report's ``work`` says what the
+budgets amounted to.
 """
 
 from __future__ import annotations
