@@ -144,7 +144,7 @@ class ImportanceOptions:
     group_reduction: str = "mean"
     normalizer: str = "auto"
     search_steps: int | None = None
-    search_images: int = 128
+    search_images: int = 64
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
@@ -193,7 +193,7 @@ class PruningOptions:
     min_channels: int = 2
     max_layer_ratio: float = 0.75
     curve_points: int = 3
-    curve_images: int = 64
+    curve_images: int = 32
     curve_bn_recalibration: bool = True
 
     def __post_init__(self) -> None:
