@@ -21,7 +21,8 @@ peak RSS is the job's: seeded ``synthetic`` data at 224 (256 train / 64 val / 64
 ``--finetune``: 1,112 JPEG files (10 classes) written to a temp dir as an ImageFolder
 (10 % carved for validation: ~1,000 training images) at 224; the decode + augment cost
 per image with 0 and 2 DataLoader workers, and one fine-tune epoch of ResNet-50 through
-``finetune`` (batch 32): seconds per 1,000 training images.
+``finetune`` (batch 32, decoding in-process): seconds per 1,000 training images
+(``--finetune-images`` writes fewer files on a busy machine; the figure is per 1,000).
 
 Results: ``benchmarks/scale/results.json`` (one entry per model / the fine-tune).
 """
@@ -172,7 +173,9 @@ def run_finetune(images: int = 1112) -> dict[str, Any]:
             log(f"decode, {workers} workers: {out[f'decode_ms_per_image_{workers}_workers']:.1f} ms/image")
         torch.manual_seed(0)
         model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build()
-        train, val, _ = make_loaders(splits, 32, 0, num_workers=2)
+        # in-process decoding (measured above; a spawned worker's start-up would weigh on a
+        # short epoch)
+        train, val, _ = make_loaders(splits, 32, 0)
         start = time.perf_counter()
         finetune(model, train, val, FinetuneBudget(epochs=1), initial_val_accuracy=0.0)
         seconds = time.perf_counter() - start
@@ -195,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", action="store_true", help="also the ImageFolder fine-tune epoch")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)  # smoke runs
+    p.add_argument("--finetune-images", type=int, default=1112,
+                   help="ImageFolder train/ images (10 %% become validation)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     if a.child:  # one measurement in this (fresh) process; JSON on stdout
-        rec = run_finetune() if a.child == "finetune" else run_model(a.child, a.image_size)
+        rec = (run_finetune(a.finetune_images) if a.child == "finetune"
+               else run_model(a.child, a.image_size))  # fmt: skip
         print(json.dumps(rec))
         return 0
     for name in [*a.models, *(["finetune"] if a.finetune else [])]:
-        proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True,
-                              text=True)  # fmt: skip
+        args = ["--child", name, "--finetune-images", str(a.finetune_images)]
+        proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:
             rec = {"pending": True, "error": proc.stderr.strip().splitlines()[-1:]}
