@@ -6,9 +6,16 @@ accuracy at 3x MACs with no fine-tune, ``benchmarks/RESULTS.md``): on VGG-11 ``s
 beat ``max`` and ``mean`` by ~15 points; on ResNet-20s lightly pruned with ``max`` (the
 old zoo recipe) ``max`` was worse than random, while on ResNet-20s lightly pruned with
 ``sum`` ``mean`` beat ``sum`` by ~10 points. ``"auto"`` prunes a copy of the prepared
-model to the target with each candidate (no fine-tune), recalibrates BatchNorm exactly,
-and keeps the candidate with the best **validation** accuracy (ties: the earlier
-candidate, ``sum`` first). It costs one extra pruning pass per candidate (no training),
+model to the target with each candidate (no fine-tune) and keeps the candidate with the
+best **validation** accuracy (ties: the earlier candidate, ``sum`` first).
+
+The pipeline scores candidates on a cheap proxy (``ImportanceOptions.search_images`` /
+``search_steps``): BatchNorm re-estimated in one training-mode pass over a fixed subset
+of training images and accuracy on a fixed subset of validation images, where the first
+version recalibrated exactly over 20 batches and scored on the whole split (three full
+prunes: minutes per candidate for a ResNet-50 at 224x224). How often the proxy picks
+what the full search picked, and what a different pick costs, is measured by
+``benchmarks/normalizer_proxy.py`` (``benchmarks/RESULTS.md``, issue 18). The cost is
 reported as ``stage_seconds["normalizer_search"]``.
 """
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch_pruning as tp
 from torch import nn
 
-from metaprune.pruning.finetune import FinetuneResult, evaluate
+from metaprune.pruning.finetune import FinetuneResult
 from metaprune.pruning.progress import notify
 from metaprune.pruning.targets import find_classifier
 
@@ -62,7 +62,7 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     start = time.perf_counter()
     reference = copy.deepcopy(model)
     ctx.recalibrate(reference)
-    ref_acc = evaluate(reference, ctx.val_loader, ctx.device)
+    ref_acc = ctx.evaluate(reference)
     del reference
     n_val = len(ctx.val_loader.dataset)  # type: ignore[arg-type]
     tolerance = max(options.auto_tolerance, 2.0 * math.sqrt(ref_acc * (1.0 - ref_acc) / n_val))
@@ -76,7 +76,7 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
         candidate = copy.deepcopy(model)
         sparse_train(candidate, ctx, reg)
         ctx.recalibrate(candidate)
-        acc = evaluate(candidate, ctx.val_loader, ctx.device)
+        acc = ctx.evaluate(candidate)
         trials.append({"reg": reg, "val_accuracy": acc, "seconds": time.perf_counter() - t0})
         notify(ctx.progress, ctx.cancel, "reg_search", i + 1, len(grid), reg=reg, val_accuracy=acc)
         if acc >= floor - 1e-9:  # accuracies are ratios of counts: no rounding verdicts

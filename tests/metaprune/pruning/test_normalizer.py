@@ -40,9 +40,10 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     best = max(t["val_accuracy"] for t in trials)
     assert info["normalizer"] == next(t["normalizer"] for t in trials if t["val_accuracy"] == best)
     assert "normalizer_search" in result.report["stage_seconds"]
-    # the kept normaliser is the one the final model was pruned with: same pruned val accuracy
-    chosen = next(t for t in trials if t["normalizer"] == info["normalizer"])
-    assert result.report["pruned"]["val_accuracy"] == chosen["val_accuracy"]
+    # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
+    proxy = info["normalizer_search"]["proxy"]
+    assert proxy == {"steps": 20, "calibration_images": 64, "validation_images": 64}  # pruning.steps
+    assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
     torch.manual_seed(0)
     again = prune(model, splits, fixed, spec=spec)
