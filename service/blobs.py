@@ -13,6 +13,8 @@ result either exists complete or does not exist; ``tmp/`` leftovers are removed 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -21,11 +23,19 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BlobDir", "HashingWriter", "commit_dir", "sha256_file"]
+__all__ = [
+    "AsyncHashingWriter",
+    "BlobDir",
+    "HashingWriter",
+    "commit_dir",
+    "read_chunks",
+    "sha256_file",
+]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -77,6 +87,72 @@ class HashingWriter:
             raise self._error
         self._f.flush()
         return self._digest.hexdigest()
+
+
+class AsyncHashingWriter:
+    """The server's upload sink: write chunks to a file and hash them, from a coroutine.
+
+    Hashing and writing each run on a thread of their own (both release the GIL on large
+    buffers), in order, overlapping each other and the receive loop; :meth:`write` returns
+    as soon as the chunk is queued unless ``depth`` chunks are already in flight, in which
+    case it waits for the oldest: memory per upload is bounded by ``depth`` chunks and a
+    slow disk slows the sender (gRPC flow control) instead of filling memory. The event
+    loop never blocks on the disk.
+    """
+
+    def __init__(self, f: BinaryIO, depth: int = 4) -> None:
+        self._f, self._depth = f, depth
+        self._digest = hashlib.sha256()
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-write")
+        self._pending: deque[tuple[concurrent.futures.Future, concurrent.futures.Future]] = deque()
+
+    async def write(self, chunk: bytes) -> None:
+        """Queue ``chunk``; re-raises a write error of an earlier chunk."""
+        while len(self._pending) >= self._depth:
+            await self._wait_oldest()
+        self._pending.append(
+            (
+                self._hasher.submit(self._digest.update, chunk),
+                self._writer.submit(self._f.write, chunk),
+            )
+        )
+
+    async def _wait_oldest(self) -> None:
+        hashed, written = self._pending.popleft()
+        await asyncio.wrap_future(hashed)
+        await asyncio.wrap_future(written)
+
+    async def finish(self) -> str:
+        """Wait for every queued chunk, flush; return the hex sha256."""
+        while self._pending:
+            await self._wait_oldest()
+        self._f.flush()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Drop what is still queued and join the two threads (call in a ``finally``: the
+        file must not be closed under a running write)."""
+        for hashed, written in self._pending:
+            hashed.cancel()
+            written.cancel()
+        self._pending.clear()
+        self._hasher.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+
+async def read_chunks(path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks, each read in the event loop's executor while the previous
+    one is being sent (one chunk of read-ahead, so memory stays two chunks per reader)."""
+    loop = asyncio.get_running_loop()
+    with open(path, "rb") as f:
+        pending = loop.run_in_executor(None, f.read, chunk_bytes)
+        try:
+            while chunk := await pending:
+                pending = loop.run_in_executor(None, f.read, chunk_bytes)
+                yield chunk
+        finally:
+            pending.cancel()  # the reader went away (a running read finishes before close)
 
 
 class BlobDir:
