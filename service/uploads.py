@@ -130,9 +130,8 @@ async def _next(
 ) -> pb.UploadModelRequest | None:
     """The next message (``None`` at the end), or DeadlineExceededError after ``idle`` s."""
     try:
-        async with asyncio.timeout(idle):
-            return await anext(requests, None)
-    except TimeoutError:
+        return await asyncio.wait_for(anext(requests, None), idle)
+    except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError before Python 3.11)
         raise DeadlineExceededError(
             f"the upload sent nothing for {idle:g} s (upload_idle_seconds) and was dropped; "
             "nothing was stored, send it again"
