@@ -31,6 +31,7 @@ from typing import BinaryIO
 __all__ = [
     "AsyncHashingWriter",
     "BlobDir",
+    "HashingReader",
     "HashingWriter",
     "commit_dir",
     "read_chunks",
@@ -86,6 +87,36 @@ class HashingWriter:
         if self._error is not None:
             raise self._error
         self._f.flush()
+        return self._digest.hexdigest()
+
+
+class HashingReader:
+    """A file's chunks for sending, hashed on a background thread as they go.
+
+    A client can send an upload in one pass (the sha256 in an ``UploadTrailer``) instead of
+    hashing the file first: iterating yields chunks at once while a thread hashes them (at
+    most ``depth`` chunks behind); :meth:`hexdigest` then waits for the last one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int, depth: int = 4) -> None:
+        self._path, self._chunk, self._depth = Path(path), chunk_bytes, depth
+        self._digest = hashlib.sha256()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="send-hash")
+        self._pending: deque[concurrent.futures.Future] = deque()
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self._path, "rb") as f:
+            while chunk := f.read(self._chunk):
+                while len(self._pending) >= self._depth:
+                    self._pending.popleft().result()
+                self._pending.append(self._pool.submit(self._digest.update, chunk))
+                yield chunk
+
+    def hexdigest(self) -> str:
+        """The sha256 of every chunk yielded so far (waits for the hashing thread)."""
+        while self._pending:
+            self._pending.popleft().result()
+        self._pool.shutdown(wait=True)
         return self._digest.hexdigest()
 
 
