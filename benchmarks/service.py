@@ -395,12 +395,14 @@ def start_server(root: Path, tree: str | None) -> ServeProcess:
     for entry in token_configs():
         lines += ["[[tokens]]", *(f'{k} = "{v}"' for k, v in entry.items())]
     (root / "service.toml").write_text("\n".join(lines) + "\n")
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
+    saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
+    if tree is not None:  # "python -m" puts the working directory first: run from the tree
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree, saved) if p)
+        os.chdir(tree)
     try:
         return serve_process(root / "data", root / "service.toml", workers=2, timeout=180)
     finally:
+        os.chdir(cwd)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:

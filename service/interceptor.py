@@ -17,6 +17,7 @@ server streams) on the server's event loop, wrapped here so that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -101,8 +102,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             start, who, status = time.perf_counter(), "-", "OK"
             try:
                 who = self._enter(metadata, public)
-                async for message in behavior(request, context):
-                    yield message
+                # aclosing: a stream the client dropped is closed now (its slot, its file),
+                # not whenever the loop finalizes the abandoned generator
+                async with contextlib.aclosing(behavior(request, context)) as stream:
+                    async for message in stream:
+                        yield message
                 return
             except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
                 status = "CANCELLED"
