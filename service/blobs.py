@@ -121,38 +121,39 @@ class HashingReader:
 
 
 class AsyncHashingWriter:
-    """The server's upload sink: write chunks to a file and hash them, from a coroutine.
+    """The server's upload sink: hash chunks and write them to a file, from a coroutine.
 
-    Hashing and writing each run on a thread of their own (both release the GIL on large
-    buffers), in order, overlapping each other and the receive loop; :meth:`write` returns
-    as soon as the chunk is queued unless ``depth`` chunks are already in flight, in which
-    case it waits for the oldest: memory per upload is bounded by ``depth`` chunks and a
-    slow disk slows the sender (gRPC flow control) instead of filling memory. The event
-    loop never blocks on the disk.
+    Each chunk is hashed and written on one thread of the upload's own, in order,
+    overlapping the receive loop (``hashlib`` and file writes release the GIL on large
+    buffers; one thread rather than one each for hashing and writing: measured faster on a
+    busy 2-core machine, where a write to the page cache is ~4x cheaper than the hash).
+    :meth:`write` returns as soon as the chunk is queued unless ``depth`` chunks are in
+    flight, in which case it waits for the oldest: memory per upload is bounded by
+    ``depth`` chunks, a slow disk slows the sender (gRPC flow control) instead of filling
+    memory, and the event loop never blocks on the disk.
     """
 
     def __init__(self, f: BinaryIO, depth: int = 4) -> None:
         self._f, self._depth = f, depth
         self._digest = hashlib.sha256()
-        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-write")
-        self._pending: deque[tuple[concurrent.futures.Future, concurrent.futures.Future]] = deque()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-sink")
+        self._pending: deque[concurrent.futures.Future] = deque()
+
+    def _consume(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self._f.write(chunk)
 
     async def write(self, chunk: bytes) -> None:
         """Queue ``chunk``; re-raises a write error of an earlier chunk."""
         while len(self._pending) >= self._depth:
             await self._wait_oldest()
-        self._pending.append(
-            (
-                self._hasher.submit(self._digest.update, chunk),
-                self._writer.submit(self._f.write, chunk),
-            )
-        )
+        self._pending.append(self._pool.submit(self._consume, chunk))
 
     async def _wait_oldest(self) -> None:
-        hashed, written = self._pending.popleft()
-        await asyncio.wrap_future(hashed)
-        await asyncio.wrap_future(written)
+        future = self._pending.popleft()
+        if not future.done():  # often done already: no trip through the loop then
+            await asyncio.wrap_future(future)
+        future.result()  # re-raises a write error
 
     async def finish(self) -> str:
         """Wait for every queued chunk, flush; return the hex sha256."""
@@ -162,14 +163,12 @@ class AsyncHashingWriter:
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        """Drop what is still queued and join the two threads (call in a ``finally``: the
-        file must not be closed under a running write)."""
-        for hashed, written in self._pending:
-            hashed.cancel()
-            written.cancel()
+        """Drop what is still queued and join the thread (call in a ``finally``: the file
+        must not be closed under a running write)."""
+        for future in self._pending:
+            future.cancel()
         self._pending.clear()
-        self._hasher.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
 
 
 async def read_chunks(path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:

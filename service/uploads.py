@@ -5,15 +5,15 @@ The order of checks is the order of cost, so a bad upload is refused as early as
 1. the header alone: spec JSON size, a known architecture within ``max_params`` (sized on
    the meta device, nothing allocated), announced size within ``max_upload_bytes`` and the
    blob quota, a sha256 of the right form (or none, when a trailer will carry it);
-2. while streaming: never more bytes than announced; each chunk goes to a temp file and
-   into the sha256 on two threads (:class:`~service.blobs.AsyncHashingWriter`) at most
-   four chunks behind the network, so memory per upload is bounded and hashing is off the
+2. while streaming: never more bytes than announced; each chunk goes into the sha256 and
+   a temp file on a thread of the upload's own (:class:`~service.blobs.AsyncHashingWriter`)
+   at most four chunks behind the network, so memory per upload is bounded and hashing is off the
    receive path; a client silent for ``upload_idle_seconds`` is cut (DEADLINE_EXCEEDED);
 3. at the end: exact size, sha256 (header or trailer), a safetensors header (not a pickle
    or ``torch.save`` zip) no larger than ``max_header_bytes``, spec metadata equal to the
    header's spec, every tensor's key/shape/dtype against the architecture (from the
    safetensors header alone), and finite values, checked by reading the file back in
-   4 MiB blocks (never the whole state dict in memory; non-finite weights are refused: a
+   1 MiB blocks (never the whole state dict in memory; non-finite weights are refused: a
    model with NaN weights cannot be pruned meaningfully);
 4. only then is the file renamed to its content address and recorded. A refused or
    abandoned upload leaves nothing behind.
@@ -48,7 +48,7 @@ __all__ = ["check_checkpoint_file", "receive_upload"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NAME = 200
-_BLOCK = 4 * 1024 * 1024  # finite check read size (a multiple of every element size)
+_BLOCK = 1024 * 1024  # finite check read size (a multiple of every element size)
 
 
 async def receive_upload(
@@ -186,7 +186,7 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
 def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
     """Check that ``path`` is a metaprune safetensors checkpoint of ``spec`` with finite
     weights, in bounded memory (the header first, so a huge or foreign header is refused
-    cheaply; then the tensor data in blocks).
+    cheaply; then the tensor data in 1 MiB blocks).
 
     Raises:
         InvalidInputError / LimitExceededError: naming what the file is and what was expected.
@@ -236,7 +236,7 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
 
 
 def _nonfinite_tensors(path: Path, header_len: int) -> list[str]:
-    """Names of floating tensors holding NaN/Inf, reading the data in 4 MiB blocks into one
+    """Names of floating tensors holding NaN/Inf, reading the data in 1 MiB blocks into one
     reused buffer (the layout was checked, so offsets are within the file)."""
     buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
