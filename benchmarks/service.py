@@ -149,7 +149,9 @@ async def _hold(address: str, job_id: str, header: pb.UploadHeader, stop: asynci
         await channel.close()
 
 
-def hostile(proc: ServeProcess, client: PruningClient, small: Path) -> list[Row]:
+def hostile(proc: ServeProcess, small: Path) -> list[Row]:
+    # short deadlines and no retries: a jammed server must not stall the benchmark
+    client = PruningClient(proc.address, TOKEN, timeout=5, retries=0)
     model = client.upload(small)
     job = client.create_job(model.model_id, "synthetic", tiny_config(after_pruning={"epochs": 200}))
     header = pb.UploadHeader(spec_json=model.spec_json, total_size=small.stat().st_size,
@@ -179,11 +181,16 @@ def hostile(proc: ServeProcess, client: PruningClient, small: Path) -> list[Row]
                     )
                 latencies[name].append(time.perf_counter() - start)
             time.sleep(0.02)
-    state = pb.JobState.Name(client.get_job(job.job_id).state)
+    try:
+        state = pb.JobState.Name(client.get_job(job.job_id).state)
+    except grpc.RpcError as err:
+        state = f"unknown (GetJob: {err.code().name})"
     loop.loop.call_soon_threadsafe(stop.set)
     held.result(60)
     loop.close()
-    client.cancel_job(job.job_id)
+    with contextlib.suppress(grpc.RpcError):
+        client.cancel_job(job.job_id)
+    client.close()
     rows = []
     for name, values in latencies.items():
         rows.append((f"{name} with {WATCHERS} watchers + {SILENT} silent uploads (one token)",
@@ -409,26 +416,26 @@ def start_server(root: Path, tree: str | None) -> ServeProcess:
             os.environ["PYTHONPATH"] = saved
 
 
-def run(
-    tree: str | None, root: Path, files: dict[str, Path], args: argparse.Namespace
-) -> list[Row]:
+def run(tree: str | None, root: Path, files: dict[str, Path], section: str,
+        args: argparse.Namespace) -> list[Row]:  # fmt: skip
+    """One section against a fresh server (the hostile load can leave a server jammed)."""
     root.mkdir(parents=True)
-    proc, rows = start_server(root, tree), []
+    proc = start_server(root, tree)
     try:
         client = PruningClient(proc.address, TOKEN, timeout=600, chunk_bytes=MiB)
         model = client.upload(files["small"])  # warm the server's imports and both workers
         client.watch(client.create_job(model.model_id, "synthetic", tiny_config()).job_id)
-        sections = args.sections.split(",")
-        if "hostile" in sections:
-            rows += hostile(proc, client, files["small"])
-        if "memory" in sections:
-            rows += memory(proc, [files[f"m{i}"] for i in range(4)])
-        if "transfer" in sections:
-            rows += transfer(proc, client, files["big"], root / "data", args.repeats, tree is None)
-        if "jobs" in sections:
-            rows += jobs(proc, client, files["small"])
+        if section == "hostile":
+            rows = hostile(proc, files["small"])
+        elif section == "memory":
+            rows = memory(proc, [files[f"m{i}"] for i in range(4)])
+        elif section == "transfer":
+            rows = transfer(proc, client, files["big"], root / "data", args.repeats, tree is None)
+        else:
+            rows = jobs(proc, client, files["small"])
         client.close()
-        proc.terminate(120)
+        with contextlib.suppress(Exception):
+            proc.terminate(60)
     finally:
         proc.kill()
     return rows
@@ -457,7 +464,10 @@ def main() -> None:
         for name, tree in (("this checkout", None), (f"baseline {args.baseline}", args.baseline)):
             if name.startswith("baseline") and tree is None:
                 continue
-            rows = run(tree, root / ("base" if tree else "this"), files, args)
+            rows = []
+            for section in sections:
+                rows += run(tree, root / f"{'base' if tree else 'this'}-{section}", files, section,
+                            args)  # fmt: skip
             print(f"\n{name} ({size / 1e6:.0f} MB checkpoint)\n\n| measure | figure | note |\n"
                   "|---|---|---|", flush=True)  # fmt: skip
             for row in rows:
