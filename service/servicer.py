@@ -161,10 +161,10 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
     ) -> AsyncIterator[pb.WatchJobResponse]:
         principal = _caller()
         with self.slots.hold("stream", principal.name):
-            job, first = await asyncio.to_thread(self._watch_start, principal, request.job_id)
+            job, first, seen, seen_event = await asyncio.to_thread(
+                self._watch_start, principal, request.job_id
+            )
             yield first  # a late watcher starts from the current state and the latest event
-            seen = self.jobs.version(job.job_id)
-            seen_event = self.jobs.event_seq(job.job_id)
             # polls the job's version counter (a dict read): no thread is held while waiting,
             # and events within one interval coalesce into the latest (a throttle)
             while job.state not in FINAL_STATES:
@@ -183,13 +183,18 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
                         "resume on the next start: watch it again there"
                     )
 
-    def _watch_start(self, principal: Principal, job_id: str) -> tuple[Any, pb.WatchJobResponse]:
+    def _watch_start(
+        self, principal: Principal, job_id: str
+    ) -> tuple[Any, pb.WatchJobResponse, int, int]:
+        """The job's first message, and its version and event sequence read *before* the job
+        (a change in between is then seen by the first poll, never lost)."""
+        seen, seen_event = self.jobs.version(job_id), self.jobs.event_seq(job_id)
         job = self.jobs.get(principal, job_id)
         first = pb.WatchJobResponse(job=self._job(job))
         last_event = self.jobs.latest_event(job)
         if last_event:
             first.event.CopyFrom(convert.event_to_proto(last_event))
-        return job, first
+        return job, first, seen, seen_event
 
     def _watch_messages(
         self, principal: Principal, job_id: str, seen_event: int
