@@ -1,35 +1,49 @@
-"""The gRPC service under measurement, in one run against one ``metaprune serve`` process.
+"""The gRPC service under measurement, each section against one ``metaprune serve`` process.
 
     .venv/bin/python benchmarks/service.py [--size-mb 200] [--repeats 3]
+        [--sections hostile,memory,transfer,jobs] [--baseline /work/main]
 
-Prints one table:
+``--baseline TREE`` also runs the sections against a server started from another source
+tree (``PYTHONPATH=TREE``, e.g. the main checkout: "before"), in the same run; one table
+per tree is printed. Sections:
 
-* upload and download throughput of a ~200 MB checkpoint (``UploadModel`` /
-  ``DownloadResult`` paths) against raw byte streams on the same server
-  (``raw_bytes_rpc``: the same interceptor, no checks), as a ratio (target >= 0.8);
-* the server process's RSS growth while it receives the upload (target < 50 MB: streamed to
-  disk), and after the upload's checks (which load the weights once);
-* time from ``CreatePruneJob`` to the job's first progress event with a warm worker (target
-  < 1 s);
-* server RSS with 0, 8 and 32 jobs queued (flat in the number of queued jobs);
-* health-check latency p50 / p99 while 8 jobs run on 2 workers.
+* ``hostile``: one token holds 64 ``WatchJob`` streams on a running job and 40 uploads
+  that send their header and then nothing (this tree: caps raised to 64 / 40 for the run);
+  meanwhile Health and GetServerInfo are called in turn for 15 s with a 2 s deadline:
+  p50 / p99 latency and errors (target p99 <= 250 ms, no errors).
+* ``memory``: four concurrent uploads of four different ~200 MB checkpoints: the server
+  process's RSS before, at its peak and 2 s after (target: peak <= +100 MB, returned).
+* ``transfer``: upload and download of a ~200 MB checkpoint against the raw byte stream on
+  the same server (``raw_bytes_rpc``: bare byte-streaming RPCs of the same server kind,
+  behind the same interceptor, sending 1 MiB in-memory blocks, no file, no hash, no
+  check). Upload rows: one pass (the sha256 in an ``UploadTrailer``, hashed on a client
+  thread while sending; this tree only), ``UploadModel`` with the sha256 known in the
+  header, and ``client.upload`` (client hashes the file first). Download rows: the
+  ``DownloadResult`` stream alone, and ``client.download`` (client sha256 + file write).
+  Target >= 0.8 of raw. Each upload repeat deletes the model first, so every repeat
+  stores it (fsync + rename) rather than finding it.
+* ``jobs``: ``CreatePruneJob`` to the first progress event, RSS with 0 / 8 / 32 queued
+  jobs, and Health while 8 jobs run on 2 workers.
 
-The "download" of the big checkpoint needs a result: the benchmark copies the uploaded file
-into a finished job's result directory (through the store, as a worker would), so the
-download path is measured on 200 MB without pruning a 50 M-parameter model on a CPU.
+The download needs a result: the benchmark copies the uploaded file into a finished job's
+result directory (through the store, as a worker would), so the download path is measured
+on 200 MB without pruning a 50 M-parameter model on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import asyncio
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -39,13 +53,22 @@ import grpc
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from service.blobs import sha256_file  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from service._generated import pruning_service_pb2 as pb  # noqa: E402
+from service._generated import pruning_service_pb2_grpc as pb_grpc  # noqa: E402
+from service.blobs import HashingReader, sha256_file  # noqa: E402
 from service.client import PruningClient  # noqa: E402
-from service.process import serve_process  # noqa: E402
+from service.process import ServeProcess, serve_process  # noqa: E402
+from service.server import LoopThread  # noqa: E402
 from service.store import Store  # noqa: E402
 from service.testing import TOKENS, make_checkpoint, tiny_config, token_configs  # noqa: E402
 
 TOKEN = TOKENS["alice"][0]
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+MiB = 1024 * 1024
+WATCHERS, SILENT, PROBE_SECONDS = 64, 40, 15.0
+Row = tuple[str, str, str]
 
 
 def rss_mb(pid: int) -> float:
@@ -76,27 +99,183 @@ class PeakRss:
         self._thread.join()
 
 
-def raw_upload(channel: grpc.Channel, size: int, chunk: int) -> float:
-    block = b"\1" * chunk
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def best(fn: Callable[[], float], repeats: int) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+# --------------------------------------------------------------------------- hostile
+
+
+async def _hold(address: str, job_id: str, header: pb.UploadHeader, stop: asyncio.Event,
+                firsts: list[int], failed: dict[str, int]) -> None:  # fmt: skip
+    """64 watchers (reading every message) and 40 silent uploads of one token, over 8
+    connections, until ``stop``."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
+    stubs = [pb_grpc.PruningServiceStub(c) for c in channels]
+
+    def fail(kind: str, err: grpc.RpcError) -> None:
+        if not stop.is_set():
+            failed[f"{kind} {err.code().name}"] = failed.get(f"{kind} {err.code().name}", 0) + 1
+
+    async def watch(i: int) -> None:
+        try:
+            async for _ in stubs[i % 8].WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=AUTH):
+                firsts[i] = 1
+        except grpc.RpcError as err:
+            fail("watcher", err)
+
+    async def silent() -> None:
+        yield pb.UploadModelRequest(header=header)
+        await stop.wait()
+
+    async def upload(i: int) -> None:
+        try:
+            await stubs[i % 8].UploadModel(silent(), metadata=AUTH)
+        except grpc.RpcError as err:
+            fail("silent upload", err)
+
+    tasks = [asyncio.create_task(watch(i)) for i in range(WATCHERS)]
+    tasks += [asyncio.create_task(upload(i)) for i in range(SILENT)]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+
+
+def hostile(proc: ServeProcess, small: Path) -> list[Row]:
+    # short deadlines and no retries: a jammed server must not stall the benchmark
+    client = PruningClient(proc.address, TOKEN, timeout=5, retries=0)
+    model = client.upload(small)
+    job = client.create_job(model.model_id, "synthetic", tiny_config(after_pruning={"epochs": 200}))
+    header = pb.UploadHeader(spec_json=model.spec_json, total_size=small.stat().st_size,
+                             sha256=sha256_file(small))  # fmt: skip
+    loop, firsts, failed = LoopThread(2, "bench-load"), [0] * WATCHERS, {}
+    stop = asyncio.Event()
+    held = asyncio.run_coroutine_threadsafe(
+        _hold(proc.address, job.job_id, header, stop, firsts, failed), loop.loop)  # fmt: skip
+    time.sleep(3.0)  # the streams open
+    latencies: dict[str, list[float]] = {"Health": [], "GetServerInfo": []}
+    errors: dict[str, int] = {}
+    with grpc.insecure_channel(proc.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check
+        info = pb_grpc.PruningServiceStub(channel).GetServerInfo
+        calls = {"Health": lambda: health(health_pb2.HealthCheckRequest(), timeout=2.0),
+                 "GetServerInfo": lambda: info(pb.GetServerInfoRequest(), metadata=AUTH,
+                                               timeout=2.0)}  # fmt: skip
+        end = time.monotonic() + PROBE_SECONDS
+        while time.monotonic() < end:
+            for name, call in calls.items():
+                start = time.perf_counter()
+                try:
+                    call()
+                except grpc.RpcError as err:
+                    errors[f"{name} {err.code().name}"] = (
+                        errors.get(f"{name} {err.code().name}", 0) + 1
+                    )
+                latencies[name].append(time.perf_counter() - start)
+            time.sleep(0.02)
+    try:
+        state = pb.JobState.Name(client.get_job(job.job_id).state)
+    except grpc.RpcError as err:
+        state = f"unknown (GetJob: {err.code().name})"
+    loop.loop.call_soon_threadsafe(stop.set)
+    held.result(60)
+    loop.close()
+    with contextlib.suppress(grpc.RpcError):
+        client.cancel_job(job.job_id)
+    client.close()
+    rows = []
+    for name, values in latencies.items():
+        rows.append((f"{name} with {WATCHERS} watchers + {SILENT} silent uploads (one token)",
+                     f"p50 {1e3 * statistics.median(values):.1f} ms, p99 {1e3 * pct(values, 0.99):.0f} ms",
+                     f"{len(values)} calls, errors: {sum(v for k, v in errors.items() if k.startswith(name)) or 0}"))  # fmt: skip
+    rows.append(("watchers that got a message / load streams that failed",
+                 f"{sum(firsts)} / {WATCHERS}; " + ("; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) or "none"),
+                 f"job {state} at the end; probe errors: " + ("; ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none")))  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory(proc: ServeProcess, files: list[Path]) -> list[Row]:
+    pid, shas = proc.proc.pid, [sha256_file(f) for f in files]
+    errors: list[BaseException] = []
+
+    def one(path: Path, sha: str) -> None:
+        try:
+            with PruningClient(proc.address, TOKEN, timeout=600, chunk_bytes=MiB) as c:
+                c.upload(path, sha256=sha)
+        except BaseException as err:  # noqa: BLE001 (reported)
+            errors.append(err)
+
+    time.sleep(1.0)
+    before = rss_mb(pid)
+    with PeakRss(pid) as peak:
+        threads = [threading.Thread(target=one, args=fs) for fs in zip(files, shas)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    time.sleep(2.0)
+    after = rss_mb(pid)
+    size = sum(f.stat().st_size for f in files) / len(files) / 1e6
+    assert not errors, errors
+    return [(f"server RSS, 4 concurrent {size:.0f} MB uploads: before / peak / 2 s after",
+             f"{before:.0f} / {peak.peak:.0f} / {after:.0f} MB",
+             f"peak +{peak.peak - before:.0f} MB, after +{after - before:.0f} MB")]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def raw_upload(channel: grpc.Channel, size: int) -> float:
+    block = b"\1" * MiB
 
     def chunks():
         left = size
         while left > 0:
-            yield block[: min(left, chunk)]
-            left -= chunk
+            yield block[: min(left, MiB)]
+            left -= MiB
 
     start = time.perf_counter()
-    reply = channel.stream_unary("/metaprune.bench.RawBytes/Upload")(
-        chunks(), metadata=(("authorization", f"Bearer {TOKEN}"),))  # fmt: skip
+    reply = channel.stream_unary("/metaprune.bench.RawBytes/Upload")(chunks(), metadata=AUTH)
     assert int(reply) == size
     return time.perf_counter() - start
 
 
 def raw_download(channel: grpc.Channel, size: int) -> float:
     start = time.perf_counter()
-    got = sum(len(b) for b in channel.unary_stream("/metaprune.bench.RawBytes/Download")(
-        str(size).encode(), metadata=(("authorization", f"Bearer {TOKEN}"),)))  # fmt: skip
-    assert got == size
+    call = channel.unary_stream("/metaprune.bench.RawBytes/Download")
+    assert sum(len(b) for b in call(str(size).encode(), metadata=AUTH)) == size
+    return time.perf_counter() - start
+
+
+def timed_upload(client: PruningClient, path: Path, spec_json: str, sha: str | None) -> float:
+    """One ``UploadModel`` of ``path``: sha256 in the header (``sha``) or, with ``None``, in
+    a trailer hashed while sending; the model is deleted first so every repeat stores it."""
+    with contextlib.suppress(grpc.RpcError):
+        client.delete_model(f"sha256:{sha256_file(path)}")
+    size = path.stat().st_size
+
+    def messages():
+        yield pb.UploadModelRequest(header=pb.UploadHeader(spec_json=spec_json, total_size=size,
+                                                           sha256=sha or ""))  # fmt: skip
+        reader = HashingReader(path, MiB)
+        for chunk in reader:
+            yield pb.UploadModelRequest(chunk=chunk)
+        if sha is None:
+            yield pb.UploadModelRequest(trailer=pb.UploadTrailer(sha256=reader.hexdigest()))
+
+    start = time.perf_counter()
+    client.stub.UploadModel(messages(), metadata=AUTH, timeout=600)
     return time.perf_counter() - start
 
 
@@ -112,142 +291,187 @@ def fake_result(data: Path, job_id: str, checkpoint: Path) -> None:
     store.close()
 
 
+def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, repeats: int,
+             new: bool) -> list[Row]:  # fmt: skip
+    size, channel, rows = big.stat().st_size, client.channel, []
+    mbs = lambda s: f"{size / 1e6 / s:.0f} MB/s"  # noqa: E731
+    raw_up = best(lambda: raw_upload(channel, size), repeats)
+    model = client.upload(big)
+    sha = sha256_file(big)
+    ups = [("UploadModel, sha256 in the header (known)", sha)]
+    if new:
+        ups.insert(0, ("UploadModel in one pass: sha256 in a trailer, hashed while sending", None))
+    for name, digest in ups:
+        up = best(lambda d=digest: timed_upload(client, big, model.spec_json, d), repeats)
+        rows.append(
+            (f"upload: {name}", f"{mbs(up)} vs raw {mbs(raw_up)}", f"ratio {raw_up / up:.2f}")
+        )
+    with contextlib.suppress(grpc.RpcError):
+        client.delete_model(model.model_id)
+    start = time.perf_counter()
+    client.upload(big)  # hashes the file, then sends it
+    whole = time.perf_counter() - start
+    rows.append(("upload: client.upload (client sha256 pass, then UploadModel)",
+                 f"{mbs(whole)} vs raw {mbs(raw_up)}", f"ratio {raw_up / whole:.2f}"))  # fmt: skip
+
+    job = client.create_job(model.model_id, "synthetic", tiny_config())
+    client.cancel_job(job.job_id)
+    client.watch(job.job_id)
+    fake_result(data, job.job_id, big)
+    raw_down = best(lambda: raw_download(channel, size), repeats)
+
+    def stream_only() -> float:
+        start = time.perf_counter()
+        call = client.stub.DownloadResult(
+            pb.DownloadResultRequest(job_id=job.job_id), metadata=AUTH
+        )
+        got = sum(len(m.chunk) for m in call)
+        assert got == size
+        return time.perf_counter() - start
+
+    def to_file() -> float:
+        start = time.perf_counter()
+        client.download(job.job_id, data.parent / "down")
+        return time.perf_counter() - start
+
+    down = best(stream_only, repeats)
+    rows.append(("download: DownloadResult stream (chunks counted)",
+                 f"{mbs(down)} vs raw {mbs(raw_down)}", f"ratio {raw_down / down:.2f}"))  # fmt: skip
+    down = best(to_file, repeats)
+    assert sha256_file(data.parent / "down" / "model.safetensors") == sha
+    rows.append(("download: client.download (+ client sha256 + file write)",
+                 f"{mbs(down)} vs raw {mbs(raw_down)}", f"ratio {raw_down / down:.2f}"))  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def jobs(proc: ServeProcess, client: PruningClient, small: Path) -> list[Row]:
+    pid, rows = proc.proc.pid, []
+    model = client.upload(small)
+    firsts = []
+    for i in range(5):
+        start, first = time.perf_counter(), []
+        job = client.create_job(model.model_id, "synthetic", tiny_config(seed=i))
+
+        def on(j, e, first=first, start=start):  # noqa: ANN001
+            if e is not None and not first:
+                first.append(time.perf_counter() - start)
+
+        client.watch(job.job_id, on)
+        firsts.append(first[0])
+    rows.append(("CreatePruneJob -> first progress event (warm worker)",
+                 f"median {statistics.median(firsts):.3f} s", f"max {max(firsts):.3f} s over 5 jobs"))  # fmt: skip
+    long, rss, queued = tiny_config(after_pruning={"epochs": 200}), {0: rss_mb(pid)}, []
+    for n in (8, 32):
+        while len(queued) < n:
+            queued.append(client.create_job(model.model_id, "synthetic", long).job_id)
+        time.sleep(1.0)
+        rss[n] = rss_mb(pid)
+    rows.append(("server RSS with 0 / 8 / 32 jobs queued",
+                 " / ".join(f"{rss[n]:.0f}" for n in (0, 8, 32)) + " MB", "a queued job is a row"))  # fmt: skip
+    for job_id in queued:
+        client.cancel_job(job_id)
+    ids = [client.create_job(model.model_id, "synthetic",
+                             tiny_config(seed=i, after_pruning={"epochs": 3})).job_id
+           for i in range(8)]  # fmt: skip
+    latencies = []
+    while any(client.get_job(j).state in (1, 2) for j in ids):
+        for _ in range(20):
+            t = time.perf_counter()
+            assert client.health() == "SERVING"
+            latencies.append(time.perf_counter() - t)
+            time.sleep(0.02)
+    rows.append(("Health while 8 jobs run on 2 workers",
+                 f"p50 {1e3 * statistics.median(latencies):.1f} ms, p99 {1e3 * pct(latencies, 0.99):.1f} ms",
+                 f"{len(latencies)} checks"))  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def start_server(root: Path, tree: str | None) -> ServeProcess:
+    """``metaprune serve`` from this checkout (``tree`` None) or from ``tree``."""
+    lines = ["raw_bytes_rpc = true", "max_jobs_per_token = 100", "max_queued_jobs = 100",
+             "max_message_bytes = 4194304"]  # fmt: skip
+    if tree is None:  # caps raised so one token can hold the hostile load (defaults 16 / 4)
+        lines += [f"max_streams_per_token = {WATCHERS + 8}", f"max_uploads_per_token = {SILENT + 8}",
+                  "upload_idle_seconds = 120"]  # fmt: skip
+    for entry in token_configs():
+        lines += ["[[tokens]]", *(f'{k} = "{v}"' for k, v in entry.items())]
+    (root / "service.toml").write_text("\n".join(lines) + "\n")
+    saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
+    if tree is not None:  # "python -m" puts the working directory first: run from the tree
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree, saved) if p)
+        os.chdir(tree)
+    try:
+        return serve_process(root / "data", root / "service.toml", workers=2, timeout=180)
+    finally:
+        os.chdir(cwd)
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def run(tree: str | None, root: Path, files: dict[str, Path], section: str,
+        args: argparse.Namespace) -> list[Row]:  # fmt: skip
+    """One section against a fresh server (the hostile load can leave a server jammed)."""
+    root.mkdir(parents=True)
+    proc = start_server(root, tree)
+    try:
+        client = PruningClient(proc.address, TOKEN, timeout=600, chunk_bytes=MiB)
+        model = client.upload(files["small"])  # warm the server's imports and both workers
+        client.watch(client.create_job(model.model_id, "synthetic", tiny_config()).job_id)
+        if section == "hostile":
+            rows = hostile(proc, files["small"])
+        elif section == "memory":
+            rows = memory(proc, [files[f"m{i}"] for i in range(4)])
+        elif section == "transfer":
+            rows = transfer(proc, client, files["big"], root / "data", args.repeats, tree is None)
+        else:
+            rows = jobs(proc, client, files["small"])
+        client.close()
+        with contextlib.suppress(Exception):
+            proc.terminate(60)
+    finally:
+        proc.kill()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=200.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default="hostile,memory,transfer,jobs")
+    parser.add_argument("--baseline", help="also run against a server from this source tree")
     args = parser.parse_args()
-    rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="metaprune-bench-") as tmp:
         root = Path(tmp)
-        width = (
-            args.size_mb * 1024**2 / 4 / 272_186
-        ) ** 0.5  # cifar_resnet20: 272k params at width 1
-        big = make_checkpoint(root / "big.safetensors", width=width)
-        size = big.stat().st_size
-        small = make_checkpoint(root / "small.safetensors")
-        config = root / "service.toml"
-        lines = ["raw_bytes_rpc = true", "max_jobs_per_token = 100", "max_queued_jobs = 100",
-                 "max_message_bytes = 4194304"]  # fmt: skip
-        for entry in token_configs():
-            lines += ["[[tokens]]", *(f'{k} = "{v}"' for k, v in entry.items())]
-        config.write_text("\n".join(lines) + "\n")
-        proc = serve_process(root / "data", config, workers=2, timeout=120)
-        pid = proc.proc.pid
-        try:
-            client = PruningClient(proc.address, TOKEN, timeout=600, chunk_bytes=1024 * 1024)
-            channel = client.channel
-            # warm both workers and the server's imports: a tiny job, then wait
-            model = client.upload(small)
-            client.watch(client.create_job(model.model_id, "synthetic", tiny_config()).job_id)
-
-            raw_up = min(raw_upload(channel, size, 1024 * 1024) for _ in range(args.repeats))
-            before = rss_mb(pid)
-            with PeakRss(pid) as peak:
-                start = time.perf_counter()
-                big_model = client.upload(big)
-                upload_s = time.perf_counter() - start
-            start = time.perf_counter()
-            sha = sha256_file(big)
-            hash_s = time.perf_counter() - start
-            start = time.perf_counter()
-            assert client.upload(big, sha256=sha).model_id == big_model.model_id  # stored: no copy
-            rpc_s = time.perf_counter() - start
-            after_checks = rss_mb(pid)
-            # the RSS peak during the checks (weights loaded once) bounds the peak while
-            # receiving; measure receiving alone with a wrong sha256 (refused at the end,
-            # before the weights are loaded)
-            with PeakRss(pid) as receiving:
-                from service._generated import pruning_service_pb2 as pb
-
-                header = pb.UploadHeader(spec_json=big_model.spec_json, total_size=size,
-                                         sha256="0" * 64)  # fmt: skip
-                try:
-                    client.stub.UploadModel(client._upload_messages(big, header),
-                                            metadata=client._metadata)  # fmt: skip
-                except grpc.RpcError as err:
-                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-            rows.append(("upload: client.upload (client sha256 pass + UploadModel) vs raw stream",
-                         f"{size / 1e6 / upload_s:.0f} MB/s vs {size / 1e6 / raw_up:.0f} MB/s",
-                         f"ratio {raw_up / upload_s:.2f}"))  # fmt: skip
-            rows.append(("upload: UploadModel alone (sha256 known; server hash + write + weight checks)",
-                         f"{size / 1e6 / rpc_s:.0f} MB/s", f"ratio {raw_up / rpc_s:.2f}; "
-                         f"the client's sha256 pass took {hash_s:.2f} s"))  # fmt: skip
-            rows.append(("server RSS growth while receiving 200 MB",
-                         f"{receiving.peak - before:.1f} MB", "streamed to disk"))  # fmt: skip
-            rows.append(("server RSS peak during upload checks (weights loaded once)",
-                         f"{peak.peak - before:.1f} MB", f"{after_checks - before:.1f} MB after"))  # fmt: skip
-
-            job = client.create_job(big_model.model_id, "synthetic", tiny_config())
-            client.cancel_job(job.job_id)
-            client.watch(job.job_id)
-            fake_result(root / "data", job.job_id, big)
-            raw_down = min(raw_download(channel, size) for _ in range(args.repeats))
-            downs = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                client.download(job.job_id, root / "down")
-                downs.append(time.perf_counter() - start)
-            assert (
-                hashlib.sha256((root / "down" / "model.safetensors").read_bytes()).hexdigest()
-                == big_model.model_id[7:]
-            )
-            rows.append(("download 200 MB: DownloadResult vs raw stream",
-                         f"{size / 1e6 / min(downs):.0f} MB/s vs {size / 1e6 / raw_down:.0f} MB/s",
-                         f"ratio {raw_down / min(downs):.2f} (incl. client sha256 + file write)"))  # fmt: skip
-
-            firsts = []
-            for i in range(5):
-                start = time.perf_counter()
-                job = client.create_job(model.model_id, "synthetic", tiny_config(seed=i))
-                first: list[float] = []
-
-                def on(j, e, first=first, start=start):  # noqa: ANN001
-                    if e is not None and not first:
-                        first.append(time.perf_counter() - start)
-
-                client.watch(job.job_id, on)
-                firsts.append(first[0])
-            rows.append(("CreatePruneJob -> first progress event (warm worker)",
-                         f"median {statistics.median(firsts):.3f} s",
-                         "max " + f"{max(firsts):.3f} s over 5 jobs"))  # fmt: skip
-
-            long = tiny_config(after_pruning={"epochs": 200})
-            rss = {0: rss_mb(pid)}
-            queued = []
-            for n in (8, 32):
-                while len(queued) < n:
-                    queued.append(client.create_job(model.model_id, "synthetic", long).job_id)
-                time.sleep(1.0)
-                rss[n] = rss_mb(pid)
-            rows.append(("server RSS with 0 / 8 / 32 jobs queued",
-                         " / ".join(f"{rss[n]:.0f}" for n in (0, 8, 32)) + " MB",
-                         "flat: a queued job is one SQLite row"))  # fmt: skip
-            for job_id in queued:
-                client.cancel_job(job_id)
-
-            jobs = [client.create_job(model.model_id, "synthetic",
-                                      tiny_config(seed=i, after_pruning={"epochs": 3})).job_id
-                    for i in range(8)]  # fmt: skip
-            latencies = []
-            while any(client.get_job(j).state in (1, 2) for j in jobs):
-                for _ in range(20):
-                    t = time.perf_counter()
-                    assert client.health() == "SERVING"
-                    latencies.append(time.perf_counter() - t)
-                    time.sleep(0.02)
-            latencies.sort()
-            p99 = latencies[int(0.99 * (len(latencies) - 1))]
-            rows.append(("health check while 8 jobs run on 2 workers",
-                         f"p50 {1e3 * statistics.median(latencies):.1f} ms, p99 {1e3 * p99:.1f} ms",
-                         f"{len(latencies)} checks"))  # fmt: skip
-            client.close()
-            assert proc.terminate(60) == 0
-        finally:
-            proc.kill()
-    print(f"\n| measure ({size / 1e6:.0f} MB checkpoint) | figure | note |\n|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+        width = (args.size_mb * MiB / 4 / 272_186) ** 0.5  # cifar_resnet20: 272k params at 1
+        files = {"small": make_checkpoint(root / "small.safetensors")}
+        sections = args.sections.split(",")
+        if "transfer" in sections:
+            files["big"] = make_checkpoint(root / "big.safetensors", width=width)
+        if "memory" in sections:
+            for i in range(4):
+                files[f"m{i}"] = make_checkpoint(
+                    root / f"m{i}.safetensors", width=width, seed=i + 1
+                )
+        size = files.get("big", files["small"]).stat().st_size
+        for name, tree in (("this checkout", None), (f"baseline {args.baseline}", args.baseline)):
+            if name.startswith("baseline") and tree is None:
+                continue
+            rows = []
+            for section in sections:
+                rows += run(tree, root / f"{'base' if tree else 'this'}-{section}", files, section,
+                            args)  # fmt: skip
+            print(f"\n{name} ({size / 1e6:.0f} MB checkpoint)\n\n| measure | figure | note |\n"
+                  "|---|---|---|", flush=True)  # fmt: skip
+            for row in rows:
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ __all__ = [
     "SPEC_KEY",
     "VERSION_KEY",
     "CheckpointError",
+    "check_layout",
     "check_safetensors_file",
     "CheckpointNotFoundError",
     "describe_foreign_file",
@@ -461,3 +462,26 @@ def _check_state(
             + (f"; ... and {more} more" if more > 0 else "")
         )
     return list(expected)
+
+
+def check_layout(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> ArchSpec:
+    """Check a checkpoint from its header alone: spec metadata, and every tensor's key,
+    shape and dtype against the architecture (built on the meta device); no tensor data is
+    read, so memory stays flat whatever the file size. Returns the spec.
+
+    Raises:
+        CheckpointError, LimitExceededError: as :func:`load_state`, except non-finite values
+            (which need the data: the caller checks them as it sees fit).
+    """
+    path = _checkpoint_file(Path(path), limits)
+    where = f"checkpoint {str(path)!r}"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            spec = _parse_spec(path, f.metadata(), limits)
+            found = {key: _describe_slice(f.get_slice(key)) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{where} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}"
+        ) from None
+    _check_state(found, spec, where, limits)
+    return spec

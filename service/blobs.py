@@ -13,6 +13,8 @@ result either exists complete or does not exist; ``tmp/`` leftovers are removed 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -21,11 +23,20 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BlobDir", "HashingWriter", "commit_dir", "sha256_file"]
+__all__ = [
+    "AsyncHashingWriter",
+    "BlobDir",
+    "HashingReader",
+    "HashingWriter",
+    "commit_dir",
+    "read_chunks",
+    "sha256_file",
+]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -77,6 +88,101 @@ class HashingWriter:
             raise self._error
         self._f.flush()
         return self._digest.hexdigest()
+
+
+class HashingReader:
+    """A file's chunks for sending, hashed on a background thread as they go.
+
+    A client can send an upload in one pass (the sha256 in an ``UploadTrailer``) instead of
+    hashing the file first: iterating yields chunks at once while a thread hashes them (at
+    most ``depth`` chunks behind); :meth:`hexdigest` then waits for the last one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int, depth: int = 4) -> None:
+        self._path, self._chunk, self._depth = Path(path), chunk_bytes, depth
+        self._digest = hashlib.sha256()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="send-hash")
+        self._pending: deque[concurrent.futures.Future] = deque()
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self._path, "rb") as f:
+            while chunk := f.read(self._chunk):
+                while len(self._pending) >= self._depth:
+                    self._pending.popleft().result()
+                self._pending.append(self._pool.submit(self._digest.update, chunk))
+                yield chunk
+
+    def hexdigest(self) -> str:
+        """The sha256 of every chunk yielded so far (waits for the hashing thread)."""
+        while self._pending:
+            self._pending.popleft().result()
+        self._pool.shutdown(wait=True)
+        return self._digest.hexdigest()
+
+
+class AsyncHashingWriter:
+    """The server's upload sink: hash chunks and write them to a file, from a coroutine.
+
+    Each chunk is hashed and written on one thread of the upload's own, in order,
+    overlapping the receive loop (``hashlib`` and file writes release the GIL on large
+    buffers; one thread rather than one each for hashing and writing: measured faster on a
+    busy 2-core machine, where a write to the page cache is ~4x cheaper than the hash).
+    :meth:`write` returns as soon as the chunk is queued unless ``depth`` chunks are in
+    flight, in which case it waits for the oldest: memory per upload is bounded by
+    ``depth`` chunks, a slow disk slows the sender (gRPC flow control) instead of filling
+    memory, and the event loop never blocks on the disk.
+    """
+
+    def __init__(self, f: BinaryIO, depth: int = 4) -> None:
+        self._f, self._depth = f, depth
+        self._digest = hashlib.sha256()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-sink")
+        self._pending: deque[concurrent.futures.Future] = deque()
+
+    def _consume(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self._f.write(chunk)
+
+    async def write(self, chunk: bytes) -> None:
+        """Queue ``chunk``; re-raises a write error of an earlier chunk."""
+        while len(self._pending) >= self._depth:
+            await self._wait_oldest()
+        self._pending.append(self._pool.submit(self._consume, chunk))
+
+    async def _wait_oldest(self) -> None:
+        future = self._pending.popleft()
+        if not future.done():  # often done already: no trip through the loop then
+            await asyncio.wrap_future(future)
+        future.result()  # re-raises a write error
+
+    async def finish(self) -> str:
+        """Wait for every queued chunk, flush; return the hex sha256."""
+        while self._pending:
+            await self._wait_oldest()
+        self._f.flush()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Drop what is still queued and join the thread (call in a ``finally``: the file
+        must not be closed under a running write)."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+
+async def read_chunks(path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks, each read in the event loop's executor while the previous
+    one is being sent (one chunk of read-ahead, so memory stays two chunks per reader)."""
+    loop = asyncio.get_running_loop()
+    with open(path, "rb") as f:
+        pending = loop.run_in_executor(None, f.read, chunk_bytes)
+        try:
+            while chunk := await pending:
+                pending = loop.run_in_executor(None, f.read, chunk_bytes)
+                yield chunk
+        finally:
+            pending.cancel()  # the reader went away (a running read finishes before close)
 
 
 class BlobDir:

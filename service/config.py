@@ -107,7 +107,15 @@ class ServiceConfig:
         max_attempts: starts of a job (a server restart re-queues a running job) before it
             is failed.
         grace_seconds: how long a graceful stop waits for in-flight RPCs and running jobs.
-        rpc_threads: server threads (each open WatchJob stream holds one).
+        rpc_threads: threads for the blocking work of RPCs (SQLite, file I/O, checks); the
+            gRPC server itself is ``grpc.aio`` on one event loop, so an open stream holds
+            no thread and this does not bound how many streams are open.
+        max_streams_per_token: open ``WatchJob`` + ``DownloadResult`` streams of one token.
+        max_uploads_per_token: ``UploadModel`` streams of one token in progress at once.
+        upload_idle_seconds: an upload that sends nothing for this long is cut
+            (DEADLINE_EXCEEDED) and its temporary file removed.
+        metrics_port: serve Prometheus ``/metrics`` over HTTP on ``host:metrics_port``
+            (``0`` = any free port); ``None`` (the default) = no endpoint.
         watch_interval: minimum seconds between two progress messages to one watcher.
         chunk_bytes: download chunk size.
         log_json: one JSON line per RPC and per job transition on stderr.
@@ -134,6 +142,10 @@ class ServiceConfig:
     max_attempts: int = 3
     grace_seconds: float = 10.0
     rpc_threads: int = 32
+    max_streams_per_token: int = 16
+    max_uploads_per_token: int = 4
+    upload_idle_seconds: float = 30.0
+    metrics_port: int | None = None
     watch_interval: float = 0.1
     chunk_bytes: int = 1024 * 1024
     log_json: bool = True
@@ -142,15 +154,24 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         for name in ("workers", "threads_per_worker", "max_message_bytes", "max_queued_jobs",
                      "max_jobs_per_token", "blob_quota_bytes", "max_attempts", "rpc_threads",
-                     "chunk_bytes"):  # fmt: skip
+                     "chunk_bytes", "max_streams_per_token", "max_uploads_per_token"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(
                     f"service config {name} must be an int >= 1 (found {quote(value)})"
                 )
-        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if name == "metrics_port" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+                raise InvalidInputError(
+                    f"service config {name} must be 0-65535 (found {quote(value)})"
+                )
+        idle = self.upload_idle_seconds
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9:
             raise InvalidInputError(
-                f"service config port must be 0-65535 (found {quote(self.port)})"
+                f"service config upload_idle_seconds must be a number of seconds in (0, 1e9) (found {quote(idle)})"
             )
         if self.chunk_bytes > self.max_message_bytes - 1024:
             raise InvalidInputError(
@@ -173,7 +194,8 @@ class ServiceConfig:
         """Every limit a client may hit, by name (reported by GetServerInfo)."""
         out = {k: float(v) for k, v in self.limits.to_dict().items()}
         for name in ("max_message_bytes", "max_queued_jobs", "max_jobs_per_token",
-                     "blob_quota_bytes", "workers"):  # fmt: skip
+                     "blob_quota_bytes", "workers", "max_streams_per_token",
+                     "max_uploads_per_token", "upload_idle_seconds"):  # fmt: skip
             out[name] = float(getattr(self, name))
         out["max_concurrent_jobs"] = float(self.workers)
         return out

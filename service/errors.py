@@ -22,6 +22,7 @@ from metaprune.pruning.progress import PruneCancelled
 
 __all__ = [
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "PermissionDeniedError",
     "UnauthenticatedError",
@@ -46,6 +47,10 @@ class PermissionDeniedError(MetapruneError):
     """The token is known but may not make this call (a read-only token)."""
 
 
+class DeadlineExceededError(MetapruneError):
+    """The client went silent for longer than the server waits (an idle upload)."""
+
+
 class UnavailableError(MetapruneError):
     """The server is shutting down; retry against the next instance."""
 
@@ -59,6 +64,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PruneCancelled, grpc.StatusCode.CANCELLED),
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
 )

@@ -248,8 +248,9 @@ class JobManager:
             return self._versions.get(job_id, 0)
 
     def version(self, job_id: str) -> int:
-        with self._cond:
-            return self._versions.get(job_id, 0)
+        # no lock: one dict read is atomic, and the server's event loop calls this for every
+        # watcher, so it must never wait for a thread holding the lock through a SQLite write
+        return self._versions.get(job_id, 0)
 
     def worker_pid(self, job_id: str) -> int | None:
         """The pid of the worker process running ``job_id`` (tests kill it)."""

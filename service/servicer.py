@@ -1,18 +1,25 @@
 """``PruningServicer``: the thin gRPC layer. proto -> domain object -> core call -> proto.
 
-Authentication, error mapping and logging happen in :mod:`service.interceptor`; the
-caller is :data:`~service.auth.current_principal`. Every method here only converts and
+Authentication, error mapping, logging and metrics happen in :mod:`service.interceptor`;
+the caller is :data:`~service.auth.current_principal`. Every method here only converts and
 delegates: jobs to :class:`~service.jobs.JobManager`, uploads to :mod:`service.uploads`,
 listings to :mod:`metaprune` and :mod:`metanet`.
+
+The methods are coroutines on the server's event loop (``grpc.aio``). Anything that blocks
+(SQLite, files, dataset and metanetwork listings) runs in the loop's bounded thread pool
+through ``asyncio.to_thread`` (the unary methods are a blocking body ``_name`` run there);
+streams (uploads, watchers, downloads) hold no thread while they wait, and each holds one
+of its token's slots (:mod:`service.slots`) while it is open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from metaprune.data import check_dataset_kwargs
@@ -24,12 +31,14 @@ from service import convert
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
 from service.auth import Principal, current_principal
-from service.blobs import BlobDir
+from service.blobs import BlobDir, read_chunks
 from service.config import ServiceConfig
-from service.errors import FailedPreconditionError
+from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs import JobManager
+from service.metrics import Metrics
 from service.policy import check_job, check_name, spec_size
 from service.result_formats import ResultFiles
+from service.slots import TokenSlots
 from service.store import FINAL_STATES, SUCCEEDED, Store
 from service.uploads import receive_upload
 
@@ -41,26 +50,39 @@ _MAX_PAGE = 500
 
 class PruningServicer(pb_grpc.PruningServiceServicer):
     def __init__(
-        self, config: ServiceConfig, store: Store, blobs: BlobDir, jobs: JobManager
-    ) -> None:
+        self, config: ServiceConfig, store: Store, blobs: BlobDir, jobs: JobManager,
+        metrics: Metrics | None = None,
+    ) -> None:  # fmt: skip
         self.config, self.store, self.blobs, self.jobs = config, store, blobs, jobs
+        self.metrics = metrics
+        self.slots = TokenSlots(
+            {"upload": config.max_uploads_per_token, "stream": config.max_streams_per_token},
+            metrics,
+        )
         self._datasets: dict[str, tuple[int, int, int]] = {}  # name -> classes, channels, size
         self._datasets_lock = threading.Lock()
         self.results = ResultFiles(jobs.executor, config.limits)
+        self._default_config_json = json.dumps(PruneConfig().to_dict())
 
     # ------------------------------------------------------------------ models
 
-    def UploadModel(
-        self, request_iterator: Iterator[pb.UploadModelRequest], context: Any
+    async def UploadModel(
+        self, request_iterator: AsyncIterator[pb.UploadModelRequest], context: Any
     ) -> pb.UploadModelResponse:
         principal = _caller()
         principal.require_write("upload models")
-        record, created = receive_upload(
-            request_iterator, principal, self.config, self.store, self.blobs
-        )
+        with self.slots.hold("upload", principal.name):
+            record, created = await receive_upload(
+                request_iterator, principal, self.config, self.store, self.blobs, self.metrics
+            )
         return pb.UploadModelResponse(model=convert.model_to_proto(record), created=created)
 
-    def DeleteModel(self, request: pb.DeleteModelRequest, context: Any) -> pb.DeleteModelResponse:
+    async def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: Any
+    ) -> pb.DeleteModelResponse:
+        return await asyncio.to_thread(self._delete_model, request)
+
+    def _delete_model(self, request: pb.DeleteModelRequest) -> pb.DeleteModelResponse:
         principal = _caller()
         principal.require_write("delete models")
         model = self._model(principal, request.model_id)
@@ -80,9 +102,12 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
 
     # ------------------------------------------------------------------ jobs
 
-    def CreatePruneJob(
+    async def CreatePruneJob(
         self, request: pb.CreatePruneJobRequest, context: Any
     ) -> pb.CreatePruneJobResponse:
+        return await asyncio.to_thread(self._create_prune_job, request)
+
+    def _create_prune_job(self, request: pb.CreatePruneJobRequest) -> pb.CreatePruneJobResponse:
         principal = _caller()
         principal.require_write("create jobs")
         request_id = request.request_id or f"auto-{time.time_ns()}"
@@ -102,10 +127,16 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         )
         return pb.CreatePruneJobResponse(job=self._job(job), created=created)
 
-    def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+        return await asyncio.to_thread(self._get_job, request)
+
+    def _get_job(self, request: pb.GetJobRequest) -> pb.GetJobResponse:
         return pb.GetJobResponse(job=self._job(self.jobs.get(_caller(), request.job_id)))
 
-    def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        return await asyncio.to_thread(self._list_jobs, request)
+
+    def _list_jobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         principal = _caller()
         size = request.page_size or 50
         if not 1 <= size <= _MAX_PAGE:
@@ -116,49 +147,94 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         token = _encode_page_token(jobs[size - 1].seq) if len(jobs) > size else ""
         return pb.ListJobsResponse(jobs=[self._job(j) for j in jobs[:size]], next_page_token=token)
 
-    def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
+        return await asyncio.to_thread(self._cancel_job, request)
+
+    def _cancel_job(self, request: pb.CancelJobRequest) -> pb.CancelJobResponse:
         principal = _caller()
         principal.require_write("cancel jobs")
         return pb.CancelJobResponse(job=self._job(self.jobs.cancel(principal, request.job_id)))
 
-    def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
+    async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
+        return await asyncio.to_thread(self._delete_job, request)
+
+    def _delete_job(self, request: pb.DeleteJobRequest) -> pb.DeleteJobResponse:
         principal = _caller()
         principal.require_write("delete jobs")
         self.jobs.delete(principal, request.job_id)
         return pb.DeleteJobResponse()
 
-    def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> Iterator[pb.WatchJobResponse]:
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Any
+    ) -> AsyncIterator[pb.WatchJobResponse]:
         principal = _caller()
-        job = self.jobs.get(principal, request.job_id)
-        seen = self.jobs.version(job.job_id)
-        seen_event = self.jobs.event_seq(job.job_id)
+        with self.slots.hold("stream", principal.name):
+            job, first, seen, seen_event = await asyncio.to_thread(
+                self._watch_start, principal, request.job_id
+            )
+            yield first  # a late watcher starts from the current state and the latest event
+            # polls the job's version counter (a dict read): no thread is held while waiting,
+            # and events within one interval coalesce into the latest (a throttle)
+            while job.state not in FINAL_STATES:
+                await asyncio.sleep(self.config.watch_interval)
+                version = self.jobs.version(job.job_id)
+                if version != seen:
+                    seen = version
+                    job, seen_event, messages = await asyncio.to_thread(
+                        self._watch_messages, principal, job.job_id, seen_event
+                    )
+                    for message in messages:
+                        yield message
+                if not self.jobs.accepting and job.state not in FINAL_STATES:
+                    raise UnavailableError(
+                        f"the server is stopping; job {job.job_id} is still {job.state} and will "
+                        "resume on the next start: watch it again there"
+                    )
+
+    def _watch_start(
+        self, principal: Principal, job_id: str
+    ) -> tuple[Any, pb.WatchJobResponse, int, int]:
+        """The job's first message, and its version and event sequence read *before* the job
+        (a change in between is then seen by the first poll, never lost)."""
+        seen, seen_event = self.jobs.version(job_id), self.jobs.event_seq(job_id)
+        job = self.jobs.get(principal, job_id)
         first = pb.WatchJobResponse(job=self._job(job))
         last_event = self.jobs.latest_event(job)
         if last_event:
             first.event.CopyFrom(convert.event_to_proto(last_event))
-        yield first  # a late watcher starts from the current state and the latest event
-        interval = self.config.watch_interval
-        while job.state not in FINAL_STATES and context.is_active():
-            version = self.jobs.wait_change(job.job_id, seen, timeout=1.0)
-            if version == seen:
-                if not self.jobs.accepting:
-                    return  # the server is stopping: end the stream, the client reconnects
-                continue
-            seen = version
-            job = self.jobs.get(principal, job.job_id)
-            seen_event, events = self.jobs.events_since(job.job_id, seen_event)
-            snapshot = self._job(job)
-            for event in events or [None]:
-                message = pb.WatchJobResponse(job=snapshot)
-                if event is not None:
-                    message.event.CopyFrom(convert.event_to_proto(event))
-                yield message
-            time.sleep(interval)  # throttle: events within a stage coalesce into the latest
+        return job, first, seen, seen_event
 
-    def DownloadResult(
+    def _watch_messages(
+        self, principal: Principal, job_id: str, seen_event: int
+    ) -> tuple[Any, int, list[pb.WatchJobResponse]]:
+        """The job now, and one message per event a watcher at ``seen_event`` missed."""
+        job = self.jobs.get(principal, job_id)
+        seen_event, events = self.jobs.events_since(job_id, seen_event)
+        snapshot = self._job(job)
+        messages = []
+        for event in events or [None]:
+            message = pb.WatchJobResponse(job=snapshot)
+            if event is not None:
+                message.event.CopyFrom(convert.event_to_proto(event))
+            messages.append(message)
+        return job, seen_event, messages
+
+    async def DownloadResult(
         self, request: pb.DownloadResultRequest, context: Any
-    ) -> Iterator[pb.DownloadResultResponse]:
-        job = self.jobs.get(_caller(), request.job_id)
+    ) -> AsyncIterator[pb.DownloadResultResponse]:
+        principal = _caller()
+        with self.slots.hold("stream", principal.name):
+            checkpoint, header = await asyncio.to_thread(self._download_header, principal, request)
+            yield pb.DownloadResultResponse(header=header)
+            async for chunk in read_chunks(checkpoint, self.config.chunk_bytes):
+                if self.metrics is not None:
+                    self.metrics.download_bytes.inc(len(chunk))
+                yield pb.DownloadResultResponse(chunk=chunk)
+
+    def _download_header(
+        self, principal: Principal, request: pb.DownloadResultRequest
+    ) -> tuple[Any, pb.DownloadHeader]:
+        job = self.jobs.get(principal, request.job_id)
         if job.state != SUCCEEDED:
             raise FailedPreconditionError(
                 f"job {job.job_id} is {job.state}; only a succeeded job has a result"
@@ -167,24 +243,22 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         folder = self.blobs.result_dir(job.job_id)
         checkpoint, sha = self.results.get(folder, request.format, job.result_sha256 or "")
         plot = folder / "curve.png"
-        yield pb.DownloadResultResponse(
-            header=pb.DownloadHeader(
-                total_size=checkpoint.stat().st_size, sha256=sha,
-                report_json=(folder / "report.json").read_text(),
-                plot_png=plot.read_bytes() if plot.exists() else b"",
-                format=request.format or "safetensors",
-            )
+        return checkpoint, pb.DownloadHeader(
+            total_size=checkpoint.stat().st_size, sha256=sha,
+            report_json=(folder / "report.json").read_text(),
+            plot_png=plot.read_bytes() if plot.exists() else b"",
+            format=request.format or "safetensors",
         )  # fmt: skip
-        with open(checkpoint, "rb") as f:
-            while chunk := f.read(self.config.chunk_bytes):
-                yield pb.DownloadResultResponse(chunk=chunk)
 
     def _job(self, job: Any) -> pb.Job:
         return convert.job_to_proto(job, self.jobs.latest_event(job))
 
     # ------------------------------------------------------------------ server
 
-    def ListMetanetworks(self, request: Any, context: Any) -> pb.ListMetanetworksResponse:
+    async def ListMetanetworks(self, request: Any, context: Any) -> pb.ListMetanetworksResponse:
+        return await asyncio.to_thread(self._list_metanetworks)
+
+    def _list_metanetworks(self) -> pb.ListMetanetworksResponse:
         _caller()
         return pb.ListMetanetworksResponse(
             metanetworks=[
@@ -193,7 +267,10 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
             ]
         )
 
-    def ListDatasets(self, request: Any, context: Any) -> pb.ListDatasetsResponse:
+    async def ListDatasets(self, request: Any, context: Any) -> pb.ListDatasetsResponse:
+        return await asyncio.to_thread(self._list_datasets)
+
+    def _list_datasets(self) -> pb.ListDatasetsResponse:
         _caller()
         out = []
         for name in self.config.datasets:
@@ -203,12 +280,12 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
             )
         return pb.ListDatasetsResponse(datasets=out)
 
-    def GetServerInfo(self, request: Any, context: Any) -> pb.GetServerInfoResponse:
-        principal = _caller()
+    async def GetServerInfo(self, request: Any, context: Any) -> pb.GetServerInfoResponse:
+        principal = _caller()  # in memory only: answered on the loop, never queued for a thread
         return pb.GetServerInfoResponse(
             version=__version__, limits=self.config.public_limits(), methods=list(METHODS),
             target_kinds=list(TARGET_KINDS),
-            default_config_json=json.dumps(PruneConfig().to_dict()), token_name=principal.name,
+            default_config_json=self._default_config_json, token_name=principal.name,
             workers=self.config.workers, architecture_sources=list_sources(),
         )  # fmt: skip
 

@@ -4,35 +4,43 @@ The order of checks is the order of cost, so a bad upload is refused as early as
 
 1. the header alone: spec JSON size, a known architecture within ``max_params`` (sized on
    the meta device, nothing allocated), announced size within ``max_upload_bytes`` and the
-   blob quota, a sha256 of the right form;
-2. while streaming: never more bytes than announced; the bytes go to a temp file, never
-   into memory as a whole;
-3. at the end: exact size, sha256, a safetensors header (not a pickle or ``torch.save``
-   zip) no larger than ``max_header_bytes``, spec metadata equal to the header's spec, and
-   weights that load into the architecture with finite values (non-finite weights are
-   refused: a model with NaN weights cannot be pruned meaningfully);
-4. only then is the file renamed to its content address and recorded. A refused upload
-   leaves nothing behind.
+   blob quota, a sha256 of the right form (or none, when a trailer will carry it);
+2. while streaming: never more bytes than announced; each chunk goes into the sha256 and
+   a temp file on a thread of the upload's own (:class:`~service.blobs.AsyncHashingWriter`)
+   at most four chunks behind the network, so memory per upload is bounded and hashing is off the
+   receive path; a client silent for ``upload_idle_seconds`` is cut (DEADLINE_EXCEEDED);
+3. at the end: exact size, sha256 (header or trailer), a safetensors header (not a pickle
+   or ``torch.save`` zip) no larger than ``max_header_bytes``, spec metadata equal to the
+   header's spec, every tensor's key/shape/dtype against the architecture (from the
+   safetensors header alone), and finite values, checked by reading the file back in
+   1 MiB blocks (never the whole state dict in memory; non-finite weights are refused: a
+   model with NaN weights cannot be pruned meaningfully);
+4. only then is the file renamed to its content address and recorded. A refused or
+   abandoned upload leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
 from metaprune.limits import Limits
 from metaprune.models import ArchSpec
 from service._generated import pruning_service_pb2 as pb
 from service.auth import Principal
-from service.blobs import BlobDir, HashingWriter
+from service.blobs import AsyncHashingWriter, BlobDir
 from service.config import ServiceConfig
+from service.errors import DeadlineExceededError
 from service.logs import log_event
+from service.metrics import Metrics
 from service.policy import spec_size
 from service.store import ModelRecord, Store
 
@@ -40,11 +48,12 @@ __all__ = ["check_checkpoint_file", "receive_upload"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NAME = 200
+_BLOCK = 1024 * 1024  # finite check read size (a multiple of every element size)
 
 
-def receive_upload(
-    requests: Iterator[pb.UploadModelRequest], principal: Principal, config: ServiceConfig,
-    store: Store, blobs: BlobDir,
+async def receive_upload(
+    requests: AsyncIterator[pb.UploadModelRequest], principal: Principal,
+    config: ServiceConfig, store: Store, blobs: BlobDir, metrics: Metrics | None = None,
 ) -> tuple[ModelRecord, bool]:  # fmt: skip
     """Consume an UploadModel stream; return the stored model and whether it was new.
 
@@ -52,56 +61,99 @@ def receive_upload(
         InvalidInputError: malformed header, truncated stream, sha256 mismatch, not a
             metaprune safetensors checkpoint, weights that do not fit the spec.
         LimitExceededError: over a size, parameter or quota limit.
+        DeadlineExceededError: the client sent nothing for ``upload_idle_seconds``.
     """
-    first = next(requests, None)
+    idle = config.upload_idle_seconds
+    first = await _next(requests, idle)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInputError("an upload must start with an UploadHeader message")
     header = first.header
-    spec = _check_header(header, config, store)
-    limits = config.limits
-    received, start = 0, time.perf_counter()
+    spec = await asyncio.to_thread(_check_header, header, config, store)
+    received, trailer, start = 0, "", time.perf_counter()
     with blobs.temp_file() as (tmp_path, f):
-        writer = HashingWriter(f)
+        writer = AsyncHashingWriter(f)
         try:
-            for message in requests:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInputError("only chunk messages may follow the UploadHeader")
+            while (message := await _next(requests, idle)) is not None:
+                part = message.WhichOneof("part")
+                if trailer or part not in ("chunk", "trailer"):
+                    raise InvalidInputError(
+                        "after the UploadHeader come chunk messages, then at most one "
+                        f"UploadTrailer, and nothing after it (found {part or 'an empty message'})"
+                    )
+                if part == "trailer":
+                    trailer = _sha256_field("UploadTrailer.sha256", message.trailer.sha256)
+                    continue
                 received += len(message.chunk)
+                if metrics is not None:
+                    metrics.upload_bytes.inc(len(message.chunk))
                 if received > header.total_size:
                     raise InvalidInputError(
                         f"the upload is longer than the {header.total_size:,} bytes its header "
                         "announced"
                     )
-                writer.write(message.chunk)
+                await writer.write(message.chunk)
+            sha = await writer.finish()
         finally:
-            sha = writer.close()
+            writer.close()
         if received != header.total_size:
             raise InvalidInputError(
                 f"truncated upload: received {received:,} of the {header.total_size:,} bytes "
                 "the header announced"
             )
-        if sha != header.sha256:
+        expected = _expected_sha(header.sha256, trailer)
+        if sha != expected:
             raise InvalidInputError(
-                f"sha256 mismatch: the header says {header.sha256}, the received bytes hash "
+                f"sha256 mismatch: the client says {expected}, the received bytes hash "
                 f"to {sha} (corrupted in transit?)"
             )
         received_at = time.perf_counter()
-        check_checkpoint_file(tmp_path, spec, limits)
+        await asyncio.to_thread(check_checkpoint_file, tmp_path, spec, config.limits)
         checked_at = time.perf_counter()
         record = ModelRecord(
             model_id=f"sha256:{sha}", sha256=sha, size=received,
             spec_json=json.dumps(spec.to_json(), sort_keys=True),
-            params=spec_size(spec, limits, None), created_at=time.time(),
+            params=spec_size(spec, config.limits, None), created_at=time.time(),
             display_name=header.display_name,
         )  # fmt: skip
-        blobs.commit_blob(tmp_path, sha)
-    created = store.add_model(record, principal.name)
+        await asyncio.to_thread(blobs.commit_blob, tmp_path, sha)
+    created = await asyncio.to_thread(store.add_model, record, principal.name)
     log_event(
         "upload", model_id=record.model_id, bytes=received, created=created,
         receive_s=round(received_at - start, 3), check_s=round(checked_at - received_at, 3),
         store_s=round(time.perf_counter() - checked_at, 3), token=principal.name,
     )  # fmt: skip
     return record, created
+
+
+async def _next(
+    requests: AsyncIterator[pb.UploadModelRequest], idle: float
+) -> pb.UploadModelRequest | None:
+    """The next message (``None`` at the end), or DeadlineExceededError after ``idle`` s."""
+    try:
+        return await asyncio.wait_for(anext(requests, None), idle)
+    except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError before Python 3.11)
+        raise DeadlineExceededError(
+            f"the upload sent nothing for {idle:g} s (upload_idle_seconds) and was dropped; "
+            "nothing was stored, send it again"
+        ) from None
+
+
+def _sha256_field(name: str, value: str) -> str:
+    if not _SHA256.match(value):
+        raise InvalidInputError(f"{name} must be 64 lowercase hex digits (found {quote(value)})")
+    return value
+
+
+def _expected_sha(header: str, trailer: str) -> str:
+    if header and trailer and header != trailer:
+        raise InvalidInputError(
+            f"UploadHeader.sha256 ({header}) and UploadTrailer.sha256 ({trailer}) differ"
+        )
+    if not (header or trailer):
+        raise InvalidInputError(
+            "no sha256: give it in UploadHeader.sha256 or in an UploadTrailer after the chunks"
+        )
+    return header or trailer
 
 
 def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) -> ArchSpec:
@@ -115,14 +167,12 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
     if header.total_size <= 0:
         raise InvalidInputError(f"UploadHeader.total_size must be > 0 (found {header.total_size})")
     limits.check("max_upload_bytes", header.total_size, what="the upload")
-    if not _SHA256.match(header.sha256):
-        raise InvalidInputError(
-            f"UploadHeader.sha256 must be 64 lowercase hex digits (found {quote(header.sha256)})"
-        )
+    if header.sha256:  # else the trailer carries it
+        _sha256_field("UploadHeader.sha256", header.sha256)
     if len(header.display_name) > _MAX_NAME:
         raise InvalidInputError(f"UploadHeader.display_name is over {_MAX_NAME} characters")
     used = store.used_bytes()
-    already = store.get_model(f"sha256:{header.sha256}", None) is not None  # stored once
+    already = bool(header.sha256) and store.get_model(f"sha256:{header.sha256}", None) is not None
     if not already and used + header.total_size > config.blob_quota_bytes:
         raise LimitExceededError(
             "blob_quota_bytes", config.blob_quota_bytes, used + header.total_size,
@@ -135,7 +185,8 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
 
 def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
     """Check that ``path`` is a metaprune safetensors checkpoint of ``spec`` with finite
-    weights (reads the header first, so a huge or foreign header is refused cheaply).
+    weights, in bounded memory (the header first, so a huge or foreign header is refused
+    cheaply; then the tensor data in 1 MiB blocks).
 
     Raises:
         InvalidInputError / LimitExceededError: naming what the file is and what was expected.
@@ -166,35 +217,65 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
         )
     from metaprune import checkpoint
 
-    try:
-        stored = checkpoint.read_spec(path)
-        # keys, shapes and dtypes against the spec, within limits
-        state, _ = checkpoint.load_state(path, limits=limits, allow_non_finite=True)
+    try:  # keys, shapes and dtypes against the spec, from the header alone
+        stored = checkpoint.check_layout(path, limits=limits)
     except (LimitExceededError, NotFoundError):
         raise
     except ValueError as err:  # CheckpointError: name "the upload", not the server's temp path
         text = str(err).replace(f"checkpoint {str(path)!r}", "the uploaded checkpoint")
         raise InvalidInputError(text.replace(repr(str(path)), "the upload")) from None
-    bad = [key for key, t in state.items() if not _finite(t)]
-    del state
-    if bad:
-        raise InvalidInputError(
-            f"the uploaded checkpoint has NaN or Inf values in {len(bad)} tensor(s) "
-            f"({quote(bad[:5])}); non-finite weights are refused"
-        )
     if stored.to_json() != spec.to_json():
         raise InvalidInputError(
             f"the header's spec {quote(json.dumps(spec.to_json()))} differs from the spec "
             f"stored in the checkpoint {quote(json.dumps(stored.to_json()))}"
         )
+    bad = _nonfinite_tensors(path, header_len)
+    if bad:
+        raise InvalidInputError(
+            f"the uploaded checkpoint has NaN or Inf values in {len(bad)} tensor(s) "
+            f"({quote(bad[:5])}); non-finite weights are refused"
+        )
 
 
-def _finite(tensor: Any) -> bool:
-    """Whether a tensor has no NaN/Inf: one min/max reduction (NaN propagates through both),
-    ~20x faster than ``isfinite().all()`` and without a boolean copy of the tensor."""
-    import torch
+def _nonfinite_tensors(path: Path, header_len: int) -> list[str]:
+    """Names of floating tensors holding NaN/Inf, reading the data in 1 MiB blocks into one
+    reused buffer (the layout was checked, so offsets are within the file)."""
+    buffer = bytearray(_BLOCK)
+    view = memoryview(buffer)
+    bad = []
+    with open(path, "rb") as f:
+        f.seek(8)
+        tensors = json.loads(f.read(header_len))
+        for key, info in tensors.items():
+            if key == "__metadata__" or info["dtype"] not in _FLOAT_BITS:
+                continue
+            begin, end = info["data_offsets"]
+            f.seek(8 + header_len + begin)
+            left = end - begin
+            while left > 0:
+                n = f.readinto(view[: min(_BLOCK, left)])
+                if not n:
+                    break
+                left -= n
+                if not _finite(view[:n], info["dtype"]):
+                    bad.append(key)
+                    break
+    return bad
 
-    if not tensor.is_floating_point() or tensor.numel() == 0:
+
+#: safetensors float dtype -> (numpy dtype, or the unsigned view and its exponent mask)
+_FLOAT_BITS: dict[str, tuple[str, int]] = {
+    "F64": ("<f8", 0), "F32": ("<f4", 0), "F16": ("<f2", 0), "BF16": ("<u2", 0x7F80),
+}  # fmt: skip
+
+
+def _finite(block: memoryview, dtype: str) -> bool:
+    """No NaN/Inf in ``block``: a min and a max (NaN propagates through both; no copy) for
+    numpy's float types; bfloat16 by its exponent bits (all ones = Inf or NaN)."""
+    kind, mask = _FLOAT_BITS[dtype]
+    values = np.frombuffer(block, dtype=kind)
+    if values.size == 0:
         return True
-    low, high = torch.aminmax(tensor)
-    return bool(torch.isfinite(low) and torch.isfinite(high))
+    if mask:
+        return not bool(np.any((values & mask) == mask))
+    return bool(np.isfinite(values.min()) and np.isfinite(values.max()))

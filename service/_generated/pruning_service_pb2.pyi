@@ -36,13 +36,21 @@ class UploadHeader(_message.Message):
     display_name: str
     def __init__(self, spec_json: _Optional[str] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
+class UploadTrailer(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
 class UploadModelRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "trailer")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     chunk: bytes
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    trailer: UploadTrailer
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., trailer: _Optional[_Union[UploadTrailer, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("model_id", "display_name", "size_bytes", "spec_json", "params", "created_at")

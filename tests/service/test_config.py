@@ -29,8 +29,10 @@ def test_embedded_defaults() -> None:
     limits = config.public_limits()
     for name in ("max_params", "max_macs", "max_upload_bytes", "max_message_bytes",
                  "max_concurrent_jobs", "max_queued_jobs", "max_jobs_per_token",
-                 "blob_quota_bytes", "max_header_bytes", "max_spec_bytes"):  # fmt: skip
+                 "blob_quota_bytes", "max_header_bytes", "max_spec_bytes",
+                 "max_streams_per_token", "max_uploads_per_token", "upload_idle_seconds"):  # fmt: skip
         assert limits[name] > 0, name
+    assert config.metrics_port is None  # /metrics is off by default
 
 
 def test_toml_and_yaml_files(tmp_path: Path) -> None:
@@ -59,6 +61,11 @@ def test_toml_and_yaml_files(tmp_path: Path) -> None:
         ('[[tokens]]\nname = "x"\ntoken = "0123456789abcdef"\nrole = "god"\n', "role"),
         ("workers = 0\n", "workers"),
         ("port = 1e9\n", "port"),
+        ("metrics_port = 70000\n", "metrics_port"),
+        ("max_streams_per_token = 0\n", "max_streams_per_token"),
+        ("max_uploads_per_token = true\n", "max_uploads_per_token"),
+        ("upload_idle_seconds = 0\n", "upload_idle_seconds"),
+        ("upload_idle_seconds = nan\n", "upload_idle_seconds"),
         ("= broken", "not valid"),
     ],
 )

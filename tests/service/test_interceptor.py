@@ -3,10 +3,9 @@ without a stack trace, authentication, and one JSON log line per RPC without the
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -24,6 +23,8 @@ from service.errors import (
 )
 from service.interceptor import ServiceInterceptor
 from service.logs import JsonFormatter
+from service.metrics import Metrics
+from service.server import LoopThread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,34 +42,44 @@ ERRORS: dict[str, BaseException] = {
 }
 
 
-def _raise(request: bytes, context: Any) -> bytes:
+METRICS = Metrics()
+
+
+async def _raise(request: bytes, context: Any) -> bytes:
     name = request.decode()
     if name == "whoami":
         return current_principal.get().name.encode()
+    if name == "abort":  # a handler's own abort keeps its status
+        await context.abort(grpc.StatusCode.OUT_OF_RANGE, "aborted by the handler")
     raise ERRORS[name]
 
 
-def _raise_stream(request: bytes, context: Any) -> Iterator[bytes]:
+async def _raise_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     yield b"first"
     raise ERRORS[request.decode()]
 
 
-@pytest.fixture(scope="module")
-def channel() -> Iterator[grpc.Channel]:
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(4),
-        interceptors=[ServiceInterceptor(Authenticator([TokenConfig("tester", TOKEN)]))],
-    )
+async def _serve(interceptor: ServiceInterceptor) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(interceptors=[interceptor])
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_raise),
         "Stream": grpc.unary_stream_rpc_method_handler(_raise_stream),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Raise", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    await server.start()
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def channel() -> Iterator[grpc.Channel]:
+    loop = LoopThread(2)  # the aio server on a loop thread, as service.server runs it
+    auth = Authenticator([TokenConfig("tester", TOKEN)])
+    server, port = loop.run(_serve(ServiceInterceptor(auth, METRICS)))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         yield ch
-    server.stop(0)
+    loop.run(server.stop(0))
+    loop.close()
 
 
 def _call(channel: grpc.Channel, name: str, token: str | None = TOKEN) -> bytes:
@@ -155,3 +166,19 @@ def test_one_json_log_line_per_rpc_with_the_token_name_never_the_token(
     assert first["token"] == "tester" and first["duration_ms"] >= 0
     assert second["status"] == "NOT_FOUND"
     assert all(TOKEN not in line for line in lines)
+
+
+def test_a_handlers_own_abort_keeps_its_status_and_is_counted(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _call(channel, "abort")
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert info.value.details() == "aborted by the handler"
+    method = "/test.Raise/Unary"
+    count = METRICS.registry.get_sample_value(
+        "metaprune_rpc_duration_seconds_count", {"method": method, "code": "OUT_OF_RANGE"}
+    )
+    assert count == 1
+    _call(channel, "whoami")
+    assert METRICS.registry.get_sample_value(
+        "metaprune_rpc_duration_seconds_count", {"method": method, "code": "OK"}
+    ) >= 1

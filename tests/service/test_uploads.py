@@ -37,15 +37,17 @@ def _messages(
 
 
 def _upload(client: PruningClient, data: bytes, *, spec: Any = SPEC, size: int | None = None,
-            sha: str | None = None, send: bytes | None = None) -> pb.UploadModelResponse:  # fmt: skip
+            sha: str | None = None, send: bytes | None = None,
+            trailer: str | None = None) -> pb.UploadModelResponse:  # fmt: skip
     header = pb.UploadHeader(
         spec_json=spec if isinstance(spec, str) else json.dumps(spec),
         total_size=len(data) if size is None else size,
         sha256=hashlib.sha256(data).hexdigest() if sha is None else sha,
     )  # fmt: skip
-    return client.stub.UploadModel(
-        _messages(header, data if send is None else send), metadata=client._metadata, timeout=60
-    )
+    messages = list(_messages(header, data if send is None else send))
+    if trailer is not None:
+        messages.append(pb.UploadModelRequest(trailer=pb.UploadTrailer(sha256=trailer)))
+    return client.stub.UploadModel(iter(messages), metadata=client._metadata, timeout=60)
 
 
 def _stored_files(server: Any) -> list[Path]:
@@ -98,6 +100,31 @@ class TestRefused:
     def test_sha256_mismatch(self, connect: Callable, checkpoint: Path) -> None:
         with _expect(grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch"):
             _upload(connect(), checkpoint.read_bytes(), sha="0" * 64)
+
+    def test_sha256_in_neither_header_nor_trailer(
+        self, connect: Callable, checkpoint: Path
+    ) -> None:
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "no sha256", "UploadTrailer"):
+            _upload(connect(), checkpoint.read_bytes(), sha="")
+
+    def test_a_wrong_trailer(self, connect: Callable, checkpoint: Path) -> None:
+        data = checkpoint.read_bytes()
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch"):
+            _upload(connect(), data, sha="", trailer="0" * 64)
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "differ"):
+            _upload(connect(), data, trailer="1" * 64)
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "UploadTrailer.sha256", "64 lowercase"):
+            _upload(connect(), data, sha="", trailer="ABC")
+
+    def test_messages_after_the_trailer(self, connect: Callable, checkpoint: Path) -> None:
+        data = checkpoint.read_bytes()
+        header = pb.UploadHeader(spec_json=json.dumps(SPEC), total_size=len(data), sha256="")
+        messages = [pb.UploadModelRequest(header=header),
+                    pb.UploadModelRequest(chunk=data),
+                    pb.UploadModelRequest(trailer=pb.UploadTrailer(sha256="0" * 64)),
+                    pb.UploadModelRequest(chunk=b"x")]  # fmt: skip
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "nothing after it"):
+            connect().stub.UploadModel(iter(messages), metadata=connect()._metadata, timeout=60)
 
     def test_oversize_upload_is_refused_from_its_header(self, connect: Callable) -> None:
         with _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_upload_bytes"):
@@ -161,6 +188,19 @@ class TestRefused:
         with _expect(grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf", "'fc.weight'"):
             _upload(connect(), path.read_bytes())
 
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_non_finite_weights_of_every_float_dtype(
+        self, connect: Callable, tmp_path: Path, dtype: torch.dtype, bad: float
+    ) -> None:
+        spec = metaprune.ArchSpec("cifar_resnet20", {"in_channels": 3, "num_classes": 4})
+        model = spec.build().to(dtype)
+        with torch.no_grad():  # the last element of a late tensor: every block is read
+            model.fc.bias[-1] = bad
+        path = metaprune.save(model, spec, tmp_path / "bad.safetensors")
+        with _expect(grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf", "'fc.bias'"):
+            connect().upload(path)
+
     def test_a_header_is_required_first(self, connect: Callable) -> None:
         client = connect()
         stream = iter([pb.UploadModelRequest(chunk=b"abc")])
@@ -174,6 +214,20 @@ class TestRefused:
     def test_no_token(self, connect: Callable, checkpoint: Path) -> None:
         with _expect(grpc.StatusCode.UNAUTHENTICATED):
             _upload(connect(None), checkpoint.read_bytes())
+
+
+def test_the_sha256_may_come_in_a_trailer(
+    server: Any, connect: Callable[..., PruningClient], tmp_path: Path
+) -> None:
+    """A client may hash while sending: the header's sha256 empty, a trailer carries it."""
+    spec = metaprune.ArchSpec("cifar_resnet20", {"in_channels": 3, "num_classes": 4})
+    torch.manual_seed(7)
+    path = metaprune.save(spec.build().to(torch.bfloat16), spec, tmp_path / "bf16.safetensors")
+    data = path.read_bytes()
+    reply = _upload(connect("alice"), data, spec=spec.to_json(), sha="",
+                    trailer=hashlib.sha256(data).hexdigest())  # fmt: skip
+    assert reply.created and reply.model.model_id == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert server.blobs.blob_path(reply.model.model_id[7:]).read_bytes() == data
 
 
 def test_delete_model_drops_the_callers_reference_then_the_bytes(
