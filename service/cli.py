@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--before-epochs", type=int, help="epochs before pruning")
     p.add_argument("--steps", type=int, help="pruning schedule resolution")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the job (0 to 2**32 - 1)")
     p.add_argument("--request-id", help="idempotency key (default: random)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.add_argument("-o", "--out", help="with --wait: download the result here")
@@ -186,6 +186,9 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+    from metaprune.pruning.config import PruneConfig
+
+    PruneConfig.from_dict(data)  # a bad setting fails before the upload, without torch
     model_id = args.model
     if not model_id.startswith("sha256:"):
         model_id = client.upload(args.model).model_id
