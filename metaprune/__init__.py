@@ -32,10 +32,33 @@ _LAZY = {
     "prune": "pruning", "PruneConfig": "pruning", "PruneResult": "pruning",
 }  # fmt: skip
 
-__all__ = sorted(
-    ["__version__", "InvalidInputError", "LimitExceededError", "MetapruneError", "NotFoundError",
-     *_LAZY]
-)  # fmt: skip
+__all__ = [
+    "__version__",
+    "DEFAULT_LIMITS",
+    "ArchSpec",
+    "CheckpointError",
+    "DatasetError",
+    "DatasetSplits",
+    "InvalidInputError",
+    "LimitExceededError",
+    "Limits",
+    "MetapruneError",
+    "NotFoundError",
+    "PruneConfig",
+    "PruneResult",
+    "SpecSize",
+    "check_spec",
+    "create_model",
+    "get_dataset",
+    "list_datasets",
+    "list_models",
+    "load",
+    "load_state",
+    "prune",
+    "read_spec",
+    "save",
+    "spec_size",
+]
 
 
 def __getattr__(name: str) -> Any:
