@@ -18,6 +18,7 @@ from typing import Any
 from metaprune.errors import InvalidInputError, NotFoundError, quote
 from metaprune.models import ArchSpec
 from metaprune.pruning.config import METHODS, TARGET_KINDS, PruneConfig
+from metaprune.pruning.reachable import check_reachable_spec
 from metaprune.version import __version__
 from service import convert
 from service._generated import pruning_service_pb2 as pb
@@ -27,13 +28,12 @@ from service.blobs import BlobDir
 from service.config import ServiceConfig
 from service.errors import FailedPreconditionError
 from service.jobs import JobManager
-from service.policy import check_job, check_name, spec_size
+from service.policy import check_job, check_name, check_request_id, spec_size
 from service.store import FINAL_STATES, SUCCEEDED, Store
 from service.uploads import receive_upload
 
 __all__ = ["PruningServicer"]
 
-_MAX_REQUEST_ID = 128
 _MAX_PAGE = 500
 
 
@@ -82,15 +82,15 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
     ) -> pb.CreatePruneJobResponse:
         principal = _caller()
         principal.require_write("create jobs")
-        request_id = request.request_id or f"auto-{time.time_ns()}"
-        if len(request_id) > _MAX_REQUEST_ID:
-            raise InvalidInputError(f"request_id must be at most {_MAX_REQUEST_ID} characters")
+        request_id = check_request_id(request.request_id)
         model = self._model(principal, request.model_id)
         dataset = check_name("dataset", request.dataset, self.config.datasets)
         config = convert.config_from_proto(request.config)
         check_job(config, self.config.limits, self._metanetworks())
         _, channels, size = self._dataset_shape(dataset)
-        spec_size(ArchSpec.from_json(model.spec_json), self.config.limits, (channels, size, size))
+        spec, shape = ArchSpec.from_json(model.spec_json), (channels, size, size)
+        spec_size(spec, self.config.limits, shape)
+        check_reachable_spec(spec, shape, config, self.config.limits)  # target past the floor
         job, created = self.jobs.create(principal, model.model_id, dataset, config, request_id)
         return pb.CreatePruneJobResponse(job=self._job(job), created=created)
 

@@ -34,6 +34,7 @@ __all__ = [
     "FinetuneBudget",
     "ImportanceOptions",
     "LatencyOptions",
+    "MAX_LIST",
     "MAX_SEED",
     "PruneConfig",
     "PruningOptions",
@@ -49,6 +50,9 @@ NORMALIZERS = ("max", "mean", "sum", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
 IMPORTANCE_NORMALIZERS = ("auto", *NORMALIZERS)
 REDUCTIONS = ("mean", "sum", "max", "first")
+#: most entries of a list setting (``milestones``, ``sparse.auto_grid``: each grid value is a
+#: whole sparse training, so the grid is a cost as much as a setting)
+MAX_LIST = 16
 #: seeds reach NumPy and scikit-learn, which take 32-bit seeds
 MAX_SEED = 2**32 - 1
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]{1,4})?")
@@ -110,6 +114,7 @@ class FinetuneBudget:
             raise ConfigError(
                 f"milestones must be a list of epochs (found {quote(self.milestones)})"
             )
+        _check_length("milestones", self.milestones)
         for m in self.milestones:
             check_int("milestones[]", m, minimum=1)
         object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
@@ -235,6 +240,7 @@ class SparseTraining:
             raise ConfigError(
                 f"sparse.auto_grid must be a list of numbers (found {self.auto_grid!r})"
             )
+        _check_length("sparse.auto_grid", self.auto_grid)
         grid = tuple(check_number("sparse.auto_grid[]", g, minimum=0.0) for g in self.auto_grid)
         if not grid:
             raise ConfigError("sparse.auto_grid must not be empty")
@@ -393,6 +399,11 @@ class PruneConfig:
                 invalid values.
         """
         return _from_dict(cls, data, "")
+
+
+def _check_length(name: str, values: tuple | list) -> None:
+    if len(values) > MAX_LIST:
+        raise ConfigError(f"{name} has {len(values):,} entries (at most {MAX_LIST} are accepted)")
 
 
 def _check_bool(name: str, value: object) -> None:

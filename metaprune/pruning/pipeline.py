@@ -48,6 +48,7 @@ from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import choose_normalizer
 from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
+from metaprune.pruning.reachable import check_reachable
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
 from metaprune.version import __version__
@@ -181,6 +182,7 @@ def prune(
     )
     example = example.to(device)
     _check_classes(model, example, splits)
+    check_reachable(model, example, config)  # a target past the floor: refused before work
     if not _finite_outputs(model, example):
         raise InvalidInputError(
             "the model's outputs are NaN or Inf on a random input; refusing to prune it"
