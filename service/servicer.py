@@ -26,7 +26,7 @@ from service._generated import pruning_service_pb2_grpc as pb_grpc
 from service.auth import Principal, current_principal
 from service.blobs import BlobDir
 from service.config import ServiceConfig
-from service.errors import FailedPreconditionError
+from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs import JobManager
 from service.policy import check_job, check_name, check_request_id, spec_size
 from service.store import FINAL_STATES, SUCCEEDED, Store
@@ -133,8 +133,11 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         while job.state not in FINAL_STATES and context.is_active():
             version = self.jobs.wait_change(job.job_id, seen, timeout=1.0)
             if version == seen:
-                if not self.jobs.accepting:
-                    return  # the server is stopping: end the stream, the client reconnects
+                if self.jobs.stopping.is_set():  # not OK: that would read as "the job ended"
+                    raise UnavailableError(
+                        f"the server is stopping; job {job.job_id} is still {job.state}: "
+                        "watch it again once the server is back (it resumes the job)"
+                    )
                 continue
             seen = version
             job = self.jobs.get(principal, job.job_id)
