@@ -281,6 +281,16 @@ def read_spec_json(path: str | os.PathLike[str], max_header_bytes: int = 100 << 
     try:
         with open(path, "rb") as f:
             head = f.read(8)
+            if head[:1] == b"\x80" or head[:2] == b"PK":
+                kind = (
+                    "a Python pickle"
+                    if head[:1] == b"\x80"
+                    else "a zip archive (a torch.save file?)"
+                )
+                raise InvalidInputError(
+                    f"checkpoint {str(path)!r} is {kind}, not safetensors (pickles are never "
+                    "loaded; convert it on your own machine with `metaprune import`)"
+                )
             size = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 2 <= size <= max_header_bytes:
                 raise InvalidInputError(
