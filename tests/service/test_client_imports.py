@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_the_client_reads_the_spec_from_the_header_like_the_library(tmp_path: Pa
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(InvalidInputError, match=needles[name].replace("(", r"\(")):
+        with pytest.raises(InvalidInputError, match=re.escape(needles[name]))::
             read_spec_json(tmp_path / name)
     with pytest.raises(InvalidInputError, match="cannot read checkpoint"):
         read_spec_json(tmp_path / "missing.safetensors")
