@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +91,7 @@ def test_the_client_reads_the_spec_from_the_header_like_the_library(tmp_path: Pa
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(InvalidInputError, match=re.escape(needles[name]))::
+        with pytest.raises(InvalidInputError, match=re.escape(needles[name])):
             read_spec_json(tmp_path / name)
     with pytest.raises(InvalidInputError, match="cannot read checkpoint"):
         read_spec_json(tmp_path / "missing.safetensors")
