@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
@@ -29,6 +28,7 @@ from service.config import ServiceConfig
 from service.interceptor import ServiceInterceptor
 from service.jobs import JobManager
 from service.logs import log_event
+from service.reflection import enable_reflection
 from service.servicer import PruningServicer
 from service.store import Store
 
@@ -110,10 +110,9 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server,
-    )  # fmt: skip
+    enable_reflection(  # v1 and v1alpha
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
+    )
     address = f"{config.host}:{config.port}"
     try:
         if config.tls is None:
