@@ -95,3 +95,14 @@ def test_the_client_reads_the_spec_from_the_header_like_the_library(tmp_path: Pa
             read_spec_json(tmp_path / name)
     with pytest.raises(InvalidInputError, match="cannot read checkpoint"):
         read_spec_json(tmp_path / "missing.safetensors")
+
+
+def test_client_prune_refuses_a_bad_setting_before_uploading(tmp_path: Path, capsys) -> None:
+    from metaprune.cli import main
+
+    missing = tmp_path / "never-read.safetensors"  # the config fails first: no upload, no call
+    status = main(["client", "prune", str(missing), "--dataset", "synthetic", "--seed",
+                   str(2**40), "--address", "127.0.0.1:1", "--token", "t"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"seed must be an int <= {2**32 - 1} (found {2**40})" in err
