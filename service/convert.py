@@ -262,7 +262,7 @@ def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.
     event = latest_event if latest_event is not None else job.latest_event
     message = pb.Job(
         job_id=job.job_id, state=_STATES[job.state], model_id=job.model_id,
-        dataset=job.dataset, config=config_to_proto(PruneConfig.from_dict(job.config)),
+        dataset=job.dataset, config=_stored_config(job.config),
         request_id=job.request_id, owner=job.owner, created_at=job.created_at,
         started_at=job.started_at or 0.0, finished_at=job.finished_at or 0.0,
         error=job.error or "", attempts=job.attempts, result_sha256=job.result_sha256 or "",
@@ -272,6 +272,18 @@ def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.
     if event:
         message.latest_event.CopyFrom(event_to_proto(event))
     return message
+
+
+def _stored_config(config: Mapping[str, Any]) -> cpb.PruneConfig:
+    """A stored job's config; one accepted before a bound existed (e.g. 100,000 grid values,
+    a 40-bit seed) is shown as stored rather than breaking GetJob and ListJobs."""
+    try:
+        return config_to_proto(PruneConfig.from_dict(config))
+    except InvalidInputError:
+        try:
+            return dict_to_config_proto(config)
+        except (InvalidInputError, TypeError, ValueError):
+            return cpb.PruneConfig()
 
 
 def model_to_proto(record: Any) -> pb.Model:

@@ -3,6 +3,7 @@ stops counted apart from crashes."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from pathlib import Path
@@ -88,3 +89,15 @@ def test_graceful_stops_are_counted_apart_from_crashes(tmp_path: Path) -> None:
     store.update_job("j1", state="running", attempts=4)  # then SIGKILL: one crash
     assert store.get_job("j1").crashes == 1
     store.close()
+
+
+def test_a_job_stored_before_a_bound_existed_still_converts() -> None:
+    from service import convert
+
+    job = _job("old", "m")
+    over = {**job.config, "seed": 2**40, "sparse": {"auto_grid": [0.1] * 1000}}
+    message = convert.job_to_proto(dataclasses.replace(job, config=over))
+    assert message.job_id == "old" and message.config.seed == 2**40
+    assert len(message.config.sparse.auto_grid) == 1000  # shown as stored
+    broken = {"seed": 10**30}  # not even representable: the config is left empty
+    assert convert.job_to_proto(dataclasses.replace(job, config=broken)).config.seed == 0
