@@ -19,11 +19,13 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from metaprune.errors import MetapruneError
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.config import PruneConfig, PruningOptions, Target
 from metaprune.pruning.progressive import progressive_prune
@@ -64,15 +66,19 @@ def max_reachable(
 
 def check_reachable(model: nn.Module, example_inputs: Tensor, config: PruneConfig) -> float | None:
     """Refuse a target the floor makes unreachable; return the largest reachable value
-    (``None`` for a latency target, which is not known without measuring).
+    (``None`` for a latency target, which is not known without measuring, or for a model
+    that cannot run on the meta device: its schedule meets the floor as before).
 
     Raises:
         ConfigError: naming the target, the floor settings and the largest reachable value.
     """
     if config.target.kind not in _KINDS or config.target.value <= 1.0:
         return None
-    best = max_reachable(model, example_inputs, config.pruning, config.target.kind)
-    _refuse_beyond(config, best)
+    best = _bound_or_none(
+        lambda: max_reachable(model, example_inputs, config.pruning, config.target.kind)
+    )
+    if best is not None:
+        _refuse_beyond(config, best)
     return best
 
 
@@ -96,7 +102,8 @@ def check_reachable_spec(
     spec: ArchSpec, input_shape: tuple[int, ...], config: PruneConfig, limits: Limits
 ) -> float | None:
     """:func:`check_reachable` for an architecture spec (what a server has before a job
-    runs); ``None`` when not checked (latency target, or no meta-device build).
+    runs); ``None`` when not checked (latency target, or the model cannot be built or
+    pruned on the meta device).
 
     Raises:
         ConfigError: the target is beyond the largest reachable value.
@@ -126,7 +133,19 @@ def _spec_bound(
         round_to=round_to, max_layer_ratio=max_layer_ratio, min_channels=min_channels
     )
     example = torch.empty((1, *input_shape), device="meta")
-    return max_reachable(model, example, options, kind)
+    return _bound_or_none(lambda: max_reachable(model, example, options, kind))
+
+
+def _bound_or_none(compute: Callable[[], float]) -> float | None:
+    # The bound is a courtesy check before work: a model whose forward or pruning cannot
+    # run on the meta device (data-dependent control flow, ops without meta kernels) is
+    # pruned as before and meets the floor during the schedule instead.
+    try:
+        return compute()
+    except MetapruneError:
+        raise
+    except Exception:  # noqa: BLE001 (any failure of the meta run means "not known")
+        return None
 
 
 def _refuse_beyond(config: PruneConfig, best: float) -> None:

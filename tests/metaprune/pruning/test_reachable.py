@@ -123,3 +123,23 @@ def test_seeds_are_bounded_in_the_cli(tmp_path, capsys, seed) -> None:
     assert main(["prune", str(tmp_path / "m.safetensors"), "--dataset", "digits", "-o",
                  str(tmp_path), "--config", str(config)]) == 2  # fmt: skip
     assert "seed must be an int" in capsys.readouterr().err
+
+
+class _DataDependent(torch.nn.Module):
+    """A forward that needs real values (``.item()``): no meta-device run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if h.mean().item() > 1e9:
+            h = h * 0
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_model_that_cannot_run_on_meta_is_not_refused() -> None:
+    config = PruneConfig(target=Target("macs", 1e9))
+    assert check_reachable(_DataDependent(), EXAMPLE, config) is None  # not known: no refusal
