@@ -122,6 +122,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_client(args: argparse.Namespace) -> int:
     import grpc
 
+    # everything a command may need, imported before gRPC starts its threads (all torch-free):
+    # no import happens while a call is in flight
+    import metaprune.pruning.progress  # noqa: F401
+    import metaprune.pruning.report  # noqa: F401
+    import service.convert  # noqa: F401
     from service.client import PruningClient
 
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
@@ -204,7 +209,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
         return 1
     if args.out:
         paths = client.download(job.job_id, args.out)
-        from metaprune.pruning import format_report
+        from metaprune.pruning.report import format_report
 
         print(format_report(json.loads(paths["report"].read_text())))
         for kind, path in paths.items():
@@ -216,7 +221,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
 
 def _follow(client: Any, job_id: str, quiet: bool) -> Any:
     from metaprune.cli import _progress_bar  # the same bar as `metaprune prune`
-    from metaprune.pruning import ProgressEvent
+    from metaprune.pruning.progress import ProgressEvent
     from service.convert import event_from_proto
 
     with _progress_bar(quiet) as update:
