@@ -179,13 +179,26 @@ def _resolve(path_or_name: str | os.PathLike[str], allow_paths: bool) -> Path:
         if path.suffix == ".safetensors"
         else _base(path).with_name(_base(path).name + ".safetensors")
     )
-    try:
-        exists = weights.is_file()
-    except OSError:  # e.g. a name too long for the file system
-        exists = False
-    if not exists:
-        raise MetanetNotFoundError(f"metanetwork export {quote(str(weights))} does not exist")
+    if weights != path and _is_file(path) and path.suffix != ".json":
+        raise ExportError(f"{quote(text)} is not a metanetwork export ({_EXPORT_SHAPE})")
+    if not _is_file(weights):
+        raise MetanetNotFoundError(
+            f"metanetwork export {quote(str(weights))} does not exist ({_EXPORT_SHAPE})"
+        )
     return weights
+
+
+_EXPORT_SHAPE = (
+    "an export is NAME.safetensors with 'metanet.config' metadata beside NAME.json, "
+    "written by `metaprune metanet export`; pass either file, NAME, or a registered name"
+)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
 
 
 def load(

@@ -12,14 +12,25 @@ The public API::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .checkpoint import CheckpointError, load, load_state, read_spec, save
-from .data import DatasetError, DatasetSplits, get_dataset, list_datasets
 from .errors import InvalidInputError, LimitExceededError, MetapruneError, NotFoundError
-from .limits import DEFAULT_LIMITS, Limits, check_spec
-from .models import ArchSpec, SpecSize, create_model, list_models, spec_size
 from .version import __version__
+
+# Everything else is imported on first use (PEP 562): `metaprune.errors`, `metaprune.limits`
+# and `metaprune.pruning.config` stay cheap, so the CLI's dispatch and the service client
+# start without torch (the pruning pipeline pulls in Torch-Pruning and the metanetwork).
+_LAZY = {
+    "CheckpointError": "checkpoint", "load": "checkpoint", "load_state": "checkpoint",
+    "read_spec": "checkpoint", "save": "checkpoint",
+    "DatasetError": "data", "DatasetSplits": "data", "get_dataset": "data",
+    "list_datasets": "data",
+    "DEFAULT_LIMITS": "limits", "Limits": "limits", "check_spec": "limits",
+    "ArchSpec": "models", "SpecSize": "models", "create_model": "models",
+    "list_models": "models", "spec_size": "models",
+    "prune": "pruning", "PruneConfig": "pruning", "PruneResult": "pruning",
+}  # fmt: skip
 
 __all__ = [
     "__version__",
@@ -49,13 +60,13 @@ __all__ = [
     "spec_size",
 ]
 
-_PRUNING = {"prune", "PruneConfig", "PruneResult"}
-
 
 def __getattr__(name: str) -> Any:
-    # the pruning pipeline pulls in Torch-Pruning and the metanetwork: import it on first use
-    if name in _PRUNING:
-        from . import pruning
-
-        return getattr(pruning, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    try:  # a submodule not imported yet (`metaprune.checkpoint` after `import metaprune`)
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'metaprune' has no attribute {name!r}")

@@ -64,6 +64,9 @@ __all__ = ["PLUGIN_MODULES", "Subcommand", "UsageError", "add_subcommand", "main
 
 #: Modules that register subcommands (skipped if not installed), see the module doc.
 PLUGIN_MODULES: list[str] = ["metanet.cli", "metaprune.batch.cli", "service.cli"]
+#: Commands whose plugin is known: only that module is imported (`metaprune client ...` must
+#: not wait for the others, which import torch).
+PLUGIN_OF: dict[str, str] = {"serve": "service.cli", "client": "service.cli"}
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -113,9 +116,11 @@ class _Parser(argparse.ArgumentParser):
 _BUILTIN = ("prune", "eval", "info", "import", "export")
 
 
-def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
-    """The parser of built-in subcommands, plus every plugin's if ``plugins``."""
-    modules = _load_plugins() if plugins else []
+def build_parser(plugins: bool | Sequence[str] = True) -> argparse.ArgumentParser:
+    """The parser of built-in subcommands, plus every plugin's if ``plugins`` (or those of
+    the plugin modules it lists)."""
+    names = PLUGIN_MODULES if plugins is True else list(plugins or [])
+    modules = _load_plugins(names)
     parser = _Parser(
         prog="metaprune", description="Meta-learned structural pruning.", epilog=_EXIT_HELP
     )
@@ -142,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        parser = build_parser(plugins=command not in _BUILTIN)
+        plugins = [PLUGIN_OF[command]] if command in PLUGIN_OF else command not in _BUILTIN
+        parser = build_parser(plugins=plugins)
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except SystemExit as exit_:  # --help / --version
@@ -179,9 +185,9 @@ def _describe(err: Exception) -> tuple[int, str]:
     )
 
 
-def _load_plugins() -> list[ModuleType]:
+def _load_plugins(names: Sequence[str]) -> list[ModuleType]:
     modules = []
-    for name in PLUGIN_MODULES:
+    for name in names:
         try:
             found = importlib.util.find_spec(name) is not None
         except ImportError:  # the parent package is missing
@@ -234,7 +240,7 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-images", type=_nonneg_int, help="BatchNorm recalibration images")
     p.add_argument("--bn-batches", type=_nonneg_int, help="deprecated: --bn-images / batch size")
     p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--seed", type=_nonneg_int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads for the job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -387,7 +393,7 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root")
     _add_dataset_kwargs_argument(p)
     p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/val split")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the train/val split")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limits_argument(p)
@@ -659,6 +665,12 @@ def _positive_int(text: str) -> int:
 
 def _nonneg_int(text: str) -> int:
     return _typed(text, int, lambda v: v >= 0, "an int >= 0")
+
+
+def _seed(text: str) -> int:
+    from metaprune.pruning.config import MAX_SEED  # seeds reach NumPy: 32 bits
+
+    return _typed(text, int, lambda v: 0 <= v <= MAX_SEED, f"an int in [0, {MAX_SEED}]")
 
 
 def _positive_float(text: str) -> float:

@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
     p.add_argument("--before-epochs", type=int, help="epochs before pruning")
     p.add_argument("--steps", type=int, help="pruning schedule resolution")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the job (0 to 2**32 - 1)")
     p.add_argument("--request-id", help="idempotency key (default: random)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     p.add_argument("-o", "--out", help="with --wait: download the result here")
@@ -132,6 +132,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_client(args: argparse.Namespace) -> int:
     import grpc
 
+    # everything a command may need, imported before gRPC starts its threads (all torch-free):
+    # no import happens while a call is in flight
+    import metaprune.pruning.progress  # noqa: F401
+    import metaprune.pruning.report  # noqa: F401
+    import service.convert  # noqa: F401
     from service.client import PruningClient
 
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
@@ -196,6 +201,9 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+    from metaprune.pruning.config import PruneConfig
+
+    PruneConfig.from_dict(data)  # a bad setting fails before the upload, without torch
     model_id = args.model
     if not model_id.startswith("sha256:"):
         model_id = client.upload(args.model).model_id
@@ -214,7 +222,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
         return 1
     if args.out:
         paths = client.download(job.job_id, args.out, args.format)
-        from metaprune.pruning import format_report
+        from metaprune.pruning.report import format_report
 
         print(format_report(json.loads(paths["report"].read_text())))
         for kind, path in paths.items():
@@ -226,7 +234,7 @@ def _prune(client: Any, args: argparse.Namespace) -> int:
 
 def _follow(client: Any, job_id: str, quiet: bool) -> Any:
     from metaprune.cli import _progress_bar  # the same bar as `metaprune prune`
-    from metaprune.pruning import ProgressEvent
+    from metaprune.pruning.progress import ProgressEvent
     from service.convert import event_from_proto
 
     with _progress_bar(quiet) as update:

@@ -33,11 +33,13 @@ from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
 from service.blobs import HashingWriter
 
-__all__ = ["DownloadError", "PruningClient", "WatchCallback"]
+__all__ = ["SPEC_KEY", "DownloadError", "PruningClient", "WatchCallback", "read_spec_json"]
 
 WatchCallback = Callable[[pb.Job, "pb.ProgressEvent | None"], None]
 _T = TypeVar("_T")
 _RETRY = (grpc.StatusCode.UNAVAILABLE,)
+#: the safetensors metadata key of the architecture spec (metaprune.checkpoint.SPEC_KEY)
+SPEC_KEY = "metaprune.spec"
 _FINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
 
@@ -116,9 +118,7 @@ class PruningClient:
         unless ``sha256`` is given."""
         path = Path(path)
         if spec_json is None:
-            from metaprune.checkpoint import read_spec
-
-            spec_json = json.dumps(read_spec(path).to_json(), sort_keys=True)
+            spec_json = read_spec_json(path)
         if sha256 is None:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -278,6 +278,51 @@ class PruningClient:
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def read_spec_json(path: str | os.PathLike[str], max_header_bytes: int = 100 << 20) -> str:
+    """The ``metaprune.spec`` metadata of a safetensors checkpoint, read from its header
+    without torch (the server checks the spec and the weights).
+
+    Raises:
+        InvalidInputError: the file is missing, not safetensors, or has no spec.
+    """
+    from metaprune.errors import InvalidInputError
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head[:1] == b"\x80" or head[:2] == b"PK":
+                kind = (
+                    "a Python pickle"
+                    if head[:1] == b"\x80"
+                    else "a zip archive (a torch.save file?)"
+                )
+                raise InvalidInputError(
+                    f"checkpoint {str(path)!r} is {kind}, not safetensors (pickles are never "
+                    "loaded; convert it on your own machine with `metaprune import`)"
+                )
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= size <= max_header_bytes:
+                raise InvalidInputError(
+                    f"checkpoint {str(path)!r} is not a safetensors file "
+                    f"(its first 8 bytes announce a {size:,}-byte header)"
+                )
+            header = json.loads(f.read(size))
+    except OSError as err:
+        raise InvalidInputError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInputError(
+            f"checkpoint {str(path)!r} is not a safetensors file (its header is not JSON)"
+        ) from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    spec = metadata.get(SPEC_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(spec, str):
+        raise InvalidInputError(
+            f"checkpoint {str(path)!r} has no {SPEC_KEY!r} metadata, so it is not a metaprune "
+            "checkpoint (write one with metaprune.save or `metaprune import`)"
+        )
+    return spec
 
 
 def config_message(config: PruneConfig | Mapping[str, Any] | None) -> cpb.PruneConfig:

@@ -22,7 +22,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from metaprune.errors import InvalidInputError
-from metaprune.pruning.config import PruneConfig
+from metaprune.pruning.config import MAX_LIST, PruneConfig
 from service._generated import prune_config_pb2 as cpb
 from service._generated import pruning_service_pb2 as pb
 
@@ -46,23 +46,53 @@ __all__ = [
 _VALUE = "google.protobuf.Value"
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
+def message_to_dict(message: Message, prefix: str = "") -> dict[str, Any]:
     """Fields that are set, by name: nested messages as dicts, repeated fields as lists,
     ``google.protobuf.Value`` fields (a dataclass field of several scalar types, e.g.
-    ``float | str``) as the plain value."""
-    from google.protobuf.json_format import MessageToDict
+    ``float | str``) as the plain value.
 
+    Every value is checked at the edge, before the library sees it: numbers must be finite
+    and repeated fields hold at most :data:`~metaprune.pruning.config.MAX_LIST` entries.
+
+    Raises:
+        InvalidInputError: naming the field (dotted path), the expectation and what was found.
+    """
     out: dict[str, Any] = {}
     for field, value in message.ListFields():
+        path = prefix + field.name
         if _is_repeated(field):
-            out[field.name] = list(value)
+            if len(value) > MAX_LIST:
+                raise InvalidInputError(
+                    f"{path} has {len(value):,} entries (at most {MAX_LIST} are accepted)"
+                )
+            out[field.name] = [_finite(f"{path}[{i}]", v) for i, v in enumerate(value)]
         elif field.message_type is not None and field.message_type.full_name == _VALUE:
-            out[field.name] = MessageToDict(value)
+            out[field.name] = _value(path, value)
         elif field.message_type is not None:
-            out[field.name] = message_to_dict(value)
+            out[field.name] = message_to_dict(value, path + ".")
         else:
-            out[field.name] = value
+            out[field.name] = _finite(path, value)
     return out
+
+
+def _finite(path: str, value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"{path} must be a finite number (found {value})")
+    return value
+
+
+def _value(path: str, value: struct_pb2.Value) -> Any:
+    """A ``google.protobuf.Value`` holding a scalar, as the plain value (``MessageToDict``
+    cannot represent NaN and would fail as an internal error)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return _finite(path, value.number_value)
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    raise InvalidInputError(
+        f"{path} must be a number or a string (found a google.protobuf.Value "
+        f"holding {kind or 'nothing'})"
+    )
 
 
 def config_from_proto(message: cpb.PruneConfig) -> PruneConfig:
@@ -71,7 +101,7 @@ def config_from_proto(message: cpb.PruneConfig) -> PruneConfig:
     Raises:
         ConfigError: a value is out of range or of the wrong kind (the message names it).
     """
-    data = message_to_dict(message)
+    data = message_to_dict(message, "config.")
     for key in ("seed", "data_seed"):  # int64 on the wire, plain int in the config
         if key in data:
             data[key] = int(data[key])
@@ -252,7 +282,7 @@ def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.
     event = latest_event if latest_event is not None else job.latest_event
     message = pb.Job(
         job_id=job.job_id, state=_STATES[job.state], model_id=job.model_id,
-        dataset=job.dataset, config=config_to_proto(PruneConfig.from_dict(job.config)),
+        dataset=job.dataset, config=_stored_config(job.config),
         request_id=job.request_id, owner=job.owner, created_at=job.created_at,
         started_at=job.started_at or 0.0, finished_at=job.finished_at or 0.0,
         error=job.error or "", attempts=job.attempts, result_sha256=job.result_sha256 or "",
@@ -264,6 +294,18 @@ def job_to_proto(job: Any, latest_event: Mapping[str, Any] | None = None) -> pb.
     if event:
         message.latest_event.CopyFrom(event_to_proto(event))
     return message
+
+
+def _stored_config(config: Mapping[str, Any]) -> cpb.PruneConfig:
+    """A stored job's config; one accepted before a bound existed (e.g. 100,000 grid values,
+    a 40-bit seed) is shown as stored rather than breaking GetJob and ListJobs."""
+    try:
+        return config_to_proto(PruneConfig.from_dict(config))
+    except InvalidInputError:
+        try:
+            return dict_to_config_proto(config)
+        except (InvalidInputError, TypeError, ValueError):
+            return cpb.PruneConfig()
 
 
 def model_to_proto(record: Any) -> pb.Model:

@@ -6,8 +6,8 @@ processes (the gRPC process has threads, so it never forks)::
 
     queued --> running --> succeeded | failed | cancelled
       ^           |
-      +-----------+  re-queued by a graceful stop, or by the next start after a crash
-                     (at most ``max_attempts`` starts, then failed with the reason)
+      +-----------+  re-queued by a graceful stop (not counted), or by the next start
+                     after a crash (at most ``max_attempts`` crashes, then failed)
 
 A job whose worker raises, segfaults or is killed is *failed* with the executor's reason
 (e.g. ``worker process died: killed by signal 9 (SIGKILL)``) and not retried: a job that
@@ -104,6 +104,9 @@ class JobManager:
         self._waiters: list[threading.Thread] = []
         self._accepting = True
         self._stopped = False
+        #: set when a graceful stop begins: a watcher of an unfinished job ends its stream
+        #: with UNAVAILABLE (retryable) instead of OK, which would read as "the job ended"
+        self.stopping = threading.Event()
         self._recover()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="job-dispatcher", daemon=True
@@ -240,7 +243,7 @@ class JobManager:
         manager stops); return the current version."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._versions.get(job_id, 0) <= seen and not self._stopped:
+            while self._versions.get(job_id, 0) <= seen and not self.stopping.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -268,11 +271,12 @@ class JobManager:
         """Jobs left ``running`` by a process that died: re-queue, or fail after too many
         starts (a job that crashes the server every time must not crash it forever)."""
         for job in self.store.jobs_in((RUNNING,)):
-            if job.attempts >= self.config.max_attempts:
+            if job.crashes >= self.config.max_attempts:  # graceful stops are not crashes
                 self.store.update_job(
                     job.job_id, state=FAILED, finished_at=time.time(),
-                    error=f"the server stopped while running this job {job.attempts} times "
-                    f"(max_attempts {self.config.max_attempts}); not retried",
+                    error=f"the server died while running this job {job.crashes} times "
+                    f"(max_attempts {self.config.max_attempts}; graceful stops not counted); "
+                    "not retried",
                 )  # fmt: skip
                 log_event(
                     "job", job_id=job.job_id, state=FAILED, reason="max_attempts", owner=job.owner
@@ -290,6 +294,7 @@ class JobManager:
             if self._stopped:
                 return
             self._accepting = False
+            self.stopping.set()
             for running in self._running.values():
                 if running.stop_reason is None:
                     running.stop_reason = "shutdown"
@@ -306,7 +311,7 @@ class JobManager:
         with self._cond:  # whatever did not report in time goes back to the queue
             leftovers = list(self._running)
         for job_id in leftovers:
-            self.store.update_job(job_id, only_if_state=(RUNNING,), state=QUEUED)
+            self.store.requeue_after_stop(job_id)
 
     def _dispatch(self) -> None:
         while True:
@@ -408,7 +413,7 @@ class JobManager:
             )  # fmt: skip
             self._transition(job.job_id, SUCCEEDED, owner=job.owner)
         elif running.stop_reason == "shutdown":
-            self.store.update_job(job.job_id, only_if_state=(RUNNING,), state=QUEUED, **common)
+            self.store.requeue_after_stop(job.job_id, **common)
             self._transition(job.job_id, QUEUED, owner=job.owner, reason="server shutdown")
         elif running.stop_reason == "cancel":
             self.store.update_job(

@@ -17,7 +17,10 @@ from metaprune.limits import Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning.config import PruneConfig
 
-__all__ = ["check_job", "check_name", "spec_size"]
+__all__ = ["MAX_REQUEST_ID", "check_job", "check_name", "check_request_id", "spec_size"]
+
+#: the longest ``request_id`` (characters), as the proto documents
+MAX_REQUEST_ID = 128
 
 
 def check_name(kind: str, name: str, allowed: Sequence[str]) -> str:
@@ -33,6 +36,17 @@ def check_name(kind: str, name: str, allowed: Sequence[str]) -> str:
     if name not in allowed:
         raise NotFoundError(f"unknown {kind} {quote(name)} (this server offers {sorted(allowed)})")
     return name
+
+
+def check_request_id(request_id: str) -> str:
+    """``request_id`` if it has 1-``MAX_REQUEST_ID`` printable characters. An empty id is
+    refused, never replaced: a generated one would make a retried request a second job."""
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidInputError(
+            f"request_id must be 1-{MAX_REQUEST_ID} printable characters, unique per job "
+            f"(e.g. a UUID; found {quote(request_id)}, {len(request_id)} characters)"
+        )
+    return request_id
 
 
 def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | None) -> int:

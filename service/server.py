@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
@@ -42,6 +41,7 @@ from service.interceptor import ServiceInterceptor
 from service.jobs import JobManager
 from service.logs import log_event
 from service.metrics import Metrics, MetricsEndpoint, serve_metrics
+from service.reflection import enable_reflection
 from service.servicer import PruningServicer
 from service.store import ACTIVE_STATES, FINAL_STATES, Store
 
@@ -181,10 +181,9 @@ async def _build(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server,
-    )  # fmt: skip
+    enable_reflection(  # v1 and v1alpha
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
+    )
     address = f"{config.host}:{config.port}"
     try:
         if credentials is None:

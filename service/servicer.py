@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from metaprune.data import check_dataset_kwargs
 from metaprune.errors import InvalidInputError, NotFoundError, quote
 from metaprune.models import ArchSpec, list_sources
 from metaprune.pruning.config import METHODS, TARGET_KINDS, PruneConfig
+from metaprune.pruning.reachable import check_reachable_spec
 from metaprune.version import __version__
 from service import convert
 from service._generated import pruning_service_pb2 as pb
@@ -36,7 +36,7 @@ from service.config import ServiceConfig
 from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs import JobManager
 from service.metrics import Metrics
-from service.policy import check_job, check_name, spec_size
+from service.policy import check_job, check_name, check_request_id, spec_size
 from service.result_formats import ResultFiles
 from service.slots import TokenSlots
 from service.store import FINAL_STATES, SUCCEEDED, Store
@@ -44,7 +44,6 @@ from service.uploads import receive_upload
 
 __all__ = ["PruningServicer"]
 
-_MAX_REQUEST_ID = 128
 _MAX_PAGE = 500
 
 
@@ -110,9 +109,7 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
     def _create_prune_job(self, request: pb.CreatePruneJobRequest) -> pb.CreatePruneJobResponse:
         principal = _caller()
         principal.require_write("create jobs")
-        request_id = request.request_id or f"auto-{time.time_ns()}"
-        if len(request_id) > _MAX_REQUEST_ID:
-            raise InvalidInputError(f"request_id must be at most {_MAX_REQUEST_ID} characters")
+        request_id = check_request_id(request.request_id)
         model = self._model(principal, request.model_id)
         dataset = check_name("dataset", request.dataset, self.config.datasets)
         config = convert.config_from_proto(request.config)
@@ -121,7 +118,9 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         options = check_dataset_kwargs(dataset, options, self.config.limits)
         _, channels, size = self._dataset_shape(dataset)
         channels, size = options.get("in_channels", channels), options.get("image_size", size)
-        spec_size(ArchSpec.from_json(model.spec_json), self.config.limits, (channels, size, size))
+        spec, shape = ArchSpec.from_json(model.spec_json), (channels, size, size)
+        spec_size(spec, self.config.limits, shape)
+        check_reachable_spec(spec, shape, config, self.config.limits)  # target past the floor
         job, created = self.jobs.create(
             principal, model.model_id, dataset, config, request_id, options
         )

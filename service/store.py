@@ -8,7 +8,10 @@ data directory. Tables::
     jobs(seq PK autoincrement, job_id UNIQUE, owner, request_id, request_hash, model_id,
          dataset, config_json, state, created_at, started_at, finished_at, error,
          attempts, latest_event_json, result_sha256, result_size, summary_json,
-         dataset_kwargs_json)
+         graceful_stops, dataset_kwargs_json)
+
+The schema is versioned (``PRAGMA user_version``, :data:`SCHEMA_VERSION`); an older
+database is migrated in place when it is opened.
 
 WAL mode lets readers (listing, watching) proceed while a writer commits; every write is
 one transaction, so a crash leaves the previous committed state. One connection is shared
@@ -22,11 +25,10 @@ import dataclasses
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobRecord", "ModelRecord", "Store"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "SCHEMA_VERSION", "JobRecord", "ModelRecord", "Store"]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
@@ -50,8 +52,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_size INTEGER, summary_json TEXT, UNIQUE (owner, request_id));
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
-# columns added after the first release: (name, definition), added to older databases on open
-_ADDED_COLUMNS = (("dataset_kwargs_json", "TEXT NOT NULL DEFAULT '{}'"),)
+#: (schema version, statements): applied in order to a database whose ``user_version`` is
+#: lower, in one transaction each; a new database is created as version 1 and migrated too,
+#: so both paths end in the same schema
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    # graceful stops (SIGTERM) re-queue a running job without counting as a crash
+    (2, "ALTER TABLE jobs ADD COLUMN graceful_stops INTEGER NOT NULL DEFAULT 0"),
+    # the dataset options a job runs with (CreatePruneJobRequest.dataset_kwargs)
+    (3, "ALTER TABLE jobs ADD COLUMN dataset_kwargs_json TEXT NOT NULL DEFAULT '{}'"),
+)
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +96,12 @@ class JobRecord:
     result_size: int | None
     summary: dict[str, Any] | None
     dataset_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    graceful_stops: int = 0  # starts that ended in a graceful server stop (not crashes)
+
+    @property
+    def crashes(self) -> int:
+        """Starts that ended with the server dying (``attempts`` minus graceful stops)."""
+        return self.attempts - self.graceful_stops
 
     @property
     def done(self) -> bool:
@@ -105,10 +121,22 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives power loss too
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, definition in _ADDED_COLUMNS:
-            if name not in have:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for target, sql in _MIGRATIONS:
+                if version < target:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.execute(sql)
+                        self._db.execute(f"PRAGMA user_version = {int(target)}")
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    version = target
 
     def close(self) -> None:
         with self._lock:
@@ -125,21 +153,23 @@ class Store:
     # ------------------------------------------------------------------ models
 
     def add_model(self, record: ModelRecord, owner: str) -> bool:
-        """Store a model row (if new) and ``owner``'s reference; True if the row was new."""
+        """Store a model row (if new) and ``owner``'s reference; True if ``owner`` had no
+        reference yet. Whether *another* owner stored the same bytes is never revealed:
+        the bytes are stored once, but ``created`` is per owner."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.model_id, record.sha256, record.size, record.spec_json,
+                     record.params, record.created_at),
+                )  # fmt: skip
                 new = (
                     self._db.execute(
-                        "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
-                        (record.model_id, record.sha256, record.size, record.spec_json,
-                         record.params, record.created_at),
+                        "INSERT OR IGNORE INTO model_refs VALUES (?, ?, ?, ?)",
+                        (record.model_id, owner, record.display_name, record.created_at),
                     ).rowcount
                     == 1
-                )  # fmt: skip
-                self._db.execute(
-                    "INSERT OR IGNORE INTO model_refs VALUES (?, ?, ?, ?)",
-                    (record.model_id, owner, record.display_name, time.time()),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -156,8 +186,9 @@ class Store:
                 (model_id,),
             )
         else:
-            rows = self._rows(
-                "SELECT m.*, r.display_name FROM models m JOIN model_refs r USING (model_id) "
+            rows = self._rows(  # the owner's own upload time, not the first uploader's
+                "SELECT m.model_id, m.sha256, m.size, m.spec_json, m.params, r.created_at, "
+                "r.display_name FROM models m JOIN model_refs r USING (model_id) "
                 "WHERE m.model_id = ? AND r.owner = ?",
                 (model_id, owner),
             )
@@ -292,6 +323,24 @@ class Store:
             params += list(only_if_state)
         return self._write(sql, tuple(params)).rowcount == 1
 
+    def requeue_after_stop(self, job_id: str, **fields: Any) -> bool:
+        """Put a running job back in the queue after a graceful stop (not a crash: the
+        stop is counted in ``graceful_stops``, which recovery subtracts from ``attempts``)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = self.update_job(job_id, only_if_state=(RUNNING,), state=QUEUED, **fields)
+                if changed:
+                    self._db.execute(
+                        "UPDATE jobs SET graceful_stops = graceful_stops + 1 WHERE job_id = ?",
+                        (job_id,),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return changed
+
     def delete_job(self, job_id: str) -> None:
         self._write("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
@@ -309,4 +358,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
         result_sha256=data["result_sha256"], result_size=data["result_size"],
         summary=json.loads(data["summary_json"]) if data["summary_json"] else None,
         dataset_kwargs=json.loads(data.get("dataset_kwargs_json") or "{}"),
+        graceful_stops=data["graceful_stops"],
     )  # fmt: skip

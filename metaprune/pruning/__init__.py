@@ -7,79 +7,102 @@
 The building blocks are public so that other jobs reuse them: the metanetwork's training
 selects checkpoints with :func:`progressive_prune`, benchmarks call :func:`finetune`,
 :func:`recalibrate_bn` and :func:`measure_latency` directly.
+
+Names are imported on first use (PEP 562): importing ``metaprune.pruning.config`` does not
+pull in Torch-Pruning and the pipeline, so a thin client can validate a config cheaply.
 """
 
-from metaprune.pruning._checks import ConfigError
-from metaprune.pruning.bn import recalibrate_bn
-from metaprune.pruning.config import (
-    CONFIG_VERSION,
-    FinetuneBudget,
-    ImportanceOptions,
-    LatencyOptions,
-    PruneConfig,
-    PruningOptions,
-    SparseTraining,
-    Target,
-)
-from metaprune.pruning.finetune import FinetuneResult, evaluate, finetune
-from metaprune.pruning.importance import list_importances, make_importance, register_importance
-from metaprune.pruning.latency import measure_latency
-from metaprune.pruning.methods import (
-    MetanetUnavailable,
-    Method,
-    get_method,
-    list_methods,
-    register_method,
-)
-from metaprune.pruning.pipeline import PruneResult, prune
-from metaprune.pruning.progress import (
-    CANCEL,
-    CancelToken,
-    ProgressCallback,
-    ProgressEvent,
-    PruneCancelled,
-)
-from metaprune.pruning.progressive import StepInfo, progressive_prune
-from metaprune.pruning.report import format_report, plot_curve, write_report
-from metaprune.pruning.targets import Cost, find_classifier, layer_widths, measure_cost
+from __future__ import annotations
 
-__all__ = [
-    "CANCEL",
-    "CONFIG_VERSION",
-    "CancelToken",
-    "ConfigError",
-    "Cost",
-    "FinetuneBudget",
-    "FinetuneResult",
-    "ImportanceOptions",
-    "LatencyOptions",
-    "MetanetUnavailable",
-    "Method",
-    "ProgressCallback",
-    "ProgressEvent",
-    "PruneCancelled",
-    "PruneConfig",
-    "PruneResult",
-    "PruningOptions",
-    "SparseTraining",
-    "StepInfo",
-    "Target",
-    "evaluate",
-    "find_classifier",
-    "finetune",
-    "format_report",
-    "get_method",
-    "layer_widths",
-    "list_importances",
-    "list_methods",
-    "make_importance",
-    "measure_cost",
-    "measure_latency",
-    "plot_curve",
-    "progressive_prune",
-    "prune",
-    "recalibrate_bn",
-    "register_importance",
-    "register_method",
-    "write_report",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+#: submodule -> the public names it provides
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "_checks": ("ConfigError",),
+    "bn": ("recalibrate_bn",),
+    "config": (
+        "CONFIG_VERSION",
+        "FinetuneBudget",
+        "ImportanceOptions",
+        "LatencyOptions",
+        "PruneConfig",
+        "PruningOptions",
+        "SparseTraining",
+        "Target",
+    ),
+    "finetune": (
+        "FinetuneResult",
+        "evaluate",
+        "finetune",
+    ),
+    "importance": (
+        "list_importances",
+        "make_importance",
+        "register_importance",
+    ),
+    "latency": ("measure_latency",),
+    "methods": (
+        "MetanetUnavailable",
+        "Method",
+        "get_method",
+        "list_methods",
+        "register_method",
+    ),
+    "pipeline": (
+        "PruneResult",
+        "prune",
+    ),
+    "progress": (
+        "CANCEL",
+        "CancelToken",
+        "ProgressCallback",
+        "ProgressEvent",
+        "PruneCancelled",
+    ),
+    "progressive": (
+        "StepInfo",
+        "progressive_prune",
+    ),
+    "report": (
+        "format_report",
+        "plot_curve",
+        "write_report",
+    ),
+    "targets": (
+        "Cost",
+        "find_classifier",
+        "layer_widths",
+        "measure_cost",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    # importing a submodule sets it as an attribute of its package; the submodule
+    # `finetune` must not shadow the function `finetune` (the eager imports this replaces
+    # overwrote it the same way)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (isinstance(value, types.ModuleType) and name in _MODULE_OF):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

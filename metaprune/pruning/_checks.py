@@ -15,12 +15,16 @@ class ConfigError(InvalidInputError):
     """A pruning option is invalid; the message names the option, the expectation and the value."""
 
 
-def check_int(name: str, value: object, minimum: int | None = None) -> int:
-    """``value`` if it is an int (not a bool) ``>= minimum``, else :class:`ConfigError`."""
+def check_int(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """``value`` if it is an int (not a bool) in ``[minimum, maximum]``, else :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int (found {quote(value)})")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum} (found {quote(value)})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be an int <= {maximum} (found {quote(value)})")
     return value
 
 

@@ -17,11 +17,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from metaprune.errors import quote
 from metaprune.limits import DEFAULT_LIMITS, Limits
@@ -35,6 +34,8 @@ __all__ = [
     "FinetuneBudget",
     "ImportanceOptions",
     "LatencyOptions",
+    "MAX_LIST",
+    "MAX_SEED",
     "PruneConfig",
     "PruningOptions",
     "SparseTraining",
@@ -52,6 +53,12 @@ NORMALIZERS = ("max", "mean", "sum", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
 IMPORTANCE_NORMALIZERS = ("auto", *NORMALIZERS)
 REDUCTIONS = ("mean", "sum", "max", "first")
+#: most entries of a list setting (``milestones``, ``sparse.auto_grid``: each grid value is a
+#: whole sparse training, so the grid is a cost as much as a setting)
+MAX_LIST = 16
+#: seeds reach NumPy and scikit-learn, which take 32-bit seeds
+MAX_SEED = 2**32 - 1
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]{1,4})?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +117,7 @@ class FinetuneBudget:
             raise ConfigError(
                 f"milestones must be a list of epochs (found {quote(self.milestones)})"
             )
+        _check_length("milestones", self.milestones)
         for m in self.milestones:
             check_int("milestones[]", m, minimum=1)
         object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
@@ -259,6 +267,7 @@ class SparseTraining:
             raise ConfigError(
                 f"sparse.auto_grid must be a list of numbers (found {self.auto_grid!r})"
             )
+        _check_length("sparse.auto_grid", self.auto_grid)
         grid = tuple(check_number("sparse.auto_grid[]", g, minimum=0.0) for g in self.auto_grid)
         if not grid:
             raise ConfigError("sparse.auto_grid must not be empty")
@@ -377,19 +386,13 @@ class PruneConfig:
             )
         check_int("bn_recalibration_images", self.bn_recalibration_images, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
-        check_int("seed", self.seed, minimum=0)
-        check_int("data_seed", self.data_seed, minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_int("data_seed", self.data_seed, minimum=0, maximum=MAX_SEED)
         if self.data_workers is not None:
             check_int("data_workers", self.data_workers, minimum=0)
         if not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu' (found {quote(self.device)})")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ConfigError(
-                f"device {quote(self.device)} is not a torch device (e.g. 'cpu', 'cuda:0')"
-            ) from None
-        if device.type not in ("cpu", "cuda", "mps"):
+        if not _DEVICE.fullmatch(self.device):  # torch's syntax, without importing torch
             raise ConfigError(
                 f"device {quote(self.device)} cannot run a job (expected 'cpu', 'cuda[:N]' or 'mps')"
             )
@@ -480,6 +483,11 @@ def _migrate(data: Any) -> Any:
         check_int("batch_size", batch_size, minimum=1)
         out["bn_recalibration_images"] = batches * batch_size
     return out
+
+
+def _check_length(name: str, values: tuple | list) -> None:
+    if len(values) > MAX_LIST:
+        raise ConfigError(f"{name} has {len(values):,} entries (at most {MAX_LIST} are accepted)")
 
 
 def _check_bool(name: str, value: object) -> None:

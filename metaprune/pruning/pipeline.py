@@ -56,6 +56,7 @@ from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES, choose_normalizer
 from metaprune.pruning.progress import CancelToken, ProgressCallback, StageMeter, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
+from metaprune.pruning.reachable import check_reachable
 from metaprune.pruning.rebuild import check_rebuild
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.structure import check_prunable
@@ -204,6 +205,7 @@ def prune(
     )
     example = example.to(device)
     _check_classes(model, example, splits)
+    check_reachable(model, example, config)  # a target past the floor: refused before work
     if not _finite_outputs(model, example):
         raise InvalidInputError(
             "the model's outputs are NaN or Inf on a random input; refusing to prune it"

@@ -101,7 +101,8 @@ class PruningServiceServicer:
 
     def UploadModel(self, request_iterator, context):
         """Client streaming: one UploadHeader, then the checkpoint's bytes in chunks
-        (256 KiB - 1 MiB each). Returns the model's content-addressed id.
+        (256 KiB - 1 MiB each; every message at most max_message_bytes, 4 MiB by default).
+        Returns the model's content-addressed id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,7 +151,10 @@ class PruningServiceServicer:
 
     def WatchJob(self, request, context):
         """Server streaming: the job's current state and latest progress event first, then
-        state changes and (throttled) progress events; the stream ends when the job ends.
+        state changes and (throttled) progress events; the stream ends (OK) when the job ends.
+        If the server stops gracefully while the job is queued or running, the stream ends with
+        UNAVAILABLE (never OK): the job is re-queued and resumes at the next start, so call
+        WatchJob again (with back-off) to follow it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

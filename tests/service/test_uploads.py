@@ -71,9 +71,11 @@ def test_upload_is_content_addressed_and_stored_once(
     sha = hashlib.sha256(data).hexdigest()
     first = _upload(connect("alice"), data)
     again = connect("alice").upload(checkpoint)
+    bob_had_it = server.store.get_model(f"sha256:{sha}", "bob") is not None
     other = _upload(connect("bob"), data)
     assert first.model.model_id == again.model_id == other.model.model_id == f"sha256:{sha}"
-    assert not other.created
+    assert other.created is not bob_had_it  # per owner: alice's upload tells bob nothing
+    assert not _upload(connect("bob"), data).created
     assert first.model.size_bytes == len(data) and first.model.params == 272_084
     blobs = [p for p in (server.config.data_path / "blobs").rglob("*") if p.name == sha]
     assert len(blobs) == 1  # one copy (the session's server holds other tests' models too)

@@ -125,7 +125,9 @@ def test_from_dict_rejects_bad_structure(data, expected):
         ({"after_pruning": {"schedule": "linear"}}, "after_pruning: schedule must be one of"),
         ({"pruning": {"max_layer_ratio": 1.0}}, "pruning.max_layer_ratio must be < 1"),
         ({"batch_size": True}, "batch_size must be an int (found True)"),
-        ({"device": "gpu7"}, "device 'gpu7' is not a torch device"),
+        ({"device": "gpu7"}, "device 'gpu7' cannot run a job (expected 'cpu', 'cuda[:N]'"),
+        ({"seed": 10**20}, f"seed must be an int <= {2**32 - 1} (found 100000000000000000000)"),
+        ({"data_seed": -1}, "data_seed must be an int >= 0 (found -1)"),
         ({"metanet": ""}, "metanet must be a non-empty string"),
     ],
 )

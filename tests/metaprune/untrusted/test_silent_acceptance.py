@@ -92,7 +92,12 @@ def test_exit_codes_say_whether_the_target_was_reached(good: Path, tmp_path: Pat
     argv = ["prune", str(good), "--dataset", "digits", *_FAST]
     assert main([*argv, "-o", str(reached), "--target-speedup", "1.2"]) == 0
     assert json.loads((reached / "report.json").read_text())["target_reached"] is True
-    status = main([*argv, "-o", str(missed), "--target-speedup", "1000"])
+    # a MACs target past the pruning floor is refused before any work (exit 2, nothing written)
+    assert main([*argv, "-o", str(missed), "--target-speedup", "1000"]) == 2
+    assert "this model reaches at most" in capsys.readouterr().err and not missed.exists()
+    # a latency target is only known by measuring: the schedule runs and misses it (exit 3)
+    status = main([*argv, "-o", str(missed), "--target-speedup", "1000", "--target-kind",
+                   "latency"])  # fmt: skip
     assert status == EXIT_TARGET_NOT_REACHED == 3
     report = json.loads((missed / "report.json").read_text())
     assert report["target_reached"] is False and report["outputs_finite"] is True
