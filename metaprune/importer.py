@@ -25,6 +25,7 @@ are filled with 0 (and reported). Non-finite weights are refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 from collections.abc import Mapping
@@ -113,8 +114,6 @@ def import_weights(
         )
     meta = {"imported_from": source.name[:200], "imported_format": kind}
     if hub and isinstance(hub.get("pretrained_cfg"), Mapping):
-        import json
-
         meta["pretrained_cfg"] = json.dumps(hub["pretrained_cfg"], sort_keys=True, default=str)
     path = checkpoint.save(state, spec, out, metadata=meta)
     checkpoint.load(path, limits=limits)  # what was written loads (and builds) as the user will
@@ -147,18 +146,14 @@ def read_weights(
     with path.open("rb") as f:
         head = f.read(9)
     foreign = describe_foreign_file(head, path.stat().st_size)
-    if foreign is None:
-        state = _read_safetensors(path, limits)
-        kind = kind or "safetensors"
-    else:
-        state = _read_torch_save(path, head, state_key)
-        kind = kind or "torch.save"
-    if state_key is not None and foreign is None:
+    if foreign is not None:
+        return _read_torch_save(path, head, state_key), kind or "torch.save", hub
+    if state_key is not None:
         raise WeightsImportError(
             f"weights {str(path)!r}: --state-key applies to torch.save files only; "
             "a safetensors file is a flat state dict"
         )
-    return state, kind, hub
+    return _read_safetensors(path, limits), kind or "safetensors", hub
 
 
 def _read_safetensors(path: Path, limits: Limits) -> dict[str, Tensor]:
