@@ -593,12 +593,15 @@ reads one it did not just write.
 """
 
 
-def _configure_export(p: argparse.ArgumentParser) -> None:
-    from metaprune.export import FORMATS
+# metaprune.export.FORMATS (a test keeps them equal); importing that module here would load
+# torch for every command, `metaprune client` included, since all parsers are built up front
+_EXPORT_FORMATS = ("onnx", "pt2")
 
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
     p.description, p.formatter_class = _EXPORT_HELP, argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--format", choices=_EXPORT_FORMATS, required=True)
     p.add_argument("-o", "--out", required=True, help="the file to write (.onnx / .pt2)")
     p.add_argument("--input-size", type=_positive_int, help="input height and width")
     p.add_argument("--in-channels", type=_positive_int, help="input channels (with --input-size)")

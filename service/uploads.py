@@ -68,7 +68,7 @@ async def receive_upload(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInputError("an upload must start with an UploadHeader message")
     header = first.header
-    spec = await asyncio.to_thread(_check_header, header, config, store, principal.name)
+    spec = await asyncio.to_thread(_check_header, header, config, store)
     received, trailer, start = 0, "", time.perf_counter()
     with blobs.temp_file() as (tmp_path, f):
         writer = AsyncHashingWriter(f)
@@ -156,9 +156,7 @@ def _expected_sha(header: str, trailer: str) -> str:
     return header or trailer
 
 
-def _check_header(
-    header: pb.UploadHeader, config: ServiceConfig, store: Store, owner: str
-) -> ArchSpec:
+def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) -> ArchSpec:
     limits = config.limits
     spec_bytes = len(header.spec_json.encode())
     limits.check("max_spec_bytes", spec_bytes, what="the upload's spec_json")
@@ -174,8 +172,9 @@ def _check_header(
     if len(header.display_name) > _MAX_NAME:
         raise InvalidInputError(f"UploadHeader.display_name is over {_MAX_NAME} characters")
     used = store.used_bytes()
-    # only the caller's own copy waives the quota: another owner's would tell them it exists
-    already = bool(header.sha256) and store.get_model(f"sha256:{header.sha256}", owner) is not None
+    # bytes already stored (by anyone) take no new disk; near a full quota this tells a caller
+    # that someone stored them (a known side channel, narrower than the old ``created``)
+    already = bool(header.sha256) and store.get_model(f"sha256:{header.sha256}", None) is not None
     if not already and used + header.total_size > config.blob_quota_bytes:
         raise LimitExceededError(
             "blob_quota_bytes", config.blob_quota_bytes, used + header.total_size,

@@ -120,3 +120,10 @@ def test_input_shape_defaults_and_bounds(pruned: Path, tmp_path: Path, capsys) -
         export_checkpoint(pruned, tmp_path / "x.pt2", "pt2", limits=Limits(max_macs=1000))
     assert main(["export", str(pruned), "--format", "zip", "-o", str(tmp_path / "z")]) == 2
     assert "invalid choice: 'zip'" in capsys.readouterr().err
+
+
+def test_the_cli_offers_exactly_the_export_formats() -> None:
+    from metaprune import cli
+    from metaprune.export import FORMATS
+
+    assert cli._EXPORT_FORMATS == FORMATS  # the CLI keeps its own copy to stay torch-free

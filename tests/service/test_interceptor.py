@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -174,9 +175,14 @@ def test_a_handlers_own_abort_keeps_its_status_and_is_counted(channel: grpc.Chan
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert info.value.details() == "aborted by the handler"
     method = "/test.Raise/Unary"
-    count = METRICS.registry.get_sample_value(
-        "metaprune_rpc_duration_seconds_count", {"method": method, "code": "OUT_OF_RANGE"}
-    )
+    labels = {"method": method, "code": "OUT_OF_RANGE"}
+    # context.abort sends the status at once, so the client may see it before the
+    # interceptor's bookkeeping runs: wait for it (bounded)
+    for _ in range(100):
+        count = METRICS.registry.get_sample_value("metaprune_rpc_duration_seconds_count", labels)
+        if count is not None:
+            break
+        time.sleep(0.05)
     assert count == 1
     _call(channel, "whoami")
     assert METRICS.registry.get_sample_value(
