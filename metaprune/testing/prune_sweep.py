@@ -45,7 +45,7 @@ TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
     "efficientnet_v2_s": ({}, 64),
     "googlenet": ({"aux_logits": False}, 64),
     "inception_v3": ({"aux_logits": False}, 96),
-    "maxvit_t": ({}, 64),
+    "maxvit_t": ({}, 224),  # its 7x7 partitions need a multiple of 224
     "mnasnet0_5": ({}, 64),
     "mobilenet_v2": ({}, 64),
     "mobilenet_v3_small": ({}, 64),
