@@ -63,7 +63,7 @@ _PROBE_RATIO = 0.25
 # `stride` indices; through a chain of reshapes that do not act on channels (Swin's
 # window partitions) the lists multiply until the process runs out of memory (15 GB
 # for torchvision's swin_t at 64 px). Past this many indices the mapping stops.
-_MAX_MAPPED_INDICES = 1 << 21
+_MAX_MAPPED_INDICES = 1 << 18
 
 
 class _MappingTooLarge(RuntimeError):
