@@ -78,11 +78,11 @@ SLOW = [
     ("timm/convnext_atto", {}, 32),  # layer scale
     ("timm/vit_tiny_patch16_224", {"img_size": 32}, 32),  # fused qkv heads, pos embedding
     ("timm/resmlp_12_224", {"img_size": 32}, 32),  # ResMLP affine
-    ("timm/densenet121", {}, 32),  # concatenations
+    ("timm/dla34", {}, 32),  # concatenations
     ("torchvision/convnext_tiny", {}, 32),  # layer_scale
     ("torchvision/vit_b_32", {"image_size": 32}, 32),  # nn.MultiheadAttention
     ("torchvision/squeezenet1_1", {}, 32),  # a conv classifier, pooled afterwards
-    ("torchvision/resnext50_32x4d", {}, 32),  # grouped convs
+    ("timm/regnetx_002", {}, 32),  # grouped convs
     ("torchvision/shufflenet_v2_x0_5", {}, 32),  # channel shuffle: refused before any work
 ]
 REFUSED = {"torchvision/shufflenet_v2_x0_5": "reshapes the channel axis (a channel shuffle"}
