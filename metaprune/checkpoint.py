@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -235,12 +236,20 @@ def load(
             raise CheckpointError(f"dtype must be a floating torch dtype or None (found {dtype!r})")
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model = spec.skeleton(limits)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(_versioned(state, model), strict=True, assign=True)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # a non-persistent buffer was not in the checkpoint: build it for real (within limits)
         model = spec.build(limits=limits)
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(_versioned(state, model), strict=True, assign=True)
     return model.to(device), spec
+
+
+def _versioned(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """``state`` with the module versions of ``model``'s code, as ``state_dict()`` carries
+    them: some modules refuse a state without (torchvision's MNASNet)."""
+    out = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return out
 
 
 def _reason(err: BaseException) -> str:

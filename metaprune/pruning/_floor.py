@@ -30,6 +30,8 @@ class FlooredPruner(tp.pruner.BasePruner):
     Attributes:
         saturated: after a step, whether no prunable channel was left above its floor
             when the step started (further steps cannot change the model).
+        unscored: groups (by root module id) whose importance Torch-Pruning could not
+            compute, with the error; they are never pruned.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class FlooredPruner(tp.pruner.BasePruner):
         self.min_channels = min_channels
         self.max_layer_ratio = max_layer_ratio
         self.saturated = False
+        self.unscored: dict[int, str] = {}  # groups whose importance failed -> why
         self._protected: dict[tuple[nn.Module, bool], set[int]] = {}
         self._slack = 0
         build_group = self.DG.get_pruning_group
@@ -65,7 +68,14 @@ class FlooredPruner(tp.pruner.BasePruner):
 
     @torch.no_grad()
     def estimate_importance(self, group: tp.dependency.Group) -> torch.Tensor | None:
-        imp = super().estimate_importance(group)
+        try:
+            imp = super().estimate_importance(group)
+        except (IndexError, RuntimeError) as err:
+            # Torch-Pruning maps some groups' indices past a layer's width (DPN's sliced
+            # dense concatenations): such a group cannot be scored, so it is not pruned
+            module = group[0].dep.target.module
+            self.unscored.setdefault(id(module), f"{type(module).__name__}: {err}")
+            return None
         if imp is None:
             return None
         dep = group[0].dep

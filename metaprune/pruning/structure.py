@@ -59,6 +59,30 @@ __all__ = [
 # channel group), which is enough to exercise every coupling
 _PROBE_RATIO = 0.25
 
+# Torch-Pruning maps channel indices through reshapes by expanding each index into
+# `stride` indices; through a chain of reshapes that do not act on channels (Swin's
+# window partitions) the lists multiply until the process runs out of memory (15 GB
+# for torchvision's swin_t at 64 px). Past this many indices the mapping stops.
+_MAX_MAPPED_INDICES = 1 << 18
+
+
+class _MappingTooLarge(RuntimeError):
+    pass
+
+
+class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMapping):
+    def __call__(self, idxs: Any) -> Any:
+        if not self.reverse and len(idxs) * self._stride > _MAX_MAPPED_INDICES:
+            raise _MappingTooLarge(
+                f"mapping {len(idxs)} channel indices through a reshape of stride {self._stride}"
+            )
+        return super().__call__(idxs)
+
+
+# looked up by name when Torch-Pruning builds a graph: every graph built after this import
+# is bounded (the class itself is left alone)
+tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
+
 
 @dataclasses.dataclass(frozen=True)
 class FrozenGroup:
@@ -293,12 +317,19 @@ def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
             layer = _layer_before(node, {m: n for n, m in model.named_modules()})
             where = f" after layer {layer!r}" if layer else where
         tb = tb.tb_next
-    why = (
-        "its forward reshapes the channel axis (a channel shuffle or a split into groups) "
-        "in a way Torch-Pruning cannot map channel by channel"
-        if reshape
-        else describe_exception(err)
-    )
+    if isinstance(err, _MappingTooLarge):
+        why = (
+            "its forward reshapes tensors across the channel axis (e.g. window partitions) "
+            "in a way Torch-Pruning cannot follow channel by channel (its index mapping "
+            f"passed {_MAX_MAPPED_INDICES:,} indices)"
+        )
+    elif reshape:
+        why = (
+            "its forward reshapes the channel axis (a channel shuffle or a split into "
+            "groups) in a way Torch-Pruning cannot map channel by channel"
+        )
+    else:
+        why = describe_exception(err)
     return InvalidInputError(f"Torch-Pruning cannot trace {type(model).__name__}{where}: {why}")
 
 

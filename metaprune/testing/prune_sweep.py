@@ -45,7 +45,7 @@ TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
     "efficientnet_v2_s": ({}, 64),
     "googlenet": ({"aux_logits": False}, 64),
     "inception_v3": ({"aux_logits": False}, 96),
-    "maxvit_t": ({}, 64),
+    "maxvit_t": ({}, 224),  # its 7x7 partitions need a multiple of 224
     "mnasnet0_5": ({}, 64),
     "mobilenet_v2": ({}, 64),
     "mobilenet_v3_small": ({}, 64),
@@ -183,8 +183,12 @@ def reload_all(outcomes: list[tuple[Outcome, Path]]) -> None:
         outcome.result = "exact" if reply["exact"] else "close" if reply["diff"] < 1e-4 else "FAILED"
 
 
-def run(models: list[tuple[str, dict[str, Any], int]]) -> list[Outcome]:
-    """Prune, save and reload each ``(spec name, kwargs, side)``; see the module doc."""
+def run(
+    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False
+) -> list[Outcome]:
+    """Prune, save and reload each ``(spec name, kwargs, side)``; see the module doc.
+    The reloads run in one fresh process at the end, or (``each``) one per model, so that
+    the results of a long sweep come in (on stderr) as it goes."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,9 +196,11 @@ def run(models: list[tuple[str, dict[str, Any], int]]) -> list[Outcome]:
         for i, (name, kwargs, side) in enumerate(models):
             directory = Path(tmp) / str(i)
             pairs.append((prune_one(name, kwargs, side, directory), directory))
-            print(f"  {name}: {pairs[-1][0].result} ({pairs[-1][0].seconds:.1f} s)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        reload_all(pairs)
+            if each:
+                reload_all(pairs[-1:])
+            print(f"  {json.dumps(asdict(pairs[-1][0]))}", file=sys.stderr, flush=True)
+        if not each:
+            reload_all(pairs)
     return [o for o, _ in pairs]
 
 
@@ -217,7 +223,7 @@ def _selection(args: list[str]) -> list[tuple[str, dict[str, Any], int]]:
 
 
 def main(args: list[str]) -> None:
-    rows = run(_selection(args))
+    rows = run(_selection(args), each=True)
     print("| source | model | result | MACs speed-up | max diff | reason | s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

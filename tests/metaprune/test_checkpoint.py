@@ -322,3 +322,15 @@ def test_load_falls_back_when_meta_construction_fails(
     loaded, _ = checkpoint.load(save(model, spec, tmp_path / "m.safetensors"))
     _assert_same_state(loaded, model)
     assert torch.equal(loaded.scale, torch.ones(3))
+
+
+def test_modules_that_check_their_state_version_load(tmp_path) -> None:
+    # torchvision's MNASNet refuses a state dict without module versions
+    spec = ArchSpec("torchvision/mnasnet0_5", {"num_classes": 3})
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    save(model, spec, tmp_path / "m.safetensors")
+    loaded, _ = load(tmp_path / "m.safetensors")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model(x))

@@ -78,12 +78,14 @@ SLOW = [
     ("timm/convnext_atto", {}, 32),  # layer scale
     ("timm/vit_tiny_patch16_224", {"img_size": 32}, 32),  # fused qkv heads, pos embedding
     ("timm/resmlp_12_224", {"img_size": 32}, 32),  # ResMLP affine
-    ("timm/densenet121", {}, 32),  # concatenations
+    ("timm/dla34", {}, 32),  # concatenations
     ("torchvision/convnext_tiny", {}, 32),  # layer_scale
     ("torchvision/vit_b_32", {"image_size": 32}, 32),  # nn.MultiheadAttention
-    ("torchvision/shufflenet_v2_x0_5", {}, 32),  # channel shuffle, split
-    ("torchvision/resnext50_32x4d", {}, 32),  # grouped convs
+    ("torchvision/squeezenet1_1", {}, 32),  # a conv classifier, pooled afterwards
+    ("timm/regnetx_002", {}, 32),  # grouped convs
+    ("torchvision/shufflenet_v2_x0_5", {}, 32),  # channel shuffle: refused before any work
 ]
+REFUSED = {"torchvision/shufflenet_v2_x0_5": "reshapes the channel axis (a channel shuffle"}
 
 
 @pytest.mark.slow
@@ -91,7 +93,11 @@ def test_one_model_per_mechanism_reloads_in_a_fresh_process() -> None:
     outcomes = prune_sweep.run(SLOW)
     table = {o.model: (o.result, o.speedup, o.max_diff, o.reason) for o in outcomes}
     for outcome in outcomes:
+        if outcome.model in REFUSED:
+            assert outcome.result == "refused" and REFUSED[outcome.model] in outcome.reason
+            assert outcome.seconds < 60
+            continue
         assert outcome.result in ("exact", "close"), table
         assert outcome.speedup >= 2.0 and outcome.max_diff is not None
         assert outcome.max_diff < 1e-4
-    assert sum(o.result == "exact" for o in outcomes) >= len(outcomes) - 2, table
+    assert sum(o.result == "exact" for o in outcomes) >= len(outcomes) - len(REFUSED) - 2, table
