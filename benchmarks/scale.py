@@ -181,19 +181,29 @@ def run_finetune(images: int = 1112) -> dict[str, Any]:
         out: dict[str, Any] = {"train_images": len(splits.train), "val_images": len(splits.val)}
         for workers in (0, 2):
             train, _, _ = make_loaders(splits, 32, 0, num_workers=workers)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu()
             n = sum(len(labels) for _, labels in train)
             out[f"decode_ms_per_image_{workers}_workers"] = 1000 * (time.perf_counter() - start) / n
+            if workers == 0:  # in this process: its CPU time is the decode + augment work
+                out["decode_cpu_ms_per_image"] = 1000 * (_cpu() - cpu) / n
             log(f"decode, {workers} workers: {out[f'decode_ms_per_image_{workers}_workers']:.1f} ms/image")
         torch.manual_seed(0)
         model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build()
         # in-process decoding (measured above; a spawned worker's start-up would weigh on a
         # short epoch)
         train, val, _ = make_loaders(splits, 32, 0)
-        start = time.perf_counter()
+        x = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        _unit(model, x[:4])
+        unit, cpu_unit = _unit(model, x)  # the load-proof yardstick, as for the jobs
+        start, cpu = time.perf_counter(), _cpu()
         finetune(model, train, val, FinetuneBudget(epochs=1), initial_val_accuracy=0.0)
-        seconds = time.perf_counter() - start
-        out.update(epoch_seconds=seconds, seconds_per_1000_images=1000 * seconds / len(splits.train),
+        seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
+        per_1000 = 1000 / len(splits.train)
+        out.update(unit_seconds=unit, unit_cpu_seconds=cpu_unit,
+                   units_per_1000_images=per_1000 * seconds / unit,
+                   cpu_units_per_1000_images=per_1000 * cpu_seconds / cpu_unit,
+                   cpu_seconds_per_1000_images=per_1000 * cpu_seconds)  # fmt: skip
+        out.update(epoch_seconds=seconds, seconds_per_1000_images=per_1000 * seconds,
                    threads=torch.get_num_threads(), peak_rss_gb=_peak_rss_gb())  # fmt: skip
         return out
 
