@@ -502,7 +502,7 @@ def _measure(model: nn.Module, example: Tensor, val: Any, test: Any, device: tor
 
 def _eval_batch_size(batch_size: int, splits: DatasetSplits) -> int:
     """Evaluation and recalibration batches: ``batch_size``, but at most 2**21 input values
-    per batch (41 images at 3x224x224), so that one batch of a large model at a large input
+    per batch (13 images at 3x224x224), so that one batch of a large model at a large input
     is a few seconds of work between two progress events, not minutes."""
     values = splits.in_channels * splits.image_size**2
     return max(1, min(batch_size, (1 << 21) // values))

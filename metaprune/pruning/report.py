@@ -13,6 +13,10 @@
      "final": {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "speedup": {"macs", "latency", "params"},
      "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ..., ...},
+     "work": {"calibration_images", "curve_images", "curve_points_evaluated",
+              "eval_batch_size", "data_workers",     # what the budgets amounted to
+              "latency": {"evaluate_base": {"median", "batch_size", "repeats", "warmup",
+                                            "seconds"}, "evaluate": {...}}},
      # reg_search (reg="auto" only) is part of before_pruning, not in addition to it
      "layer_widths": {"layer1.0.conv1": [16, 9], ...},   # [before, after]
      "structure": {"prunable_groups": 9, "frozen": [{"modules": [...], "reason": ...}]},
