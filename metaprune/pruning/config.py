@@ -43,7 +43,7 @@ __all__ = [
 
 CONFIG_VERSION = 1
 TARGET_KINDS = ("macs", "params", "latency")
-METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "random")
+METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "taylor", "hessian", "random")
 SCHEDULES = ("cosine", "step", "constant")
 NORMALIZERS = ("max", "mean", "sum", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
@@ -126,14 +126,20 @@ class ImportanceOptions:
     on other ResNet-20s; ``benchmarks/RESULTS.md``), so ``"auto"`` prunes a copy with
     each of ``sum``, ``mean``, ``max`` and keeps the best on the validation split
     (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search.
+
+    ``calibration_images``: how many training images (a fixed seeded subset, never
+    validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their
+    loss gradients on, once per pruning run.
     """
 
     p: int = 2
     group_reduction: str = "mean"
     normalizer: str = "auto"
+    calibration_images: int = 256
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
+        check_int("importance.calibration_images", self.calibration_images, minimum=1)
         check_choice("importance.group_reduction", self.group_reduction, REDUCTIONS)
         check_choice("importance.normalizer", self.normalizer, IMPORTANCE_NORMALIZERS)
 
@@ -195,23 +201,21 @@ class SparseTraining:
     The number of epochs is the ``before_pruning`` budget.
 
     Args:
-        reg: a number ``>= 0``, or ``"auto"`` (default): try ``auto_grid`` from the
-            largest value down, each a full sparse training of the ``before_pruning``
-            budget from the same weights, and keep the first (largest) whose *validation*
-            accuracy (BatchNorm recalibrated) is at least the input model's minus the
-            tolerance (``auto_tolerance`` or two standard errors of that accuracy on the
-            validation split, whichever is larger); if none is, the one with the best validation accuracy.
-            The kept trial *is* the prepared model (nothing is retrained), so the search
-            costs (number of trials - 1) extra budgets, reported in the job's
-            ``stage_seconds["reg_search"]`` and ``stages.before_pruning.reg_search``.
+        reg: a number ``>= 0``, or ``"auto"`` (default): chosen per job by the accuracy
+            it delivers at the target (:mod:`metaprune.pruning.sparse`): every value of
+            ``auto_grid`` starts a sparse training from the same weights, successive
+            halving keeps the better half by validation accuracy after pruning a copy to
+            the target (BN recalibrated), and the last one trains on. The whole search
+            fits in ``before_pruning.epochs`` (the report's ``epochs_trained``); with a
+            budget too short for every value, fewer values spread over the grid start.
             Only the training and validation splits are used.
-        auto_tolerance: smallest allowed drop of validation accuracy (a fraction,
-            0.01 = 1 point).
+        search_fraction: at most this fraction of the ``before_pruning`` iterations is
+            spent on the elimination rounds (the rest trains the winner on).
         auto_grid: candidate values, tried largest first.
     """
 
     reg: float | str = "auto"
-    auto_tolerance: float = 0.01
+    search_fraction: float = 0.5
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
     def __post_init__(self) -> None:
@@ -223,8 +227,8 @@ class SparseTraining:
             object.__setattr__(self, "reg", check_number("sparse.reg", self.reg, minimum=0.0))
         object.__setattr__(
             self,
-            "auto_tolerance",
-            check_number("sparse.auto_tolerance", self.auto_tolerance, 0.0, 1.0),
+            "search_fraction",
+            check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
         )
         if isinstance(self.auto_grid, (str, bytes)) or not isinstance(
             self.auto_grid, (list, tuple)
@@ -371,6 +375,8 @@ class PruneConfig:
             ("max_steps", "pruning.steps", self.pruning.steps),
             ("max_batch_size", "batch_size", self.batch_size),
             ("max_steps", "bn_recalibration_batches", self.bn_recalibration_batches),
+            # gradients of one batch-sized set at most: a forward+backward the job can afford
+            ("max_batch_size", "importance.calibration_images", self.importance.calibration_images),
             ("max_batch_size", "latency.batch_size", self.latency.batch_size),
             ("max_threads", "latency.threads", self.latency.threads),
             ("max_repeats", "latency.repeats", self.latency.repeats),

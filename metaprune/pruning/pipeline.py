@@ -8,9 +8,11 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    fine-tune (``group-l2``, ``random``).
 3. ``prune``: progressive global structural pruning until the target is met, recording
    validation accuracy against speed-up (the curve). With the default
-   ``normalizer="auto"`` a ``normalizer_search`` first prunes copies with each group-L2
-   normaliser and keeps the best on validation. ``method="auto"`` is resolved before
-   anything else (:mod:`metaprune.pruning.auto`); the report says which method ran and why.
+   ``normalizer="auto"`` a ``criterion_search`` first prunes copies with each group-L2
+   normaliser (and, for ``method="auto"``, the data-aware ``taylor`` and ``hessian``)
+   and keeps the best by validation accuracy at the target (:mod:`metaprune.pruning.choose`).
+   ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
+   the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
@@ -41,18 +43,25 @@ from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.auto import resolve_method
 from metaprune.pruning.bn import calibration_loader, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
+from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
+from metaprune.pruning.gradients import Calibration
+from metaprune.pruning.importance import DATA_AWARE, make_importance
 from metaprune.pruning.latency import measure_latency
 from metaprune.pruning.methods import MethodContext, get_method
-from metaprune.pruning.normalizer import choose_normalizer
+from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
 from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
 from metaprune.version import __version__
 
-__all__ = ["PruneResult", "prune"]
+__all__ = ["PROXY_COARSENING", "PruneResult", "prune"]
+
+#: the proxy that automatic choices are scored by prunes in ``pruning.steps // this``
+#: steps: coarser steps overshoot the target slightly, 10x cheaper than the real run
+PROXY_COARSENING = 10
 
 
 @dataclasses.dataclass
@@ -198,15 +207,41 @@ def prune(
         notify(progress, cancel, "evaluate_base", 0, 1)
         base = _measure(model, example, val, test, device, latency)
         notify(progress, cancel, "evaluate_base", 1, 1, **base)
+    pruning = config.pruning
+    opts = config.importance
+    grads = Calibration(splits.train, opts.calibration_images, config.seed, config.batch_size)
+
+    def prune_to_target(m: nn.Module, cand: Candidate, step_fn: Any, steps: int) -> list[StepInfo]:
+        importance = make_importance(
+            cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
+            normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
+        )  # fmt: skip
+        return progressive_prune(
+            m, example, config.target, importance=importance, steps=steps,
+            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
+            min_channels=pruning.min_channels,
+            latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
+        )  # fmt: skip
+
+    def proxy(m: nn.Module, cand: Candidate) -> float:
+        """Validation accuracy of a copy pruned to the target (coarse schedule), recalibrated."""
+        m = copy.deepcopy(m)
+        prune_to_target(m, cand, lambda info, _: check_cancel(cancel, "prune"),
+                        max(1, pruning.steps // PROXY_COARSENING))  # fmt: skip
+        recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
+        return evaluate(m, val, device)
+
+    # what reg="auto" scores its arms with: the group-L2 normalisers the job may use
+    reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
-                        calibration_loader=calib)  # fmt: skip
+                        calibration_loader=calib,
+                        proxy=lambda m: max(proxy(m, c) for c in reg_candidates))  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
     curve: list[dict[str, Any]] = []
-    pruning = config.pruning
 
     def curve_accuracy(m: nn.Module) -> float:
         if _curve_recalibrates(config):
@@ -222,36 +257,21 @@ def prune(
         curve.append(point)
         notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
 
-    def prune_to_target(m: nn.Module, normalizer: str, step_fn: Any) -> list[StepInfo]:
-        return progressive_prune(
-            m, example, config.target, importance=method.importance, steps=pruning.steps,
-            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
-            min_channels=pruning.min_channels, p=config.importance.p,
-            group_reduction=config.importance.group_reduction,
-            normalizer=normalizer, seed=config.seed,
-            latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
-        )  # fmt: skip
-
-    normalizer, prune_info = config.importance.normalizer, {}
-    if normalizer == "auto" and method.importance != "group-l2":
-        normalizer = "sum"  # random scores: no normaliser to choose
-    elif normalizer == "auto":
-        with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
-
-            def score(m: nn.Module) -> float:
-                recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
-                return evaluate(m, val, device)
-
-            def check(info: StepInfo, m: nn.Module) -> None:
-                check_cancel(cancel, "prune")
-
-            normalizer, search = choose_normalizer(
-                model, lambda m, name: prune_to_target(m, name, check), score
-            )
-        prune_info["normalizer_search"] = search
-    prune_info["normalizer"] = normalizer
+    # the criterion (and its normaliser) by validation accuracy at the target
+    data_aware = DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
+    candidates = (
+        [Candidate(method.importance, "sum")]  # random scores: nothing to normalise
+        if method.importance == "random"
+        else criterion_candidates(method.importance, opts.normalizer, NORMALIZER_CANDIDATES, data_aware)
+    )  # fmt: skip
+    chosen, prune_info = candidates[0], dict[str, Any]()
+    if len(candidates) > 1:
+        with timed("criterion_search"):  # validation only: metaprune/pruning/choose.py
+            chosen, prune_info["criterion_search"] = choose_criterion(model, candidates, proxy)
+    prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
     with timed("prune"):
-        history = prune_to_target(model, normalizer, on_step)
+        history = prune_to_target(model, chosen, on_step, pruning.steps)
+        model.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
         if curve[-1]["val_accuracy"] is None:
             curve[-1]["val_accuracy"] = curve_accuracy(model)
     final_step = history[-1]
@@ -277,7 +297,11 @@ def prune(
         "metaprune_version": __version__,
         "dataset": splits.name,
         "method": config.method,
-        "method_choice": choice.to_dict(),
+        "method_choice": {**choice.to_dict(), "criterion": f"{chosen.criterion}[{chosen.normalizer}]"},
+        "epochs_trained": {
+            "before_pruning": ctx.info.get("before_pruning", {}).get("epochs_trained"),
+            "after_pruning": config.after_pruning.epochs,
+        },
         "target": {"kind": config.target.kind, "value": config.target.value},
         # never report success for a model whose outputs are not finite
         "target_reached": bool(final_step.reached and outputs_finite),
