@@ -146,7 +146,7 @@ class Runner:
             method=PREP_METHOD[prep], seed=seed, batch_size=a.batch_size,
             before_pruning=FinetuneBudget(epochs=epochs, lr=a.lr, schedule="cosine"),
             sparse=SparseTraining(reg="auto", auto_tolerance=a.tolerance),
-            bn_recalibration_batches=a.recal_batches,
+            bn_recalibration_images=a.recal_batches * a.batch_size,
             metanet=a.metanet if prep == "metanet" else None,
         )  # fmt: skip
 

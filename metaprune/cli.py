@@ -227,7 +227,8 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-channels", type=_positive_int, help="per-layer minimum width")
     p.add_argument("--max-layer-ratio", type=float, help="per-layer maximum pruned fraction")
     p.add_argument("--round-to", type=_positive_int, help="keep widths multiples of this")
-    p.add_argument("--bn-batches", type=_nonneg_int, help="BatchNorm recalibration batches")
+    p.add_argument("--bn-images", type=_nonneg_int, help="BatchNorm recalibration images")
+    p.add_argument("--bn-batches", type=_nonneg_int, help="deprecated: --bn-images / batch size")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--seed", type=_nonneg_int)
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
@@ -265,6 +266,8 @@ def _run_prune(args: argparse.Namespace) -> int:
             f"metaprune prune: error: --metanet needs --method metanet (found --method {args.method})"
         )
     data = _read_config(args.config) if args.config else PruneConfig().to_dict()
+    if args.bn_batches is not None and args.bn_images is None:  # the version-1 flag
+        args.bn_images = args.bn_batches * (args.batch_size or data.get("batch_size") or 128)
     flags = {
         ("target", "value"): args.target_speedup, ("target", "kind"): args.target_kind,
         ("method",): args.method, ("metanet",): args.metanet, ("sparse", "reg"): args.reg,
@@ -272,7 +275,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         ("after_pruning", "lr"): args.lr, ("before_pruning", "lr"): args.lr,
         ("pruning", "steps"): args.steps, ("pruning", "min_channels"): args.min_channels,
         ("pruning", "max_layer_ratio"): args.max_layer_ratio, ("pruning", "round_to"): args.round_to,
-        ("bn_recalibration_batches",): args.bn_batches, ("batch_size",): args.batch_size,
+        ("bn_recalibration_images",): args.bn_images, ("batch_size",): args.batch_size,
         ("seed",): args.seed, ("device",): args.device,
         ("max_wall_seconds",): args.max_wall_seconds,
     }  # fmt: skip

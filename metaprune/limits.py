@@ -43,6 +43,9 @@ class Limits:
         max_image_size: input height or width.
         max_threads: torch threads a job may use.
         max_repeats: latency timing repeats (and warm-up passes).
+        max_latency_seconds: time budget of one latency measurement.
+        max_images: images of one budget counted in images (BatchNorm recalibration,
+            a curve point, the normaliser search).
         max_wall_seconds: wall-clock budget of one job.
     Files and wire:
         max_upload_bytes: a checkpoint file (or upload).
@@ -64,6 +67,8 @@ class Limits:
     max_image_size: int = 1_024
     max_threads: int = 64
     max_repeats: int = 1_000
+    max_latency_seconds: float = 600.0
+    max_images: int = 1_000_000
     max_wall_seconds: float = 24 * 3600.0
     max_upload_bytes: int = 2 * 1024**3
     max_spec_bytes: int = 1024**2

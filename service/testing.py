@@ -60,8 +60,8 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
         "target": {"kind": "macs", "value": 1.5},
         "before_pruning": {"epochs": 0},
         "after_pruning": {"epochs": 1},
-        "pruning": {"steps": 10, "curve_every": 5},
-        "bn_recalibration_batches": 2,
+        "pruning": {"steps": 10, "curve_points": 1},
+        "bn_recalibration_images": 64,
         "batch_size": 64,
         "latency": {"batch_size": 8, "repeats": 1, "warmup": 0},
     }

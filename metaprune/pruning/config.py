@@ -41,7 +41,10 @@ __all__ = [
     "Target",
 ]
 
-CONFIG_VERSION = 1
+#: 2: budgets in images (``bn_recalibration_images``, ``pruning.curve_points`` /
+#: ``curve_images``, ``importance.search_images`` / ``search_steps``) and a latency time
+#: budget; version-1 data is migrated by :meth:`PruneConfig.from_dict` (see ``_migrate``)
+CONFIG_VERSION = 2
 TARGET_KINDS = ("macs", "params", "latency")
 METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "taylor", "hessian", "random")
 SCHEDULES = ("cosine", "step", "constant")
@@ -127,6 +130,13 @@ class ImportanceOptions:
     each of ``sum``, ``mean``, ``max`` and keeps the best on the validation split
     (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search.
 
+    The search is a cheap proxy of the real prune: each candidate prunes a copy to the
+    target in ``search_steps`` progressive steps (not ``pruning.steps``), its BatchNorm
+    statistics are re-estimated in one pass over ``search_images`` training images, and it
+    is scored on ``search_images`` validation images (fixed seeded subsets). The same
+    proxy scores ``reg="auto"``'s trials and the criterion choice of ``method="auto"``
+    (:mod:`metaprune.pruning.choose`).
+
     ``calibration_images``: how many training images (a fixed seeded subset, never
     validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their
     loss gradients on, once per pruning run.
@@ -135,6 +145,8 @@ class ImportanceOptions:
     p: int = 2
     group_reduction: str = "mean"
     normalizer: str = "auto"
+    search_steps: int = 20
+    search_images: int = 128
     calibration_images: int = 256
 
     def __post_init__(self) -> None:
@@ -142,6 +154,8 @@ class ImportanceOptions:
         check_int("importance.calibration_images", self.calibration_images, minimum=1)
         check_choice("importance.group_reduction", self.group_reduction, REDUCTIONS)
         check_choice("importance.normalizer", self.normalizer, IMPORTANCE_NORMALIZERS)
+        check_int("importance.search_steps", self.search_steps, minimum=1)
+        check_int("importance.search_images", self.search_images, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +165,11 @@ class PruningOptions:
     Args:
         steps: resolution of the schedule: step ``k`` removes the globally least
             important ``k / steps`` of all prunable channels, so pruning everything
-            prunable takes ``steps`` steps; the target is normally met long before.
+            prunable takes ``steps`` steps; the target is normally met long before. Every
+            step costs an importance estimate over all weights and a MACs count (a
+            forward pass of one input): ~0.3 s on a ResNet-50 at 224x224, so the default
+            is 50 (2 % of the channels per step; 200 cost ~120 steps to reach 2x), the
+            resolution the quality benchmark measured (40 steps).
         round_to: keep every pruned layer's width a multiple of this (``None`` = off).
         min_channels, max_layer_ratio: the layer-collapse guard. Every prunable layer keeps
             at least ``max(min_channels, ceil((1 - max_layer_ratio) * original width))``
@@ -162,18 +180,23 @@ class PruningOptions:
             about 1/sqrt(8) = 35 % of every layer, so the floor does not bind on sane
             solutions, yet speed-ups up to 1/0.25^2 = 16x stay reachable; two channels
             at least, because a single channel is a bottleneck nothing recovers from.
-        curve_every: evaluate validation accuracy for the accuracy-vs-speed-up curve
-            every this many steps (the first and the chosen step are always evaluated);
-            each point costs a BatchNorm recalibration and a pass over validation data.
+        curve_points: the accuracy-vs-speed-up curve has validation accuracy at step 0
+            and at the chosen step (both measured anyway) and at most this many points in
+            between: the first steps to pass ``target ** (i / (curve_points + 1))``, so its
+            cost does not grow with ``steps``. ``0`` evaluates the end points only.
+        curve_images: each intermediate point re-estimates BatchNorm statistics on (a copy
+            of the model with) this many training images and is scored on this many
+            validation images (fixed seeded subsets).
         curve_bn_recalibration: recalibrate BatchNorm statistics (on a copy) before each
             curve evaluation; without it accuracy right after pruning is near chance.
     """
 
-    steps: int = 200
+    steps: int = 50
     round_to: int | None = None
     min_channels: int = 2
     max_layer_ratio: float = 0.75
-    curve_every: int = 5
+    curve_points: int = 3
+    curve_images: int = 64
     curve_bn_recalibration: bool = True
 
     def __post_init__(self) -> None:
@@ -187,7 +210,8 @@ class PruningOptions:
                 f"pruning.max_layer_ratio must be < 1 (found {ratio}); 1 would let a layer vanish"
             )
         object.__setattr__(self, "max_layer_ratio", ratio)
-        check_int("pruning.curve_every", self.curve_every, minimum=1)
+        check_int("pruning.curve_points", self.curve_points, minimum=0)
+        check_int("pruning.curve_images", self.curve_images, minimum=1)
         _check_bool("pruning.curve_bn_recalibration", self.curve_bn_recalibration)
 
 
@@ -244,21 +268,31 @@ class SparseTraining:
 
 @dataclasses.dataclass(frozen=True)
 class LatencyOptions:
-    """How latency is measured: median over ``repeats`` timed forward passes of a batch.
+    """How latency is measured: the median of timed forward passes of one batch.
 
-    One thread by default: on a shared machine two threads make timings swing widely.
+    After ``warmup`` untimed passes, passes are timed until ``repeats`` were timed or
+    ``seconds`` were spent timing, whichever comes first (at least one). One thread by
+    default: on a shared machine two threads make timings swing widely. ``batch_size``
+    ``None`` (default) suits the input size: 64 images at 32x32 or below, fewer above
+    (one at 224x224), see :func:`metaprune.pruning.latency.auto_batch_size`.
     """
 
-    batch_size: int = 64
+    batch_size: int | None = None
     threads: int = 1
     repeats: int = 10
-    warmup: int = 2
+    warmup: int = 1
+    seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        check_int("latency.batch_size", self.batch_size, minimum=1)
+        if self.batch_size is not None:
+            check_int("latency.batch_size", self.batch_size, minimum=1)
         check_int("latency.threads", self.threads, minimum=1)
         check_int("latency.repeats", self.repeats, minimum=1)
         check_int("latency.warmup", self.warmup, minimum=0)
+        seconds = check_number("latency.seconds", self.seconds, minimum=0.0)
+        if seconds <= 0:
+            raise ConfigError(f"latency.seconds must be > 0 (found {seconds})")
+        object.__setattr__(self, "seconds", seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +300,7 @@ class PruneConfig:
     """One pruning job (see :func:`metaprune.pruning.prune` for the stages).
 
     Args:
-        version: config format version; only ``1`` exists.
+        version: config format version (``2``; :meth:`from_dict` migrates ``1``).
         method: ``"auto"`` (default: a documented rule picks the method the evidence
             supports, see :mod:`metaprune.pruning.auto`), ``"metanet"`` (metanetwork
             transform first), ``"group-l2"`` (no metanetwork), ``"group-l2-sl"`` (sparse
@@ -282,15 +316,21 @@ class PruneConfig:
             a plain fine-tune for the others), so methods are compared fairly.
         after_pruning: the fine-tune that recovers accuracy after pruning.
         sparse: options of ``group-l2-sl``'s sparse training.
-        bn_recalibration_batches: training batches used to re-estimate BatchNorm
-            statistics right after pruning (``0`` disables; on by default because
-            accuracy right after pruning is near chance without it).
+        bn_recalibration_images: training images (a fixed seeded subset) used to
+            re-estimate BatchNorm statistics right after pruning and after the
+            preparation (``0`` disables; on by default because accuracy right after
+            pruning is near chance without it). It bounds the cost in images, whatever
+            the batch size; see :mod:`metaprune.pruning.bn` for the estimate.
         batch_size: training and evaluation batch size.
         seed: seeds data order, initialisation of random choices and the random method.
         data_seed: seed of a built-in dataset's train / validation / test split; kept apart
             from ``seed`` because it must match the split the model was trained on, or
             "test" would contain training images.
         device: torch device string for training, evaluation and latency.
+        data_workers: DataLoader worker processes (spawned, never forked) for the
+            training, validation and test passes; ``None`` (default): none for in-memory
+            datasets, two for file datasets (ImageFolder, CIFAR, SVHN); always none
+            inside an executor worker process (a daemon, which may not have children).
         latency: latency measurement options.
         max_wall_seconds: wall-clock budget of the whole job (``None``: only the
             ``Limits.max_wall_seconds`` bound); checked between steps, like cancellation.
@@ -311,11 +351,12 @@ class PruneConfig:
         default_factory=lambda: FinetuneBudget(epochs=20)
     )
     sparse: SparseTraining = dataclasses.field(default_factory=SparseTraining)
-    bn_recalibration_batches: int = 20
+    bn_recalibration_images: int = 1024
     batch_size: int = 128
     seed: int = 0
     data_seed: int = 0
     device: str = "cpu"
+    data_workers: int | None = None
     latency: LatencyOptions = dataclasses.field(default_factory=LatencyOptions)
     max_wall_seconds: float | None = None
 
@@ -335,10 +376,12 @@ class PruneConfig:
             raise ConfigError(
                 f"metanet must be a non-empty string or None (found {quote(self.metanet)})"
             )
-        check_int("bn_recalibration_batches", self.bn_recalibration_batches, minimum=0)
+        check_int("bn_recalibration_images", self.bn_recalibration_images, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=0)
         check_int("data_seed", self.data_seed, minimum=0)
+        if self.data_workers is not None:
+            check_int("data_workers", self.data_workers, minimum=0)
         if not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu' (found {quote(self.device)})")
         try:
@@ -374,13 +417,18 @@ class PruneConfig:
             ("max_epochs", "after_pruning.epochs", self.after_pruning.epochs),
             ("max_steps", "pruning.steps", self.pruning.steps),
             ("max_batch_size", "batch_size", self.batch_size),
-            ("max_steps", "bn_recalibration_batches", self.bn_recalibration_batches),
-            # gradients of one batch-sized set at most: a forward+backward the job can afford
-            ("max_batch_size", "importance.calibration_images", self.importance.calibration_images),
-            ("max_batch_size", "latency.batch_size", self.latency.batch_size),
+            ("max_images", "bn_recalibration_images", self.bn_recalibration_images),
+            ("max_images", "pruning.curve_images", self.pruning.curve_images),
+            ("max_steps", "pruning.curve_points", self.pruning.curve_points),
+            ("max_images", "importance.search_images", self.importance.search_images),
+            ("max_steps", "importance.search_steps", self.importance.search_steps),
+            ("max_images", "importance.calibration_images", self.importance.calibration_images),
+            ("max_batch_size", "latency.batch_size", self.latency.batch_size or 1),
             ("max_threads", "latency.threads", self.latency.threads),
+            ("max_threads", "data_workers", self.data_workers or 0),
             ("max_repeats", "latency.repeats", self.latency.repeats),
             ("max_repeats", "latency.warmup", self.latency.warmup),
+            ("max_latency_seconds", "latency.seconds", self.latency.seconds),
         ]
         for milestone in self.before_pruning.milestones + self.after_pruning.milestones:
             checks.append(("max_epochs", "milestones[]", milestone))
@@ -397,11 +445,46 @@ class PruneConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
         """Parse :meth:`to_dict` output; missing keys take their defaults.
 
+        Version-1 data (``version: 1``, or any of its retired keys) is migrated first:
+        ``bn_recalibration_batches`` becomes ``bn_recalibration_images`` (batches times
+        ``batch_size``, the images it used), and ``pruning.curve_every`` is dropped (the
+        curve now has a bounded number of points, ``pruning.curve_points``).
+
         Raises:
             ConfigError: on unknown keys (named with their full path), wrong types or
                 invalid values.
         """
-        return _from_dict(cls, data, "")
+        return _from_dict(cls, _migrate(data), "")
+
+
+def _migrate(data: Any) -> Any:
+    """Version-1 data as version 2 (anything else is returned as is, for ``_from_dict``)."""
+    if not isinstance(data, Mapping):
+        return data
+    pruning = data.get("pruning")
+    retired = "bn_recalibration_batches" in data or (
+        isinstance(pruning, Mapping) and "curve_every" in pruning
+    )
+    if data.get("version") != 1 and not (retired and "version" not in data):
+        return data
+    out = dict(data)
+    out["version"] = CONFIG_VERSION
+    if isinstance(pruning, Mapping):
+        out["pruning"] = {k: v for k, v in pruning.items() if k != "curve_every"}
+    sparse = data.get("sparse")
+    if isinstance(sparse, Mapping):  # reg="auto" no longer judges pre-pruning accuracy
+        out["sparse"] = {k: v for k, v in sparse.items() if k != "auto_tolerance"}
+    if "bn_recalibration_batches" in out:
+        batches = out.pop("bn_recalibration_batches")
+        if "bn_recalibration_images" in out:
+            raise ConfigError(
+                "give bn_recalibration_images or the retired bn_recalibration_batches, not both"
+            )
+        check_int("bn_recalibration_batches", batches, minimum=0)
+        batch_size = out.get("batch_size", PruneConfig.batch_size)
+        check_int("batch_size", batch_size, minimum=1)
+        out["bn_recalibration_images"] = batches * batch_size
+    return out
 
 
 def _check_bool(name: str, value: object) -> None:

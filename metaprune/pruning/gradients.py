@@ -14,71 +14,36 @@ Both are computed once, in eval mode (BatchNorm uses its running statistics, so 
 image's gradient is independent of the others and the result does not depend on batch
 composition), and stored in each parameter's ``.grad``. Torch-Pruning slices ``.grad``
 together with the weight when it removes channels, so the scores of the surviving
-channels stay valid through all the steps of a progressive prune at no further cost
-(see :class:`Calibration` for why they are not recomputed per step).
+channels stay valid through all the steps of a progressive prune at no further cost.
+
+The images are a fixed, seeded subset of the **training** split
+(``ImportanceOptions.calibration_images``, :func:`metaprune.pruning.bn.calibration_subset`).
+Gradients are gathered once per prune, not at every step: on the unpruned network they
+are the loss's real sensitivity, while after a step the running BatchNorm statistics of
+later layers are stale until recalibrated, so fresh gradients would describe a damaged
+network; and per step they would cost ``steps`` passes over the images.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
-from metaprune.pruning._checks import ConfigError, check_int
-
-__all__ = ["GRADIENT_KINDS", "MAX_CHUNK_FLOATS", "Calibration", "gather_gradients"]
+__all__ = ["GRADIENT_KINDS", "MAX_CHUNK_FLOATS", "gather_gradients"]
 
 GRADIENT_KINDS = ("mean", "fisher")
 #: bound on the per-sample gradients held at once (4 bytes each: 256 MiB)
 MAX_CHUNK_FLOATS = 1 << 26
 
 
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """A fixed, seeded subset of ``images`` labelled training samples (never test).
-
-    The subset is drawn once from the seed (not a leading slice: file datasets are
-    often sorted by class) and read in batches of ``batch_size``; the images are not
-    held in memory between uses. Gradients are gathered once per prune, not at every
-    step: on the unpruned network they are the loss's real sensitivity, while after a
-    step the running BatchNorm statistics of later layers are stale until recalibrated,
-    so fresh gradients would describe a damaged network; and per step they would cost
-    ``steps`` passes over the images (200 by default).
-    """
-
-    dataset: Dataset
-    images: int
-    seed: int = 0
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        check_int("calibration images", self.images, minimum=1)
-        check_int("calibration seed", self.seed, minimum=0)
-        check_int("calibration batch_size", self.batch_size, minimum=1)
-
-    def indices(self) -> list[int]:
-        n = len(self.dataset)  # type: ignore[arg-type]
-        if n == 0:
-            raise ConfigError("the calibration dataset is empty")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        return sorted(order[: min(n, self.images)].tolist())
-
-    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(images, labels)`` on ``device``, always the same samples in the same order."""
-        idx = self.indices()
-        for start in range(0, len(idx), self.batch_size):
-            items = [self.dataset[i] for i in idx[start : start + self.batch_size]]
-            x = torch.stack([torch.as_tensor(it[0]) for it in items]).to(device)
-            y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long, device=device)
-            yield x, y
-
-
-def gather_gradients(model: nn.Module, calibration: Calibration, kind: str) -> int:
-    """Store in every parameter's ``.grad`` the ``kind`` of loss gradient on ``calibration``.
+def gather_gradients(
+    model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], kind: str
+) -> int:
+    """Store in every parameter's ``.grad`` the ``kind`` of loss gradient on ``calibration``
+    (batches of ``(images, labels)``, e.g. a fixed unshuffled ``DataLoader``).
 
     ``kind`` is ``"mean"`` (mean gradient) or ``"fisher"`` (mean squared per-sample
     gradient). The model runs in eval mode and is left in the mode it was in; parameters
@@ -99,7 +64,8 @@ def gather_gradients(model: nn.Module, calibration: Calibration, kind: str) -> i
     try:
         for p in params.values():
             p.requires_grad_(True)
-        for x, y in calibration.batches(device):
+        for x, y in calibration:
+            x, y = x.to(device), y.to(device)
             grads = (
                 _mean_sums(model, params, x, y)
                 if kind == "mean"
@@ -112,8 +78,10 @@ def gather_gradients(model: nn.Module, calibration: Calibration, kind: str) -> i
         for name, p in params.items():
             p.requires_grad_(flags[name])
         model.train(was_training)
+    if seen == 0:
+        raise ValueError("gather_gradients: the calibration set yielded no images")
     for name, p in params.items():
-        p.grad = (total[name] / max(seen, 1)).to(p.dtype)
+        p.grad = (total[name] / seen).to(p.dtype)
     return seen
 
 

@@ -26,14 +26,14 @@ Example::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 
 from metaprune.pruning._checks import ConfigError
-from metaprune.pruning.gradients import Calibration, gather_gradients
+from metaprune.pruning.gradients import gather_gradients
 
 __all__ = [
     "DATA_AWARE",
@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 ImportanceFactory = Callable[..., tp.importance.Importance]
+#: batches of ``(images, labels)`` from the training split, e.g. a fixed unshuffled loader
+Calibration = Iterable[tuple[Tensor, Tensor]]
 _REGISTRY: dict[str, ImportanceFactory] = {}
 #: criteria that read gradients on calibration data (``make_importance`` needs model + data)
 DATA_AWARE = ("taylor", "hessian")
@@ -80,9 +82,10 @@ def make_importance(
 ) -> tp.importance.Importance:
     """Build the registered importance ``name``.
 
-    ``model`` and ``calibration`` are what a data-aware criterion (:data:`DATA_AWARE`)
-    needs: its gradients are gathered on ``model`` (the one about to be pruned; its
-    parameters' ``.grad`` is overwritten) before this returns.
+    ``model`` and ``calibration`` (batches of training images and labels, bounded and
+    fixed: :func:`metaprune.pruning.bn.calibration_subset`) are what a data-aware
+    criterion (:data:`DATA_AWARE`) needs: its gradients are gathered on ``model`` (the
+    one about to be pruned; its parameters' ``.grad`` is overwritten) before this returns.
 
     Raises:
         ConfigError: if ``name`` is not registered (close matches are suggested), or is

@@ -30,6 +30,7 @@ method              before pruning                                      importan
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,10 +41,10 @@ from torch.utils.data import DataLoader
 
 from metaprune.errors import InvalidInputError, NotFoundError
 from metaprune.pruning._checks import ConfigError
-from metaprune.pruning.bn import calibration_loader, recalibrate_bn
+from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, evaluate, finetune
-from metaprune.pruning.progress import CancelToken, ProgressCallback
+from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
 from metaprune.pruning.sparse import search_reg, sparse_train
 
 __all__ = [
@@ -82,6 +83,8 @@ class MethodContext:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: fixed sample set for BatchNorm recalibration (default: a seeded subset of training data)
     calibration_loader: DataLoader | None = None
+    #: validation accuracy of the model as given to ``prepare``, if the caller measured it
+    input_val_accuracy: float | None = None
     #: ``proxy(model)``: validation accuracy of a copy pruned to the job's target and
     #: BN-recalibrated; what ``reg="auto"`` chooses by (set by the pipeline)
     proxy: Callable[[nn.Module], float] | None = None
@@ -95,13 +98,25 @@ class MethodContext:
         )  # fmt: skip
 
     def recalibrate(self, model: nn.Module) -> None:
-        """Exact BatchNorm recalibration on the job's fixed calibration set."""
-        batches = self.config.bn_recalibration_batches
+        """BatchNorm recalibration on the job's fixed calibration set (one pass and one
+        whole-set refinement, :mod:`metaprune.pruning.bn`), one progress event per batch."""
         if self.calibration_loader is None:
-            self.calibration_loader = calibration_loader(
-                self.train_loader.dataset, batches, self.config.batch_size, self.config.seed
-            )
-        recalibrate_bn(model, self.calibration_loader, batches, self.device)
+            self.calibration_loader = calibration_subset(
+                self.train_loader.dataset, self.config.bn_recalibration_images,
+                self.config.batch_size, self.config.seed,
+            )  # fmt: skip
+        loader = self.calibration_loader
+        recalibrate_bn(model, loader, len(loader), self.device, exact=False, refine=1,
+                       on_batch=self._tick("recalibrate"))  # fmt: skip
+
+    def evaluate(self, model: nn.Module) -> float:
+        """Validation accuracy, one progress event per batch."""
+        return evaluate(model, self.val_loader, self.device, on_batch=self._tick("evaluate"))
+
+    def _tick(self, task: str) -> Callable[[], None]:
+        epochs = self.config.before_pruning.epochs
+        return lambda: notify(self.progress, self.cancel, "before_pruning", epochs, epochs,
+                              task=task)  # fmt: skip
 
     def record(
         self, model: nn.Module, start: float, stale: float | None, **extra: Any
@@ -114,7 +129,7 @@ class MethodContext:
         self.recalibrate(model)
         epochs = self.config.before_pruning.epochs
         info = {
-            "val_accuracy": evaluate(model, self.val_loader, self.device),
+            "val_accuracy": self.evaluate(model),
             "val_accuracy_stale_bn": stale, "epochs": epochs, "kept_epoch": epochs,
             "best_epoch": epochs, "epochs_trained": epochs, **extra,
         }  # fmt: skip
@@ -171,12 +186,28 @@ _PROVIDERS = {"metanet": "metanet"}
 
 
 def plain_finetune(
-    model: nn.Module, ctx: MethodContext, start: float | None = None, **extra: Any
-) -> nn.Module:
+    model: nn.Module, ctx: MethodContext, start: float | None = None, *, as_given: bool = False,
+    **extra: Any,
+) -> nn.Module:  # fmt: skip
     """The shared preparation: the ``before_pruning`` fine-tune, recalibrated and recorded
-    (``start``: when the stage began; ``extra``: more entries for the report)."""
+    (``start``: when the stage began; ``extra``: more entries for the report).
+
+    ``as_given``: ``model`` is the model given to the job, so ``ctx.input_val_accuracy``
+    (if known) is its accuracy, and with 0 epochs nothing is measured again.
+    """
     start = time.perf_counter() if start is None else start
-    result = ctx.finetune(model, "before_pruning")
+    known = ctx.input_val_accuracy if as_given else None
+    if ctx.config.before_pruning.epochs == 0 and known is not None:
+        # nothing trained: the prepared model is the input, whose accuracy is known and
+        # whose statistics are its own (pruning recalibrates them anyway)
+        notify(ctx.progress, ctx.cancel, "before_pruning", 0, 0)
+        ctx.info["before_pruning"] = {
+            "val_accuracy": known, "val_accuracy_stale_bn": known,
+            "epochs": 0, "kept_epoch": 0, "best_epoch": 0, "epochs_trained": 0, **extra,
+            "seconds": time.perf_counter() - start,
+        }  # fmt: skip
+        return model
+    result = ctx.finetune(model, "before_pruning", initial_val_accuracy=known)
     ctx.record(model, start, result.best_val_accuracy, **extra)
     return model
 
@@ -198,10 +229,9 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return model
 
 
-register_method(
-    Method("group-l2", "group-l2", plain_finetune, "plain fine-tune, group L2 importance")
-)
+_as_given = functools.partial(plain_finetune, as_given=True)
+register_method(Method("group-l2", "group-l2", _as_given, "plain fine-tune, group L2 importance"))
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
-register_method(Method("taylor", "taylor", plain_finetune, "plain fine-tune, first-order Taylor"))
-register_method(Method("hessian", "hessian", plain_finetune, "plain fine-tune, OBD (Fisher) importance"))
-register_method(Method("random", "random", plain_finetune, "plain fine-tune, random importance"))
+register_method(Method("taylor", "taylor", _as_given, "plain fine-tune, first-order Taylor"))
+register_method(Method("hessian", "hessian", _as_given, "plain fine-tune, OBD (Fisher) importance"))
+register_method(Method("random", "random", _as_given, "plain fine-tune, random importance"))

@@ -41,27 +41,22 @@ from metaprune.limits import DEFAULT_LIMITS, Limits, check_spec
 from metaprune.models import ArchSpec
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.auto import resolve_method
-from metaprune.pruning.bn import calibration_loader, recalibrate_bn
+from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
-from metaprune.pruning.gradients import Calibration
 from metaprune.pruning.importance import DATA_AWARE, make_importance
-from metaprune.pruning.latency import measure_latency
+from metaprune.pruning.latency import LatencyMeasurement, auto_batch_size, time_forward
 from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
-from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
+from metaprune.pruning.progress import CancelToken, ProgressCallback, StageMeter, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
 from metaprune.version import __version__
 
-__all__ = ["PROXY_COARSENING", "PruneResult", "prune"]
-
-#: the proxy that automatic choices are scored by prunes in ``pruning.steps // this``
-#: steps: coarser steps overshoot the target slightly, 10x cheaper than the real run
-PROXY_COARSENING = 10
+__all__ = ["PruneResult", "prune"]
 
 
 @dataclasses.dataclass
@@ -178,12 +173,16 @@ def prune(
     torch.manual_seed(config.seed)
     device = _available(torch.device(config.device))
     model = model.to(device)
-    train, val, test = make_loaders(splits, config.batch_size, config.seed)
-    # one fixed sample set for every recalibration: the same weights always get the same
-    # statistics (a shuffled loader would draw other images each time)
-    calib = calibration_loader(
-        splits.train, config.bn_recalibration_batches, config.batch_size, config.seed
-    )
+    workers = _data_workers(config.data_workers, splits)
+    eval_batch = _eval_batch_size(config.batch_size, splits)
+    train, _, _ = make_loaders(splits, config.batch_size, config.seed, workers)
+    _, val, test = make_loaders(splits, eval_batch, config.seed, workers)
+    # fixed seeded subsets (nested: one permutation per split), so the same weights always
+    # get the same statistics and the same scores; sizes are budgets in images
+    def subset(split: Any, images: int) -> Any:
+        return calibration_subset(split, images, eval_batch, config.seed)
+
+    calib = subset(splits.train, config.bn_recalibration_images)
     gen = torch.Generator().manual_seed(config.seed)
     example = torch.randn(
         1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
@@ -195,67 +194,80 @@ def prune(
             "the model's outputs are NaN or Inf on a random input; refusing to prune it"
         )
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    latency = functools.partial(
-        measure_latency, input_shape=input_shape, batch_size=config.latency.batch_size,
-        device=device, threads=config.latency.threads, repeats=config.latency.repeats,
-        warmup=config.latency.warmup,
-    )  # fmt: skip
+    timing = config.latency
+    latency_batch = timing.batch_size or auto_batch_size(input_shape)
+
+    def latency(m: nn.Module, on_pass: Any = None) -> LatencyMeasurement:
+        return time_forward(
+            m, input_shape, batch_size=latency_batch, device=device, threads=timing.threads,
+            repeats=timing.repeats, warmup=timing.warmup, seconds=timing.seconds, on_pass=on_pass,
+        )  # fmt: skip
+
     seconds: dict[str, float] = {}
     timed = functools.partial(_timed, seconds)
+    latency_runs: dict[str, dict[str, Any]] = {}
+
+    def measure(stage: str, m: nn.Module, val_accuracy: float | None = None) -> dict[str, Any]:
+        """Accuracy (validation unless known), MACs, parameters and latency, with progress."""
+        batches = (len(val) if val_accuracy is None else 0) + len(test)
+        meter = StageMeter(progress, cancel, stage, batches + timing.warmup + timing.repeats)
+        meter.start()
+        out = _measure(m, example, val, test, device, latency, meter, val_accuracy)
+        latency_runs[stage] = out.pop("latency")
+        meter.finish(**out)
+        return out
 
     with timed("evaluate_base"):
-        notify(progress, cancel, "evaluate_base", 0, 1)
-        base = _measure(model, example, val, test, device, latency)
-        notify(progress, cancel, "evaluate_base", 1, 1, **base)
-    pruning = config.pruning
-    opts = config.importance
-    grads = Calibration(splits.train, opts.calibration_images, config.seed, config.batch_size)
+        base = measure("evaluate_base", model)
+    pruning, target, opts = config.pruning, config.target, config.importance
+    grads = subset(splits.train, opts.calibration_images)  # taylor / hessian gradients
 
-    def prune_to_target(m: nn.Module, cand: Candidate, step_fn: Any, steps: int) -> list[StepInfo]:
+    def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
         importance = make_importance(
             cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
             normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
         )  # fmt: skip
         return progressive_prune(
-            m, example, config.target, importance=importance, steps=steps,
+            m, example, target, importance=importance, steps=steps,
             round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
             min_channels=pruning.min_channels,
-            latency_fn=latency if config.target.kind == "latency" else None, on_step=step_fn,
+            latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
+            on_step=step_fn,
         )  # fmt: skip
 
-    def proxy(m: nn.Module, cand: Candidate) -> float:
-        """Validation accuracy of a copy pruned to the target (coarse schedule), recalibrated."""
-        m = copy.deepcopy(m)
-        prune_to_target(m, cand, lambda info, _: check_cancel(cancel, "prune"),
-                        max(1, pruning.steps // PROXY_COARSENING))  # fmt: skip
-        recalibrate_bn(m, calib, config.bn_recalibration_batches, device)
-        return evaluate(m, val, device)
+    # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
+    # pruned to the target in search_steps steps, one BatchNorm pass over search_images
+    # training images, scored on search_images validation images (fixed subsets)
+    proxy_calib = subset(splits.train, opts.search_images)
+    proxy_val = subset(splits.val, opts.search_images)
+    proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
 
-    # what reg="auto" scores its arms with: the group-L2 normalisers the job may use
+    def proxy(m: nn.Module, cand: Candidate) -> float:
+        meter = proxy_meter[-1] if proxy_meter else None
+        tick = meter.tick if meter else None
+        m = copy.deepcopy(m)
+        prune_to_target(m, cand, opts.search_steps,
+                        lambda info, _: meter and meter.advance(candidate=cand.label))  # fmt: skip
+        recalibrate_bn(m, proxy_calib, len(proxy_calib), device, exact=False, on_batch=tick)
+        return evaluate(m, proxy_val, device, on_batch=tick)
+
+    # reg="auto" scores its arms with the group-L2 normalisers the job may use
     reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
+    proxy_units = opts.search_steps + len(proxy_calib) + len(proxy_val)
+
+    def reg_proxy(m: nn.Module) -> float:
+        proxy_meter[:] = [StageMeter(progress, cancel, "reg_search", proxy_units * len(reg_candidates))]
+        return max(proxy(m, c) for c in reg_candidates)
+
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
-                        calibration_loader=calib,
-                        proxy=lambda m: max(proxy(m, c) for c in reg_candidates))  # fmt: skip
+                        calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
+                        proxy=reg_proxy)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
-    curve: list[dict[str, Any]] = []
-
-    def curve_accuracy(m: nn.Module) -> float:
-        if _curve_recalibrates(config):
-            m = copy.deepcopy(m)
-            # one cheap pass (deterministic on the fixed set): 12x faster than exact, and
-            # the curve is evaluated every few steps; reported stage figures are exact
-            recalibrate_bn(m, calib, config.bn_recalibration_batches, device, exact=False)
-        return evaluate(m, val, device)
-
-    def on_step(info: StepInfo, m: nn.Module) -> None:
-        evaluate_now = info.step % pruning.curve_every == 0 or info.reached
-        point = _point(info, curve_accuracy(m) if evaluate_now else None)
-        curve.append(point)
-        notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
+    curve_calib, curve_val = subset(splits.train, pruning.curve_images), subset(splits.val, pruning.curve_images)
 
     # the criterion (and its normaliser) by validation accuracy at the target
     data_aware = DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
@@ -266,27 +278,66 @@ def prune(
     )  # fmt: skip
     chosen, prune_info = candidates[0], dict[str, Any]()
     if len(candidates) > 1:
-        with timed("criterion_search"):  # validation only: metaprune/pruning/choose.py
-            chosen, prune_info["criterion_search"] = choose_criterion(model, candidates, proxy)
+        with timed("criterion_search"):  # validation only
+            meter = StageMeter(progress, cancel, "criterion_search", proxy_units * len(candidates))
+            proxy_meter[:] = [meter]
+            meter.start()
+            chosen, search = choose_criterion(model, candidates, proxy)
+            search["proxy"] = {"steps": opts.search_steps, "calibration_images": len(proxy_calib.dataset),
+                               "validation_images": len(proxy_val.dataset)}  # fmt: skip
+            prune_info["criterion_search"] = search
+            meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
+
+    # the curve: step 0 (the prepared model's accuracy, measured already), the chosen step
+    # (measured by recalibrate_bn below) and at most curve_points steps in between
+    curve: list[dict[str, Any]] = []
+    milestones = [target.value ** (i / (pruning.curve_points + 1))
+                  for i in range(1, pruning.curve_points + 1)]  # fmt: skip
+    prepared_val = ctx.info.get("before_pruning", {}).get("val_accuracy")
+
+    def curve_point(m: nn.Module, tick: Any) -> float:
+        if _curve_recalibrates(config):
+            m = copy.deepcopy(m)
+            # one training-mode pass on the fixed subset: cheap and deterministic
+            recalibrate_bn(m, curve_calib, len(curve_calib), device, exact=False, on_batch=tick)
+        return evaluate(m, curve_val, device, on_batch=tick)
+
+    def on_step(info: StepInfo, m: nn.Module) -> None:
+        due = bool(milestones) and info.value(target.kind) >= milestones[0]
+        while milestones and info.value(target.kind) >= milestones[0]:
+            milestones.pop(0)
+        accuracy = None
+        if info.step == 0 and prepared_val is not None:
+            accuracy = prepared_val
+        elif (info.step == 0 or due) and not info.reached:
+            def tick() -> None:
+                notify(progress, cancel, "prune", info.step, pruning.steps, task="curve point")
+
+            accuracy = curve_point(m, tick)
+        point = _point(info, accuracy)
+        curve.append(point)
+        notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
+
     with timed("prune"):
-        history = prune_to_target(model, chosen, on_step, pruning.steps)
+        history = prune_to_target(model, chosen, pruning.steps, on_step)
         model.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
-        if curve[-1]["val_accuracy"] is None:
-            curve[-1]["val_accuracy"] = curve_accuracy(model)
     final_step = history[-1]
     with timed("recalibrate_bn"):
-        notify(progress, cancel, "recalibrate_bn", 0, 1)
-        recalibrate_bn(model, calib, config.bn_recalibration_batches, device)
-        pruned_val = evaluate(model, val, device)
-        notify(progress, cancel, "recalibrate_bn", 1, 1, val_accuracy=pruned_val)
+        meter = StageMeter(progress, cancel, "recalibrate_bn",
+                           (1 + _REFINE) * len(calib) + len(val))  # fmt: skip
+        meter.start()
+        _recalibrate(model, calib, device, meter.tick)
+        pruned_val = evaluate(model, val, device, on_batch=meter.tick)
+        meter.finish(val_accuracy=pruned_val)
+    curve[-1]["val_accuracy"] = pruned_val  # the chosen step: the exact figure
     with timed("after_pruning"):
         after = finetune(model, train, val, config.after_pruning, device, progress,
-                         stage="after_pruning", cancel=cancel)  # fmt: skip
+                         stage="after_pruning", cancel=cancel,
+                         initial_val_accuracy=pruned_val)  # fmt: skip
     with timed("evaluate"):
-        notify(progress, cancel, "evaluate", 0, 1)
-        final = _measure(model, example, val, test, device, latency)
-        notify(progress, cancel, "evaluate", 1, 1, **final)
+        # the fine-tune kept the recalibrated weights (best epoch 0): validation is known
+        final = measure("evaluate", model, pruned_val if after.best_epoch == 0 else None)
     model.eval()
     outputs_finite = _finite_outputs(model, example)
 
@@ -315,6 +366,14 @@ def prune(
             "latency": base["latency_ms"] / final["latency_ms"],
         },
         "stage_seconds": seconds,
+        "work": {  # what the budgets amounted to on this dataset
+            "calibration_images": len(calib.dataset),
+            "curve_images": [len(curve_calib.dataset), len(curve_val.dataset)],
+            "curve_points_evaluated": sum(c["val_accuracy"] is not None for c in curve),
+            "eval_batch_size": eval_batch,
+            "data_workers": workers,
+            "latency": latency_runs,
+        },
         "stages": {
             **ctx.info,
             "prune": prune_info,
@@ -339,7 +398,17 @@ def _available(device: torch.device) -> torch.device:
 
 
 def _curve_recalibrates(config: PruneConfig) -> bool:
-    return config.pruning.curve_bn_recalibration and config.bn_recalibration_batches > 0
+    return config.pruning.curve_bn_recalibration and config.bn_recalibration_images > 0
+
+
+#: refinement passes of every reported recalibration (metaprune/pruning/bn.py)
+_REFINE = 1
+
+
+def _recalibrate(model: nn.Module, loader: Any, device: torch.device, tick: Any) -> None:
+    """The recalibration behind reported figures: one training-mode pass over the fixed
+    calibration set and ``_REFINE`` exact whole-set refinements (``bn.py``)."""
+    recalibrate_bn(model, loader, len(loader), device, exact=False, refine=_REFINE, on_batch=tick)
 
 
 def _finite_outputs(model: nn.Module, example: Tensor) -> bool:
@@ -397,15 +466,42 @@ def _check_classes(model: nn.Module, example: Tensor, splits: DatasetSplits) -> 
 
 
 def _measure(model: nn.Module, example: Tensor, val: Any, test: Any, device: torch.device,
-             latency: Any) -> dict[str, Any]:  # fmt: skip
+             latency: Any, meter: StageMeter, val_accuracy: float | None) -> dict[str, Any]:  # fmt: skip
     cost = measure_cost(model, example)
+    if val_accuracy is None:
+        val_accuracy = evaluate(model, val, device, on_batch=meter.tick)
+    test_accuracy = evaluate(model, test, device, on_batch=meter.tick)
+    timing = latency(model, on_pass=lambda done, total: meter.advance(task="latency"))
     return {
-        "val_accuracy": evaluate(model, val, device),
-        "test_accuracy": evaluate(model, test, device),
+        "val_accuracy": val_accuracy,
+        "test_accuracy": test_accuracy,
         "macs": cost.macs,
         "params": cost.params,
-        "latency_ms": 1000.0 * latency(model),
+        "latency_ms": 1000.0 * timing.median,
+        "latency": timing.to_dict(),
     }
+
+
+def _eval_batch_size(batch_size: int, splits: DatasetSplits) -> int:
+    """Evaluation and recalibration batches: ``batch_size``, but at most 2**21 input values
+    per batch (41 images at 3x224x224), so that one batch of a large model at a large input
+    is a few seconds of work between two progress events, not minutes."""
+    values = splits.in_channels * splits.image_size**2
+    return max(1, min(batch_size, (1 << 21) // values))
+
+
+def _data_workers(requested: int | None, splits: DatasetSplits) -> int:
+    """DataLoader worker processes: ``requested``, or by default none for in-memory tensors
+    and two for file datasets (decoding and augmenting in parallel with the model). None
+    inside a daemon process (an executor worker), which may not have children."""
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:
+        return 0
+    if requested is not None:
+        return requested
+    in_memory = isinstance(splits.train, torch.utils.data.TensorDataset)
+    return 0 if in_memory else min(2, os.cpu_count() or 1)
 
 
 def _point(info: StepInfo, val_accuracy: float | None) -> dict[str, Any]:

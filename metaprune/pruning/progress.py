@@ -26,6 +26,7 @@ __all__ = [
     "ProgressCallback",
     "ProgressEvent",
     "PruneCancelled",
+    "StageMeter",
     "check_cancel",
     "notify",
 ]
@@ -108,3 +109,38 @@ def notify(
             cancel.cancel()
         raise PruneCancelled(f"pruning cancelled by the progress callback during {stage}")
     check_cancel(cancel, stage)
+
+
+class StageMeter:
+    """A stage's progress counted in units of work (batches, timed passes, pruning steps).
+
+    Every :meth:`advance` reports one :class:`ProgressEvent` (``step`` = units done,
+    ``total`` = the stage's planned units) and honours cancellation, so a stage reports
+    after every unit of work, however long a unit takes: a bounded amount of work, not
+    of time, separates two events. ``total`` is a plan: a stage that stops early (a prune
+    that meets its target) jumps to it with :meth:`finish`.
+    """
+
+    def __init__(
+        self, progress: ProgressCallback | None, cancel: CancelToken | None, stage: str, total: int
+    ) -> None:
+        self.progress, self.cancel, self.stage = progress, cancel, stage
+        self.total, self.done = max(int(total), 1), 0
+
+    def start(self, **metrics: Any) -> None:
+        """Announce the stage (step 0)."""
+        notify(self.progress, self.cancel, self.stage, 0, self.total, **metrics)
+
+    def advance(self, units: int = 1, **metrics: Any) -> None:
+        """``units`` more done (capped below ``total``: only :meth:`finish` completes)."""
+        self.done = min(self.done + units, self.total - 1)
+        notify(self.progress, self.cancel, self.stage, self.done, self.total, **metrics)
+
+    def tick(self) -> None:
+        """One unit done, no metrics (a callback for loops that know nothing of stages)."""
+        self.advance()
+
+    def finish(self, **metrics: Any) -> None:
+        """The stage is done (step = total)."""
+        self.done = self.total
+        notify(self.progress, self.cancel, self.stage, self.total, self.total, **metrics)

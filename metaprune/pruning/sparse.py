@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from metaprune.pruning.choose import halving_plan, successive_halving
 from metaprune.pruning.finetune import FinetuneResult, lr_factor
-from metaprune.pruning.progress import check_cancel, notify
+from metaprune.pruning.progress import notify
 from metaprune.pruning.targets import find_classifier
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class SparseRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(budget, per_epoch, total=horizon)
         )
-        self.iterations = 0
+        self.iterations, self.horizon = 0, horizon
         self._batches: Iterator[tuple[Tensor, Tensor]] = _cycle(ctx.train_loader)
 
     def advance(self, iterations: int) -> None:
@@ -87,7 +87,8 @@ class SparseRun:
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         for _ in range(iterations):
-            check_cancel(ctx.cancel, "before_pruning")
+            notify(ctx.progress, ctx.cancel, "before_pruning", self.iterations, self.horizon,
+                   task="reg trial", reg=self.reg)  # fmt: skip
             inputs, labels = next(self._batches)
             inputs, labels = inputs.to(ctx.device), labels.to(ctx.device)
             self.optimizer.zero_grad(set_to_none=True)

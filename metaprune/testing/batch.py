@@ -21,8 +21,8 @@ TINY_CONFIG: dict[str, Any] = {
     "method": "group-l2",
     "before_pruning": {"epochs": 0},
     "after_pruning": {"epochs": 1},
-    "pruning": {"steps": 20, "curve_every": 5},
-    "bn_recalibration_batches": 2,
+    "pruning": {"steps": 20, "curve_points": 2},
+    "bn_recalibration_images": 64,
     "batch_size": 32,
     "latency": {"batch_size": 8, "repeats": 2, "warmup": 1},
 }

@@ -79,7 +79,7 @@ def test_a_rewrite_that_costs_validation_accuracy_is_discarded(caplog) -> None:
     torch.manual_seed(0)
     model = create_model("cifar_resnet20", in_channels=1, num_classes=10, width=0.25)
     finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.1))
-    config = PruneConfig(method="metanet", bn_recalibration_batches=2)
+    config = PruneConfig(method="metanet", bn_recalibration_images=64)
     ctx = MethodContext(config, train, val, torch.device("cpu"), torch.zeros(1, 1, 8, 8))
 
     def net(ratio: float) -> metanet.MetaNetwork:

@@ -112,7 +112,7 @@ def test_prune_eval_info_happy_path(capsys, ckpt, tmp_path):
     out = tmp_path / "out"
     status = main([
         "prune", ckpt, "--dataset", "digits", "--target-speedup", "1.5", "--method", "group-l2",
-        "--before-epochs", "0", "--epochs", "1", "--steps", "20", "--bn-batches", "2",
+        "--before-epochs", "0", "--epochs", "1", "--steps", "20", "--bn-images", "64",
         "--config", str(config), "--threads", "1", "-o", str(out),
     ])  # fmt: skip
     captured = capsys.readouterr()
@@ -140,7 +140,7 @@ def test_prune_method_metanet_without_a_name_chooses_and_says_which(capsys, ckpt
     out = tmp_path / "out"
     status = main([
         "prune", ckpt, "--dataset", "digits", "--target-speedup", "1.3", "--method", "metanet",
-        "--before-epochs", "0", "--epochs", "0", "--steps", "10", "--bn-batches", "1",
+        "--before-epochs", "0", "--epochs", "0", "--steps", "10", "--bn-images", "32",
         "--threads", "1", "--quiet", "-o", str(out),
     ])  # fmt: skip
     captured = capsys.readouterr()

@@ -56,8 +56,8 @@ def fast_config() -> PruneConfig:
         importance=ImportanceOptions(normalizer="sum"),  # "auto" has its own tests
         before_pruning=FinetuneBudget(epochs=1),
         after_pruning=FinetuneBudget(epochs=1),
-        pruning=PruningOptions(steps=20, curve_every=4),
-        bn_recalibration_batches=2,
+        pruning=PruningOptions(steps=20, curve_points=2, curve_images=32),
+        bn_recalibration_images=64,
         batch_size=32,
         latency=LatencyOptions(batch_size=8, repeats=2, warmup=1),
     )

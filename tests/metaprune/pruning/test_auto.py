@@ -23,13 +23,14 @@ def test_rule_follows_the_before_pruning_budget():
     assert config.method == "auto"
     choice = resolve_method(config)
     assert (choice.method, choice.requested) == ("group-l2-sl", "auto")
-    assert "10 epoch(s)" in choice.reason and "validation split" in choice.reason
+    assert "10 epoch(s)" in choice.reason and "validation accuracy at the target" in choice.reason
+    assert "trials inside the budget" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
-    assert "0 epochs" in zero.reason and "normaliser chosen on validation" in zero.reason
+    assert "0 epochs" in zero.reason and "taylor, hessian) chosen by validation" in zero.reason
     fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
                                      importance=ImportanceOptions(normalizer="max"))  # fmt: skip
-    assert "the 'max' normaliser" in resolve_method(fixed_norm).reason
+    assert "group-L2 with the 'max' normaliser" in resolve_method(fixed_norm).reason
     fixed = resolve_method(dataclasses.replace(config, sparse=SparseTraining(reg=0.05)))
     assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason
 
@@ -57,6 +58,6 @@ def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
     result = prune(model, splits, config, spec=spec)
     report = result.report
     assert report["method"] == result.config.method == "group-l2"
-    assert report["method_choice"] == resolve_method(config).to_dict()
+    assert report["method_choice"] == {**resolve_method(config).to_dict(), "criterion": "group-l2[sum]"}
     assert report["config"]["method"] == "auto"  # as requested: resolves the same way again
     assert "auto -> group-l2: before_pruning has 0 epochs" in format_report(report)

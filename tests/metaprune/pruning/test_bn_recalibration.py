@@ -146,3 +146,33 @@ def test_single_pass_mode_is_the_cumulative_average_and_deterministic(loaders, s
         stats.append(_stats(model))
     for (m0, v0), (m1, v1) in zip(*stats):
         assert torch.equal(m0, m1) and torch.equal(v0, v1)
+
+
+def test_refinement_passes_converge_to_the_exact_statistics(loaders):
+    """refine=k sets every BN at once from the previous estimate: a chain of k BatchNorms
+    is exact after k refinements (each pass fixes one more level), whatever the batches."""
+    train, _, _ = loaders
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # fmt: skip
+    uneven = [(x[: 5 + 7 * i], None) for i, (x, _) in enumerate(list(train)[:3])]  # 5, 12, 19
+    exact = _copy_with(chain, lambda m: recalibrate_bn(m, uneven, batches=3))
+    calls = []
+    one = _copy_with(chain, lambda m: recalibrate_bn(m, uneven, 3, exact=False, refine=1,
+                                                     on_batch=lambda: calls.append(1)))  # fmt: skip
+    two = _copy_with(chain, lambda m: recalibrate_bn(m, uneven, 3, exact=False, refine=2))
+    assert len(calls) == 6  # one training-mode pass + one refinement, 3 batches each
+    (m1, v1), (m2, v2) = _stats(exact)
+    torch.testing.assert_close(_stats(one)[0], (m1, v1), rtol=1e-5, atol=1e-6)  # level 1: exact
+    assert not torch.allclose(_stats(one)[1][1], v2, rtol=1e-5)  # level 2: not yet
+    torch.testing.assert_close(_stats(two)[1], (m2, v2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="refine must be an int >= 0"):
+        recalibrate_bn(chain, uneven, 3, exact=False, refine=-1)
+
+
+def _copy_with(model, fn):
+    import copy
+
+    model = copy.deepcopy(model)
+    fn(model)
+    return model

@@ -15,7 +15,15 @@ def test_trains_and_keeps_the_best_validation_epoch(model, loaders):
     start = evaluate(model, val)
     result = finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.05), progress=events.append,
                       stage="before_pruning")  # fmt: skip
-    assert [e.step for e in events] == [0, 1, 2] and {e.stage for e in events} == {"before_pruning"}
+    epochs = [e for e in events if "batch" not in e.metrics]
+    assert [e.step for e in epochs] == [0, 1, 2] and {e.stage for e in events} == {"before_pruning"}
+    # one event per batch in between (train + validation), at the epochs done so far
+    per_epoch = len(train) + len(val)
+    batches = [(e.step, e.metrics["batch"]) for e in events if "batch" in e.metrics]
+    assert batches == [(0, i) for i in range(1, len(val) + 1)] + [
+        (epoch, i) for epoch in (0, 1) for i in range(1, per_epoch + 1)
+    ]
+    assert all(e.metrics["batches"] == per_epoch for e in events if "batch" in e.metrics)
     accs = [h["val_accuracy"] for h in result.history]
     assert result.best_val_accuracy == max([start, *accs])
     assert result.best_epoch == (0 if start >= max(accs) else 1 + accs.index(max(accs)))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from metaprune.pruning import ConfigError, list_importances, make_importance, progressive_prune
-from metaprune.pruning.gradients import Calibration
+from metaprune.pruning.bn import calibration_subset
 from metaprune.pruning.importance import DATA_AWARE
 
 
@@ -24,10 +24,10 @@ def _net() -> nn.Sequential:
     ).eval()  # fmt: skip
 
 
-def _calibration(n: int = 24) -> Calibration:
+def _calibration(n: int = 24):
     g = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
-    return Calibration(data, images=16, seed=0, batch_size=5)
+    return calibration_subset(data, images=16, batch_size=5, seed=0)
 
 
 def _scores(net: nn.Module, name: str) -> torch.Tensor:

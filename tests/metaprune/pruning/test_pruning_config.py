@@ -21,11 +21,15 @@ from metaprune.pruning import (
 
 def test_defaults_are_valid_and_versioned():
     config = PruneConfig()
-    assert config.version == CONFIG_VERSION == 1
+    assert config.version == CONFIG_VERSION == 2
     assert config.method == "auto"  # resolved per job, see metaprune/pruning/auto.py
     assert config.importance.normalizer == "auto" and config.sparse.reg == "auto"
     assert config.target == Target("macs", 2.0)
-    assert config.bn_recalibration_batches > 0  # recalibration is on by default
+    assert config.bn_recalibration_images > 0  # recalibration is on by default
+    # budgets are images and seconds, whatever the batch size (issue 18)
+    assert config.pruning.curve_points >= 1 and config.pruning.curve_images >= 1
+    assert config.importance.search_images >= 1 and config.latency.batch_size is None
+    assert 0 < config.latency.seconds <= 10
     assert config.pruning.max_layer_ratio < 1 and config.pruning.min_channels >= 2
 
 
@@ -50,14 +54,33 @@ def test_round_trip_through_json_and_yaml():
     assert PruneConfig.from_dict({}) == PruneConfig()  # missing keys take defaults
 
 
+def test_version_1_data_is_migrated():
+    old = {"version": 1, "batch_size": 32, "bn_recalibration_batches": 5,
+           "pruning": {"steps": 40, "curve_every": 4}}  # fmt: skip
+    config = PruneConfig.from_dict(old)
+    assert config.version == 2 and config.bn_recalibration_images == 160  # the images it used
+    assert config.pruning.steps == 40 and config.pruning == PruningOptions(steps=40)
+    # unversioned data with retired keys (manifests, YAML files) migrates the same way
+    assert PruneConfig.from_dict({k: v for k, v in old.items() if k != "version"}) == config
+    assert PruneConfig.from_dict({"bn_recalibration_batches": 2}).bn_recalibration_images == 256
+    assert PruneConfig().bn_recalibration_images == 1024
+    assert PruneConfig.from_dict({"version": 1}) == PruneConfig()
+    with pytest.raises(ConfigError, match="not both"):
+        PruneConfig.from_dict({"bn_recalibration_batches": 2, "bn_recalibration_images": 9})
+    with pytest.raises(ConfigError, match=r"bn_recalibration_batches must be an int >= 0"):
+        PruneConfig.from_dict({"bn_recalibration_batches": -1})
+    with pytest.raises(ConfigError, match="unknown key"):  # retired keys are not version 2 keys
+        PruneConfig.from_dict({"version": 2, "bn_recalibration_batches": 2})
+
+
 def test_sparse_reg_is_a_number_or_auto():
     assert SparseTraining(reg=0.1).reg == 0.1 and SparseTraining(reg=1).reg == 1.0
     sparse = SparseTraining(auto_grid=[0.01, 0.3, 0.01])
     assert sparse.auto_grid == (0.3, 0.01)  # deduplicated, largest first
-    data = PruneConfig(sparse=SparseTraining(reg=0.05, auto_tolerance=0.02)).to_dict()
+    data = PruneConfig(sparse=SparseTraining(reg=0.05, search_fraction=0.25)).to_dict()
     assert data["sparse"] == {
         "reg": 0.05,
-        "auto_tolerance": 0.02,
+        "search_fraction": 0.25,
         "auto_grid": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001],
     }
     assert PruneConfig.from_dict(json.loads(json.dumps(data))).sparse.reg == 0.05
@@ -68,8 +91,13 @@ def test_sparse_reg_is_a_number_or_auto():
             SparseTraining(reg=bad)
     with pytest.raises(ConfigError, match="auto_grid must not be empty"):
         SparseTraining(auto_grid=())
-    with pytest.raises(ConfigError, match="auto_tolerance"):
-        SparseTraining(auto_tolerance=2.0)
+    with pytest.raises(ConfigError, match="search_fraction"):
+        SparseTraining(search_fraction=2.0)
+    # the retired pre-pruning tolerance of version-1 data is dropped, not an error
+    old = PruneConfig.from_dict({"version": 1, "sparse": {"reg": "auto", "auto_tolerance": 0.02}})
+    assert old.sparse == SparseTraining()
+    with pytest.raises(ConfigError, match="auto_tolerance"):  # version 2 has no such key
+        PruneConfig.from_dict({"sparse": {"auto_tolerance": 0.02}})
 
 
 def test_partial_nested_dict_keeps_other_defaults():
@@ -84,7 +112,7 @@ def test_partial_nested_dict_keeps_other_defaults():
         ({"methd": "random"}, "unknown key(s) 'methd'"),
         ({"pruning": {"stepz": 3}}, "unknown key(s) 'pruning.stepz'"),
         ({"target": 3}, "target must be a mapping"),
-        ({"version": 2}, "version must be 1 (found 2)"),
+        ({"version": 3}, "version must be 2 (found 3)"),
     ],
 )
 def test_from_dict_rejects_bad_structure(data, expected):

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from metaprune.data import DatasetSplits
 from metaprune.pruning import FinetuneBudget, SparseTraining, evaluate, get_method, prune
-from metaprune.pruning.bn import calibration_loader, recalibrate_bn
+from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.methods import MethodContext
 
 GRID = (0.3, 0.1, 0.01)
@@ -87,9 +87,9 @@ def test_before_pruning_accuracy_is_the_recalibrated_one(model, loaders, example
     assert info["sparse_reg"] == 0.3 and info["epochs_trained"] == info["kept_epoch"] == 2
     _, val, _ = loaders
     direct = copy.deepcopy(prepared)
-    calib = calibration_loader(ctx.train_loader.dataset, config.bn_recalibration_batches,
+    calib = calibration_subset(ctx.train_loader.dataset, config.bn_recalibration_images,
                                config.batch_size, config.seed)  # fmt: skip
-    recalibrate_bn(direct, calib, config.bn_recalibration_batches)
+    recalibrate_bn(direct, calib, len(calib), exact=False, refine=1)  # what the pipeline does
     assert info["val_accuracy"] == evaluate(direct, val) == evaluate(prepared, val)
     assert isinstance(info["val_accuracy_stale_bn"], float) and info["seconds"] > 0
 

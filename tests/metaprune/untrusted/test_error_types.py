@@ -283,8 +283,8 @@ def test_half_precision_checkpoints_work_in_info_eval_and_prune(
         target=Target("macs", 1.3),
         before_pruning=FinetuneBudget(epochs=0),
         after_pruning=FinetuneBudget(epochs=0),
-        pruning=PruningOptions(steps=4, curve_every=4),
-        bn_recalibration_batches=1,
+        pruning=PruningOptions(steps=4, curve_points=1),
+        bn_recalibration_images=32,
         latency=LatencyOptions(batch_size=2, repeats=1, warmup=0),
     )
     result = prune(path, "digits", config)

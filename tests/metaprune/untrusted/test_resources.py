@@ -165,7 +165,13 @@ _SETTING_PATHS = {
     ("latency", "threads"): "max_threads",
     ("latency", "repeats"): "max_repeats",
     ("latency", "warmup"): "max_repeats",
-    ("bn_recalibration_batches",): "max_steps",
+    ("bn_recalibration_images",): "max_images",
+    ("pruning", "curve_images"): "max_images",
+    ("pruning", "curve_points"): "max_steps",
+    ("importance", "search_images"): "max_images",
+    ("importance", "search_steps"): "max_steps",
+    ("latency", "seconds"): "max_latency_seconds",
+    ("data_workers",): "max_threads",
     ("max_wall_seconds",): "max_wall_seconds",
 }
 
@@ -179,7 +185,8 @@ def test_every_job_setting_has_an_upper_bound(path: tuple[str, ...], excess: int
     node = data
     for key in path[:-1]:
         node = node.setdefault(key, {})
-    node[path[-1]] = requested if limit != "max_wall_seconds" else float(requested)
+    floats = ("max_wall_seconds", "max_latency_seconds")
+    node[path[-1]] = requested if limit not in floats else float(requested)
     config = PruneConfig.from_dict(data)  # the lower bounds hold: parsing succeeds
     err = raises(lambda: config.check_limits())
     check_error(err, LimitExceededError, ".".join(path), limit)

@@ -26,7 +26,7 @@ from metaprune.testing.untrusted import check_error, files_under, generated, rai
 
 SPEC = ArchSpec("cifar_resnet20", {"width": 0.25, "in_channels": 1})
 _FAST = [
-    "--epochs", "0", "--before-epochs", "0", "--steps", "4", "--bn-batches", "1", "--quiet",
+    "--epochs", "0", "--before-epochs", "0", "--steps", "4", "--bn-images", "32", "--quiet",
 ]  # fmt: skip
 
 

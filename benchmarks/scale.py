@@ -1,0 +1,218 @@
+"""Scale benchmark (issue 18): a job's cost at 224x224, in units of the model's own forward.
+
+    nice python benchmarks/scale.py --models resnet50                 # the 0-epoch job
+    nice python benchmarks/scale.py --models convnext_tiny vit_b_16
+    nice python benchmarks/scale.py --finetune                        # 1 epoch, 1,000 images
+
+Per torchvision model (random weights, 10 classes; no downloads), in a fresh process so
+peak RSS is the job's: seeded ``synthetic`` data at 224 (256 train / 64 val / 64 test,
+10 classes), then
+
+* **unit**: one batch-64 eval forward of the base model, timed before and after the job
+  in the same process (the mean is the unit; the machine is shared, so only ratios
+  measured in one run mean anything);
+* **our job**: ``prune(..., PruneConfig(target 2x MACs, 0 epochs before and after))``,
+  all other settings default: wall time in units, the stage split, the longest silence
+  between two progress events, the number of events, peak RSS (``ru_maxrss``);
+* **Torch-Pruning's plain one-shot ``MagnitudePruner``** on a copy of the base model
+  (L2 magnitude, uniform ratio ``1 - 1/sqrt(2)``: about 2x MACs), plus one validation
+  pass: our job's overhead is the ratio of the two wall times.
+
+``--finetune``: 1,112 JPEG files (10 classes) written to a temp dir as an ImageFolder
+(10 % carved for validation: ~1,000 training images) at 224; the decode + augment cost
+per image with 0 and 2 DataLoader workers, and one fine-tune epoch of ResNet-50 through
+``finetune`` (batch 32): seconds per 1,000 training images.
+
+Results: ``benchmarks/scale/results.json`` (one entry per model / the fine-tune).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/metanet.py
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "benchmarks" / "scale"
+MODELS = ("resnet50", "convnext_tiny", "vit_b_16")
+
+
+def log(*args: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def _unit(model: torch.nn.Module, x: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
+
+
+def run_model(name: str, size: int = 224) -> dict[str, Any]:
+    """One model: unit, our job, Torch-Pruning's one-shot baseline (in this process)."""
+    import torch_pruning as tp
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import ArchSpec
+    from metaprune.pruning import FinetuneBudget, PruneConfig, Target, evaluate, prune
+    from metaprune.pruning.targets import find_classifier, measure_cost
+
+    torch.manual_seed(0)
+    spec = ArchSpec(f"torchvision/{name}", {"num_classes": 10})
+    model = spec.build().eval()
+    splits = get_dataset("synthetic", seed=0, num_classes=10, image_size=size)
+    x = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
+    _unit(model, x[:4])  # warm-up
+    unit_before = _unit(model, x)
+    log(f"{name}: unit {unit_before:.1f} s")
+
+    events: list[tuple[float, str, int, int]] = []
+    t0 = time.perf_counter()
+
+    def progress(event: Any) -> None:
+        events.append((time.perf_counter() - t0, event.stage, event.step, event.total))
+
+    config = PruneConfig(
+        target=Target("macs", 2.0),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = prune(model, splits, config, progress=progress, spec=spec)
+    job = time.perf_counter() - start
+    rss_job = _peak_rss_gb()
+    log(f"{name}: job {job:.0f} s")
+    times = [0.0] + [e[0] for e in events] + [job]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    after_event = events[worst - 1][1:] if worst > 0 else ("start",)
+
+    # Torch-Pruning's plain one-shot magnitude pruner + one validation pass
+    base = copy.deepcopy(model)
+    example = torch.randn(1, 3, size, size)
+    _, val, _ = make_loaders(splits, 64, 0)
+    start = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(
+        base, example, tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=1 - 1 / math.sqrt(2), ignored_layers=[find_classifier(base, example)],
+    )  # fmt: skip
+    pruner.step()
+    tp_val = evaluate(base, val)
+    tp_seconds = time.perf_counter() - start
+    tp_speedup = measure_cost(model, example).macs / measure_cost(base, example).macs
+
+    unit_after = _unit(model, x)
+    unit = (unit_before + unit_after) / 2
+    report = result.report
+    return {
+        "model": name,
+        "unit_seconds": [unit_before, unit_after],
+        "job_seconds": job,
+        "job_units": job / unit,
+        "stage_units": {k: v / unit for k, v in report["stage_seconds"].items()},
+        "longest_silence_seconds": gaps[worst],
+        "longest_silence_units": gaps[worst] / unit,
+        "longest_silence_after": list(after_event),
+        "events": len(events),
+        "peak_rss_gb_after_job": rss_job,
+        "macs_speedup": report["speedup"]["macs"],
+        "target_reached": report["target_reached"],
+        "normalizer": report["stages"]["prune"]["normalizer"],
+        "work": report["work"],
+        "torch_pruning": {"seconds": tp_seconds, "units": tp_seconds / unit,
+                          "macs_speedup": tp_speedup, "val_accuracy": tp_val},  # fmt: skip
+        "overhead_vs_torch_pruning": job / tp_seconds,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_finetune(images: int = 1112) -> dict[str, Any]:
+    """Decode cost and one fine-tune epoch of ResNet-50 on a 1,000-image ImageFolder at 224."""
+    import numpy as np
+    from PIL import Image
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import ArchSpec
+    from metaprune.pruning import FinetuneBudget, finetune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for split, n in (("train", images), ("val", 20)):
+            for i in range(n):
+                cls = Path(tmp, split, f"c{i % 10}")
+                cls.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)  # camera-like size
+                Image.fromarray(pixels).save(cls / f"{i}.jpg", quality=90)
+        splits = get_dataset("imagefolder", tmp, seed=0, image_size=224)
+        out: dict[str, Any] = {"train_images": len(splits.train), "val_images": len(splits.val)}
+        for workers in (0, 2):
+            train, _, _ = make_loaders(splits, 32, 0, num_workers=workers)
+            start = time.perf_counter()
+            n = sum(len(labels) for _, labels in train)
+            out[f"decode_ms_per_image_{workers}_workers"] = 1000 * (time.perf_counter() - start) / n
+            log(f"decode, {workers} workers: {out[f'decode_ms_per_image_{workers}_workers']:.1f} ms/image")
+        torch.manual_seed(0)
+        model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build()
+        train, val, _ = make_loaders(splits, 32, 0, num_workers=2)
+        start = time.perf_counter()
+        finetune(model, train, val, FinetuneBudget(epochs=1), initial_val_accuracy=0.0)
+        seconds = time.perf_counter() - start
+        out.update(epoch_seconds=seconds, seconds_per_1000_images=1000 * seconds / len(splits.train),
+                   threads=torch.get_num_threads(), peak_rss_gb=_peak_rss_gb())  # fmt: skip
+        return out
+
+
+def _save(key: str, rec: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = {**rec, "date": time.strftime("%Y-%m-%d %H:%M")}
+    path.write_text(json.dumps(data, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=["resnet50"], choices=MODELS)
+    p.add_argument("--finetune", action="store_true", help="also the ImageFolder fine-tune epoch")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)  # smoke runs
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+    if a.child:  # one measurement in this (fresh) process; JSON on stdout
+        rec = run_finetune() if a.child == "finetune" else run_model(a.child, a.image_size)
+        print(json.dumps(rec))
+        return 0
+    for name in [*a.models, *(["finetune"] if a.finetune else [])]:
+        proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True,
+                              text=True)  # fmt: skip
+        sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
+        if proc.returncode:
+            rec = {"pending": True, "error": proc.stderr.strip().splitlines()[-1:]}
+        else:
+            rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        _save(name, rec, a.out)
+        print(name, json.dumps(rec, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

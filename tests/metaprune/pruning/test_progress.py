@@ -1,0 +1,98 @@
+"""Tests for metaprune/pruning/progress.py: stage meters, and progress from every stage of a
+job at bounded *work* intervals (images read between two events), never timed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from metaprune.data import DatasetSplits
+from metaprune.pruning import (
+    CANCEL,
+    FinetuneBudget,
+    ImportanceOptions,
+    PruneCancelled,
+    prune,
+)
+from metaprune.pruning.progress import StageMeter
+
+
+def test_stage_meter_counts_units_and_only_finish_completes():
+    events = []
+    meter = StageMeter(events.append, None, "work", 3)
+    meter.start()
+    for _ in range(5):
+        meter.tick()  # more units than planned: capped below the total
+    meter.finish(done=True)
+    assert [(e.stage, e.step, e.total) for e in events] == (
+        [("work", 0, 3)] + [("work", 1, 3)] + [("work", 2, 3)] * 4 + [("work", 3, 3)]
+    )
+    assert events[-1].metrics == {"done": True}
+    assert StageMeter(None, None, "empty", 0).total == 1  # a stage always has a unit
+
+
+def test_stage_meter_honours_cancel():
+    meter = StageMeter(lambda e: CANCEL if e.step == 2 else None, None, "work", 5)
+    meter.tick()
+    with pytest.raises(PruneCancelled, match="during work"):
+        meter.tick()
+
+
+class _Counted(Dataset):
+    """A split that counts the images read from it (the unit of work of every pass)."""
+
+    reads = 0
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        _Counted.reads += 1
+        return self.base[i]
+
+
+@pytest.mark.timeout(300)
+def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits, fast_config):
+    counted = DatasetSplits(
+        _Counted(splits.train), _Counted(splits.val), _Counted(splits.test),
+        splits.num_classes, splits.in_channels, splits.image_size, splits.name,
+    )  # fmt: skip
+    config = dataclasses.replace(
+        fast_config, data_workers=0,  # reads are counted in this process
+        importance=ImportanceOptions(normalizer="auto", search_steps=10, search_images=48),
+        before_pruning=FinetuneBudget(epochs=1), after_pruning=FinetuneBudget(epochs=1),
+    )  # fmt: skip
+    marks: list[tuple[str, int, dict]] = []
+
+    def progress(event) -> None:
+        marks.append((event.stage, _Counted.reads, event.metrics))
+
+    _Counted.reads = 0
+    torch.manual_seed(0)
+    result = prune(model, counted, config, progress=progress, spec=spec)
+    stages = list(dict.fromkeys(stage for stage, _, _ in marks))
+    assert stages == ["evaluate_base", "before_pruning", "criterion_search", "prune",
+                      "recalibrate_bn", "after_pruning", "evaluate"]  # fmt: skip
+    # work between two events: at most one batch (32 images) of any pass, in every stage
+    reads = [0] + [r for _, r, _ in marks] + [_Counted.reads]
+    gaps = [b - a for a, b in zip(reads, reads[1:])]
+    assert max(gaps) <= config.batch_size and _Counted.reads > 0
+    per_stage = {s: sum(r for (st, _, _), r in zip(marks, gaps) if st == s) for s in stages}
+    assert all(per_stage[s] > 0 for s in stages if s != "prune")  # every stage read data
+    # the passes that read no data report too: latency (each timed pass), pruning steps
+    for stage in ("evaluate_base", "evaluate"):
+        latency = [m for st, _, m in marks if st == stage and m.get("task") == "latency"]
+        assert len(latency) >= config.latency.warmup + 1
+    steps = result.report["chosen_step"]
+    assert sum(1 for st, _, m in marks if st == "prune" and "task" not in m) == steps + 1
+    search = [m for st, _, m in marks if st == "criterion_search" and "candidate" in m]
+    assert {m["candidate"] for m in search} == {"group-l2[sum]", "group-l2[mean]", "group-l2[max]"}
+    assert result.report["stages"]["prune"]["criterion_search"]["proxy"] == {
+        "steps": 10, "calibration_images": 48, "validation_images": 48,
+    }  # fmt: skip
