@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from metaprune.pruning import (
     FinetuneBudget,
@@ -61,3 +62,26 @@ def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
     assert report["method_choice"] == {**resolve_method(config).to_dict(), "criterion": "group-l2[sum]"}
     assert report["config"]["method"] == "auto"  # as requested: resolves the same way again
     assert "auto -> group-l2: before_pruning has 0 epochs" in format_report(report)
+
+
+@pytest.mark.timeout(180)
+def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, splits, fast_config):
+    """``auto`` with 0 epochs scores group-L2 (each normaliser), taylor and hessian by the
+    proxy on validation, prunes with the winner and says so."""
+    config = dataclasses.replace(
+        fast_config, method="auto", importance=ImportanceOptions(normalizer="auto"),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    result = prune(model, splits, config, spec=spec)
+    report = result.report
+    search = report["stages"]["prune"]["criterion_search"]
+    labels = [f"{t['criterion']}[{t['normalizer']}]" for t in search["trials"]]
+    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "taylor[mean]",
+                      "hessian[mean]"]  # fmt: skip
+    scores = [t["val_accuracy"] for t in search["trials"]]
+    winner = labels[scores.index(max(scores))]
+    assert search["chosen"] == winner == report["method_choice"]["criterion"]
+    assert report["epochs_trained"]["before_pruning"] == 0 and report["target_reached"]
+    assert f"criterion  {winner} chosen by pruned validation accuracy" in format_report(report)
+    assert all(p.grad is None for p in result.model.parameters())  # no gradients left behind
