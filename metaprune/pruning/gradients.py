@@ -105,12 +105,18 @@ def _fisher_sums(
         out = functional_call(model, (ps, buffers), (xi.unsqueeze(0),))
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    per_sample_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
     numel = sum(p.numel() for p in params.values())
     chunk = max(1, MAX_CHUNK_FLOATS // max(numel, 1))  # the stacked output is chunk x numel
     sums = {n: torch.zeros_like(p) for n, p in detached.items()}
-    for start in range(0, len(y), chunk):
-        part = per_sample_grad(detached, x[start : start + chunk], y[start : start + chunk])
-        for n, g in part.items():
-            sums[n] += g.pow(2).sum(0)
+    try:
+        per_sample_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
+        for start in range(0, len(y), chunk):
+            part = per_sample_grad(detached, x[start : start + chunk], y[start : start + chunk])
+            for n, g in part.items():
+                sums[n] += g.pow(2).sum(0)
+    except RuntimeError:  # an op vmap cannot batch (e.g. some in-place ops): one at a time
+        sums = {n: torch.zeros_like(p) for n, p in detached.items()}
+        for i in range(len(y)):
+            for n, g in _mean_sums(model, params, x[i : i + 1], y[i : i + 1]).items():
+                sums[n] += g.pow(2)
     return sums

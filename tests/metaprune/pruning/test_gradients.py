@@ -47,3 +47,21 @@ def test_mean_and_fisher_match_a_per_sample_loop():
         gather_gradients(net, cal, "second")
     with pytest.raises(ValueError, match="no images"):
         gather_gradients(net, [], "mean")
+
+
+def test_fisher_falls_back_to_one_sample_at_a_time(monkeypatch):
+    """A model vmap cannot batch gets the same Fisher from a per-sample loop."""
+    import torch.func
+
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=6, batch_size=3, seed=0)
+    gather_gradients(net, cal, "fisher")
+    expected = {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("vmap: not supported")
+
+    monkeypatch.setattr(torch.func, "vmap", refuse)
+    gather_gradients(net, cal, "fisher")
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-8)
