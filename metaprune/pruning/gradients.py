@@ -61,6 +61,8 @@ def gather_gradients(
     total = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
     seen = 0
     model.eval()
+    grad_mode = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)  # callers may be inside no_grad (a pruner's step)
     try:
         for p in params.values():
             p.requires_grad_(True)
@@ -75,6 +77,7 @@ def gather_gradients(
                 total[name] += g.double()
             seen += len(y)
     finally:
+        torch.set_grad_enabled(grad_mode)
         for name, p in params.items():
             p.requires_grad_(flags[name])
         model.train(was_training)

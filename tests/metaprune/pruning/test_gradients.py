@@ -34,7 +34,9 @@ def test_mean_and_fisher_match_a_per_sample_loop():
     net.train()  # gathering runs in eval mode and restores the mode
     for p in net[0].parameters():
         p.requires_grad_(False)
-    assert gather_gradients(net, cal, "mean") == 9
+    with torch.no_grad():  # as inside a pruner's step
+        assert gather_gradients(net, cal, "mean") == 9
+    assert torch.is_grad_enabled()
     assert net.training and not net[0].weight.requires_grad
     for n, p in net.named_parameters():
         expected = torch.stack([g[n] for g in per_sample]).mean(0)
