@@ -230,8 +230,9 @@ class SparseTraining:
             ``auto_grid`` starts a sparse training from the same weights, successive
             halving keeps the better half by validation accuracy after pruning a copy to
             the target (BN recalibrated), and the last one trains on. The whole search
-            fits in ``before_pruning.epochs`` (the report's ``epochs_trained``); with a
-            budget too short for every value, fewer values spread over the grid start.
+            fits in ``before_pruning.epochs`` (the report's ``epochs_trained``); every
+            round trains each survivor at least one epoch, so with a budget too short for
+            every value, fewer values spread over the grid start.
             Only the training and validation splits are used.
         search_fraction: at most this fraction of the ``before_pruning`` iterations is
             spent on the elimination rounds (the rest trains the winner on).

@@ -121,8 +121,9 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     per_epoch = max(1, len(ctx.train_loader))
     total = ctx.config.before_pruning.epochs * per_epoch
     grid = list(options.auto_grid)
-    # a round shorter than a quarter epoch cannot tell strengths apart: fewer arms then
-    plan = halving_plan(len(grid), total, options.search_fraction, max(1, per_epoch // 4))
+    # rounds of a whole epoch at least: shorter ones favour strong strengths, whose damage
+    # grows with training (issue 20's benchmark); fewer arms, spread over the grid, then
+    plan = halving_plan(len(grid), total, options.search_fraction, per_epoch)
     grid = _keep(grid, plan.arms)
     runs = [SparseRun(model, ctx, reg, plan.winner_iters) for reg in grid]
 
