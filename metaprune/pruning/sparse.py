@@ -11,7 +11,7 @@ ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network
 on held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is chosen per job
 by **what the job delivers**: every candidate strength starts a sparse training from
 the same weights, all on the same learning-rate schedule; by successive halving
-(:mod:`metaprune.pruning.choose`) each survivor trains a short slice, a proxy prunes a
+(:mod:`metaprune.pruning.choose`) each survivor trains a round (an epoch at least), a proxy prunes a
 copy to the requested target, recalibrates BatchNorm and scores it on the validation
 split, and the better half continues. The last survivor trains on to the end of the
 schedule and *is* the prepared model. The whole search, losers included, fits in
