@@ -143,7 +143,8 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     assert trained <= total, (trained, total)  # the budget counts every trial
     record = {
         "rule": "successive halving on validation accuracy after pruning a copy to the "
-        "target (BN recalibrated)",
+        "target (BN recalibrated)" if plan.arms > 1 else "the budget has no room for a "
+        "search (rounds of an epoch): the middle of the grid",
         "grid": grid,
         "plan": {"arms": plan.arms, "rounds": plan.rounds, "round_iterations": plan.round_iters,
                  "winner_iterations": plan.winner_iters, "iterations_per_epoch": per_epoch},

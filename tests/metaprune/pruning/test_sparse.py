@@ -122,3 +122,19 @@ def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     # the test split really differed: no image counts as correct under both labellings
     assert reports[0]["final"]["test_accuracy"] + reports[1]["final"]["test_accuracy"] <= 1.0
     assert "reg_search" in reports[0]["stage_seconds"]
+
+
+@pytest.mark.timeout(60)
+def test_a_budget_without_room_for_a_search_trains_one_strength(model, loaders, example, fast_config):
+    """Rounds last an epoch: one epoch in all leaves no search, the grid's middle trains alone."""
+
+    def proxy(m):
+        raise AssertionError("nothing to compare: the proxy is not called")
+
+    ctx = _ctx(_sl_config(fast_config, epochs=1), loaders, example, proxy)
+    get_method("group-l2-sl").prepare(model, ctx)
+    info = ctx.info["before_pruning"]
+    search = info["reg_search"]
+    assert info["sparse_reg"] == GRID[1] and search["grid"] == [GRID[1]]
+    assert search["rounds"] == [] and "no room for a search" in search["rule"]
+    assert info["epochs_trained"] == search["winner_epochs"] == 1.0
