@@ -7,18 +7,19 @@
 ``mean``, ``max``) on the job's full schedule (200 steps), recalibrate BatchNorm exactly
 over the whole calibration set (20 batches of 128: all 1,257 ``digits`` training images)
 and score on the whole validation split (180 images): three full prunes. The proxy
-(``ImportanceOptions.search_steps`` / ``search_images``) prunes in 20 steps, re-estimates
-BatchNorm in one training-mode pass over 128 training images and scores on 128
-validation images. On the held-out models of ``benchmarks/quality.py`` (the zoo recipe,
+(``ImportanceOptions.search_steps`` / ``search_images``) prunes on the job's schedule
+(``pruning.steps``, 50 by default; ``--proxy-steps``), re-estimates
+BatchNorm in one training-mode pass over 64 training images and scores on 64
+validation images (``--proxy-images``). On the held-out models of ``benchmarks/quality.py`` (the zoo recipe,
 seeds 100+, cached by ``quality_heldout.py``), with no epochs before pruning, at 1.5, 2,
 3 and 4x MACs, this script records both choices and the test accuracy each candidate
 reaches through the *full* procedure, so a disagreement is priced: the test accuracy of
 the full search's choice minus that of the proxy's choice.
 
-The full procedure recalibrates with one pass + one whole-set refinement over all 1,257
-images instead of the exact per-BatchNorm passes (on these models the two agree within
-0.6 points of test accuracy, 2 images; ``benchmarks/RESULTS.md``, issue 18), so that
-the benchmark fits a shared 2-core machine. A progressive run to 4x takes the same steps
+The full procedure recalibrates with one training-mode pass + one whole-set refinement
+over all 1,257 images instead of the exact per-BatchNorm passes (on these models the
+two agree within 0.6 points of test accuracy, 2 images; ``benchmarks/RESULTS.md``,
+issue 18), so that the benchmark fits a shared 2-core machine. A progressive run to 4x takes the same steps
 as one to 2x up to 2x, so one run per candidate serves every target.
 """
 
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--families", nargs="+", default=["cifar_resnet20", "cifar_vgg11_bn"])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--full-steps", type=int, default=200)
-    p.add_argument("--proxy-steps", type=int, default=20)
-    p.add_argument("--proxy-images", type=int, default=128)
+    p.add_argument("--proxy-steps", type=int, default=50, help="the default pruning.steps")
+    p.add_argument("--proxy-images", type=int, default=64)
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -10,7 +10,8 @@ peak RSS is the job's: seeded ``synthetic`` data at 224 (256 train / 64 val / 64
 
 * **unit**: one batch-64 eval forward of the base model, timed before and after the job
   in the same process (the mean is the unit; the machine is shared, so only ratios
-  measured in one run mean anything);
+  measured in one run mean anything), in wall and in CPU seconds of the process (the
+  CPU ratio is the one that survives other processes' load);
 * **our job**: ``prune(..., PruneConfig(target 2x MACs, 0 epochs before and after))``,
   all other settings default: wall time in units, the stage split, the longest silence
   between two progress events, the number of events, peak RSS (``ru_maxrss``);
@@ -21,7 +22,8 @@ peak RSS is the job's: seeded ``synthetic`` data at 224 (256 train / 64 val / 64
 ``--finetune``: 1,112 JPEG files (10 classes) written to a temp dir as an ImageFolder
 (10 % carved for validation: ~1,000 training images) at 224; the decode + augment cost
 per image with 0 and 2 DataLoader workers, and one fine-tune epoch of ResNet-50 through
-``finetune`` (batch 32): seconds per 1,000 training images.
+``finetune`` (batch 32, decoding in-process): seconds per 1,000 training images
+(``--finetune-images`` writes fewer files on a busy machine; the figure is per 1,000).
 
 Results: ``benchmarks/scale/results.json`` (one entry per model / the fine-tune).
 """
@@ -60,12 +62,19 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def _unit(model: torch.nn.Module, x: torch.Tensor) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process (all threads): robust to other processes' load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _unit(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(wall, CPU) seconds of one eval forward of ``x``."""
     model.eval()
     with torch.no_grad():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         model(x)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _cpu() - cpu
 
 
 def run_model(name: str, size: int = 224) -> dict[str, Any]:
@@ -83,7 +92,7 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     splits = get_dataset("synthetic", seed=0, num_classes=10, image_size=size)
     x = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
     _unit(model, x[:4])  # warm-up
-    unit_before = _unit(model, x)
+    unit_before, cpu_unit_before = _unit(model, x)
     log(f"{name}: unit {unit_before:.1f} s")
 
     events: list[tuple[float, str, int, int]] = []
@@ -96,9 +105,9 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         target=Target("macs", 2.0),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
     )  # fmt: skip
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     result = prune(model, splits, config, progress=progress, spec=spec)
-    job = time.perf_counter() - start
+    job, job_cpu = time.perf_counter() - start, _cpu() - cpu
     rss_job = _peak_rss_gb()
     log(f"{name}: job {job:.0f} s")
     times = [0.0] + [e[0] for e in events] + [job]
@@ -110,22 +119,26 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     base = copy.deepcopy(model)
     example = torch.randn(1, 3, size, size)
     _, val, _ = make_loaders(splits, 64, 0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     pruner = tp.pruner.MagnitudePruner(
         base, example, tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=1 - 1 / math.sqrt(2), ignored_layers=[find_classifier(base, example)],
     )  # fmt: skip
     pruner.step()
     tp_val = evaluate(base, val)
-    tp_seconds = time.perf_counter() - start
+    tp_seconds, tp_cpu = time.perf_counter() - start, _cpu() - cpu
     tp_speedup = measure_cost(model, example).macs / measure_cost(base, example).macs
 
-    unit_after = _unit(model, x)
+    unit_after, cpu_unit_after = _unit(model, x)
     unit = (unit_before + unit_after) / 2
+    cpu_unit = (cpu_unit_before + cpu_unit_after) / 2
     report = result.report
     return {
         "model": name,
         "unit_seconds": [unit_before, unit_after],
+        "unit_cpu_seconds": [cpu_unit_before, cpu_unit_after],
+        "job_cpu_seconds": job_cpu,
+        "job_cpu_units": job_cpu / cpu_unit,
         "job_seconds": job,
         "job_units": job / unit,
         "stage_units": {k: v / unit for k, v in report["stage_seconds"].items()},
@@ -139,8 +152,10 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         "normalizer": report["stages"]["prune"]["normalizer"],
         "work": report["work"],
         "torch_pruning": {"seconds": tp_seconds, "units": tp_seconds / unit,
+                          "cpu_seconds": tp_cpu, "cpu_units": tp_cpu / cpu_unit,
                           "macs_speedup": tp_speedup, "val_accuracy": tp_val},  # fmt: skip
         "overhead_vs_torch_pruning": job / tp_seconds,
+        "overhead_vs_torch_pruning_cpu": job_cpu / tp_cpu,
         "threads": torch.get_num_threads(),
     }
 
@@ -166,17 +181,29 @@ def run_finetune(images: int = 1112) -> dict[str, Any]:
         out: dict[str, Any] = {"train_images": len(splits.train), "val_images": len(splits.val)}
         for workers in (0, 2):
             train, _, _ = make_loaders(splits, 32, 0, num_workers=workers)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu()
             n = sum(len(labels) for _, labels in train)
             out[f"decode_ms_per_image_{workers}_workers"] = 1000 * (time.perf_counter() - start) / n
+            if workers == 0:  # in this process: its CPU time is the decode + augment work
+                out["decode_cpu_ms_per_image"] = 1000 * (_cpu() - cpu) / n
             log(f"decode, {workers} workers: {out[f'decode_ms_per_image_{workers}_workers']:.1f} ms/image")
         torch.manual_seed(0)
         model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build()
-        train, val, _ = make_loaders(splits, 32, 0, num_workers=2)
-        start = time.perf_counter()
+        # in-process decoding (measured above; a spawned worker's start-up would weigh on a
+        # short epoch)
+        train, val, _ = make_loaders(splits, 32, 0)
+        x = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        _unit(model, x[:4])
+        unit, cpu_unit = _unit(model, x)  # the load-proof yardstick, as for the jobs
+        start, cpu = time.perf_counter(), _cpu()
         finetune(model, train, val, FinetuneBudget(epochs=1), initial_val_accuracy=0.0)
-        seconds = time.perf_counter() - start
-        out.update(epoch_seconds=seconds, seconds_per_1000_images=1000 * seconds / len(splits.train),
+        seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
+        per_1000 = 1000 / len(splits.train)
+        out.update(unit_seconds=unit, unit_cpu_seconds=cpu_unit,
+                   units_per_1000_images=per_1000 * seconds / unit,
+                   cpu_units_per_1000_images=per_1000 * cpu_seconds / cpu_unit,
+                   cpu_seconds_per_1000_images=per_1000 * cpu_seconds)  # fmt: skip
+        out.update(epoch_seconds=seconds, seconds_per_1000_images=per_1000 * seconds,
                    threads=torch.get_num_threads(), peak_rss_gb=_peak_rss_gb())  # fmt: skip
         return out
 
@@ -195,15 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", action="store_true", help="also the ImageFolder fine-tune epoch")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)  # smoke runs
+    p.add_argument("--finetune-images", type=int, default=1112,
+                   help="ImageFolder train/ images (10 %% become validation)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     if a.child:  # one measurement in this (fresh) process; JSON on stdout
-        rec = run_finetune() if a.child == "finetune" else run_model(a.child, a.image_size)
+        rec = (run_finetune(a.finetune_images) if a.child == "finetune"
+               else run_model(a.child, a.image_size))  # fmt: skip
         print(json.dumps(rec))
         return 0
     for name in [*a.models, *(["finetune"] if a.finetune else [])]:
-        proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True,
-                              text=True)  # fmt: skip
+        args = ["--child", name, "--finetune-images", str(a.finetune_images)]
+        proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:
             rec = {"pending": True, "error": proc.stderr.strip().splitlines()[-1:]}

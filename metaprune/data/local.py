@@ -117,9 +117,11 @@ def _split(
 
 
 def _cifar_like_transforms(
-    stats: tuple, augment: bool, flip: bool
+    stats: tuple, augment: bool, flip: bool, image_size: int = 32
 ) -> tuple[Callable[[Any], Tensor], Callable[[Any], Tensor]]:
-    normalize = [T.ToTensor(), T.Normalize(*stats)]
+    # upscaled (e.g. 224 for ImageNet models): resized after the 32x32 augmentation
+    resize: list[Callable] = [T.Resize(image_size)] if image_size != 32 else []
+    normalize = [*resize, T.ToTensor(), T.Normalize(*stats)]
     eval_tf = T.Compose(normalize)
     if not augment:
         return eval_tf, eval_tf
@@ -129,7 +131,16 @@ def _cifar_like_transforms(
     return T.Compose(aug + normalize), eval_tf
 
 
-def _cifar(name: str, root: Any, seed: int, augment: bool, val_fraction: float) -> DatasetSplits:
+def _image_size(name: str, image_size: object) -> int:
+    size = check_int(name, "image_size", image_size, minimum=8)
+    DEFAULT_LIMITS.check("max_image_size", size, f"dataset {name!r} image_size")
+    return size
+
+
+def _cifar(
+    name: str, root: Any, seed: int, augment: bool, val_fraction: float, image_size: int = 32
+) -> DatasetSplits:
+    image_size = _image_size(name, image_size)
     if name == "cifar10":
         cls, folder, files, classes, stats = (datasets.CIFAR10, "cifar-10-batches-py",
             [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"], 10, _CIFAR10_STATS)  # fmt: skip
@@ -140,11 +151,11 @@ def _cifar(name: str, root: Any, seed: int, augment: bool, val_fraction: float) 
     _require(name, [path / folder] + [path / folder / f for f in files])
     train_base = _open(name, path / folder, lambda: cls(str(path), train=True, download=False))
     test_base = _open(name, path / folder, lambda: cls(str(path), train=False, download=False))
-    train_tf, eval_tf = _cifar_like_transforms(stats, augment, flip=True)
+    train_tf, eval_tf = _cifar_like_transforms(stats, augment, flip=True, image_size=image_size)
     train, val = _split(name, train_base, train_base.targets, train_tf, eval_tf, val_fraction, seed)
     test = TransformSubset(test_base, range(len(test_base)), eval_tf)
     return DatasetSplits(
-        train, val, test, num_classes=classes, in_channels=3, image_size=32, name=name
+        train, val, test, num_classes=classes, in_channels=3, image_size=image_size, name=name
     )
 
 
@@ -155,9 +166,11 @@ def cifar10(
     *,
     augment: bool = True,
     val_fraction: float = 0.1,
+    image_size: int = 32,
 ) -> DatasetSplits:
-    """CIFAR-10 from ``<root>/cifar-10-batches-py``; train augmentation: random crop (pad 4) + flip."""
-    return _cifar("cifar10", root, seed, augment, val_fraction)
+    """CIFAR-10 from ``<root>/cifar-10-batches-py``; train augmentation: random crop (pad 4) + flip;
+    ``image_size`` other than 32 resizes every image (e.g. 224 for ImageNet models)."""
+    return _cifar("cifar10", root, seed, augment, val_fraction, image_size)
 
 
 @register_dataset("cifar100")
@@ -167,9 +180,11 @@ def cifar100(
     *,
     augment: bool = True,
     val_fraction: float = 0.1,
+    image_size: int = 32,
 ) -> DatasetSplits:
-    """CIFAR-100 from ``<root>/cifar-100-python``; train augmentation: random crop (pad 4) + flip."""
-    return _cifar("cifar100", root, seed, augment, val_fraction)
+    """CIFAR-100 from ``<root>/cifar-100-python``; train augmentation: random crop (pad 4) + flip;
+    ``image_size`` other than 32 resizes every image (e.g. 224 for ImageNet models)."""
+    return _cifar("cifar100", root, seed, augment, val_fraction, image_size)
 
 
 @register_dataset("svhn")
@@ -179,22 +194,25 @@ def svhn(
     *,
     augment: bool = True,
     val_fraction: float = 0.1,
+    image_size: int = 32,
 ) -> DatasetSplits:
     """SVHN (cropped digits, ``train`` and ``test`` splits) from ``<root>/*_32x32.mat``;
-    train augmentation: random crop (pad 4), no flip."""
+    train augmentation: random crop (pad 4), no flip; ``image_size`` resizes as CIFAR's."""
+    image_size = _image_size("svhn", image_size)
     path = _root("svhn", root, "train_32x32.mat and test_32x32.mat")
     _require("svhn", [path / "train_32x32.mat", path / "test_32x32.mat"])
     train_base = _open(
         "svhn", path, lambda: datasets.SVHN(str(path), split="train", download=False)
     )
     test_base = _open("svhn", path, lambda: datasets.SVHN(str(path), split="test", download=False))
-    train_tf, eval_tf = _cifar_like_transforms(_SVHN_STATS, augment, flip=False)
+    train_tf, eval_tf = _cifar_like_transforms(_SVHN_STATS, augment, flip=False,
+                                               image_size=image_size)  # fmt: skip
     train, val = _split(
         "svhn", train_base, train_base.labels, train_tf, eval_tf, val_fraction, seed
     )
     test = TransformSubset(test_base, range(len(test_base)), eval_tf)
     return DatasetSplits(
-        train, val, test, num_classes=10, in_channels=3, image_size=32, name="svhn"
+        train, val, test, num_classes=10, in_channels=3, image_size=image_size, name="svhn"
     )
 
 

@@ -98,15 +98,15 @@ class MethodContext:
         )  # fmt: skip
 
     def recalibrate(self, model: nn.Module) -> None:
-        """BatchNorm recalibration on the job's fixed calibration set (one pass and one
-        whole-set refinement, :mod:`metaprune.pruning.bn`), one progress event per batch."""
+        """BatchNorm recalibration on the job's fixed calibration set (one training-mode
+        pass, :mod:`metaprune.pruning.bn`), one progress event per batch."""
         if self.calibration_loader is None:
             self.calibration_loader = calibration_subset(
                 self.train_loader.dataset, self.config.bn_recalibration_images,
                 self.config.batch_size, self.config.seed,
             )  # fmt: skip
         loader = self.calibration_loader
-        recalibrate_bn(model, loader, len(loader), self.device, exact=False, refine=1,
+        recalibrate_bn(model, loader, len(loader), self.device, exact=False,
                        on_batch=self._tick("recalibrate"))  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> float:

@@ -9,6 +9,11 @@ old zoo recipe) ``max`` was worse than random, while on ResNet-20s lightly prune
 by validation accuracy after pruning a copy to the target and recalibrating BatchNorm,
 with the criteria the job may use (:func:`metaprune.pruning.choose.choose_criterion`),
 reported as ``stages.prune.criterion_search`` and ``stage_seconds["criterion_search"]``.
+
+The proxy (``ImportanceOptions.search_images`` / ``search_steps``): BatchNorm re-estimated
+in one training-mode pass over a fixed subset of training images and accuracy on a fixed
+subset of validation images; how often it picks what the full search picked is measured
+by ``benchmarks/normalizer_proxy.py`` (``benchmarks/RESULTS.md``, issue 18).
 """
 
 from __future__ import annotations

@@ -7,16 +7,22 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
    fine-tune (``group-l2``, ``random``).
 3. ``prune``: progressive global structural pruning until the target is met, recording
-   validation accuracy against speed-up (the curve). With the default
-   ``normalizer="auto"`` a ``criterion_search`` first prunes copies with each group-L2
-   normaliser (and, for ``method="auto"``, the data-aware ``taylor`` and ``hessian``)
-   and keeps the best by validation accuracy at the target (:mod:`metaprune.pruning.choose`).
+   validation accuracy against speed-up (the curve: both ends and at most
+   ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
+   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
+   ``method="auto"``, the data-aware ``taylor`` and ``hessian``) and keeps the best by
+   validation accuracy at the target on a cheap proxy (:mod:`metaprune.pruning.choose`).
    ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
    the report says which method and criterion ran and why.
-4. ``recalibrate_bn``: BatchNorm statistics re-estimated on training batches.
+4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
    the base model) only, never for a choice.
+
+Every budget is counted in images or seconds (:class:`PruneConfig`), so a job's cost
+follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
+work (a batch, a timed pass, a pruning step); the report's ``work`` says what the
+budgets amounted to.
 """
 
 from __future__ import annotations
@@ -238,6 +244,7 @@ def prune(
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
     # pruned to the target in search_steps steps, one BatchNorm pass over search_images
     # training images, scored on search_images validation images (fixed subsets)
+    search_steps = opts.search_steps or pruning.steps  # None: the job's own schedule
     proxy_calib = subset(splits.train, opts.search_images)
     proxy_val = subset(splits.val, opts.search_images)
     proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
@@ -246,14 +253,14 @@ def prune(
         meter = proxy_meter[-1] if proxy_meter else None
         tick = meter.tick if meter else None
         m = copy.deepcopy(m)
-        prune_to_target(m, cand, opts.search_steps,
+        prune_to_target(m, cand, search_steps,
                         lambda info, _: meter and meter.advance(candidate=cand.label))  # fmt: skip
         recalibrate_bn(m, proxy_calib, len(proxy_calib), device, exact=False, on_batch=tick)
         return evaluate(m, proxy_val, device, on_batch=tick)
 
     # reg="auto" scores its arms with the group-L2 normalisers the job may use
     reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
-    proxy_units = opts.search_steps + len(proxy_calib) + len(proxy_val)
+    proxy_units = search_steps + len(proxy_calib) + len(proxy_val)
 
     def reg_proxy(m: nn.Module) -> float:
         proxy_meter[:] = [StageMeter(progress, cancel, "reg_search", proxy_units * len(reg_candidates))]
@@ -283,7 +290,7 @@ def prune(
             proxy_meter[:] = [meter]
             meter.start()
             chosen, search = choose_criterion(model, candidates, proxy)
-            search["proxy"] = {"steps": opts.search_steps, "calibration_images": len(proxy_calib.dataset),
+            search["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
                                "validation_images": len(proxy_val.dataset)}  # fmt: skip
             prune_info["criterion_search"] = search
             meter.finish(chosen=chosen.label)
@@ -401,8 +408,10 @@ def _curve_recalibrates(config: PruneConfig) -> bool:
     return config.pruning.curve_bn_recalibration and config.bn_recalibration_images > 0
 
 
-#: refinement passes of every reported recalibration (metaprune/pruning/bn.py)
-_REFINE = 1
+#: refinement passes of every reported recalibration (metaprune/pruning/bn.py): none, one
+#: training-mode pass over the fixed subset was within 2 test images of the exact
+#: per-BatchNorm estimate on held-out digits models, and a refinement costs a whole pass
+_REFINE = 0
 
 
 def _recalibrate(model: nn.Module, loader: Any, device: torch.device, tick: Any) -> None:
@@ -484,7 +493,7 @@ def _measure(model: nn.Module, example: Tensor, val: Any, test: Any, device: tor
 
 def _eval_batch_size(batch_size: int, splits: DatasetSplits) -> int:
     """Evaluation and recalibration batches: ``batch_size``, but at most 2**21 input values
-    per batch (41 images at 3x224x224), so that one batch of a large model at a large input
+    per batch (13 images at 3x224x224), so that one batch of a large model at a large input
     is a few seconds of work between two progress events, not minutes."""
     values = splits.in_channels * splits.image_size**2
     return max(1, min(batch_size, (1 << 21) // values))

@@ -12,8 +12,12 @@
      "speedup": {"macs", "latency", "params"},
      "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ...,
                        "criterion_search": ..., ...},
+     "work": {"calibration_images", "curve_images", "curve_points_evaluated",
+              "eval_batch_size", "data_workers",     # what the budgets amounted to
+              "latency": {"evaluate_base": {"median", "batch_size", "repeats", "warmup",
+                                            "seconds"}, "evaluate": {...}}},
      # reg_search (reg="auto" only) is part of before_pruning, not in addition to it
-     "epochs_trained": 10.0,             # before pruning, every trial included
+     "epochs_trained": {"before_pruning": 10.0, "after_pruning": 20},  # trials included
      "stages": {"before_pruning": {...}, "prune": {"criterion", "normalizer",
                 "criterion_search": {"trials", "chosen", "seconds"}}, "after_pruning": {...}},
      "layer_widths": {"layer1.0.conv1": [16, 9], ...},   # [before, after]

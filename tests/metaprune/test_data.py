@@ -293,3 +293,30 @@ def test_make_loaders_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     args = {"batch_size": 4, "seed": 0, **kwargs}
     with pytest.raises(DatasetError, match=match):
         make_loaders(get_dataset("synthetic"), **args)
+
+
+@pytest.mark.slow  # two spawned workers import torch: ~10 s idle, a minute on a loaded box
+@pytest.mark.timeout(300)
+def test_spawned_loader_workers_read_what_the_main_process_reads(tmp_path: Path) -> None:
+    """File datasets are decoded by spawned (never forked), persistent DataLoader workers."""
+    _write_images(tmp_path / "train", ["cat", "dog"], per_class=6, seed=0)
+    _write_images(tmp_path / "val", ["cat", "dog"], per_class=2, seed=1)
+    splits = get_dataset("imagefolder", root=tmp_path, seed=0, image_size=16, augment=False)
+    _, inline, _ = make_loaders(splits, batch_size=4, seed=0)
+    train, spawned, _ = make_loaders(splits, batch_size=4, seed=0, num_workers=2)
+    assert spawned.multiprocessing_context.get_start_method() == "spawn"
+    assert spawned.persistent_workers and train.num_workers == 2
+    for (a, la), (b, lb) in zip(inline, spawned, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb) and a.shape[1:] == (3, 16, 16)
+
+
+def test_cifar_like_transforms_upscale() -> None:
+    from metaprune.data.local import _cifar_like_transforms
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for size in (32, 224):
+        train_tf, eval_tf = _cifar_like_transforms(stats, augment=True, flip=True, image_size=size)
+        assert train_tf(image).shape == eval_tf(image).shape == (3, size, size)
+    with pytest.raises(DatasetError, match="image_size must be an int >= 8"):
+        get_dataset("cifar10", root="/nonexistent-metaprune-root", image_size=4)  # checked first

@@ -72,8 +72,8 @@ def test_round_trip(connect: Callable[..., PruningClient], model_id: str, tmp_pa
     assert {"prune", "after_pruning"} <= set(stages)
     assert [s for s, _ in messages][-1] == pb.JOB_STATE_SUCCEEDED
     # events within a stage may coalesce, but every stage's last event arrives
-    for stage in ("evaluate_base", "recalibrate_bn", "evaluate"):
-        assert last[stage].step == last[stage].total == 1, stage
+    for stage in ("evaluate_base", "recalibrate_bn", "evaluate"):  # counted in batches/passes
+        assert last[stage].step == last[stage].total >= 1, stage
     assert last["prune"].metrics["reached"] is True
 
     paths = client.download(job.job_id, tmp_path / "out")

@@ -32,7 +32,7 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     assert "criterion_search" in result.report["stage_seconds"]
     # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
     proxy = info["criterion_search"]["proxy"]
-    assert proxy == {"steps": 20, "calibration_images": 128, "validation_images": 64}
+    assert proxy == {"steps": 20, "calibration_images": 64, "validation_images": 64}  # pruning.steps
     assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
     torch.manual_seed(0)

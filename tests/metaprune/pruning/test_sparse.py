@@ -90,7 +90,7 @@ def test_before_pruning_accuracy_is_the_recalibrated_one(model, loaders, example
     direct = copy.deepcopy(prepared)
     calib = calibration_subset(ctx.train_loader.dataset, config.bn_recalibration_images,
                                config.batch_size, config.seed)  # fmt: skip
-    recalibrate_bn(direct, calib, len(calib), exact=False, refine=1)  # what the pipeline does
+    recalibrate_bn(direct, calib, len(calib), exact=False)  # what the pipeline does
     assert info["val_accuracy"] == evaluate(direct, val) == evaluate(prepared, val)
     assert isinstance(info["val_accuracy_stale_bn"], float) and info["seconds"] > 0
 
