@@ -11,8 +11,9 @@ once through the pipeline's own method code (:class:`MethodContext`, so exactly 
 ``metaprune prune`` does):
 
 * ``plain``: fine-tune (``group-l2`` / ``random`` preparation; budget 0 = the model as is);
-* ``sl``: sparse training with ``reg="auto"`` (chosen on validation; its search trials are
-  counted in the preparation's epochs and wall time);
+* ``sl``: sparse training with ``reg="auto"`` (chosen by validation accuracy after a proxy
+  prune to ``--proxy-target``; its search trials are inside the preparation's epochs, so
+  every row compares at equal *total* epochs, and in its wall time);
 * ``metanet``: a metanetwork's forward pass (``--metanet``, default the shipped
   ``resnet20-digits``; rows tagged ``metanet@TAG`` with ``--tag``), then the fine-tune
   (budget 0 = forward pass only); run on every family the metanetwork can encode, so
@@ -145,7 +146,7 @@ class Runner:
         return PruneConfig(
             method=PREP_METHOD[prep], seed=seed, batch_size=a.batch_size,
             before_pruning=FinetuneBudget(epochs=epochs, lr=a.lr, schedule="cosine"),
-            sparse=SparseTraining(reg="auto", auto_tolerance=a.tolerance),
+            sparse=SparseTraining(reg="auto"),
             bn_recalibration_images=a.recal_batches * a.batch_size,
             metanet=a.metanet if prep == "metanet" else None,
         )  # fmt: skip
@@ -164,7 +165,8 @@ class Runner:
         train, val, _ = self.loaders(seed)
         config = self.config(prep, seed, epochs)
         ctx = MethodContext(config, train, val, torch.device("cpu"), self.example,
-                            metanetwork=self.metanetwork() if prep == "metanet" else None)  # fmt: skip
+                            metanetwork=self.metanetwork() if prep == "metanet" else None,
+                            proxy=lambda m: self.proxy(m, seed))  # fmt: skip
         torch.manual_seed(seed)
         start = time.perf_counter()
         model, check = copy.deepcopy(model), None
@@ -184,6 +186,19 @@ class Runner:
         if check is not None:
             info["metanet"] = {"accuracy_check": check}
         return prepared.eval(), info, seconds
+
+    def proxy(self, model, seed: int) -> float:
+        """What ``reg="auto"`` scores its trials by (issue 20): the best normaliser's validation
+        accuracy of a copy pruned to ``--proxy-target`` in 20 steps, BN recalibrated. One
+        target for every row of the prep, so ``sl`` rows at other targets use its choice."""
+        _, val, _ = self.loaders(seed)
+        accs = []
+        for normalizer in ("sum", "mean", "max"):
+            m = copy.deepcopy(model)
+            progressive_prune(m, self.example, self.a.proxy_target, steps=20, normalizer=normalizer)
+            recalibrate_bn(m, self.calib(seed), self.a.recal_batches)
+            accs.append(evaluate(m, val))
+        return max(accs)
 
     def calib(self, seed: int):
         return calibration_loader(self.splits.train, self.a.recal_batches, self.a.batch_size, seed)
@@ -553,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--recal-batches", type=int, default=20)
-    p.add_argument("--tolerance", type=float, default=0.01, help="reg='auto' tolerance")
+    p.add_argument("--proxy-target", type=float, default=2.0,
+                   help="MACs target reg='auto' chooses by (its trials count in the budget)")  # fmt: skip
     p.add_argument("--latency-size", type=int, default=32)
     p.add_argument("--latency-batch", type=int, default=32)
     p.add_argument("--latency-repeats", type=int, default=3)
@@ -584,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = {k: v for k, v in vars(a).items() if k in (
         "seeds", "final_budget", "ft_epochs", "steps", "lr", "batch_size", "recal_batches",
-        "tolerance", "latency_size", "latency_batch", "latency_repeats", "latency_rounds")}  # fmt: skip
+        "proxy_target", "latency_size", "latency_batch", "latency_repeats", "latency_rounds")}  # fmt: skip
     done = set(json.loads(path.read_text())["cells"]) if path.exists() else set()
     runner = Runner(a)
     for fam in a.family:

@@ -6,10 +6,16 @@ commands in ``benchmarks/RESULTS.md``, section "Baselines and defaults"):
 1. ``before_pruning.epochs >= 1`` -> ``group-l2-sl``: sparse training with ``reg`` chosen
    on validation (``SparseTraining(reg="auto")``) matched or beat plain group-L2 (with
    the same normaliser choice) at the budgets measured (1, 2, 5 and 10 epochs) on both
-   families, most clearly at 3-4x; the shipped metanetwork was behind both.
-2. ``before_pruning.epochs == 0`` -> ``group-l2`` (with the configured normaliser, chosen
-   on validation by default): with no epochs sparse training cannot act, and it is the
-   best criterion that needs nothing but the weights.
+   families, most clearly at 3-4x; the shipped metanetwork was behind both. ``reg`` is
+   chosen by validation accuracy *at the target*, inside the budget (successive halving,
+   :mod:`metaprune.pruning.sparse`).
+2. ``before_pruning.epochs == 0`` -> ``group-l2``: with no epochs sparse training cannot
+   act.
+
+In both cases the pipeline then picks the criterion on validation at the target among
+group-L2 with each normaliser and the data-aware ``taylor`` and ``hessian``
+(:mod:`metaprune.pruning.choose`; the report's ``method_choice.criterion`` and
+``stages.prune.criterion_search`` say what won).
 
 ``metanet`` is never chosen automatically (it lost to rule 1 on its own family and has
 no metanetwork for other families); request it explicitly. The rule reads only the
@@ -44,7 +50,11 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
     epochs = config.before_pruning.epochs
     if epochs >= 1:
         reg = config.sparse.reg
-        how = "reg chosen on the validation split" if reg == "auto" else f"reg={reg:g}"
+        how = (
+            "reg chosen by validation accuracy at the target, trials inside the budget"
+            if reg == "auto"
+            else f"reg={reg:g}"
+        )
         return MethodChoice(
             "group-l2-sl", "auto",
             f"before_pruning has {epochs} epoch(s): sparse training ({how}) matched or beat "
@@ -52,9 +62,11 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
             "(benchmarks/RESULTS.md)",
         )  # fmt: skip
     norm = config.importance.normalizer
-    how = "the normaliser chosen on validation" if norm == "auto" else f"the {norm!r} normaliser"
+    how = (
+        "the criterion (group-L2 with each normaliser, taylor, hessian) chosen by validation "
+        "accuracy at the target" if norm == "auto" else f"group-L2 with the {norm!r} normaliser"
+    )  # fmt: skip
     return MethodChoice(
         "group-l2", "auto",
-        "before_pruning has 0 epochs, so sparse training cannot act; group-L2 magnitude "
-        f"with {how} needs only the weights",
+        f"before_pruning has 0 epochs, so sparse training cannot act; {how}",
     )  # fmt: skip

@@ -47,7 +47,7 @@ __all__ = [
 #: budget; version-1 data is migrated by :meth:`PruneConfig.from_dict` (see ``_migrate``)
 CONFIG_VERSION = 2
 TARGET_KINDS = ("macs", "params", "latency")
-METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "random")
+METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "taylor", "hessian", "random")
 SCHEDULES = ("cosine", "step", "constant")
 NORMALIZERS = ("max", "mean", "sum", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
@@ -146,6 +146,12 @@ class ImportanceOptions:
     candidates compared at different speed-ups are not compared fairly: with 20 steps the
     proxy disagreed with the full search at 3 of 4 targets on a held-out ResNet-20
     (candidates landed at 1.58-1.74x for a 1.5x target; ``benchmarks/RESULTS.md``).
+    The same proxy scores ``reg="auto"``'s trials and the criterion choice of
+    ``method="auto"`` (:mod:`metaprune.pruning.choose`).
+
+    ``calibration_images``: how many training images (a fixed seeded subset, never
+    validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their
+    loss gradients on, once per pruning run.
     """
 
     p: int = 2
@@ -153,9 +159,11 @@ class ImportanceOptions:
     normalizer: str = "auto"
     search_steps: int | None = None
     search_images: int = 64
+    calibration_images: int = 256
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
+        check_int("importance.calibration_images", self.calibration_images, minimum=1)
         check_choice("importance.group_reduction", self.group_reduction, REDUCTIONS)
         check_choice("importance.normalizer", self.normalizer, IMPORTANCE_NORMALIZERS)
         if self.search_steps is not None:
@@ -230,23 +238,22 @@ class SparseTraining:
     The number of epochs is the ``before_pruning`` budget.
 
     Args:
-        reg: a number ``>= 0``, or ``"auto"`` (default): try ``auto_grid`` from the
-            largest value down, each a full sparse training of the ``before_pruning``
-            budget from the same weights, and keep the first (largest) whose *validation*
-            accuracy (BatchNorm recalibrated) is at least the input model's minus the
-            tolerance (``auto_tolerance`` or two standard errors of that accuracy on the
-            validation split, whichever is larger); if none is, the one with the best validation accuracy.
-            The kept trial *is* the prepared model (nothing is retrained), so the search
-            costs (number of trials - 1) extra budgets, reported in the job's
-            ``stage_seconds["reg_search"]`` and ``stages.before_pruning.reg_search``.
+        reg: a number ``>= 0``, or ``"auto"`` (default): chosen per job by the accuracy
+            it delivers at the target (:mod:`metaprune.pruning.sparse`): every value of
+            ``auto_grid`` starts a sparse training from the same weights, successive
+            halving keeps the better half by validation accuracy after pruning a copy to
+            the target (BN recalibrated), and the last one trains on. The whole search
+            fits in ``before_pruning.epochs`` (the report's ``epochs_trained``); every
+            round trains each survivor at least one epoch, so with a budget too short for
+            every value, fewer values spread over the grid start.
             Only the training and validation splits are used.
-        auto_tolerance: smallest allowed drop of validation accuracy (a fraction,
-            0.01 = 1 point).
+        search_fraction: at most this fraction of the ``before_pruning`` iterations is
+            spent on the elimination rounds (the rest trains the winner on).
         auto_grid: candidate values, tried largest first.
     """
 
     reg: float | str = "auto"
-    auto_tolerance: float = 0.01
+    search_fraction: float = 0.5
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
     def __post_init__(self) -> None:
@@ -258,8 +265,8 @@ class SparseTraining:
             object.__setattr__(self, "reg", check_number("sparse.reg", self.reg, minimum=0.0))
         object.__setattr__(
             self,
-            "auto_tolerance",
-            check_number("sparse.auto_tolerance", self.auto_tolerance, 0.0, 1.0),
+            "search_fraction",
+            check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
         )
         if isinstance(self.auto_grid, (str, bytes)) or not isinstance(
             self.auto_grid, (list, tuple)
@@ -424,6 +431,7 @@ class PruneConfig:
             ("max_steps", "pruning.curve_points", self.pruning.curve_points),
             ("max_images", "importance.search_images", self.importance.search_images),
             ("max_steps", "importance.search_steps", self.importance.search_steps or 1),
+            ("max_images", "importance.calibration_images", self.importance.calibration_images),
             ("max_batch_size", "latency.batch_size", self.latency.batch_size or 1),
             ("max_threads", "latency.threads", self.latency.threads),
             ("max_threads", "data_workers", self.data_workers or 0),
@@ -472,6 +480,9 @@ def _migrate(data: Any) -> Any:
     out["version"] = CONFIG_VERSION
     if isinstance(pruning, Mapping):
         out["pruning"] = {k: v for k, v in pruning.items() if k != "curve_every"}
+    sparse = data.get("sparse")
+    if isinstance(sparse, Mapping):  # reg="auto" no longer judges pre-pruning accuracy
+        out["sparse"] = {k: v for k, v in sparse.items() if k != "auto_tolerance"}
     if "bn_recalibration_batches" in out:
         batches = out.pop("bn_recalibration_batches")
         if "bn_recalibration_images" in out:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from metaprune.pruning.config import FinetuneBudget
 from metaprune.pruning.progress import CancelToken, ProgressCallback, check_cancel, notify
 
-__all__ = ["FinetuneResult", "evaluate", "finetune"]
+__all__ = ["FinetuneResult", "evaluate", "finetune", "lr_factor"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def finetune(
         weight_decay=budget.weight_decay,
     )  # fmt: skip
     iters_per_epoch = max(1, len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(budget, iters_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(budget, iters_per_epoch))
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, history = 0, []
     loss_fn = nn.CrossEntropyLoss()
@@ -167,9 +167,12 @@ def finetune(
     return FinetuneResult(best_epoch=best_epoch, best_val_accuracy=best_acc, history=history)
 
 
-def _lr_factor(budget: FinetuneBudget, iters_per_epoch: int) -> Callable[[int], float]:
-    """The multiplier of the initial learning rate after ``it`` optimizer steps."""
-    total = budget.epochs * iters_per_epoch
+def lr_factor(
+    budget: FinetuneBudget, iters_per_epoch: int, total: int | None = None
+) -> Callable[[int], float]:
+    """The multiplier of the initial learning rate after ``it`` optimizer steps, for a run
+    of ``total`` steps (default: ``budget.epochs`` epochs)."""
+    total = max(1, budget.epochs * iters_per_epoch if total is None else total)
     if budget.schedule == "cosine":
         return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
     if budget.schedule == "step":

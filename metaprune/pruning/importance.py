@@ -7,25 +7,36 @@ pruned first. Registered criteria:
   weights in every coupled layer, reduced over the group (mean) and divided by the
   group's maximum so that all groups can be ranked globally (METHOD.md section 5).
 * ``"random"``: seeded uniform scores, the floor every method must beat.
+* ``"taylor"``: first-order Taylor, ``|w * dL/dw|`` summed over each channel's weights
+  (Torch-Pruning's ``GroupTaylorImportance``), reduced and normalised like group-L2.
+* ``"hessian"``: Optimal Brain Damage, ``w^2 * F`` with ``F`` the empirical Fisher
+  diagonal (Torch-Pruning's ``GroupHessianImportance`` reading our Fisher from ``.grad``).
+
+``taylor`` and ``hessian`` need data: ``make_importance`` gathers their gradients on the
+``model`` it will prune, from a fixed, bounded ``calibration`` set of training images
+(:mod:`metaprune.pruning.gradients`), before the first ranking; without them it raises.
 
 Example::
 
     @register_importance("my-criterion")
-    def my_criterion(*, p: int, group_reduction: str, normalizer: str, seed: int):
+    def my_criterion(*, p, group_reduction, normalizer, seed, model, calibration):
         return MyImportance(...)
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch_pruning as tp
+from torch import Tensor, nn
 
 from metaprune.pruning._checks import ConfigError
+from metaprune.pruning.gradients import gather_gradients
 
 __all__ = [
+    "DATA_AWARE",
     "ImportanceFactory",
     "SeededRandomImportance",
     "list_importances",
@@ -34,11 +45,16 @@ __all__ = [
 ]
 
 ImportanceFactory = Callable[..., tp.importance.Importance]
+#: batches of ``(images, labels)`` from the training split, e.g. a fixed unshuffled loader
+Calibration = Iterable[tuple[Tensor, Tensor]]
 _REGISTRY: dict[str, ImportanceFactory] = {}
+#: criteria that read gradients on calibration data (``make_importance`` needs model + data)
+DATA_AWARE = ("taylor", "hessian")
 
 
 def register_importance(name: str) -> Callable[[ImportanceFactory], ImportanceFactory]:
-    """Decorator registering ``factory(*, p, group_reduction, normalizer, seed)`` as ``name``."""
+    """Decorator registering ``factory(*, p, group_reduction, normalizer, seed, model,
+    calibration)`` as ``name`` (``model`` and ``calibration`` may be ``None``)."""
 
     def decorator(factory: ImportanceFactory) -> ImportanceFactory:
         if name in _REGISTRY:
@@ -61,11 +77,19 @@ def make_importance(
     group_reduction: str = "mean",
     normalizer: str = "max",
     seed: int = 0,
+    model: nn.Module | None = None,
+    calibration: Calibration | None = None,
 ) -> tp.importance.Importance:
     """Build the registered importance ``name``.
 
+    ``model`` and ``calibration`` (batches of training images and labels, bounded and
+    fixed: :func:`metaprune.pruning.bn.calibration_subset`) are what a data-aware
+    criterion (:data:`DATA_AWARE`) needs: its gradients are gathered on ``model`` (the
+    one about to be pruned; its parameters' ``.grad`` is overwritten) before this returns.
+
     Raises:
-        ConfigError: if ``name`` is not registered (close matches are suggested).
+        ConfigError: if ``name`` is not registered (close matches are suggested), or is
+            data-aware and ``model`` or ``calibration`` is missing.
     """
     factory = _REGISTRY.get(name)
     if factory is None:
@@ -74,7 +98,15 @@ def make_importance(
         raise ConfigError(
             f"unknown importance {name!r} (registered: {', '.join(list_importances())}){hint}"
         )
-    return factory(p=p, group_reduction=group_reduction, normalizer=normalizer, seed=seed)
+    if name in DATA_AWARE and (model is None or calibration is None):
+        raise ConfigError(
+            f"importance {name!r} ranks channels by loss gradients: it needs the model "
+            "and calibration images (make_importance(..., model=, calibration=))"
+        )
+    return factory(
+        p=p, group_reduction=group_reduction, normalizer=normalizer, seed=seed,
+        model=model, calibration=calibration,
+    )  # fmt: skip
 
 
 class SeededRandomImportance(tp.importance.Importance):
@@ -90,19 +122,42 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(idxs), generator=self.generator)
 
 
+def _norm(normalizer: str) -> str | None:
+    return None if normalizer == "none" else normalizer
+
+
 @register_importance("group-l2")
 def _group_l2(
-    *, p: int, group_reduction: str, normalizer: str, seed: int
+    *, p: int, group_reduction: str, normalizer: str, **_: object
 ) -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(
-        p=p,
-        group_reduction=group_reduction,
-        normalizer=None if normalizer == "none" else normalizer,
+        p=p, group_reduction=group_reduction, normalizer=_norm(normalizer)
     )
 
 
 @register_importance("random")
-def _random(
-    *, p: int, group_reduction: str, normalizer: str, seed: int
-) -> tp.importance.Importance:
+def _random(*, seed: int, **_: object) -> tp.importance.Importance:
     return SeededRandomImportance(seed)
+
+
+@register_importance("taylor")
+def _taylor(
+    *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
+    **_: object,
+) -> tp.importance.Importance:
+    gather_gradients(model, calibration, "mean")
+    return tp.importance.GroupTaylorImportance(
+        group_reduction=group_reduction, normalizer=_norm(normalizer)
+    )
+
+
+@register_importance("hessian")
+def _hessian(
+    *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
+    **_: object,
+) -> tp.importance.Importance:
+    gather_gradients(model, calibration, "fisher")
+    # no accumulate_grad(): with nothing accumulated, the criterion reads .grad (our Fisher)
+    return tp.importance.GroupHessianImportance(
+        group_reduction=group_reduction, normalizer=_norm(normalizer)
+    )

@@ -7,8 +7,8 @@ selects an epoch on validation before pruning, where training exists to change t
 weights), then an exact BatchNorm recalibration, so that the reported
 ``stages.before_pruning.val_accuracy`` is the prepared network's real accuracy (sparse
 training leaves the running statistics stale: 86.7 % read vs 96.8 % real). The report
-says what each method spent: ``epochs_trained`` (with ``reg="auto"``, every trial of the
-search counts) and wall ``seconds``. ``"auto"`` is not a method of its own: the pipeline
+says what each method spent: ``epochs_trained`` (with ``reg="auto"`` the search's trials
+are inside the budget, so it never exceeds ``before_pruning.epochs``) and wall ``seconds``. ``"auto"`` is not a method of its own: the pipeline
 resolves it first (:mod:`metaprune.pruning.auto`).
 
 ``metanet`` is registered by the ``metanet`` package when it is imported (it depends on
@@ -21,6 +21,8 @@ method              before pruning                                      importan
 ``metanet``         metanetwork transform, then fine-tune               group-l2
 ``group-l2``        plain fine-tune                                     group-l2
 ``group-l2-sl``     sparse training (DepGraph group-norm regulariser)   group-l2
+``taylor``          plain fine-tune                                     taylor
+``hessian``         plain fine-tune                                     hessian
 ``random``          plain fine-tune                                     random
 ==================  ==================================================  ==========
 """
@@ -83,6 +85,9 @@ class MethodContext:
     calibration_loader: DataLoader | None = None
     #: validation accuracy of the model as given to ``prepare``, if the caller measured it
     input_val_accuracy: float | None = None
+    #: ``proxy(model)``: validation accuracy of a copy pruned to the job's target and
+    #: BN-recalibrated; what ``reg="auto"`` chooses by (set by the pipeline)
+    proxy: Callable[[nn.Module], float] | None = None
 
     def finetune(self, model: nn.Module, stage: str, **kwargs: Any) -> FinetuneResult:
         """The ``before_pruning`` budget: every epoch trained, the last one kept."""
@@ -214,7 +219,7 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     if reg == "auto" and ctx.config.before_pruning.epochs > 0:
         model, chosen, search = search_reg(model, ctx)
         ctx.info.setdefault("stage_seconds", {})["reg_search"] = search["seconds"]
-        # the search evaluated recalibrated trials only, so there is no stale figure
+        # the search kept no per-epoch validation figures, so there is no stale one
         ctx.record(model, start, None, sparse_reg=chosen, reg_search=search,
                    epochs_trained=search["epochs_trained"])  # fmt: skip
         return model
@@ -227,4 +232,6 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
 _as_given = functools.partial(plain_finetune, as_given=True)
 register_method(Method("group-l2", "group-l2", _as_given, "plain fine-tune, group L2 importance"))
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
+register_method(Method("taylor", "taylor", _as_given, "plain fine-tune, first-order Taylor"))
+register_method(Method("hessian", "hessian", _as_given, "plain fine-tune, OBD (Fisher) importance"))
 register_method(Method("random", "random", _as_given, "plain fine-tune, random importance"))

@@ -9,10 +9,11 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
 3. ``prune``: progressive global structural pruning until the target is met, recording
    validation accuracy against speed-up (the curve: both ends and at most
    ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
-   ``normalizer_search`` first prunes copies with each group-L2 normaliser and keeps the
-   best on a validation subset (a cheap proxy, :mod:`metaprune.pruning.normalizer`).
+   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
+   ``method="auto"``, the data-aware ``taylor`` and ``hessian``) and keeps the best by
+   validation accuracy at the target on a cheap proxy (:mod:`metaprune.pruning.choose`).
    ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
-   the report says which method ran and why.
+   the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
@@ -49,11 +50,13 @@ from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.auto import resolve_method
 from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
+from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
+from metaprune.pruning.importance import DATA_AWARE, make_importance
 from metaprune.pruning.latency import LatencyMeasurement, auto_batch_size, time_forward
 from metaprune.pruning.methods import MethodContext, get_method
-from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES, choose_normalizer
+from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
 from metaprune.pruning.progress import CancelToken, ProgressCallback, StageMeter, notify
 from metaprune.pruning.progressive import StepInfo, progressive_prune
 from metaprune.pruning.reachable import check_reachable
@@ -238,40 +241,76 @@ def prune(
 
     with timed("evaluate_base"):
         base = measure("evaluate_base", model)
+    pruning, target, opts = config.pruning, config.target, config.importance
+    grads = subset(splits.train, opts.calibration_images)  # taylor / hessian gradients
+
+    def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
+        importance = make_importance(
+            cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
+            normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
+        )  # fmt: skip
+        return progressive_prune(
+            m, example, target, importance=importance, steps=steps,
+            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
+            min_channels=pruning.min_channels,
+            latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
+            on_step=step_fn, frozen=structure.frozen_modules,
+        )  # fmt: skip
+
+    # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
+    # pruned to the target in search_steps steps, one BatchNorm pass over search_images
+    # training images, scored on search_images validation images (fixed subsets)
+    search_steps = opts.search_steps or pruning.steps  # None: the job's own schedule
+    proxy_calib = subset(splits.train, opts.search_images)
+    proxy_val = subset(splits.val, opts.search_images)
+    proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
+
+    def proxy(m: nn.Module, cand: Candidate) -> float:
+        meter = proxy_meter[-1] if proxy_meter else None
+        tick = meter.tick if meter else None
+        m = copy.deepcopy(m)
+        prune_to_target(m, cand, search_steps,
+                        lambda info, _: meter and meter.advance(candidate=cand.label))  # fmt: skip
+        recalibrate_bn(m, proxy_calib, len(proxy_calib), device, exact=False, on_batch=tick)
+        return evaluate(m, proxy_val, device, on_batch=tick)
+
+    # reg="auto" scores its arms with the group-L2 normalisers the job may use
+    reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
+    proxy_units = search_steps + len(proxy_calib) + len(proxy_val)
+
+    def reg_proxy(m: nn.Module) -> float:
+        proxy_meter[:] = [StageMeter(progress, cancel, "reg_search", proxy_units * len(reg_candidates))]
+        return max(proxy(m, c) for c in reg_candidates)
+
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
-                        calibration_loader=calib,
-                        input_val_accuracy=base["val_accuracy"])  # fmt: skip
+                        calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
+                        proxy=reg_proxy)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
-    pruning, target = config.pruning, config.target
     curve_calib, curve_val = subset(splits.train, pruning.curve_images), subset(splits.val, pruning.curve_images)
 
-    def prune_to_target(m: nn.Module, normalizer: str, steps: int, step_fn: Any) -> list[StepInfo]:
-        return progressive_prune(
-            m, example, target, importance=method.importance, steps=steps,
-            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
-            min_channels=pruning.min_channels, p=config.importance.p,
-            group_reduction=config.importance.group_reduction,
-            normalizer=normalizer, seed=config.seed,
-            latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
-            on_step=step_fn, frozen=structure.frozen_modules,
-        )  # fmt: skip
-
-    normalizer, prune_info = config.importance.normalizer, {}
-    if normalizer == "auto" and method.importance != "group-l2":
-        normalizer = "sum"  # random scores: no normaliser to choose
-    elif normalizer == "auto":
-        with timed("normalizer_search"):  # on validation only, see metaprune/pruning/normalizer.py
-            search = config.importance.search_images
-            normalizer, prune_info["normalizer_search"] = _search_normalizer(
-                model, config.importance.search_steps or pruning.steps, prune_to_target,
-                subset(splits.train, search), subset(splits.val, search), device,
-                StageMeter(progress, cancel, "normalizer_search", 0),
-            )  # fmt: skip
-    prune_info["normalizer"] = normalizer
+    # the criterion (and its normaliser) by validation accuracy at the target
+    data_aware = DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
+    candidates = (
+        [Candidate(method.importance, "sum")]  # random scores: nothing to normalise
+        if method.importance == "random"
+        else criterion_candidates(method.importance, opts.normalizer, NORMALIZER_CANDIDATES, data_aware)
+    )  # fmt: skip
+    chosen, prune_info = candidates[0], dict[str, Any]()
+    if len(candidates) > 1:
+        with timed("criterion_search"):  # validation only
+            meter = StageMeter(progress, cancel, "criterion_search", proxy_units * len(candidates))
+            proxy_meter[:] = [meter]
+            meter.start()
+            chosen, search = choose_criterion(model, candidates, proxy)
+            search["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
+                               "validation_images": len(proxy_val.dataset)}  # fmt: skip
+            prune_info["criterion_search"] = search
+            meter.finish(chosen=chosen.label)
+    prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
 
     # the curve: step 0 (the prepared model's accuracy, measured already), the chosen step
     # (measured by recalibrate_bn below) and at most curve_points steps in between
@@ -304,7 +343,8 @@ def prune(
         notify(progress, cancel, "prune", info.step, pruning.steps, **point, reached=info.reached)
 
     with timed("prune"):
-        history = prune_to_target(model, normalizer, pruning.steps, on_step)
+        history = prune_to_target(model, chosen, pruning.steps, on_step)
+        model.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
     final_step = history[-1]
     with timed("recalibrate_bn"):
         meter = StageMeter(progress, cancel, "recalibrate_bn",
@@ -335,7 +375,11 @@ def prune(
         "dataset_kwargs": dataset_kwargs or {},
         "input_shape": list(example.shape[1:]),
         "method": config.method,
-        "method_choice": choice.to_dict(),
+        "method_choice": {**choice.to_dict(), "criterion": f"{chosen.criterion}[{chosen.normalizer}]"},
+        "epochs_trained": {
+            "before_pruning": ctx.info.get("before_pruning", {}).get("epochs_trained"),
+            "after_pruning": config.after_pruning.epochs,
+        },
         "target": {"kind": config.target.kind, "value": config.target.value},
         # never report success for a model whose outputs are not finite
         "target_reached": bool(final_step.reached and outputs_finite),
@@ -395,38 +439,6 @@ def _recalibrate(model: nn.Module, loader: Any, device: torch.device, tick: Any)
     """The recalibration behind reported figures: one training-mode pass over the fixed
     calibration set and ``_REFINE`` exact whole-set refinements (``bn.py``)."""
     recalibrate_bn(model, loader, len(loader), device, exact=False, refine=_REFINE, on_batch=tick)
-
-
-def _search_normalizer(
-    model: nn.Module, steps: int, prune_to_target: Any, calib: Any, val: Any,
-    device: torch.device, meter: StageMeter,
-) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """``normalizer="auto"`` on the cheap proxy (:mod:`metaprune.pruning.normalizer`): each
-    candidate prunes a copy in ``steps`` steps, one training-mode BatchNorm pass over
-    ``calib``, scored on ``val``; one progress event per step and per batch."""
-    per_candidate = steps + len(calib) + len(val)
-    meter.total = per_candidate * len(NORMALIZER_CANDIDATES)
-    meter.start()
-    done = 0
-
-    def prune_copy(m: nn.Module, name: str) -> None:
-        nonlocal done
-        prune_to_target(m, name, steps, lambda info, _: meter.advance(normalizer=name))
-        meter.done = done + steps  # a prune that met its target early skips the rest
-
-    def score(m: nn.Module) -> float:
-        nonlocal done
-        recalibrate_bn(m, calib, len(calib), device, exact=False, on_batch=meter.tick)
-        accuracy = evaluate(m, val, device, on_batch=meter.tick)
-        done += per_candidate
-        meter.done = done
-        return accuracy
-
-    normalizer, record = choose_normalizer(model, prune_copy, score)
-    record["proxy"] = {"steps": steps, "calibration_images": len(calib.dataset),
-                       "validation_images": len(val.dataset)}  # fmt: skip
-    meter.finish(chosen=normalizer)
-    return normalizer, record
 
 
 def _finite_outputs(model: nn.Module, example: Tensor) -> bool:

@@ -12,12 +12,16 @@
      "pruned": {"val_accuracy"}          # after pruning + BN recalibration, no fine-tune
      "final": {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "speedup": {"macs", "latency", "params"},
-     "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ..., ...},
+     "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ...,
+                       "criterion_search": ..., ...},
      "work": {"calibration_images", "curve_images", "curve_points_evaluated",
               "eval_batch_size", "data_workers",     # what the budgets amounted to
               "latency": {"evaluate_base": {"median", "batch_size", "repeats", "warmup",
                                             "seconds"}, "evaluate": {...}}},
      # reg_search (reg="auto" only) is part of before_pruning, not in addition to it
+     "epochs_trained": {"before_pruning": 10.0, "after_pruning": 20},  # trials included
+     "stages": {"before_pruning": {...}, "prune": {"criterion", "normalizer",
+                "criterion_search": {"trials", "chosen", "seconds"}}, "after_pruning": {...}},
      "layer_widths": {"layer1.0.conv1": [16, 9], ...},   # [before, after]
      "structure": {"prunable_groups": 9, "frozen": [{"modules": [...], "reason": ...}]},
      "curve": [{"step", "macs_speedup", "param_ratio", "latency_speedup", "val_accuracy"}],
@@ -115,9 +119,16 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines.insert(2, f"  WARNING    {metanet['warning']}")
     sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
     if sparse:
-        tried = ", ".join(f"{t['reg']:g}: {_pct(t['val_accuracy'])}" for t in sparse["trials"])
-        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} chosen on "
-                        f"validation (reference {_pct(sparse['reference_val_accuracy'])}; tried {tried})")  # fmt: skip
+        last = {a["arm"]: a for r in sparse["rounds"] for a in r["arms"]}  # each arm's last score
+        tried = ", ".join(f"{reg:g}: {_pct(a['val_accuracy'])}" for reg, a in last.items())
+        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} chosen by "
+                        f"pruned validation accuracy ({len(sparse['rounds'])} halving rounds, "
+                        f"{sparse['epochs_trained']:.2f} epochs in all; last scores {tried})")  # fmt: skip
+    crit = report.get("stages", {}).get("prune", {}).get("criterion_search")
+    if crit:
+        tried = ", ".join(f"{t['criterion']}[{t['normalizer']}]: {_pct(t['val_accuracy'])}"
+                          for t in crit["trials"])  # fmt: skip
+        lines.insert(2, f"  criterion  {crit['chosen']} chosen by pruned validation accuracy ({tried})")
     return "\n".join(lines)
 
 

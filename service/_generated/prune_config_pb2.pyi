@@ -34,18 +34,20 @@ class FinetuneBudget(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., schedule: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class ImportanceOptions(_message.Message):
-    __slots__ = ("p", "group_reduction", "normalizer", "search_steps", "search_images")
+    __slots__ = ("p", "group_reduction", "normalizer", "search_steps", "search_images", "calibration_images")
     P_FIELD_NUMBER: _ClassVar[int]
     GROUP_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     NORMALIZER_FIELD_NUMBER: _ClassVar[int]
     SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     p: int
     group_reduction: str
     normalizer: str
     search_steps: int
     search_images: int
-    def __init__(self, p: _Optional[int] = ..., group_reduction: _Optional[str] = ..., normalizer: _Optional[str] = ..., search_steps: _Optional[int] = ..., search_images: _Optional[int] = ...) -> None: ...
+    calibration_images: int
+    def __init__(self, p: _Optional[int] = ..., group_reduction: _Optional[str] = ..., normalizer: _Optional[str] = ..., search_steps: _Optional[int] = ..., search_images: _Optional[int] = ..., calibration_images: _Optional[int] = ...) -> None: ...
 
 class PruningOptions(_message.Message):
     __slots__ = ("steps", "round_to", "min_channels", "max_layer_ratio", "curve_every", "curve_bn_recalibration", "curve_points", "curve_images")
@@ -68,14 +70,14 @@ class PruningOptions(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., max_layer_ratio: _Optional[float] = ..., curve_every: _Optional[int] = ..., curve_bn_recalibration: _Optional[bool] = ..., curve_points: _Optional[int] = ..., curve_images: _Optional[int] = ...) -> None: ...
 
 class SparseTraining(_message.Message):
-    __slots__ = ("reg", "auto_tolerance", "auto_grid")
+    __slots__ = ("reg", "auto_grid", "search_fraction")
     REG_FIELD_NUMBER: _ClassVar[int]
-    AUTO_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     AUTO_GRID_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FRACTION_FIELD_NUMBER: _ClassVar[int]
     reg: _struct_pb2.Value
-    auto_tolerance: float
     auto_grid: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, reg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., auto_tolerance: _Optional[float] = ..., auto_grid: _Optional[_Iterable[float]] = ...) -> None: ...
+    search_fraction: float
+    def __init__(self, reg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., auto_grid: _Optional[_Iterable[float]] = ..., search_fraction: _Optional[float] = ...) -> None: ...
 
 class LatencyOptions(_message.Message):
     __slots__ = ("batch_size", "threads", "repeats", "warmup", "seconds")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from metaprune.pruning import (
     FinetuneBudget,
@@ -23,13 +24,14 @@ def test_rule_follows_the_before_pruning_budget():
     assert config.method == "auto"
     choice = resolve_method(config)
     assert (choice.method, choice.requested) == ("group-l2-sl", "auto")
-    assert "10 epoch(s)" in choice.reason and "validation split" in choice.reason
+    assert "10 epoch(s)" in choice.reason and "validation accuracy at the target" in choice.reason
+    assert "trials inside the budget" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
-    assert "0 epochs" in zero.reason and "normaliser chosen on validation" in zero.reason
+    assert "0 epochs" in zero.reason and "taylor, hessian) chosen by validation" in zero.reason
     fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
                                      importance=ImportanceOptions(normalizer="max"))  # fmt: skip
-    assert "the 'max' normaliser" in resolve_method(fixed_norm).reason
+    assert "group-L2 with the 'max' normaliser" in resolve_method(fixed_norm).reason
     fixed = resolve_method(dataclasses.replace(config, sparse=SparseTraining(reg=0.05)))
     assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason
 
@@ -57,6 +59,29 @@ def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
     result = prune(model, splits, config, spec=spec)
     report = result.report
     assert report["method"] == result.config.method == "group-l2"
-    assert report["method_choice"] == resolve_method(config).to_dict()
+    assert report["method_choice"] == {**resolve_method(config).to_dict(), "criterion": "group-l2[sum]"}
     assert report["config"]["method"] == "auto"  # as requested: resolves the same way again
     assert "auto -> group-l2: before_pruning has 0 epochs" in format_report(report)
+
+
+@pytest.mark.timeout(180)
+def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, splits, fast_config):
+    """``auto`` with 0 epochs scores group-L2 (each normaliser), taylor and hessian by the
+    proxy on validation, prunes with the winner and says so."""
+    config = dataclasses.replace(
+        fast_config, method="auto", importance=ImportanceOptions(normalizer="auto"),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    result = prune(model, splits, config, spec=spec)
+    report = result.report
+    search = report["stages"]["prune"]["criterion_search"]
+    labels = [f"{t['criterion']}[{t['normalizer']}]" for t in search["trials"]]
+    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "taylor[mean]",
+                      "hessian[mean]"]  # fmt: skip
+    scores = [t["val_accuracy"] for t in search["trials"]]
+    winner = labels[scores.index(max(scores))]
+    assert search["chosen"] == winner == report["method_choice"]["criterion"]
+    assert report["epochs_trained"]["before_pruning"] == 0 and report["target_reached"]
+    assert f"criterion  {winner} chosen by pruned validation accuracy" in format_report(report)
+    assert all(p.grad is None for p in result.model.parameters())  # no gradients left behind

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaprune.pruning import CANCEL, FinetuneBudget, PruneCancelled, evaluate, finetune
-from metaprune.pruning.finetune import _lr_factor
+from metaprune.pruning.finetune import lr_factor
 
 
 def test_trains_and_keeps_the_best_validation_epoch(model, loaders):
@@ -71,8 +71,14 @@ def test_cancel_from_the_callback(model, loaders):
     ],
 )
 def test_schedules(budget, expected):
-    factor = _lr_factor(budget, iters_per_epoch=10)  # checked at epochs 0, 2 and 4 (the end)
+    factor = lr_factor(budget, iters_per_epoch=10)  # checked at epochs 0, 2 and 4 (the end)
     assert [factor(0), factor(20), factor(40)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_schedule_over_a_given_number_of_steps():
+    """reg="auto"'s trials stretch the budget's schedule over the winner's iterations."""
+    factor = lr_factor(FinetuneBudget(epochs=4), iters_per_epoch=10, total=30)
+    assert [factor(0), factor(15), factor(30), factor(99)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
 
 
 def test_ties_go_to_the_latest_epoch(loaders):

@@ -77,7 +77,7 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
     torch.manual_seed(0)
     result = prune(model, counted, config, progress=progress, spec=spec)
     stages = list(dict.fromkeys(stage for stage, _, _ in marks))
-    assert stages == ["evaluate_base", "before_pruning", "normalizer_search", "prune",
+    assert stages == ["evaluate_base", "before_pruning", "criterion_search", "prune",
                       "recalibrate_bn", "after_pruning", "evaluate"]  # fmt: skip
     # work between two events: at most one batch (32 images) of any pass, in every stage
     reads = [0] + [r for _, r, _ in marks] + [_Counted.reads]
@@ -91,8 +91,8 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
         assert len(latency) >= config.latency.warmup + 1
     steps = result.report["chosen_step"]
     assert sum(1 for st, _, m in marks if st == "prune" and "task" not in m) == steps + 1
-    search = [m for st, _, m in marks if st == "normalizer_search" and "normalizer" in m]
-    assert {m["normalizer"] for m in search} == {"sum", "mean", "max"}  # one event per step
-    assert result.report["stages"]["prune"]["normalizer_search"]["proxy"] == {
+    search = [m for st, _, m in marks if st == "criterion_search" and "candidate" in m]
+    assert {m["candidate"] for m in search} == {"group-l2[sum]", "group-l2[mean]", "group-l2[max]"}
+    assert result.report["stages"]["prune"]["criterion_search"]["proxy"] == {
         "steps": 10, "calibration_images": 48, "validation_images": 48,
     }  # fmt: skip

@@ -15,14 +15,20 @@ from metaprune.pruning import (
     find_classifier,
     layer_widths,
     list_importances,
+    make_importance,
     measure_cost,
     progressive_prune,
 )
+from metaprune.pruning.bn import calibration_subset
+from metaprune.pruning.importance import DATA_AWARE
 
 
 @pytest.mark.parametrize("importance", list_importances())
-def test_stops_at_first_step_reaching_the_macs_target(model, example, importance):
+def test_stops_at_first_step_reaching_the_macs_target(model, example, importance, splits):
     base = measure_cost(model, example)
+    if importance in DATA_AWARE:  # gradients on a few training images first
+        importance = make_importance(importance, model=model,
+                                     calibration=calibration_subset(splits.train, 32, 16, 0))  # fmt: skip
     history = progressive_prune(model, example, 2.0, importance=importance, steps=40)
     assert [h.step for h in history] == list(range(len(history)))
     assert history[0] == StepInfo(0, base.macs, base.params, 1.0, 1.0, None, False)

@@ -77,10 +77,10 @@ def test_sparse_reg_is_a_number_or_auto():
     assert SparseTraining(reg=0.1).reg == 0.1 and SparseTraining(reg=1).reg == 1.0
     sparse = SparseTraining(auto_grid=[0.01, 0.3, 0.01])
     assert sparse.auto_grid == (0.3, 0.01)  # deduplicated, largest first
-    data = PruneConfig(sparse=SparseTraining(reg=0.05, auto_tolerance=0.02)).to_dict()
+    data = PruneConfig(sparse=SparseTraining(reg=0.05, search_fraction=0.25)).to_dict()
     assert data["sparse"] == {
         "reg": 0.05,
-        "auto_tolerance": 0.02,
+        "search_fraction": 0.25,
         "auto_grid": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001],
     }
     assert PruneConfig.from_dict(json.loads(json.dumps(data))).sparse.reg == 0.05
@@ -91,8 +91,13 @@ def test_sparse_reg_is_a_number_or_auto():
             SparseTraining(reg=bad)
     with pytest.raises(ConfigError, match="auto_grid must not be empty"):
         SparseTraining(auto_grid=())
-    with pytest.raises(ConfigError, match="auto_tolerance"):
-        SparseTraining(auto_tolerance=2.0)
+    with pytest.raises(ConfigError, match="search_fraction"):
+        SparseTraining(search_fraction=2.0)
+    # the retired pre-pruning tolerance of version-1 data is dropped, not an error
+    old = PruneConfig.from_dict({"version": 1, "sparse": {"reg": "auto", "auto_tolerance": 0.02}})
+    assert old.sparse == SparseTraining()
+    with pytest.raises(ConfigError, match="auto_tolerance"):  # version 2 has no such key
+        PruneConfig.from_dict({"sparse": {"auto_tolerance": 0.02}})
 
 
 def test_partial_nested_dict_keeps_other_defaults():

@@ -1,4 +1,4 @@
-"""Tests for metaprune/pruning/sparse.py: sparse training and the validation-only reg search."""
+"""Tests for metaprune/pruning/sparse.py: sparse training and the reg search by the proxy."""
 
 from __future__ import annotations
 
@@ -17,44 +17,64 @@ from metaprune.pruning.methods import MethodContext
 GRID = (0.3, 0.1, 0.01)
 
 
-def _ctx(config, loaders, example):
+def _ctx(config, loaders, example, proxy=None):
     train, val, _ = loaders
-    return MethodContext(config, train, val, torch.device("cpu"), example)
+    return MethodContext(config, train, val, torch.device("cpu"), example, proxy=proxy)
 
 
-def _sl_config(fast_config, **sparse):
+def _sl_config(fast_config, epochs=2, **sparse):
     return dataclasses.replace(
         fast_config, method="group-l2-sl", sparse=SparseTraining(auto_grid=GRID, **sparse),
-        before_pruning=FinetuneBudget(epochs=2, lr=0.05),
+        before_pruning=FinetuneBudget(epochs=epochs, lr=0.05),
     )  # fmt: skip
 
 
+def _norm(model) -> float:
+    return float(sum(p.detach().abs().sum() for p in model.parameters()))
+
+
 @pytest.mark.timeout(120)
-def test_auto_reg_keeps_the_largest_reg_within_tolerance(model, loaders, example, fast_config):
-    ctx = _ctx(_sl_config(fast_config, auto_tolerance=0.05), loaders, example)
+@pytest.mark.parametrize(("sign", "expected"), [(-1.0, GRID[0]), (1.0, GRID[-1])])
+def test_auto_reg_follows_the_proxy_inside_the_budget(sign, expected, model, loaders, example,
+                                                      fast_config):  # fmt: skip
+    """A proxy that rewards shrinkage picks the strongest reg, one that punishes it the weakest."""
+    scored = []
+
+    def proxy(m):
+        assert m is not model
+        scored.append(m)
+        return sign * _norm(m)
+
+    config = _sl_config(fast_config, epochs=10, search_fraction=0.5)
+    ctx = _ctx(config, loaders, example, proxy)
     torch.manual_seed(0)
     prepared = get_method("group-l2-sl").prepare(model, ctx)
     info = ctx.info["before_pruning"]
     search = info["reg_search"]
-    trials = search["trials"]
-    ref, n = search["reference_val_accuracy"], search["validation_samples"]
-    assert n == 64 and search["tolerance"] == max(0.05, 2 * (ref * (1 - ref) / n) ** 0.5)
-    floor = ref - search["tolerance"] - 1e-9
-    assert [t["reg"] for t in trials] == list(GRID[: len(trials)])  # largest first
-    assert all(t["val_accuracy"] < floor for t in trials[:-1])  # every larger reg failed
-    if trials[-1]["val_accuracy"] >= floor:
-        assert info["sparse_reg"] == trials[-1]["reg"]
-    else:  # none passed: the best validation accuracy, larger reg on ties
-        best = max(t["val_accuracy"] for t in trials)
-        assert info["sparse_reg"] == next(t["reg"] for t in trials if t["val_accuracy"] == best)
-    # the search's cost is reported: every trial is a full budget
-    assert info["epochs_trained"] == search["epochs_trained"] == 2 * len(trials)
+    assert info["sparse_reg"] == expected and search["grid"] == list(GRID)
+    per_epoch = len(loaders[0])  # 4 batches of 32
+    plan = search["plan"]
+    assert plan["arms"] == 3 and plan["rounds"] == 2 == len(search["rounds"]) == len(scored) - 3
+    assert [len(r["arms"]) for r in search["rounds"]] == [3, 2]
+    assert [a["arm"] for a in search["rounds"][0]["arms"]] == list(GRID)  # largest first
+    finalists = search["rounds"][1]["arms"]
+    assert expected in [a["arm"] for a in finalists]
+    assert [a["survived"] for a in finalists if a["arm"] == expected] == [True]
+    # the whole search is inside the budget: every trial's iterations counted
+    assert plan["round_iterations"] >= per_epoch  # rounds of an epoch at least
+    assert search["iterations_trained"] == 10 * per_epoch
+    assert info["epochs_trained"] == search["epochs_trained"] == search["iterations_trained"] / per_epoch
+    assert info["epochs_trained"] <= config.before_pruning.epochs
+    assert search["winner_epochs"] * per_epoch == plan["winner_iterations"]
     assert ctx.info["stage_seconds"]["reg_search"] == search["seconds"] > 0
-    # the kept trial is the prepared model, its figure is real (recalibrated) accuracy
     _, val, _ = loaders
-    assert info["val_accuracy"] == evaluate(prepared, val)
-    if info["sparse_reg"] == trials[-1]["reg"]:
-        assert info["val_accuracy"] == trials[-1]["val_accuracy"]
+    assert info["val_accuracy"] == evaluate(prepared, val)  # recalibrated, the real figure
+
+
+def test_auto_reg_needs_the_proxy(model, loaders, example, fast_config):
+    ctx = _ctx(_sl_config(fast_config), loaders, example)
+    with pytest.raises(ValueError, match="needs ctx.proxy"):
+        get_method("group-l2-sl").prepare(model, ctx)
 
 
 @pytest.mark.timeout(120)
@@ -86,7 +106,7 @@ def _scrambled(splits: DatasetSplits) -> DatasetSplits:
 @pytest.mark.timeout(300)
 def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     """Every test label wrong: the same trials, the same choice, the same prepared model."""
-    config = dataclasses.replace(_sl_config(fast_config), after_pruning=FinetuneBudget(epochs=0))
+    config = dataclasses.replace(_sl_config(fast_config, epochs=4), after_pruning=FinetuneBudget(epochs=0))
     results = []
     for data in (splits, _scrambled(splits)):
         torch.manual_seed(0)
@@ -94,12 +114,27 @@ def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     reports = [r.report for r in results]
     clean, scrambled = (r["stages"]["before_pruning"] for r in reports)
     assert clean["sparse_reg"] == scrambled["sparse_reg"]
-    assert clean["reg_search"]["trials"][0]["reg"] == GRID[0]
-    for a, b in zip(clean["reg_search"]["trials"], scrambled["reg_search"]["trials"], strict=True):
-        assert (a["reg"], a["val_accuracy"]) == (b["reg"], b["val_accuracy"])
+    assert clean["reg_search"]["rounds"] == scrambled["reg_search"]["rounds"]
+    assert clean["reg_search"]["rounds"][0]["arms"][0]["arm"] == GRID[0]
     assert reports[0]["final"]["val_accuracy"] == reports[1]["final"]["val_accuracy"]
     states = [r.model.state_dict() for r in results]
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())  # same model
     # the test split really differed: no image counts as correct under both labellings
     assert reports[0]["final"]["test_accuracy"] + reports[1]["final"]["test_accuracy"] <= 1.0
     assert "reg_search" in reports[0]["stage_seconds"]
+
+
+@pytest.mark.timeout(60)
+def test_a_budget_without_room_for_a_search_trains_one_strength(model, loaders, example, fast_config):
+    """Rounds last an epoch: one epoch in all leaves no search, the grid's middle trains alone."""
+
+    def proxy(m):
+        raise AssertionError("nothing to compare: the proxy is not called")
+
+    ctx = _ctx(_sl_config(fast_config, epochs=1), loaders, example, proxy)
+    get_method("group-l2-sl").prepare(model, ctx)
+    info = ctx.info["before_pruning"]
+    search = info["reg_search"]
+    assert info["sparse_reg"] == GRID[1] and search["grid"] == [GRID[1]]
+    assert search["rounds"] == [] and "no room for a search" in search["rule"]
+    assert info["epochs_trained"] == search["winner_epochs"] == 1.0

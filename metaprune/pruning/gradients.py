@@ -1,0 +1,125 @@
+"""Gradients of the loss on a fixed, bounded set of training images, for data-aware criteria.
+
+The ``taylor`` and ``hessian`` importances (:mod:`metaprune.pruning.importance`) score a
+channel by what removing it would do to the loss, which needs gradients:
+
+* ``taylor`` (first-order Taylor, Molchanov et al. 2019): the mean gradient of the
+  cross-entropy over the calibration images, ``g``; a weight's score is ``|w * g|``.
+* ``hessian`` (Optimal Brain Damage with the empirical Fisher as the Hessian diagonal):
+  the mean of the **per-sample** squared gradients, ``F``; a weight's score is ``w^2 F``.
+  Per-sample gradients come from ``torch.func`` (``vmap`` over ``grad``), in chunks whose
+  gradients fit in :data:`MAX_CHUNK_FLOATS` floats.
+
+Both are computed once, in eval mode (BatchNorm uses its running statistics, so each
+image's gradient is independent of the others and the result does not depend on batch
+composition), and stored in each parameter's ``.grad``. Torch-Pruning slices ``.grad``
+together with the weight when it removes channels, so the scores of the surviving
+channels stay valid through all the steps of a progressive prune at no further cost.
+
+The images are a fixed, seeded subset of the **training** split
+(``ImportanceOptions.calibration_images``, :func:`metaprune.pruning.bn.calibration_subset`).
+Gradients are gathered once per prune, not at every step: on the unpruned network they
+are the loss's real sensitivity, while after a step the running BatchNorm statistics of
+later layers are stale until recalibrated, so fresh gradients would describe a damaged
+network; and per step they would cost ``steps`` passes over the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["GRADIENT_KINDS", "MAX_CHUNK_FLOATS", "gather_gradients"]
+
+GRADIENT_KINDS = ("mean", "fisher")
+#: bound on the per-sample gradients held at once (4 bytes each: 256 MiB)
+MAX_CHUNK_FLOATS = 1 << 26
+
+
+def gather_gradients(
+    model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], kind: str
+) -> int:
+    """Store in every parameter's ``.grad`` the ``kind`` of loss gradient on ``calibration``
+    (batches of ``(images, labels)``, e.g. a fixed unshuffled ``DataLoader``).
+
+    ``kind`` is ``"mean"`` (mean gradient) or ``"fisher"`` (mean squared per-sample
+    gradient). The model runs in eval mode and is left in the mode it was in; parameters
+    that do not require gradients are included (and left as they were).
+
+    Returns:
+        The number of images used.
+    """
+    if kind not in GRADIENT_KINDS:
+        raise ValueError(f"gradient kind must be one of {GRADIENT_KINDS} (found {kind!r})")
+    params = dict(model.named_parameters())
+    device = next(iter(params.values())).device
+    was_training = model.training
+    flags = {name: p.requires_grad for name, p in params.items()}
+    total = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    seen = 0
+    model.eval()
+    grad_mode = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)  # callers may be inside no_grad (a pruner's step)
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        for x, y in calibration:
+            x, y = x.to(device), y.to(device)
+            grads = (
+                _mean_sums(model, params, x, y)
+                if kind == "mean"
+                else _fisher_sums(model, params, x, y)
+            )
+            for name, g in grads.items():
+                total[name] += g.double()
+            seen += len(y)
+    finally:
+        torch.set_grad_enabled(grad_mode)
+        for name, p in params.items():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("gather_gradients: the calibration set yielded no images")
+    for name, p in params.items():
+        p.grad = (total[name] / seen).to(p.dtype)
+    return seen
+
+
+def _mean_sums(
+    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)}
+
+
+def _fisher_sums(
+    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    from torch.func import functional_call, grad, vmap
+
+    detached = {n: p.detach() for n, p in params.items()}
+    buffers = dict(model.named_buffers())
+
+    def loss_one(ps: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, (ps, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    numel = sum(p.numel() for p in params.values())
+    chunk = max(1, MAX_CHUNK_FLOATS // max(numel, 1))  # the stacked output is chunk x numel
+    sums = {n: torch.zeros_like(p) for n, p in detached.items()}
+    try:
+        per_sample_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
+        for start in range(0, len(y), chunk):
+            part = per_sample_grad(detached, x[start : start + chunk], y[start : start + chunk])
+            for n, g in part.items():
+                sums[n] += g.pow(2).sum(0)
+    except RuntimeError:  # an op vmap cannot batch (e.g. some in-place ops): one at a time
+        sums = {n: torch.zeros_like(p) for n, p in detached.items()}
+        for i in range(len(y)):
+            for n, g in _mean_sums(model, params, x[i : i + 1], y[i : i + 1]).items():
+                sums[n] += g.pow(2)
+    return sums

@@ -1,0 +1,69 @@
+"""Tests for metaprune/pruning/gradients.py: exact mean and Fisher gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from metaprune.pruning.bn import calibration_subset
+from metaprune.pruning.gradients import gather_gradients
+
+
+def _data(n: int = 20) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_mean_and_fisher_match_a_per_sample_loop():
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=9, batch_size=4, seed=1)  # 3 batches
+    x, y = (torch.cat(t) for t in zip(*cal))
+    per_sample = []
+    for i in range(len(y)):
+        net.zero_grad()
+        F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        per_sample.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    net.train()  # gathering runs in eval mode and restores the mode
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():  # as inside a pruner's step
+        assert gather_gradients(net, cal, "mean") == 9
+    assert torch.is_grad_enabled()
+    assert net.training and not net[0].weight.requires_grad
+    for n, p in net.named_parameters():
+        expected = torch.stack([g[n] for g in per_sample]).mean(0)
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7)
+    gather_gradients(net, cal, "fisher")
+    for n, p in net.named_parameters():
+        expected = torch.stack([g[n] ** 2 for g in per_sample]).mean(0)
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="gradient kind"):
+        gather_gradients(net, cal, "second")
+    with pytest.raises(ValueError, match="no images"):
+        gather_gradients(net, [], "mean")
+
+
+def test_fisher_falls_back_to_one_sample_at_a_time(monkeypatch):
+    """A model vmap cannot batch gets the same Fisher from a per-sample loop."""
+    import torch.func
+
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=6, batch_size=3, seed=0)
+    gather_gradients(net, cal, "fisher")
+    expected = {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("vmap: not supported")
+
+    monkeypatch.setattr(torch.func, "vmap", refuse)
+    gather_gradients(net, cal, "fisher")
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-8)
