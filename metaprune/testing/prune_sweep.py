@@ -95,9 +95,9 @@ def _config() -> Any:
         "method": "group-l2",
         "target": {"kind": "macs", "value": 2.0},
         "importance": {"normalizer": "mean"},
-        "pruning": {"steps": 12, "curve_every": 100, "curve_bn_recalibration": False},
+        "pruning": {"steps": 12, "curve_points": 0, "curve_bn_recalibration": False},
         "before_pruning": {"epochs": 0}, "after_pruning": {"epochs": 0},
-        "bn_recalibration_batches": 1, "batch_size": 16,
+        "bn_recalibration_images": 16, "batch_size": 16,
         "latency": {"batch_size": 1, "repeats": 1, "warmup": 1},
     })  # fmt: skip
 
