@@ -118,7 +118,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         if metanet.get("warning"):
             lines.insert(2, f"  WARNING    {metanet['warning']}")
     sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
-    if sparse:
+    if sparse and not sparse["rounds"]:  # no search: the record says why (e.g. no room)
+        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g}: "
+                        f"{sparse.get('rule', 'no search')}")  # fmt: skip
+    elif sparse:
         last = {a["arm"]: a for r in sparse["rounds"] for a in r["arms"]}  # each arm's last score
         tried = ", ".join(f"{reg:g}: {_pct(a['val_accuracy'])}" for reg, a in last.items())
         lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} chosen by "

@@ -66,3 +66,17 @@ def test_format_report_summarises_both_speedups():
     assert "target macs 2.0x reached" in text
     assert "(2.10x)" in text and "(1.670x)" in text and "90.00 %" in text
     assert "NOT reached" in format_report(_report(target_reached=False))
+
+
+def test_format_report_says_why_reg_was_not_searched():
+    rule = "the budget has no room for a search (rounds of an epoch): the middle of the grid"
+    search = {"rule": rule, "grid": [0.03], "rounds": [], "epochs_trained": 3.0}
+    stages = {"before_pruning": {"sparse_reg": 0.03, "reg_search": search}}
+    text = format_report(_report(stages=stages))
+    assert f"sparse reg 0.03: {rule}" in text and "last scores" not in text
+    arms = [{"arm": 0.1, "val_accuracy": 0.8}, {"arm": 0.03, "val_accuracy": 0.9}]
+    searched = {**search, "rounds": [{"arms": arms}], "epochs_trained": 4.0}
+    stages = {"before_pruning": {"sparse_reg": 0.03, "reg_search": searched}}
+    text = format_report(_report(stages=stages))
+    assert "sparse reg 0.03 chosen by pruned validation accuracy (1 halving rounds" in text
+    assert "last scores 0.1: 80.00 %, 0.03: 90.00 %" in text
