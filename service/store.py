@@ -229,9 +229,14 @@ class Store:
         return int(self._rows(sql, params)[0][0])
 
     def used_bytes(self) -> int:
-        """Bytes of stored models and results (the blob quota counts both)."""
+        """Bytes charged to the blob quota: each owner's reference to a model counts its full
+        size, as if every owner had stored their own copy (a model kept only by jobs counts
+        once), plus results. Disk use is at most this, and what an upload is charged never
+        depends on whether someone else stored the same bytes (no de-duplication side
+        channel)."""
         rows = self._rows(
-            "SELECT (SELECT COALESCE(SUM(size), 0) FROM models) + "
+            "SELECT (SELECT COALESCE(SUM(m.size * MAX(1, (SELECT COUNT(*) FROM model_refs r "
+            "WHERE r.model_id = m.model_id))), 0) FROM models m) + "
             "(SELECT COALESCE(SUM(result_size), 0) FROM jobs)"
         )
         return int(rows[0][0])

@@ -44,7 +44,7 @@ from service.metrics import Metrics
 from service.policy import spec_size
 from service.store import ModelRecord, Store
 
-__all__ = ["check_checkpoint_file", "receive_upload"]
+__all__ = ["check_checkpoint_file", "check_quota", "receive_upload"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NAME = 200
@@ -68,7 +68,7 @@ async def receive_upload(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInputError("an upload must start with an UploadHeader message")
     header = first.header
-    spec = await asyncio.to_thread(_check_header, header, config, store)
+    spec = await asyncio.to_thread(_check_header, header, principal.name, config, store)
     received, trailer, start = 0, "", time.perf_counter()
     with blobs.temp_file() as (tmp_path, f):
         writer = AsyncHashingWriter(f)
@@ -107,6 +107,8 @@ async def receive_upload(
                 f"to {sha} (corrupted in transit?)"
             )
         received_at = time.perf_counter()
+        # again now that the sha256 is certain (a trailer) and other uploads may have landed
+        await asyncio.to_thread(check_quota, store, config, principal.name, sha, received)
         await asyncio.to_thread(check_checkpoint_file, tmp_path, spec, config.limits)
         checked_at = time.perf_counter()
         record = ModelRecord(
@@ -156,7 +158,9 @@ def _expected_sha(header: str, trailer: str) -> str:
     return header or trailer
 
 
-def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) -> ArchSpec:
+def _check_header(
+    header: pb.UploadHeader, owner: str, config: ServiceConfig, store: Store
+) -> ArchSpec:
     limits = config.limits
     spec_bytes = len(header.spec_json.encode())
     limits.check("max_spec_bytes", spec_bytes, what="the upload's spec_json")
@@ -171,18 +175,28 @@ def _check_header(header: pb.UploadHeader, config: ServiceConfig, store: Store) 
         _sha256_field("UploadHeader.sha256", header.sha256)
     if len(header.display_name) > _MAX_NAME:
         raise InvalidInputError(f"UploadHeader.display_name is over {_MAX_NAME} characters")
-    used = store.used_bytes()
-    # bytes already stored (by anyone) take no new disk; near a full quota this tells a caller
-    # that someone stored them (a known side channel, narrower than the old ``created``)
-    already = bool(header.sha256) and store.get_model(f"sha256:{header.sha256}", None) is not None
-    if not already and used + header.total_size > config.blob_quota_bytes:
-        raise LimitExceededError(
-            "blob_quota_bytes", config.blob_quota_bytes, used + header.total_size,
-            "stored models and results after this upload",
-        )  # fmt: skip
+    check_quota(store, config, owner, header.sha256, header.total_size)
     spec = ArchSpec.from_json(header.spec_json, limits=limits)  # bounded JSON depth
     spec_size(spec, limits, None)  # over max_params: refused before any byte is received
     return spec
+
+
+def check_quota(store: Store, config: ServiceConfig, owner: str, sha256: str, size: int) -> None:
+    """Refuse an upload over ``blob_quota_bytes``. It is charged in full unless ``owner``
+    already has these bytes (their own knowledge): bytes that only *another* owner stored
+    are charged as new (:meth:`Store.used_bytes`), so the answer never tells who stored what.
+
+    Raises:
+        LimitExceededError: the quota would be exceeded.
+    """
+    if sha256 and store.get_model(f"sha256:{sha256}", owner) is not None:
+        return  # a re-upload of the owner's own model adds no reference
+    used = store.used_bytes()
+    if used + size > config.blob_quota_bytes:
+        raise LimitExceededError(
+            "blob_quota_bytes", config.blob_quota_bytes, used + size,
+            "stored models and results after this upload (each owner's models count in full)",
+        )  # fmt: skip
 
 
 def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:

@@ -106,10 +106,33 @@ def test_authenticator_matches_every_token_by_its_own_secret() -> None:
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
     root = tmp_path_factory.mktemp("small")
     ckpt = make_checkpoint(root / "m.safetensors")
-    quota = int(ckpt.stat().st_size * 1.5)
+    quota = int(ckpt.stat().st_size * 2.5)  # alice's model, then bob's copy of it
     with running_server(root / "data", max_queued_jobs=2, max_jobs_per_token=2,
                         blob_quota_bytes=quota) as server:  # fmt: skip
         yield server, ckpt
+
+
+def test_the_quota_does_not_tell_who_stored_what(tmp_path: Path) -> None:
+    alices = make_checkpoint(tmp_path / "a.safetensors")
+    nobodys = make_checkpoint(tmp_path / "n.safetensors", seed=1)
+    size = alices.stat().st_size
+    assert nobodys.stat().st_size == size and nobodys.read_bytes() != alices.read_bytes()
+    with running_server(tmp_path / "data", blob_quota_bytes=int(size * 1.5)) as server:
+        address = f"127.0.0.1:{server.port}"
+        with PruningClient(address, TOKENS["alice"][0], timeout=30) as alice, \
+                PruningClient(address, TOKENS["bob"][0], timeout=30, retries=0) as bob:  # fmt: skip
+            model = alice.upload(alices)
+            answers = []
+            for path in (alices, nobodys):  # bytes alice stored, bytes nobody stored
+                with pytest.raises(grpc.RpcError) as info:
+                    bob.upload(path)
+                answers.append((info.value.code(), info.value.details()))
+            assert answers[0] == answers[1]  # the same refusal: bob learns nothing of alice
+            assert answers[0][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "blob_quota_bytes" in answers[0][1] and f"{2 * size:,}" in answers[0][1]
+            assert alice.upload(alices).model_id == model.model_id  # her own: no new charge
+            assert server.store.used_bytes() == size
+            assert server.store.get_model(model.model_id, "bob") is None
 
 
 def test_queue_token_and_quota_limits(small: tuple[Any, Path], tmp_path: Path) -> None:
@@ -123,7 +146,7 @@ def test_queue_token_and_quota_limits(small: tuple[Any, Path], tmp_path: Path) -
         alice.create_job(model.model_id, "synthetic", long)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_jobs_per_token" in info.value.details()
-    bob.upload(ckpt)  # same bytes: no new quota used
+    bob.upload(ckpt)  # alice's bytes: charged to the quota as bob's own copy (2 of 2.5)
     other = make_checkpoint(tmp_path / "other.safetensors", seed=1)
     with pytest.raises(grpc.RpcError) as info:
         bob.upload(other)

@@ -1,5 +1,5 @@
-"""The store: schema migration of an existing database, per-owner ``created``, graceful
-stops counted apart from crashes, dataset options kept with the job."""
+"""The store: schema migration of an existing database, per-owner ``created`` and quota,
+graceful stops counted apart from crashes, dataset options kept with the job."""
 
 from __future__ import annotations
 
@@ -76,6 +76,24 @@ def test_created_is_per_owner_and_times_are_the_owners(tmp_path: Path) -> None:
     assert store.get_model(_model().model_id, "carol") is None
     assert store.remove_model_ref(_model().model_id, "alice")
     assert store.add_model(_model(created_at=400.0), "alice") is True  # deleted, uploaded again
+    store.close()
+
+
+def test_the_quota_charges_every_owners_reference_in_full(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.db")
+    model_id = _model().model_id
+    assert store.used_bytes() == 0
+    store.add_model(_model(), "alice")
+    store.add_model(_model(), "alice")  # a re-upload adds no reference
+    assert store.used_bytes() == 10
+    store.add_model(_model(), "bob")  # stored once on disk, charged as bob's own copy
+    assert store.used_bytes() == 20
+    store.insert_job(_job("j1", model_id))
+    store.update_job("j1", result_size=7)
+    assert store.used_bytes() == 27
+    assert store.remove_model_ref(model_id, "alice") and store.remove_model_ref(model_id, "bob")
+    assert store.used_bytes() == 17  # kept for the job only: counted once
+    assert store.drop_model_if_unused(model_id) is None
     store.close()
 
 
