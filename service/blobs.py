@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import hashlib
 import os
 import queue
 import re
 import shutil
+import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +40,7 @@ __all__ = [
     "sha256_file",
 ]
 
+Buffer = bytes | memoryview  # a chunk: bytes, or a view of a received message (service.wire)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 
@@ -63,7 +66,7 @@ class HashingWriter:
     def __init__(self, f: BinaryIO, depth: int = 4) -> None:
         self._f = f
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._queue: queue.Queue[Buffer | None] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hash-writer", daemon=True)
         self._thread.start()
@@ -77,7 +80,7 @@ class HashingWriter:
                 except BaseException as err:  # noqa: BLE001 (re-raised by close)
                     self._error = err
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: Buffer) -> None:
         self._queue.put(chunk)
 
     def close(self) -> str:
@@ -105,12 +108,15 @@ class HashingReader:
         self._pending: deque[concurrent.futures.Future] = deque()
 
     def __iter__(self) -> Iterator[bytes]:
-        with open(self._path, "rb") as f:
-            while chunk := f.read(self._chunk):
-                while len(self._pending) >= self._depth:
-                    self._pending.popleft().result()
-                self._pending.append(self._pool.submit(self._digest.update, chunk))
-                yield chunk
+        try:
+            with open(self._path, "rb") as f:
+                while chunk := f.read(self._chunk):
+                    while len(self._pending) >= self._depth:
+                        self._pending.popleft().result()
+                    self._pending.append(self._pool.submit(self._digest.update, chunk))
+                    yield chunk
+        finally:  # the thread ends once the queued chunks are hashed (also if abandoned)
+            self._pool.shutdown(wait=False)
 
     def hexdigest(self) -> str:
         """The sha256 of every chunk yielded so far (waits for the hashing thread)."""
@@ -128,22 +134,33 @@ class AsyncHashingWriter:
     buffers; one thread rather than one each for hashing and writing: measured faster on a
     busy 2-core machine, where a write to the page cache is ~4x cheaper than the hash).
     :meth:`write` returns as soon as the chunk is queued unless ``depth`` chunks are in
-    flight, in which case it waits for the oldest: memory per upload is bounded by
+    flight, in which case it waits for the oldest (``also``, e.g. a scan of the bytes,
+    sees each chunk too, on the same thread): memory per upload is bounded by
     ``depth`` chunks, a slow disk slows the sender (gRPC flow control) instead of filling
     memory, and the event loop never blocks on the disk.
     """
 
-    def __init__(self, f: BinaryIO, depth: int = 4) -> None:
-        self._f, self._depth = f, depth
+    def __init__(
+        self, f: BinaryIO, depth: int = 4, also: Callable[[Buffer], None] | None = None
+    ) -> None:
+        self._f, self._depth, self._also = f, depth, also
+        self._written = self._flushed = 0  # bytes written / handed to writeback
         self._digest = hashlib.sha256()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-sink")
         self._pending: deque[concurrent.futures.Future] = deque()
 
-    def _consume(self, chunk: bytes) -> None:
+    def _consume(self, chunk: Buffer) -> None:
         self._digest.update(chunk)
         self._f.write(chunk)
+        if self._also is not None:
+            self._also(chunk)
+        self._written += len(chunk)
+        if self._written - self._flushed >= _WRITEBACK_BYTES:
+            self._f.flush()
+            start_writeback(self._f, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Buffer) -> None:
         """Queue ``chunk``; re-raises a write error of an earlier chunk."""
         while len(self._pending) >= self._depth:
             await self._wait_oldest()
@@ -220,12 +237,18 @@ class BlobDir:
         finally:
             path.unlink(missing_ok=True)
 
-    def commit_blob(self, tmp_path: Path, sha256: str) -> bool:
-        """Move a fully written temp file to its content address; False if it was there."""
+    def sync_file(self, tmp_path: Path) -> None:
+        """fsync a temp file (before :meth:`commit_blob` with ``synced=True``)."""
+        _fsync(tmp_path)
+
+    def commit_blob(self, tmp_path: Path, sha256: str, *, synced: bool = False) -> bool:
+        """Move a fully written temp file to its content address (fsynced first unless
+        ``synced``); False if it was there."""
         dest = self.blob_path(sha256)
         if dest.is_file():
             return False
-        _fsync(tmp_path)
+        if not synced:
+            _fsync(tmp_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_path, dest)
         _fsync_dir(dest.parent)
@@ -265,6 +288,38 @@ def commit_dir(tmp_dir: Path, dest: Path) -> Path:
     os.replace(tmp_dir, dest)
     _fsync_dir(dest.parent)
     return dest
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)`` (not in :mod:`os`), or ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_BYTES = 8 * 1024 * 1024
+
+
+def start_writeback(f: BinaryIO, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``f`` from ``offset`` to disk now
+    (asynchronously), so the fsync before a commit finds little left to do (measured here:
+    fsync of 208 MB 0.10 s after a plain write, 0.01-0.02 s after writeback was started in
+    8 MiB steps during it). A no-op where ``sync_file_range`` does not exist."""
+    if _SYNC_FILE_RANGE is None:
+        return
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. BytesIO)
+        return
+    _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a hint: result ignored
 
 
 def _fsync(path: Path) -> None:

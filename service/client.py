@@ -6,8 +6,10 @@
 ...     job = client.watch(job.job_id, lambda job, event: print(job.state, event))
 ...     paths = client.download(job.job_id, "out/")
 
-Uploads are chunked (512 KiB) and retried on transient failures (UNAVAILABLE, and a
-DEADLINE_EXCEEDED upload): they are idempotent because models are content-addressed.
+Uploads are sent in one pass (1 MiB chunks, hashed on a thread while they are sent, the
+sha256 in an ``UploadTrailer``) and retried on transient failures (UNAVAILABLE): they are
+idempotent because models are content-addressed. Chunks travel without protobuf copies
+(:mod:`service.wire`).
 Job creation is retried with the same ``request_id``, so a retry never makes a second job.
 Downloads are written to a temp file, checked against the sha256 the server announced, then
 renamed into place.
@@ -15,7 +17,6 @@ renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -27,11 +28,11 @@ from typing import Any, TypeVar
 import grpc
 
 from metaprune.pruning.config import PruneConfig
-from service import convert
+from service import convert, wire
 from service._generated import prune_config_pb2 as cpb
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
-from service.blobs import HashingWriter
+from service.blobs import HashingReader, HashingWriter
 
 __all__ = ["SPEC_KEY", "DownloadError", "PruningClient", "WatchCallback", "read_spec_json"]
 
@@ -40,6 +41,7 @@ _T = TypeVar("_T")
 _RETRY = (grpc.StatusCode.UNAVAILABLE,)
 #: the safetensors metadata key of the architecture spec (metaprune.checkpoint.SPEC_KEY)
 SPEC_KEY = "metaprune.spec"
+_SERVICE = pb.DESCRIPTOR.services_by_name["PruningService"].full_name
 _FINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
 
@@ -63,7 +65,7 @@ class PruningClient:
     def __init__(
         self, target: str, token: str | None = None, *, root_certificates: bytes | None = None,
         client_certificate: bytes | None = None, client_key: bytes | None = None,
-        timeout: float = 60.0, retries: int = 3, chunk_bytes: int = 512 * 1024,
+        timeout: float = 60.0, retries: int = 3, chunk_bytes: int = 1024 * 1024,
         max_message_bytes: int = 4 * 1024 * 1024, server_name: str | None = None,
     ) -> None:  # fmt: skip
         token = token if token is not None else os.environ.get("METAPRUNE_TOKEN", "")
@@ -80,6 +82,16 @@ class PruningClient:
         else:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.PruningServiceStub(self.channel)
+        # the two byte streams with service.wire's (de)serializers (same bytes on the wire)
+        self._upload_call = self.channel.stream_unary(
+            f"/{_SERVICE}/UploadModel", request_serializer=wire.serialize_chunk_or,
+            response_deserializer=pb.UploadModelResponse.FromString,
+        )  # fmt: skip
+        self._download_call = self.channel.unary_stream(
+            f"/{_SERVICE}/DownloadResult",
+            request_serializer=pb.DownloadResultRequest.SerializeToString,
+            response_deserializer=wire.chunk_or(pb.DownloadResultResponse),
+        )  # fmt: skip
         self.timeout, self.retries, self.chunk_bytes = timeout, retries, chunk_bytes
 
     def close(self) -> None:
@@ -114,36 +126,36 @@ class PruningClient:
     ) -> pb.Model:  # fmt: skip
         """Upload a checkpoint; returns the stored model (``model_id`` is content-based).
 
-        The header carries the file's sha256, so the file is read twice (hash, then send)
-        unless ``sha256`` is given."""
+        The file is read once: its chunks are sent while a thread hashes them, and the
+        sha256 follows in an ``UploadTrailer`` (a known ``sha256`` goes in the header
+        instead, and nothing is hashed)."""
         path = Path(path)
         if spec_json is None:
             spec_json = read_spec_json(path)
-        if sha256 is None:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1024 * 1024):
-                    digest.update(chunk)
-            sha256 = digest.hexdigest()
         header = pb.UploadHeader(
-            spec_json=spec_json, total_size=path.stat().st_size, sha256=sha256,
+            spec_json=spec_json, total_size=path.stat().st_size, sha256=sha256 or "",
             display_name=display_name or path.name,
         )  # fmt: skip
         response = self._retrying(
-            lambda: self.stub.UploadModel(
+            lambda: self._upload_call(
                 self._upload_messages(path, header), metadata=self._metadata,
                 timeout=max(self.timeout, header.total_size / 2e6),
             )
         )  # fmt: skip
         return response.model
 
-    def _upload_messages(
-        self, path: Path, header: pb.UploadHeader
-    ) -> Iterator[pb.UploadModelRequest]:
+    def _upload_messages(self, path: Path, header: pb.UploadHeader) -> Iterator[Any]:
+        """The header, the file's chunks (``bytes``, framed by :mod:`service.wire`), then
+        the trailer if the header has no sha256."""
         yield pb.UploadModelRequest(header=header)
-        with open(path, "rb") as f:
-            while chunk := f.read(self.chunk_bytes):
-                yield pb.UploadModelRequest(chunk=chunk)
+        if header.sha256:
+            with open(path, "rb") as f:
+                while chunk := f.read(self.chunk_bytes):
+                    yield chunk
+            return
+        reader = HashingReader(path, self.chunk_bytes)
+        yield from reader
+        yield pb.UploadModelRequest(trailer=pb.UploadTrailer(sha256=reader.hexdigest()))
 
     def delete_model(self, model_id: str) -> None:
         self._call(self.stub.DeleteModel, pb.DeleteModelRequest(model_id=model_id))
@@ -220,11 +232,11 @@ class PruningClient:
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stream = self.stub.DownloadResult(
+        stream = self._download_call(
             pb.DownloadResultRequest(job_id=job_id, format=format), metadata=self._metadata
         )
         first = next(stream)
-        if first.WhichOneof("part") != "header":
+        if isinstance(first, memoryview) or first.WhichOneof("part") != "header":
             raise DownloadError("the server's download stream did not start with a header")
         header = first.header
         target = out / f"model.{header.format or 'safetensors'}"
@@ -238,9 +250,10 @@ class PruningClient:
             with open(tmp, "wb") as f:
                 writer = HashingWriter(f)  # hash and write while the next chunks arrive
                 try:
-                    for message in stream:
-                        size += len(message.chunk)
-                        writer.write(message.chunk)
+                    for message in stream:  # a chunk comes as a memoryview (service.wire)
+                        chunk = message if isinstance(message, memoryview) else message.chunk
+                        size += len(chunk)
+                        writer.write(chunk)
                 finally:
                     sha = writer.close()
             if size != header.total_size or sha != header.sha256:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from service import wire
 from service._generated import pruning_service_pb2 as pb
-from service._generated import pruning_service_pb2_grpc as pb_grpc
 from service.auth import Authenticator
 from service.blobs import BlobDir
 from service.config import ServiceConfig
@@ -174,7 +174,7 @@ async def _build(
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ]
     server = grpc.aio.server(interceptors=[ServiceInterceptor(auth, metrics)], options=options)
-    pb_grpc.add_PruningServiceServicer_to_server(servicer, server)
+    wire.add_servicer(servicer, server)  # the generated handlers, chunks without copies
     if config.raw_bytes_rpc:
         server.add_generic_rpc_handlers((_raw_bytes_handler(config.chunk_bytes),))
     health_servicer = health.aio.HealthServicer()

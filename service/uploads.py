@@ -5,16 +5,18 @@ The order of checks is the order of cost, so a bad upload is refused as early as
 1. the header alone: spec JSON size, a known architecture within ``max_params`` (sized on
    the meta device, nothing allocated), announced size within ``max_upload_bytes`` and the
    blob quota, a sha256 of the right form (or none, when a trailer will carry it);
-2. while streaming: never more bytes than announced; each chunk goes into the sha256 and
-   a temp file on a thread of the upload's own (:class:`~service.blobs.AsyncHashingWriter`)
-   at most four chunks behind the network, so memory per upload is bounded and hashing is off the
-   receive path; a client silent for ``upload_idle_seconds`` is cut (DEADLINE_EXCEEDED);
-3. at the end: exact size, sha256 (header or trailer), a safetensors header (not a pickle
-   or ``torch.save`` zip) no larger than ``max_header_bytes``, spec metadata equal to the
-   header's spec, every tensor's key/shape/dtype against the architecture (from the
-   safetensors header alone), and finite values, checked by reading the file back in
-   1 MiB blocks (never the whole state dict in memory; non-finite weights are refused: a
-   model with NaN weights cannot be pruned meaningfully);
+2. while streaming: never more bytes than announced; each chunk (a view of the received
+   buffer, :mod:`service.wire`) goes into the sha256, a temp file and the NaN/Inf scan
+   (:class:`~service.scan.FiniteScan`) on a thread of the upload's own
+   (:class:`~service.blobs.AsyncHashingWriter`) at most four chunks behind the network, so
+   memory per upload is bounded and every byte is touched once, off the receive path; a
+   client silent for ``upload_idle_seconds`` is cut (DEADLINE_EXCEEDED);
+3. at the end: exact size, sha256 (header or trailer), the quota again, a safetensors
+   header (not a pickle or ``torch.save`` zip) no larger than ``max_header_bytes``, spec
+   metadata equal to the header's spec, every tensor's key/shape/dtype against the
+   architecture (from the safetensors header alone), and the scan's verdict: finite values
+   (non-finite weights are refused: a model with NaN weights cannot be pruned
+   meaningfully);
 4. only then is the file renamed to its content address and recorded. A refused or
    abandoned upload leaves nothing behind.
 """
@@ -29,8 +31,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
-
 from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
 from metaprune.limits import Limits
 from metaprune.models import ArchSpec
@@ -42,13 +42,13 @@ from service.errors import DeadlineExceededError
 from service.logs import log_event
 from service.metrics import Metrics
 from service.policy import spec_size
+from service.scan import FiniteScan, nonfinite_tensors
 from service.store import ModelRecord, Store
 
 __all__ = ["check_checkpoint_file", "check_quota", "receive_upload"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NAME = 200
-_BLOCK = 1024 * 1024  # finite check read size (a multiple of every element size)
 
 
 async def receive_upload(
@@ -65,16 +65,18 @@ async def receive_upload(
     """
     idle = config.upload_idle_seconds
     first = await _next(requests, idle)
-    if first is None or first.WhichOneof("part") != "header":
+    if first is None or isinstance(first, memoryview) or first.WhichOneof("part") != "header":
         raise InvalidInputError("an upload must start with an UploadHeader message")
     header = first.header
-    spec = await asyncio.to_thread(_check_header, header, principal.name, config, store)
+    spec, params = await asyncio.to_thread(_check_header, header, principal.name, config, store)
     received, trailer, start = 0, "", time.perf_counter()
+    scan = FiniteScan(config.limits.max_header_bytes)
     with blobs.temp_file() as (tmp_path, f):
-        writer = AsyncHashingWriter(f)
+        writer = AsyncHashingWriter(f, also=scan.feed)
         try:
             while (message := await _next(requests, idle)) is not None:
-                part = message.WhichOneof("part")
+                # a lone chunk arrives as a memoryview of the received buffer (service.wire)
+                part = "chunk" if isinstance(message, memoryview) else message.WhichOneof("part")
                 if trailer or part not in ("chunk", "trailer"):
                     raise InvalidInputError(
                         "after the UploadHeader come chunk messages, then at most one "
@@ -83,15 +85,16 @@ async def receive_upload(
                 if part == "trailer":
                     trailer = _sha256_field("UploadTrailer.sha256", message.trailer.sha256)
                     continue
-                received += len(message.chunk)
+                chunk = message if isinstance(message, memoryview) else message.chunk
+                received += len(chunk)
                 if metrics is not None:
-                    metrics.upload_bytes.inc(len(message.chunk))
+                    metrics.upload_bytes.inc(len(chunk))
                 if received > header.total_size:
                     raise InvalidInputError(
                         f"the upload is longer than the {header.total_size:,} bytes its header "
                         "announced"
                     )
-                await writer.write(message.chunk)
+                await writer.write(chunk)
             sha = await writer.finish()
         finally:
             writer.close()
@@ -107,17 +110,18 @@ async def receive_upload(
                 f"to {sha} (corrupted in transit?)"
             )
         received_at = time.perf_counter()
-        # again now that the sha256 is certain (a trailer) and other uploads may have landed
-        await asyncio.to_thread(check_quota, store, config, principal.name, sha, received)
-        await asyncio.to_thread(check_checkpoint_file, tmp_path, spec, config.limits)
+        # the checks (CPU) and the fsync (disk) of the temp file at once
+        await asyncio.gather(
+            asyncio.to_thread(_check_file, tmp_path, spec, sha, principal.name, config, store, scan),
+            asyncio.to_thread(blobs.sync_file, tmp_path),
+        )  # fmt: skip
         checked_at = time.perf_counter()
         record = ModelRecord(
             model_id=f"sha256:{sha}", sha256=sha, size=received,
-            spec_json=json.dumps(spec.to_json(), sort_keys=True),
-            params=spec_size(spec, config.limits, None), created_at=time.time(),
-            display_name=header.display_name,
+            spec_json=json.dumps(spec.to_json(), sort_keys=True), params=params,
+            created_at=time.time(), display_name=header.display_name,
         )  # fmt: skip
-        await asyncio.to_thread(blobs.commit_blob, tmp_path, sha)
+        await asyncio.to_thread(blobs.commit_blob, tmp_path, sha, synced=True)
     created = await asyncio.to_thread(store.add_model, record, principal.name)
     log_event(
         "upload", model_id=record.model_id, bytes=received, created=created,
@@ -158,9 +162,19 @@ def _expected_sha(header: str, trailer: str) -> str:
     return header or trailer
 
 
+def _check_file(
+    path: Path, spec: ArchSpec, sha: str, owner: str, config: ServiceConfig, store: Store,
+    scan: FiniteScan,
+) -> None:  # fmt: skip
+    # the quota again, now that the sha256 is certain (a trailer) and other uploads may have
+    # landed meanwhile; then the file itself
+    check_quota(store, config, owner, sha, path.stat().st_size)
+    check_checkpoint_file(path, spec, config.limits, scan)
+
+
 def _check_header(
     header: pb.UploadHeader, owner: str, config: ServiceConfig, store: Store
-) -> ArchSpec:
+) -> tuple[ArchSpec, int]:
     limits = config.limits
     spec_bytes = len(header.spec_json.encode())
     limits.check("max_spec_bytes", spec_bytes, what="the upload's spec_json")
@@ -177,8 +191,8 @@ def _check_header(
         raise InvalidInputError(f"UploadHeader.display_name is over {_MAX_NAME} characters")
     check_quota(store, config, owner, header.sha256, header.total_size)
     spec = ArchSpec.from_json(header.spec_json, limits=limits)  # bounded JSON depth
-    spec_size(spec, limits, None)  # over max_params: refused before any byte is received
-    return spec
+    params = spec_size(spec, limits, None)  # over max_params: refused before any byte comes
+    return spec, params
 
 
 def check_quota(store: Store, config: ServiceConfig, owner: str, sha256: str, size: int) -> None:
@@ -199,10 +213,13 @@ def check_quota(store: Store, config: ServiceConfig, owner: str, sha256: str, si
         )  # fmt: skip
 
 
-def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
+def check_checkpoint_file(
+    path: Path, spec: ArchSpec, limits: Limits, scanned: FiniteScan | None = None
+) -> None:
     """Check that ``path`` is a metaprune safetensors checkpoint of ``spec`` with finite
     weights, in bounded memory (the header first, so a huge or foreign header is refused
-    cheaply; then the tensor data in 1 MiB blocks).
+    cheaply; then the tensor data: from ``scanned``, the scan of its bytes while they were
+    received, when it completed, else read back in 1 MiB blocks).
 
     Raises:
         InvalidInputError / LimitExceededError: naming what the file is and what was expected.
@@ -245,53 +262,11 @@ def check_checkpoint_file(path: Path, spec: ArchSpec, limits: Limits) -> None:
             f"the header's spec {quote(json.dumps(spec.to_json()))} differs from the spec "
             f"stored in the checkpoint {quote(json.dumps(stored.to_json()))}"
         )
-    bad = _nonfinite_tensors(path, header_len)
+    bad = scanned.bad if scanned is not None and scanned.complete else None
+    if bad is None:  # not scanned while receiving: read the file back
+        bad = nonfinite_tensors(path, header_len)
     if bad:
         raise InvalidInputError(
             f"the uploaded checkpoint has NaN or Inf values in {len(bad)} tensor(s) "
             f"({quote(bad[:5])}); non-finite weights are refused"
         )
-
-
-def _nonfinite_tensors(path: Path, header_len: int) -> list[str]:
-    """Names of floating tensors holding NaN/Inf, reading the data in 1 MiB blocks into one
-    reused buffer (the layout was checked, so offsets are within the file)."""
-    buffer = bytearray(_BLOCK)
-    view = memoryview(buffer)
-    bad = []
-    with open(path, "rb") as f:
-        f.seek(8)
-        tensors = json.loads(f.read(header_len))
-        for key, info in tensors.items():
-            if key == "__metadata__" or info["dtype"] not in _FLOAT_BITS:
-                continue
-            begin, end = info["data_offsets"]
-            f.seek(8 + header_len + begin)
-            left = end - begin
-            while left > 0:
-                n = f.readinto(view[: min(_BLOCK, left)])
-                if not n:
-                    break
-                left -= n
-                if not _finite(view[:n], info["dtype"]):
-                    bad.append(key)
-                    break
-    return bad
-
-
-#: safetensors float dtype -> (numpy dtype, or the unsigned view and its exponent mask)
-_FLOAT_BITS: dict[str, tuple[str, int]] = {
-    "F64": ("<f8", 0), "F32": ("<f4", 0), "F16": ("<f2", 0), "BF16": ("<u2", 0x7F80),
-}  # fmt: skip
-
-
-def _finite(block: memoryview, dtype: str) -> bool:
-    """No NaN/Inf in ``block``: a min and a max (NaN propagates through both; no copy) for
-    numpy's float types; bfloat16 by its exponent bits (all ones = Inf or NaN)."""
-    kind, mask = _FLOAT_BITS[dtype]
-    values = np.frombuffer(block, dtype=kind)
-    if values.size == 0:
-        return True
-    if mask:
-        return not bool(np.any((values & mask) == mask))
-    return bool(np.isfinite(values.min()) and np.isfinite(values.max()))
