@@ -9,7 +9,10 @@ message naming the field, the expectation and what was found.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from metaprune.errors import InvalidInputError, NotFoundError, quote
@@ -52,12 +55,29 @@ def check_request_id(request_id: str) -> str:
 def spec_size(spec: ArchSpec, limits: Limits, input_shape: tuple[int, ...] | None) -> int:
     """Check the parameters (and, given ``input_shape``, the MACs) of ``spec`` against
     ``limits`` without allocating the model (:func:`metaprune.limits.check_spec`, on the
-    meta device); return the parameter count.
+    meta device); return the parameter count. Sizes that passed are remembered per spec,
+    limits and shape (a meta build costs ~60 ms, paid before an upload's first byte is
+    read; refusals are not remembered).
 
     Raises:
         LimitExceededError: over ``max_params``, ``max_macs`` or another size limit.
     """
-    return int(check_spec(spec, limits, input_shape).params)
+    key = (json.dumps(spec.to_json(), sort_keys=True), limits, input_shape)
+    with _SIZES_LOCK:
+        if key in _SIZES:
+            _SIZES.move_to_end(key)
+            return _SIZES[key]
+    params = int(check_spec(spec, limits, input_shape).params)
+    with _SIZES_LOCK:
+        _SIZES[key] = params
+        while len(_SIZES) > _MAX_SIZES:
+            _SIZES.popitem(last=False)
+    return params
+
+
+_SIZES: OrderedDict[tuple[str, Limits, tuple[int, ...] | None], int] = OrderedDict()
+_SIZES_LOCK = threading.Lock()
+_MAX_SIZES = 256
 
 
 def _check_auto_metanet(metanetworks: Sequence[str]) -> None:
