@@ -14,14 +14,19 @@ per tree is printed. Sections:
 * ``memory``: four concurrent uploads of four different ~200 MB checkpoints: the server
   process's RSS before, at its peak and 2 s after (target: peak <= +100 MB, returned).
 * ``transfer``: upload and download of a ~200 MB checkpoint against the raw byte stream on
-  the same server (``raw_bytes_rpc``: bare byte-streaming RPCs of the same server kind,
-  behind the same interceptor, sending 1 MiB in-memory blocks, no file, no hash, no
-  check). Upload rows: one pass (the sha256 in an ``UploadTrailer``, hashed on a client
-  thread while sending; this tree only), ``UploadModel`` with the sha256 known in the
-  header, and ``client.upload`` (client hashes the file first). Download rows: the
-  ``DownloadResult`` stream alone, and ``client.download`` (client sha256 + file write).
-  Target >= 0.8 of raw. Each upload repeat deletes the model first, so every repeat
-  stores it (fsync + rename) rather than finding it.
+  the same server, in the same run (``raw_bytes_rpc``: bare byte-streaming RPCs of the same
+  server, behind the same interceptor: upload = the same file read in 1 MiB blocks and
+  counted by the server; download = 1 MiB blocks from memory; no hash, no disk write, no
+  check). Upload rows: ``client.upload`` with the sha256 known (in the header: the client
+  only reads and sends) and ``client.upload`` as a user calls it (this tree: one pass, the
+  client hashes on a thread while sending, the sha256 in an ``UploadTrailer``; the
+  baseline tree: a hash pass, then the upload). Download rows: the ``DownloadResult``
+  stream alone, and ``client.download`` (client sha256 + file write). Target >= 0.8 of
+  raw. Each row also gives the CPU seconds of the client (this process) and of the server
+  process in its fastest repeat: on a 2-core machine the raw stream keeps both cores
+  busy, so every CPU second added (a sha256 pass is ~0.2 s per 200 MB here) shows in the
+  ratio. Each upload repeat deletes the model first, so every repeat stores it (fsync +
+  rename) rather than finding it.
 * ``jobs``: ``CreatePruneJob`` to the first progress event, RSS with 0 / 8 / 32 queued
   jobs, and Health while 8 jobs run on 2 workers.
 
@@ -37,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -57,7 +63,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from service._generated import pruning_service_pb2 as pb  # noqa: E402
 from service._generated import pruning_service_pb2_grpc as pb_grpc  # noqa: E402
-from service.blobs import HashingReader, sha256_file  # noqa: E402
+from service.blobs import sha256_file  # noqa: E402
 from service.client import PruningClient  # noqa: E402
 from service.process import ServeProcess, serve_process  # noqa: E402
 from service.server import LoopThread  # noqa: E402
@@ -102,10 +108,6 @@ class PeakRss:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def best(fn: Callable[[], float], repeats: int) -> float:
-    return min(fn() for _ in range(repeats))
 
 
 # --------------------------------------------------------------------------- hostile
@@ -236,47 +238,44 @@ def memory(proc: ServeProcess, files: list[Path]) -> list[Row]:
 # --------------------------------------------------------------------------- transfer
 
 
-def raw_upload(channel: grpc.Channel, size: int) -> float:
-    block = b"\1" * MiB
-
-    def chunks():
-        left = size
-        while left > 0:
-            yield block[: min(left, MiB)]
-            left -= MiB
-
-    start = time.perf_counter()
-    reply = channel.stream_unary("/metaprune.bench.RawBytes/Upload")(chunks(), metadata=AUTH)
-    assert int(reply) == size
-    return time.perf_counter() - start
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_download(channel: grpc.Channel, size: int) -> float:
-    start = time.perf_counter()
-    call = channel.unary_stream("/metaprune.bench.RawBytes/Download")
-    assert sum(len(b) for b in call(str(size).encode(), metadata=AUTH)) == size
-    return time.perf_counter() - start
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def timed_upload(client: PruningClient, path: Path, spec_json: str, sha: str | None) -> float:
-    """One ``UploadModel`` of ``path``: sha256 in the header (``sha``) or, with ``None``, in
-    a trailer hashed while sending; the model is deleted first so every repeat stores it."""
-    with contextlib.suppress(grpc.RpcError):
-        client.delete_model(f"sha256:{sha256_file(path)}")
+def timed(fn: Callable[[], None], pid: int, repeats: int) -> tuple[float, float, float]:
+    """The fastest of ``repeats`` runs: (wall s, this process's CPU s, the server's CPU s)."""
+    runs = []
+    for _ in range(repeats):
+        cpu, server, start = own_cpu(), cpu_seconds(pid), time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - start, own_cpu() - cpu, cpu_seconds(pid) - server))
+    return min(runs)
+
+
+def raw_upload(channel: grpc.Channel, path: Path) -> None:
+    """The file's bytes, read in 1 MiB blocks, as a bare byte stream (the server counts
+    them): what any upload must at least cost."""
     size = path.stat().st_size
 
-    def messages():
-        yield pb.UploadModelRequest(header=pb.UploadHeader(spec_json=spec_json, total_size=size,
-                                                           sha256=sha or ""))  # fmt: skip
-        reader = HashingReader(path, MiB)
-        for chunk in reader:
-            yield pb.UploadModelRequest(chunk=chunk)
-        if sha is None:
-            yield pb.UploadModelRequest(trailer=pb.UploadTrailer(sha256=reader.hexdigest()))
+    def chunks():
+        with open(path, "rb") as f:
+            while block := f.read(MiB):
+                yield block
 
-    start = time.perf_counter()
-    client.stub.UploadModel(messages(), metadata=AUTH, timeout=600)
-    return time.perf_counter() - start
+    reply = channel.stream_unary("/metaprune.bench.RawBytes/Upload")(chunks(), metadata=AUTH)
+    assert int(reply) == size
+
+
+def raw_download(channel: grpc.Channel, size: int) -> None:
+    call = channel.unary_stream("/metaprune.bench.RawBytes/Download")
+    assert sum(len(b) for b in call(str(size).encode(), metadata=AUTH)) == size
 
 
 def fake_result(data: Path, job_id: str, checkpoint: Path) -> None:
@@ -293,54 +292,56 @@ def fake_result(data: Path, job_id: str, checkpoint: Path) -> None:
 
 def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, repeats: int,
              new: bool) -> list[Row]:  # fmt: skip
-    size, channel, rows = big.stat().st_size, client.channel, []
-    mbs = lambda s: f"{size / 1e6 / s:.0f} MB/s"  # noqa: E731
-    raw_up = best(lambda: raw_upload(channel, size), repeats)
-    model = client.upload(big)
+    """Each row: MB/s of the fastest repeat, its ratio to the raw stream's fastest repeat
+    in the same section, and the CPU seconds of client / server in that repeat."""
+    size, channel, pid, rows = big.stat().st_size, client.channel, proc.proc.pid, []
     sha = sha256_file(big)
-    ups = [("UploadModel, sha256 in the header (known)", sha)]
-    if new:
-        ups.insert(0, ("UploadModel in one pass: sha256 in a trailer, hashed while sending", None))
-    for name, digest in ups:
-        up = best(lambda d=digest: timed_upload(client, big, model.spec_json, d), repeats)
-        rows.append(
-            (f"upload: {name}", f"{mbs(up)} vs raw {mbs(raw_up)}", f"ratio {raw_up / up:.2f}")
-        )
-    with contextlib.suppress(grpc.RpcError):
-        client.delete_model(model.model_id)
-    start = time.perf_counter()
-    client.upload(big)  # hashes the file, then sends it
-    whole = time.perf_counter() - start
-    rows.append(("upload: client.upload (client sha256 pass, then UploadModel)",
-                 f"{mbs(whole)} vs raw {mbs(raw_up)}", f"ratio {raw_up / whole:.2f}"))  # fmt: skip
+
+    def row(name: str, run: tuple[float, float, float], raw: tuple[float, float, float]) -> Row:
+        return (name, f"{size / 1e6 / run[0]:.0f} MB/s vs raw {size / 1e6 / raw[0]:.0f} MB/s",
+                f"ratio {raw[0] / run[0]:.2f}; CPU s client / server {run[1]:.2f} / {run[2]:.2f} "
+                f"(raw {raw[1]:.2f} / {raw[2]:.2f})")  # fmt: skip
+
+    model = client.upload(big, sha256=sha)
+
+    def upload(known: bool) -> Callable[[], None]:
+        def run() -> None:  # deleted first, so every repeat stores it (fsync + rename)
+            with contextlib.suppress(grpc.RpcError):
+                client.delete_model(model.model_id)
+            client.upload(big, sha256=sha if known else None)
+
+        return run
+
+    raw_up = timed(lambda: raw_upload(channel, big), pid, repeats)
+    ups = [("upload: client.upload, sha256 known (header): server hash + write + checks", True)]
+    if new:  # the main tree's client hashes the whole file before sending
+        ups.append(("upload: client.upload in one pass (client hashes while sending, sha256 "
+                    "in a trailer)", False))  # fmt: skip
+    else:
+        ups.append(("upload: client.upload (client sha256 pass, then UploadModel)", False))
+    for name, known in ups:
+        rows.append(row(name, timed(upload(known), pid, repeats), raw_up))
 
     job = client.create_job(model.model_id, "synthetic", tiny_config())
     client.cancel_job(job.job_id)
     client.watch(job.job_id)
     fake_result(data, job.job_id, big)
-    raw_down = best(lambda: raw_download(channel, size), repeats)
+    raw_down = timed(lambda: raw_download(channel, size), pid, repeats)
+    request = pb.DownloadResultRequest(job_id=job.job_id)
+    call = getattr(client, "_download_call", client.stub.DownloadResult)  # main: protobuf stub
 
-    def stream_only() -> float:
-        start = time.perf_counter()
-        call = client.stub.DownloadResult(
-            pb.DownloadResultRequest(job_id=job.job_id), metadata=AUTH
-        )
-        got = sum(len(m.chunk) for m in call)
+    def stream_only() -> None:
+        got = 0
+        for message in call(request, metadata=AUTH):
+            got += len(message) if isinstance(message, memoryview) else len(message.chunk)
         assert got == size
-        return time.perf_counter() - start
 
-    def to_file() -> float:
-        start = time.perf_counter()
-        client.download(job.job_id, data.parent / "down")
-        return time.perf_counter() - start
-
-    down = best(stream_only, repeats)
-    rows.append(("download: DownloadResult stream (chunks counted)",
-                 f"{mbs(down)} vs raw {mbs(raw_down)}", f"ratio {raw_down / down:.2f}"))  # fmt: skip
-    down = best(to_file, repeats)
+    rows.append(row("download: DownloadResult stream (chunks counted)",
+                    timed(stream_only, pid, repeats), raw_down))  # fmt: skip
+    rows.append(row("download: client.download (+ client sha256 + file write)",
+                    timed(lambda: client.download(job.job_id, data.parent / "down"), pid, repeats),
+                    raw_down))  # fmt: skip
     assert sha256_file(data.parent / "down" / "model.safetensors") == sha
-    rows.append(("download: client.download (+ client sha256 + file write)",
-                 f"{mbs(down)} vs raw {mbs(raw_down)}", f"ratio {raw_down / down:.2f}"))  # fmt: skip
     return rows
 
 

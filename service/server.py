@@ -172,6 +172,10 @@ async def _build(
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        # no flow-control windows grown from bandwidth-delay probes: with them, gRPC buffered
+        # tens of MB per upload ahead of the handler (four concurrent 208 MB uploads: peak RSS
+        # +97 to +179 MB; without: +23 MB), and the raw loopback stream is as fast either way
+        ("grpc.http2.bdp_probe", 0),
     ]
     server = grpc.aio.server(interceptors=[ServiceInterceptor(auth, metrics)], options=options)
     wire.add_servicer(servicer, server)  # the generated handlers, chunks without copies
