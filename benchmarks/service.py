@@ -259,18 +259,19 @@ def timed(fn: Callable[[], None], pid: int, repeats: int) -> tuple[float, float,
     return min(runs)
 
 
-def raw_upload(channel: grpc.Channel, path: Path) -> None:
+def raw_upload(channel: grpc.Channel, path: Path, sha: str | None = None) -> None:
     """The file's bytes, read in 1 MiB blocks, as a bare byte stream (the server counts
-    them): what any upload must at least cost."""
-    size = path.stat().st_size
+    them, or given the file's ``sha``, only hashes them on a sink thread): what any upload
+    must at least cost."""
 
     def chunks():
         with open(path, "rb") as f:
             while block := f.read(MiB):
                 yield block
 
-    reply = channel.stream_unary("/metaprune.bench.RawBytes/Upload")(chunks(), metadata=AUTH)
-    assert int(reply) == size
+    method = "UploadHashed" if sha else "Upload"
+    reply = channel.stream_unary(f"/metaprune.bench.RawBytes/{method}")(chunks(), metadata=AUTH)
+    assert reply == (sha or str(path.stat().st_size)).encode()
 
 
 def raw_download(channel: grpc.Channel, size: int) -> None:
@@ -313,6 +314,9 @@ def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, r
         return run
 
     raw_up = timed(lambda: raw_upload(channel, big), pid, repeats)
+    if new:  # the floor of any upload that hashes what it stores
+        rows.append(row("upload floor: the raw stream + one server sha256 pass (sink thread)",
+                        timed(lambda: raw_upload(channel, big, sha), pid, repeats), raw_up))  # fmt: skip
     ups = [("upload: client.upload, sha256 known (header): server hash + write + checks", True)]
     if new:  # the main tree's client hashes the whole file before sending
         ups.append(("upload: client.upload in one pass (client hashes while sending, sha256 "

@@ -26,7 +26,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +36,6 @@ __all__ = [
     "HashingReader",
     "HashingWriter",
     "commit_dir",
-    "read_chunks",
     "sha256_file",
 ]
 
@@ -186,20 +185,6 @@ class AsyncHashingWriter:
             future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
-
-
-async def read_chunks(path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:
-    """A file's bytes in chunks, each read in the event loop's executor while the previous
-    one is being sent (one chunk of read-ahead, so memory stays two chunks per reader)."""
-    loop = asyncio.get_running_loop()
-    with open(path, "rb") as f:
-        pending = loop.run_in_executor(None, f.read, chunk_bytes)
-        try:
-            while chunk := await pending:
-                pending = loop.run_in_executor(None, f.read, chunk_bytes)
-                yield chunk
-        finally:
-            pending.cancel()  # the reader went away (a running read finishes before close)
 
 
 class BlobDir:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -35,7 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service import wire
 from service._generated import pruning_service_pb2 as pb
 from service.auth import Authenticator
-from service.blobs import BlobDir
+from service.blobs import AsyncHashingWriter, BlobDir
 from service.config import ServiceConfig
 from service.interceptor import ServiceInterceptor
 from service.jobs import JobManager
@@ -224,6 +225,18 @@ def _raw_bytes_handler(chunk_bytes: int) -> grpc.GenericRpcHandler:
             total += len(chunk)
         return str(total).encode()
 
+    async def upload_hashed(chunks: AsyncIterator[bytes], context: Any) -> bytes:
+        """The raw stream plus what no content-addressed upload can skip: one sha256 pass,
+        on a sink thread as the real upload does (into /dev/null, no checks)."""
+        with open(os.devnull, "wb") as sink:
+            writer = AsyncHashingWriter(sink)
+            try:
+                async for chunk in chunks:
+                    await writer.write(chunk)
+                return (await writer.finish()).encode()
+            finally:
+                writer.close()
+
     async def download(request: bytes, context: Any) -> AsyncIterator[bytes]:
         left = int(request.decode())
         block = b"\0" * chunk_bytes
@@ -235,6 +248,7 @@ def _raw_bytes_handler(chunk_bytes: int) -> grpc.GenericRpcHandler:
         "metaprune.bench.RawBytes",
         {
             "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "UploadHashed": grpc.stream_unary_rpc_method_handler(upload_hashed),
             "Download": grpc.unary_stream_rpc_method_handler(download),
         },
     )

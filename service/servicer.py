@@ -31,7 +31,7 @@ from service import convert
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
 from service.auth import Principal, current_principal
-from service.blobs import BlobDir, read_chunks
+from service.blobs import BlobDir
 from service.config import ServiceConfig
 from service.errors import FailedPreconditionError, UnavailableError
 from service.jobs import JobManager
@@ -41,6 +41,7 @@ from service.result_formats import ResultFiles
 from service.slots import TokenSlots
 from service.store import FINAL_STATES, SUCCEEDED, Store
 from service.uploads import receive_upload
+from service.wire import framed_chunks
 
 __all__ = ["PruningServicer"]
 
@@ -225,10 +226,10 @@ class PruningServicer(pb_grpc.PruningServiceServicer):
         with self.slots.hold("stream", principal.name):
             checkpoint, header = await asyncio.to_thread(self._download_header, principal, request)
             yield pb.DownloadResultResponse(header=header)
-            async for chunk in read_chunks(checkpoint, self.config.chunk_bytes):
+            async for message, size in framed_chunks(checkpoint, self.config.chunk_bytes):
                 if self.metrics is not None:
-                    self.metrics.download_bytes.inc(len(chunk))
-                yield chunk  # bytes: framed by service.wire (one join, no protobuf copies)
+                    self.metrics.download_bytes.inc(size)
+                yield message  # an encoded chunk message (service.wire: one copy, no protobuf)
 
     def _download_header(
         self, principal: Principal, request: pb.DownloadResultRequest

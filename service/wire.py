@@ -13,13 +13,20 @@ tag byte, the length as a varint, then the bytes, so:
   chunk with other fields) goes through the message class as usual.
 
 :func:`add_servicer` registers the generated servicer with these for ``UploadModel``
-requests and ``DownloadResult`` responses (servicer methods then receive a ``memoryview``
-for a chunk, and may yield ``bytes`` for one); the client uses the same pair.
+requests (the servicer receives a ``memoryview`` for a chunk) and ``DownloadResult``
+responses (the servicer may yield encoded chunk messages as ``bytes``, made by
+:func:`framed_chunks` straight from the file); the client uses the same framing for its
+uploads and the same decoding for its downloads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import mmap
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,7 +34,14 @@ import grpc
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
 
-__all__ = ["add_servicer", "chunk_or", "frame_chunk", "serialize_chunk_or"]
+__all__ = [
+    "add_servicer",
+    "chunk_or",
+    "encoded_or",
+    "frame_chunk",
+    "framed_chunks",
+    "serialize_chunk_or",
+]
 
 _FIELD = 2
 _TAG = bytes([_FIELD << 3 | 2])  # field 2, wire type LEN
@@ -55,6 +69,48 @@ def serialize_chunk_or(item: Any) -> bytes:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return frame_chunk(item)
     return item.SerializeToString()
+
+
+def encoded_or(item: Any) -> bytes:
+    """A serializer: ``bytes`` are an already encoded message (:func:`framed_chunks`),
+    messages are serialised."""
+    return item if isinstance(item, bytes) else item.SerializeToString()
+
+
+def _frame_slice(mapped: mmap.mmap, start: int, stop: int) -> bytes:
+    with memoryview(mapped) as view, view[start:stop] as part:
+        return frame_chunk(part)
+
+
+async def framed_chunks(path: Path, chunk_bytes: int) -> AsyncIterator[tuple[bytes, int]]:
+    """A file as encoded chunk messages and their payload sizes. Each is framed straight
+    from a read-only mapping of the file (one copy, where ``read`` then framing would make
+    two) in the event loop's executor, one chunk ahead of the one being sent, so the loop
+    never waits on the disk and memory stays two chunks per reader. The file must not
+    shrink meanwhile (results and blobs are never rewritten in place)."""
+    loop = asyncio.get_running_loop()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        starts = range(0, size, chunk_bytes)
+        frame = lambda start: _frame_slice(mapped, start, min(start + chunk_bytes, size))  # noqa: E731
+        pending = loop.run_in_executor(None, frame, starts[0])
+        for i in range(len(starts)):
+            message = await pending
+            pending = (
+                loop.run_in_executor(None, frame, starts[i + 1]) if i + 1 < len(starts) else None
+            )
+            yield message, min(chunk_bytes, size - starts[i])
+    finally:
+        if pending is not None:  # the reader went away: let a running framing finish first
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
+        with contextlib.suppress(BufferError):  # still exported if cancelled twice: GC'd later
+            mapped.close()
 
 
 def _chunk_view(data: bytes) -> memoryview | None:
@@ -104,8 +160,6 @@ def add_servicer(servicer: pb_grpc.PruningServiceServicer, server: Any) -> None:
     handlers["UploadModel"] = handlers["UploadModel"]._replace(
         request_deserializer=chunk_or(pb.UploadModelRequest)
     )
-    handlers["DownloadResult"] = handlers["DownloadResult"]._replace(
-        response_serializer=serialize_chunk_or
-    )
+    handlers["DownloadResult"] = handlers["DownloadResult"]._replace(response_serializer=encoded_or)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
     server.add_registered_method_handlers(_SERVICE, handlers)

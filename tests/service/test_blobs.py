@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.blobs import AsyncHashingWriter, HashingReader, read_chunks, sha256_file
+from service.blobs import AsyncHashingWriter, HashingReader, sha256_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,8 +57,3 @@ def test_the_reader_sends_in_one_pass_and_hashes_on_the_side(tmp_path: Path) -> 
     chunks = list(reader)
     assert b"".join(chunks) == path.read_bytes() and {len(c) for c in chunks[:-1]} == {4096}
     assert reader.hexdigest() == sha256_file(path)
-
-    async def read() -> bytes:
-        return b"".join([c async for c in read_chunks(path, 5000)])
-
-    assert asyncio.run(read()) == path.read_bytes()
