@@ -32,7 +32,7 @@ from service import convert, wire
 from service._generated import prune_config_pb2 as cpb
 from service._generated import pruning_service_pb2 as pb
 from service._generated import pruning_service_pb2_grpc as pb_grpc
-from service.blobs import HashingReader, HashingWriter
+from service.blobs import HashingReader, HashingWriter, sha256_file
 
 __all__ = ["SPEC_KEY", "DownloadError", "PruningClient", "WatchCallback", "read_spec_json"]
 
@@ -128,7 +128,9 @@ class PruningClient:
 
         The file is read once: its chunks are sent while a thread hashes them, and the
         sha256 follows in an ``UploadTrailer`` (a known ``sha256`` goes in the header
-        instead, and nothing is hashed)."""
+        instead, and nothing is hashed). Refused over the blob quota, it is hashed and asked
+        again with the sha256 in the header: a re-upload of the caller's own model is not
+        charged, which the server can only tell from the header."""
         path = Path(path)
         if spec_json is None:
             spec_json = read_spec_json(path)
@@ -136,12 +138,24 @@ class PruningClient:
             spec_json=spec_json, total_size=path.stat().st_size, sha256=sha256 or "",
             display_name=display_name or path.name,
         )  # fmt: skip
-        response = self._retrying(
-            lambda: self._upload_call(
-                self._upload_messages(path, header), metadata=self._metadata,
-                timeout=max(self.timeout, header.total_size / 2e6),
+        try:
+            response = self._retrying(
+                lambda: self._upload_call(
+                    self._upload_messages(path, header), metadata=self._metadata,
+                    timeout=max(self.timeout, header.total_size / 2e6),
+                )
+            )  # fmt: skip
+        except grpc.RpcError as err:
+            over_quota = err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "blob_quota_bytes" in (
+                err.details() or ""
+            )  # fmt: skip
+            if sha256 is not None or not over_quota:
+                raise
+            # refused from the header, bytes unknown: the caller's own model is not charged
+            # again, which the server can only tell from the sha256, so hash first and ask again
+            return self.upload(
+                path, spec_json=spec_json, display_name=display_name, sha256=sha256_file(path)
             )
-        )  # fmt: skip
         return response.model
 
     def _upload_messages(self, path: Path, header: pb.UploadHeader) -> Iterator[Any]:

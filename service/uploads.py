@@ -207,9 +207,14 @@ def check_quota(store: Store, config: ServiceConfig, owner: str, sha256: str, si
         return  # a re-upload of the owner's own model adds no reference
     used = store.used_bytes()
     if used + size > config.blob_quota_bytes:
+        hint = "" if sha256 else (
+            "; a model you uploaded before is not charged again: give its sha256 in "
+            "UploadHeader.sha256 to re-upload it"
+        )  # fmt: skip
         raise LimitExceededError(
             "blob_quota_bytes", config.blob_quota_bytes, used + size,
-            "stored models and results after this upload (each owner's models count in full)",
+            f"stored models and results after this upload (each owner's models count in "
+            f"full{hint})",
         )  # fmt: skip
 
 
