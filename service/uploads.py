@@ -24,11 +24,12 @@ The order of checks is the order of cost, so a bad upload is refused as early as
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import re
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from metaprune.errors import InvalidInputError, LimitExceededError, NotFoundError, quote
@@ -45,7 +46,7 @@ from service.policy import spec_size
 from service.scan import FiniteScan, nonfinite_tensors
 from service.store import ModelRecord, Store
 
-__all__ = ["check_checkpoint_file", "check_quota", "receive_upload"]
+__all__ = ["check_checkpoint_file", "check_quota", "receive_upload", "trim_heap"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NAME = 200
@@ -68,6 +69,20 @@ async def receive_upload(
     if first is None or isinstance(first, memoryview) or first.WhichOneof("part") != "header":
         raise InvalidInputError("an upload must start with an UploadHeader message")
     header = first.header
+    try:
+        return await _store(header, requests, principal, config, store, blobs, metrics)
+    finally:  # a large upload's chunks were freed on other threads: give the pages back
+        if header.total_size >= _TRIM_AFTER_BYTES:
+            await asyncio.to_thread(trim_heap)
+
+
+async def _store(
+    header: pb.UploadHeader, requests: AsyncIterator[pb.UploadModelRequest],
+    principal: Principal, config: ServiceConfig, store: Store, blobs: BlobDir,
+    metrics: Metrics | None,
+) -> tuple[ModelRecord, bool]:  # fmt: skip
+    """The rest of :func:`receive_upload` after its header."""
+    idle = config.upload_idle_seconds
     spec, params = await asyncio.to_thread(_check_header, header, principal.name, config, store)
     received, trailer, start = 0, "", time.perf_counter()
     scan = FiniteScan(config.limits.max_header_bytes)
@@ -129,6 +144,28 @@ async def receive_upload(
         store_s=round(time.perf_counter() - checked_at, 3), token=principal.name,
     )  # fmt: skip
     return record, created
+
+
+_TRIM_AFTER_BYTES = 32 * 1024 * 1024
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Return the allocator's free pages to the OS (glibc ``malloc_trim``; elsewhere a
+    no-op). After large uploads, the 1 MiB chunks freed by the sink threads otherwise stay
+    in the process: measured +11 to +26 MB held after four concurrent 208 MB uploads,
+    -2 to +7 MB with it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 async def _next(
