@@ -19,8 +19,9 @@ per tree is printed. Sections:
   counted by the server; download = 1 MiB blocks from memory; no hash, no disk write, no
   check). Upload rows: ``client.upload`` with the sha256 known (in the header: the client
   only reads and sends) and ``client.upload`` as a user calls it (this tree: one pass, the
-  client hashes on a thread while sending, the sha256 in an ``UploadTrailer``; the
-  baseline tree: a hash pass, then the upload). Download rows: the ``DownloadResult``
+  client hashes on a thread while sending, the sha256 in an ``UploadTrailer``). The client
+  is always this checkout's, also against a ``--baseline`` server (it speaks the same
+  protocol), so a baseline row measures that tree's server. Download rows: the ``DownloadResult``
   stream alone, and ``client.download`` (client sha256 + file write). Target >= 0.8 of
   raw. Each row also gives the CPU seconds of the client (this process) and of the server
   process in its fastest repeat: on a 2-core machine the raw stream keeps both cores
@@ -317,12 +318,9 @@ def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, r
     if new:  # the floor of any upload that hashes what it stores
         rows.append(row("upload floor: the raw stream + one server sha256 pass (sink thread)",
                         timed(lambda: raw_upload(channel, big, sha), pid, repeats), raw_up))  # fmt: skip
-    ups = [("upload: client.upload, sha256 known (header): server hash + write + checks", True)]
-    if new:  # the main tree's client hashes the whole file before sending
-        ups.append(("upload: client.upload in one pass (client hashes while sending, sha256 "
-                    "in a trailer)", False))  # fmt: skip
-    else:
-        ups.append(("upload: client.upload (client sha256 pass, then UploadModel)", False))
+    ups = [("upload: client.upload, sha256 known (header): server hash + write + checks", True),
+           ("upload: client.upload in one pass (client hashes while sending, sha256 in a "
+            "trailer)", False)]  # fmt: skip
     for name, known in ups:
         rows.append(row(name, timed(upload(known), pid, repeats), raw_up))
 
