@@ -31,9 +31,9 @@ __all__ = ["build_member_task", "build_zoo"]
 def build_member_task(
     args: dict[str, Any], progress: Callable[[dict[str, Any]], None], cancel: CancelToken
 ) -> dict[str, Any]:
-    """Executor task: build member ``args["index"]`` of the zoo ``args["config"]`` at ``args["root"]``."""
+    """Executor task: build run ``args["index"]`` of the zoo ``args["config"]`` at ``args["root"]``."""
     config = ZooConfig.from_dict(args["config"])
-    name = config.member_names()[args["index"]]
+    name = config.run_names()[args["index"]]
     progress({"stage": "member", "step": 0, "total": 1, "metrics": {"name": name}})
     metrics = build_member(config, args["index"], args["root"])
     progress({"stage": "member", "step": 1, "total": 1, "metrics": {"name": name}})
@@ -73,8 +73,8 @@ def build_zoo(
             f"build_zoo: unknown backend {backend!r} (expected one of {list(BACKENDS)})"
         )
     zoo = Zoo.create(root, config)
-    done = set(zoo.finished())
-    pending = [i for i, n in enumerate(zoo.members) if n not in done]
+    done = set(zoo.finished_runs())
+    pending = [i for i, n in enumerate(zoo.runs) if n not in done]
     columns = (
         TextColumn("zoo"),
         BarColumn(),
@@ -84,7 +84,7 @@ def build_zoo(
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not progress) as bar:
-        task_bar = bar.add_task("members", total=len(zoo.members), completed=len(done))
+        task_bar = bar.add_task("runs", total=len(zoo.runs), completed=len(done))
 
         def finished(metrics: dict[str, Any]) -> None:
             bar.advance(task_bar)
@@ -121,7 +121,7 @@ def _build_with_executor(
     args = {"config": config.to_dict(), "root": str(zoo.root)}
     try:
         handles = {
-            ex.submit(TaskSpec(_TASK_FN, {**args, "index": i})): zoo.members[i] for i in pending
+            ex.submit(TaskSpec(_TASK_FN, {**args, "index": i})): zoo.runs[i] for i in pending
         }
         while handles:
             for handle in [h for h in handles if h.done()]:
