@@ -7,8 +7,8 @@ import functools
 import json
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,7 +119,11 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
     recalibrate_bn(model, train, config.recalibrate_batches)
     pruned_val = evaluate(model, val)
     tuned = finetune(
-        model, train, val, config.finetune, progress=snap.watch(model, config.train.epochs),
+        model,
+        train,
+        val,
+        config.finetune,
+        progress=snap.watch(model, config.train.epochs),
         stage="finetune",
     )
     model.eval()
@@ -171,9 +175,7 @@ class _Snapshots:
             # the end of an epoch: the event with ``train_loss`` (batch events have ``batch``)
             if "train_loss" in event.metrics and epoch in self.epochs:
                 copy_ = copy.deepcopy(model).eval()
-                self.taken.append(
-                    (self.epochs[epoch], epoch, copy_, event.metrics["val_accuracy"])
-                )
+                self.taken.append((self.epochs[epoch], epoch, copy_, event.metrics["val_accuracy"]))
 
         return on_event
 

@@ -65,7 +65,14 @@ def test_build_writes_snapshots_and_resumes(tmp_path: Path) -> None:
     zoo = build_zoo(config, tmp_path, progress=False)
     index = json.loads((tmp_path / INDEX_NAME).read_text())
     assert index["complete"] is True
-    assert [m["name"] for m in index["members"]] == ["0000.1", "0000.2", "0000", "0001.1", "0001.2", "0001"]
+    assert [m["name"] for m in index["members"]] == [
+        "0000.1",
+        "0000.2",
+        "0000",
+        "0001.1",
+        "0001.2",
+        "0001",
+    ]
     assert [m["run"] for m in index["members"]] == ["0000"] * 3 + ["0001"] * 3
     assert [m["seed"] for m in index["members"]] == [0] * 3 + [1] * 3
     split = index["split"]
