@@ -126,6 +126,12 @@ def heldout(a: argparse.Namespace) -> int:
                        "seconds": round(time.perf_counter() - start)}  # fmt: skip
                 _update(out, key, row)
                 print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
+    if a.export:  # the evidence travels with the export (metanet.record)
+        from metanet.record import attach_record, heldout_record
+
+        record = heldout_record(json.loads(out.read_text()), a.tag)
+        attach_record(a.export, record)
+        print(json.dumps(record, indent=1))
     return 0
 
 
