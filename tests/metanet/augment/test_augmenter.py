@@ -15,6 +15,8 @@ from metanet.training import MetaPruneModule, ZooDataModule
 from metanet.zoo import Zoo, build_zoo, tiny_zoo_config
 from metaprune.pruning.config import FinetuneBudget
 
+pytestmark = pytest.mark.slow  # builds a zoo (about 15 s idle) and meta-trains 3 steps
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> ZooDataModule:
