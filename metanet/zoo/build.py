@@ -53,9 +53,10 @@ def build_zoo(
 ) -> Zoo:
     """Build (or finish building) the zoo of ``config`` in directory ``root``.
 
-    Finished members (metrics file present) are skipped; a member interrupted half-way is
-    rebuilt from scratch. With ``workers == 1`` and the local backend members are built in
-    this process; otherwise each member is one task of a :mod:`metaprune.executor`:
+    Finished training runs (every member's metrics file present) are skipped; a run
+    interrupted half-way is rebuilt from scratch. With ``workers == 1`` and the local
+    backend runs are built in this process; otherwise each run (its final member and its
+    snapshots) is one task of a :mod:`metaprune.executor`:
     ``workers`` spawned processes (one torch thread each) for ``backend="local"``, Ray tasks
     for ``backend="ray"`` (a local Ray with ``workers`` CPUs, or the cluster at
     ``ray_address``), or the given ``executor``. The first failed member stops the build:
