@@ -8,6 +8,12 @@ each was trained on (its :mod:`~metanet.summary`):
     distance = (edge types the graph has and training never saw)
              + sum over nodes / layers / width of max(0, ln(lo / v), ln(v / hi))
 
+With ``family`` given (issue 21), the measured held-out record kept with each export
+(:mod:`metanet.record`) comes first: a candidate whose record on that family *loses* to the
+strongest baseline cannot be chosen, and one whose record *wins* ranks above any without
+evidence; :meth:`MetanetChoice.evidence` says whether the chosen one has a winning record
+(a caller that requires evidence falls back to the baseline otherwise).
+
 Ties (and equal distances, e.g. both 0) prefer a family-specific (per-type) network over
 a general (canonical) one, then the smaller name, so the choice is deterministic. The
 choice is *far* (``warning`` set) when the graph has an edge type the chosen network never
@@ -28,6 +34,7 @@ from metaprune.errors import InvalidInputError, NotFoundError, quote
 from metaprune.limits import DEFAULT_LIMITS, Limits
 
 from .export import _base, _build, list_pretrained, read_document
+from .record import record_verdict
 from .summary import STATS, derived_summary, graph_stats
 
 __all__ = ["Candidate", "MetanetChoice", "NoMetanetworkError", "choose_metanetwork"]
@@ -60,13 +67,14 @@ class Candidate:
     outside: dict[str, list[int]]
     distance: float
     summary_derived: str | None = None
+    record: str | None = None  # held-out verdict on the asked family: "wins", "loses", None
 
     @property
     def runs(self) -> bool:
         return not self.missing
 
-    def key(self) -> tuple[float, bool, str]:
-        return (self.distance, self.general, self.name)
+    def key(self) -> tuple[bool, float, bool, str]:
+        return (self.record != "wins", self.distance, self.general, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -95,6 +103,11 @@ class MetanetChoice:
     def chosen(self) -> Candidate:
         return self.candidates[0]
 
+    @property
+    def evidence(self) -> bool:
+        """Whether the chosen network has a winning held-out record on the asked family."""
+        return self.chosen.record == "wins"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the prune report."""
         return {
@@ -102,6 +115,7 @@ class MetanetChoice:
             "auto": True,
             "general": self.chosen.general,
             "distance": self.chosen.distance,
+            "record": self.chosen.record,
             "reason": self.reason,
             "warning": self.warning,
             "candidates": [c.to_dict() for c in self.candidates],
@@ -115,6 +129,7 @@ def choose_metanetwork(
     limits: Limits = DEFAULT_LIMITS,
     allow_paths: bool = True,
     margin: float = DEFAULT_MARGIN,
+    family: str | None = None,
 ) -> MetanetChoice:
     """The candidate metanetwork to use on ``graph`` (module doc).
 
@@ -124,6 +139,8 @@ def choose_metanetwork(
             every registered metanetwork (:func:`metanet.export.list_pretrained`).
         limits: bounds for reading each candidate's files.
         margin: a statistic outside the seen range by more than this factor is "far".
+        family: the model's family (architecture name): candidates whose held-out record
+            loses on it are excluded, winning ones rank first (module doc).
 
     Raises:
         NoMetanetworkError: no candidate, or none can run on ``graph`` (the message names
@@ -139,7 +156,7 @@ def choose_metanetwork(
             "$METAPRUNE_METANET_PATH hold none)"
         )
     stats = graph_stats(graph)
-    seen = [_candidate(name, graph, stats, limits, allow_paths) for name in names]
+    seen = [_candidate(name, graph, stats, limits, allow_paths, family) for name in names]
     ranked = sorted((c for c in seen if c.runs), key=Candidate.key)
     if not ranked:
         lacks = "; ".join(f"{c.name} has no encoder for {', '.join(c.missing)}" for c in seen)
@@ -172,8 +189,9 @@ def _kind(candidate: Candidate) -> str:
 
 
 def _candidate(
-    name: str, graph: ModelGraph, stats: dict[str, Any], limits: Limits, allow_paths: bool
-) -> Candidate:
+    name: str, graph: ModelGraph, stats: dict[str, Any], limits: Limits, allow_paths: bool,
+    family: str | None = None,
+) -> Candidate:  # fmt: skip
     try:
         document = read_document(name, limits=limits, allow_paths=allow_paths)
         config = document["config"]
@@ -202,6 +220,9 @@ def _candidate(
         if gap > 0:
             outside[stat] = [value, lo, hi]
             distance += gap
+    record = record_verdict(document, family) if family is not None else None
+    if record == "loses":
+        missing += (f"a held-out record on {family} that does not lose to the baseline",)
     if missing:
         distance = math.inf
-    return Candidate(name, general, missing, tuple(unseen), outside, distance, derived)
+    return Candidate(name, general, missing, tuple(unseen), outside, distance, derived, record)

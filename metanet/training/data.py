@@ -36,6 +36,11 @@ class Member:
         return self
 
 
+def _finals(zoo: Zoo, names: list[str]) -> list[str]:
+    """The final network of each run among ``names`` (snapshots are named ``<run>.<k>``)."""
+    return [n for n in names if zoo.run_of(n) == n]
+
+
 class _MetaBatches(Dataset):
     """Item ``k``: (member index ``k % members``, a random task minibatch).
 
@@ -86,6 +91,10 @@ class ZooDataModule(L.LightningDataModule):
         batches_per_member: training steps per meta-train member and epoch.
         eval_batch_size: batch size of recalibration and validation passes.
         max_train_members, max_val_members: use only the first members (quick runs).
+        train_snapshots: members per meta-train *run* to use in a zoo built with
+            ``snapshots`` (issue 21): the final network and its latest
+            ``train_snapshots - 1`` snapshots; ``None`` takes all. Meta-val always takes
+            each run's final network only (what a user prunes), and no run is on both sides.
 
     Train batches are ``(member index, images, labels)``; validation batches are one
     meta-val member index each. Members are encoded once, in :meth:`setup`.
@@ -99,6 +108,7 @@ class ZooDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         max_train_members: int | None = None,
         max_val_members: int | None = None,
+        train_snapshots: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +120,11 @@ class ZooDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_train_members = max_train_members
         self.max_val_members = max_val_members
+        if train_snapshots is not None and train_snapshots < 1:
+            raise ZooError(
+                f"ZooDataModule: train_snapshots must be >= 1 or None (found {train_snapshots})"
+            )
+        self.train_snapshots = train_snapshots
         self.train_members: list[Member] = []
         self.val_members: list[Member] = []
 
@@ -138,8 +153,8 @@ class ZooDataModule(L.LightningDataModule):
         many = len(self.zoos) > 1
         train, val = [], []
         for zoo, zoo_dir in zip(self.zoos, self.zoo_dirs):
-            for names, out, cap in ((zoo.meta_train, train, self.max_train_members),
-                                    (zoo.meta_val, val, self.max_val_members)):  # fmt: skip
+            for names, out, cap in ((self._train_names(zoo), train, self.max_train_members),
+                                    (_finals(zoo, zoo.meta_val), val, self.max_val_members)):  # fmt: skip
                 out += [self._prepare(zoo, n, f"{zoo_dir.name}/{n}" if many else n)
                         for n in names[:cap]]  # fmt: skip
         if not train or not val:
@@ -151,6 +166,13 @@ class ZooDataModule(L.LightningDataModule):
         self._train_batches = _MetaBatches(
             len(self.train_members), self.splits.train, self.batch_size, self.batches_per_member
         )
+
+    def _train_names(self, zoo: Zoo) -> list[str]:
+        k = self.train_snapshots
+        if k is None:
+            return list(zoo.meta_train)
+        runs = list(dict.fromkeys(zoo.run_of(m) for m in zoo.meta_train))
+        return [m for r in runs for m in zoo.config.run_members(r)[-k:]]
 
     def _prepare(self, zoo: Zoo, name: str, label: str) -> Member:
         model, _ = zoo.load_member(name)

@@ -7,6 +7,7 @@ Lightning wraps the model, it never becomes it: the metanetwork is a plain ``nn.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,7 @@ from metaprune.pruning.config import FinetuneBudget
 from metaprune.pruning.finetune import finetune
 
 from ..apply import transformed_tensors
+from ..augment import AugmentConfig, Augmenter
 from ..network import MetaNetwork, edge_types_of
 from ..prune_mask import ChannelMask
 from ..sparsity import GroupSparsity
@@ -74,6 +76,11 @@ class MetaPruneModule(L.LightningModule):
         zero_init_decoders: start the decoders' last layers at zero, so the metanetwork
             starts as the identity whatever the residual ratios (then a ratio of 1 lets
             it make large edits without destroying the networks in the first steps).
+        aug_scale, aug_noise, aug_edge_dropout, aug_mixup, aug_mixup_min: weight-space
+            augmentations of each training member (:class:`~metanet.augment.AugmentConfig`;
+            all off by default): function-preserving positive channel scaling
+            (``exp(U(-a, a))``), relative weight noise, edge dropout, and MixUp with an
+            aligned partner (probability ``aug_mixup``, ``lam ~ U(aug_mixup_min, 1)``).
     """
 
     def __init__(
@@ -106,9 +113,17 @@ class MetaPruneModule(L.LightningModule):
         zero_init_decoders: bool = False,
         edge_encoding: str = "per-type",
         max_kernel: int = 7,
+        aug_scale: float = 0.0,
+        aug_noise: float = 0.0,
+        aug_edge_dropout: float = 0.0,
+        aug_mixup: float = 0.0,
+        aug_mixup_min: float = 0.7,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.augment = AugmentConfig(scale=aug_scale, noise=aug_noise, edge_dropout=aug_edge_dropout,
+                                     mixup=aug_mixup, mixup_min=aug_mixup_min)  # fmt: skip
+        self._augmenter: Augmenter | None = None
         self.metanet: MetaNetwork | None = None
         self._base_auc: dict[str, float] = {}
         self._masks: dict[str, ChannelMask] = {}
@@ -179,7 +194,13 @@ class MetaPruneModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         hp = self.hparams
         index, images, labels = batch
-        member = self._datamodule().train_members[int(index)]
+        dm = self._datamodule()
+        member = dm.train_members[int(index)]
+        if self.augment.enabled:
+            if self._augmenter is None:
+                self._augmenter = Augmenter(self.augment, dm.example_inputs)
+            graph = self._augmenter(member.to(self.device), dm.train_members)
+            member = dataclasses.replace(member, graph=graph)
         logits, tensors = self(member, images)
         ce = F.cross_entropy(logits, labels)
         sparsity = self.sparsity(member)(tensors).to(ce.dtype)

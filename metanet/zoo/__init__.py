@@ -12,18 +12,23 @@ On-disk format (``format_version`` 1)::
                                     metaprune.checkpoint.load rebuilds it, no pickle)
       members/NNNN.metrics.json     its metrics, written last: the member is finished
                                     exactly when this file exists
+      members/NNNN.K.safetensors    with ``snapshots: K > 1`` (issue 21): snapshot k of
+      members/NNNN.K.metrics.json   training run NNNN (``snapshot_epoch``, ``run``), written
+                                    before the run's final member; the run is finished
+                                    when all its members are
 
 ``zoo.json`` holds ``format_version``, ``config`` (:meth:`ZooConfig.to_dict`: architecture,
 dataset and data split seed, training / pruning / fine-tune recipe, seeds), ``members``
 (``name``, ``seed``, relative ``checkpoint`` and ``metrics`` paths, ``finished``),
 ``split`` (``meta_train`` and ``meta_val`` member names, seeded by ``split_seed``) and
-``complete``. A metrics file holds ``name``, ``seed``, ``val_accuracy``,
+``complete``; with snapshots each member also names its ``run``, and the split is drawn
+over runs (a run's members are all on one side). A metrics file holds ``name``, ``seed``, ``val_accuracy``,
 ``test_accuracy`` (reported, never used for selection), ``macs``, ``params``,
 ``base_macs``, ``base_params``, ``macs_speedup`` (base / pruned), the accuracies after
 training and right after pruning, ``seconds`` and the ``recipe`` (the zoo config).
 
-Building is resumable: finished members are skipped and an interrupted member (checkpoint
-without metrics) is rebuilt. Files are written to a temporary name and renamed, so a
+Building is resumable: finished runs are skipped and an interrupted run (a member without
+metrics) is rebuilt. Files are written to a temporary name and renamed, so a
 crash never leaves a half-written file under its real name.
 """
 

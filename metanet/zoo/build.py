@@ -31,9 +31,9 @@ __all__ = ["build_member_task", "build_zoo"]
 def build_member_task(
     args: dict[str, Any], progress: Callable[[dict[str, Any]], None], cancel: CancelToken
 ) -> dict[str, Any]:
-    """Executor task: build member ``args["index"]`` of the zoo ``args["config"]`` at ``args["root"]``."""
+    """Executor task: build run ``args["index"]`` of the zoo ``args["config"]`` at ``args["root"]``."""
     config = ZooConfig.from_dict(args["config"])
-    name = config.member_names()[args["index"]]
+    name = config.run_names()[args["index"]]
     progress({"stage": "member", "step": 0, "total": 1, "metrics": {"name": name}})
     metrics = build_member(config, args["index"], args["root"])
     progress({"stage": "member", "step": 1, "total": 1, "metrics": {"name": name}})
@@ -53,9 +53,10 @@ def build_zoo(
 ) -> Zoo:
     """Build (or finish building) the zoo of ``config`` in directory ``root``.
 
-    Finished members (metrics file present) are skipped; a member interrupted half-way is
-    rebuilt from scratch. With ``workers == 1`` and the local backend members are built in
-    this process; otherwise each member is one task of a :mod:`metaprune.executor`:
+    Finished training runs (every member's metrics file present) are skipped; a run
+    interrupted half-way is rebuilt from scratch. With ``workers == 1`` and the local
+    backend runs are built in this process; otherwise each run (its final member and its
+    snapshots) is one task of a :mod:`metaprune.executor`:
     ``workers`` spawned processes (one torch thread each) for ``backend="local"``, Ray tasks
     for ``backend="ray"`` (a local Ray with ``workers`` CPUs, or the cluster at
     ``ray_address``), or the given ``executor``. The first failed member stops the build:
@@ -73,8 +74,8 @@ def build_zoo(
             f"build_zoo: unknown backend {backend!r} (expected one of {list(BACKENDS)})"
         )
     zoo = Zoo.create(root, config)
-    done = set(zoo.finished())
-    pending = [i for i, n in enumerate(zoo.members) if n not in done]
+    done = set(zoo.finished_runs())
+    pending = [i for i, n in enumerate(zoo.runs) if n not in done]
     columns = (
         TextColumn("zoo"),
         BarColumn(),
@@ -84,7 +85,7 @@ def build_zoo(
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not progress) as bar:
-        task_bar = bar.add_task("members", total=len(zoo.members), completed=len(done))
+        task_bar = bar.add_task("runs", total=len(zoo.runs), completed=len(done))
 
         def finished(metrics: dict[str, Any]) -> None:
             bar.advance(task_bar)
@@ -121,7 +122,7 @@ def _build_with_executor(
     args = {"config": config.to_dict(), "root": str(zoo.root)}
     try:
         handles = {
-            ex.submit(TaskSpec(_TASK_FN, {**args, "index": i})): zoo.members[i] for i in pending
+            ex.submit(TaskSpec(_TASK_FN, {**args, "index": i})): zoo.runs[i] for i in pending
         }
         while handles:
             for handle in [h for h in handles if h.done()]:

@@ -53,6 +53,13 @@ class ZooConfig:
         finetune: the fine-tune budget after pruning.
         meta_val_fraction: share of members held out for checkpoint selection.
         split_seed: seed of the meta-train / meta-val split.
+        snapshots: members per training run (issue 21): the final, lightly pruned and
+            fine-tuned network plus ``snapshots - 1`` weight snapshots taken at the end of
+            epochs spread evenly over the run's training and fine-tune epochs (unpruned
+            networks during training, pruned ones during the fine-tune). The meta split is
+            drawn over runs, so no run sits on both sides. ``1`` (the default) is the
+            one-member-per-run zoo of format 1, and is left out of :meth:`to_dict`, so zoos
+            and recipes written before the field existed compare equal.
     """
 
     arch: str = "cifar_resnet20"
@@ -73,13 +80,14 @@ class ZooConfig:
     finetune: FinetuneBudget = FinetuneBudget(epochs=8, lr=0.01, schedule="cosine")
     meta_val_fraction: float = 0.2
     split_seed: int = 0
+    snapshots: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _budget(self.train))
         object.__setattr__(self, "finetune", _budget(self.finetune))
         object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs))
         object.__setattr__(self, "dataset_kwargs", dict(self.dataset_kwargs))
-        for name in ("size", "batch_size", "prune_steps"):
+        for name in ("size", "batch_size", "prune_steps", "snapshots"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ZooConfig.{name} must be an int >= 1 (found {value!r})")
@@ -91,6 +99,11 @@ class ZooConfig:
         if self.recalibrate_batches < 0:
             raise ValueError(
                 f"ZooConfig.recalibrate_batches must be >= 0 (found {self.recalibrate_batches})"
+            )
+        if self.snapshots > self.train.epochs + self.finetune.epochs:
+            raise ValueError(
+                f"ZooConfig.snapshots must be at most the run's epochs "
+                f"({self.train.epochs} + {self.finetune.epochs}) (found {self.snapshots})"
             )
         if not self.initial_speedup >= 1.0:
             raise ValueError(
@@ -106,6 +119,8 @@ class ZooConfig:
         out = dataclasses.asdict(self)
         for key in ("train", "finetune"):
             out[key]["milestones"] = list(out[key]["milestones"])
+        if self.snapshots == 1:
+            del out["snapshots"]
         return out
 
     @classmethod
@@ -119,5 +134,20 @@ class ZooConfig:
             )
         return cls(**dict(data))
 
-    def member_names(self) -> list[str]:
+    def run_names(self) -> list[str]:
+        """One name per training run: ``"0000"``, ``"0001"``, ... (run ``i`` has seed ``seed + i``)."""
         return [f"{i:04d}" for i in range(self.size)]
+
+    def run_members(self, run: str) -> list[str]:
+        """The members of training run ``run``: its snapshots ``"<run>.k"`` (``k`` = 1 ..
+        ``snapshots - 1``, in training order), then the final network ``"<run>"``."""
+        return [f"{run}.{k}" for k in range(1, self.snapshots)] + [run]
+
+    def member_names(self) -> list[str]:
+        return [m for run in self.run_names() for m in self.run_members(run)]
+
+    def snapshot_epochs(self) -> list[int]:
+        """Epochs (counted over training, then fine-tune) after which snapshots ``1 ..
+        snapshots - 1`` are taken: evenly spread, distinct, before the run's end."""
+        total = self.train.epochs + self.finetune.epochs
+        return [max(1, round(k * total / self.snapshots)) for k in range(1, self.snapshots)]

@@ -65,9 +65,12 @@ class Zoo:
                     "use a new directory or the same configuration to resume"
                 )
             return zoo
-        meta_train, meta_val = meta_split(
-            config.member_names(), config.meta_val_fraction, config.split_seed
+        # drawn over training runs, so a run's snapshots never straddle the split
+        train_runs, val_runs = meta_split(
+            config.run_names(), config.meta_val_fraction, config.split_seed
         )
+        meta_train = [m for r in train_runs for m in config.run_members(r)]
+        meta_val = [m for r in val_runs for m in config.run_members(r)]
         zoo = cls(root=root, config=config, meta_train=meta_train, meta_val=meta_val)
         zoo.write_index()
         return zoo
@@ -94,6 +97,19 @@ class Zoo:
             meta_train=list(split["meta_train"]),
             meta_val=list(split["meta_val"]),
         )
+
+    @property
+    def runs(self) -> list[str]:
+        return self.config.run_names()
+
+    def run_of(self, member: str) -> str:
+        """The training run a member comes from (its snapshots share it)."""
+        return member.split(".", 1)[0]
+
+    def finished_runs(self) -> list[str]:
+        """Runs all of whose members are finished."""
+        done = set(self.finished())
+        return [r for r in self.runs if all(m in done for m in self.config.run_members(r))]
 
     def finished(self) -> list[str]:
         """Members whose metrics file (written last) is present and readable."""
@@ -125,12 +141,13 @@ class Zoo:
             "members": [
                 {
                     "name": n,
-                    "seed": self.config.seed + i,
+                    "run": self.run_of(n),
+                    "seed": self.config.seed + int(self.run_of(n)),
                     "checkpoint": str(self.paths(n)[0].relative_to(self.root)),
                     "metrics": str(self.paths(n)[1].relative_to(self.root)),
                     "finished": n in finished,
                 }
-                for i, n in enumerate(self.members)
+                for n in self.members
             ],
             "split": {"meta_train": self.meta_train, "meta_val": self.meta_val},
             "complete": len(finished) == len(self.members),

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from metaprune.checkpoint import save
 from metaprune.data import DatasetSplits, get_dataset, make_loaders
 from metaprune.models import ArchSpec
 from metaprune.pruning.bn import recalibrate_bn
 from metaprune.pruning.finetune import evaluate, finetune
+from metaprune.pruning.progress import ProgressEvent
 from metaprune.pruning.progressive import progressive_prune
 from metaprune.pruning.targets import measure_cost
 
@@ -81,13 +85,14 @@ def member_spec(config: ZooConfig) -> ArchSpec:
 
 
 def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Build member ``index`` of the zoo at ``root`` and return its metrics.
+    """Build training run ``index`` of the zoo at ``root`` (its final member and its
+    ``config.snapshots - 1`` snapshots) and return the final member's metrics.
 
-    The checkpoint is written first and the metrics file last (both atomically), so a
-    member counts as finished only once everything is on disk.
+    Checkpoints are written first and metrics files last (all atomically), the final
+    member's last of all, so a member counts as finished only once everything is on disk.
     """
     start = time.perf_counter()
-    name = config.member_names()[index]
+    name = config.run_names()[index]
     seed = config.seed + index
     ckpt_path, metrics_path = member_paths(root, name)
     splits = task_splits(config)
@@ -97,7 +102,10 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
     model = spec.build()
     example = torch.zeros(1, splits.in_channels, splits.image_size, splits.image_size)
 
-    trained = finetune(model, train, val, config.train, stage="train")
+    snap = _Snapshots(config, name, seed, spec, root)
+    trained = finetune(
+        model, train, val, config.train, progress=snap.watch(model, 0), stage="train"
+    )
     base = measure_cost(model, example)
     base_val = evaluate(model, val)
     history = progressive_prune(
@@ -110,7 +118,14 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
     )
     recalibrate_bn(model, train, config.recalibrate_batches)
     pruned_val = evaluate(model, val)
-    tuned = finetune(model, train, val, config.finetune, stage="finetune")
+    tuned = finetune(
+        model,
+        train,
+        val,
+        config.finetune,
+        progress=snap.watch(model, config.train.epochs),
+        stage="finetune",
+    )
     model.eval()
     cost = measure_cost(model, example)
     metrics = {
@@ -137,5 +152,43 @@ def build_member(config: ZooConfig, index: int, root: str | os.PathLike[str]) ->
         ckpt_path,
         metadata={"zoo.member": name, "zoo.seed": str(seed)},
     )
+    snap.write(test, {k: metrics[k] for k in ("base_macs", "base_params")}, example)
     write_json_atomic(metrics_path, metrics)
     return metrics
+
+
+class _Snapshots:
+    """Weight snapshots of one training run at ``config.snapshot_epochs()``, kept in memory
+    (the state and the channel plan at that epoch) and written after the final member."""
+
+    def __init__(self, config: ZooConfig, run: str, seed: int, spec: ArchSpec, root: Any) -> None:
+        self.config, self.run, self.seed, self.spec, self.root = config, run, seed, spec, root
+        self.names = config.run_members(run)[:-1]
+        self.epochs = dict(zip(config.snapshot_epochs(), self.names))
+        self.taken: list[tuple[str, int, nn.Module, float]] = []
+
+    def watch(self, model: nn.Module, offset: int) -> Callable[[ProgressEvent], None]:
+        """A ``finetune`` progress callback; ``offset`` = epochs of the run before this stage."""
+
+        def on_event(event: ProgressEvent) -> None:
+            epoch = offset + event.step
+            # the end of an epoch: the event with ``train_loss`` (batch events have ``batch``)
+            if "train_loss" in event.metrics and epoch in self.epochs:
+                copy_ = copy.deepcopy(model).eval()
+                self.taken.append((self.epochs[epoch], epoch, copy_, event.metrics["val_accuracy"]))
+
+        return on_event
+
+    def write(self, test: Any, base: dict[str, Any], example: torch.Tensor) -> None:
+        for name, epoch, model, val_acc in self.taken:
+            ckpt, metrics_path = member_paths(self.root, name)
+            save(model, self.spec.with_plan_of(model), ckpt,
+                 metadata={"zoo.member": name, "zoo.seed": str(self.seed)})  # fmt: skip
+            cost = measure_cost(model, example)
+            write_json_atomic(metrics_path, {
+                "name": name, "run": self.run, "seed": self.seed, "snapshot_epoch": epoch,
+                "val_accuracy": val_acc,  # at that epoch, as the training loop measured it
+                "test_accuracy": evaluate(model, test),  # reported only
+                "macs": cost.macs, "params": cost.params, **base,
+                "macs_speedup": base["base_macs"] / cost.macs, "recipe": self.config.to_dict(),
+            })  # fmt: skip

@@ -101,3 +101,46 @@ def test_a_rewrite_that_costs_validation_accuracy_is_discarded(caplog) -> None:
     assert restored is not model and all(p.requires_grad for p in restored.parameters())
     for (key, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(a, b), key  # the input's weights, untouched by the probe
+
+
+def test_a_rewrite_that_does_not_prune_better_at_the_target_is_discarded(caplog) -> None:
+    import torch
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import create_model
+    from metaprune.pruning.methods import MethodContext
+
+    splits = get_dataset("digits", seed=0)
+    train, val, _ = make_loaders(splits, 64, seed=0)
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_channels=1, num_classes=10, width=0.25).eval()
+    config = PruneConfig(method="metanet", bn_recalibration_images=64)
+    torch.manual_seed(1)  # ratio 0: the rewrite equals the input, so the accuracy guard passes
+    net = metanet.MetaNetwork(2, 8, edge_encoding="canonical", node_ratio=0.0, edge_ratio=0.0)
+    seen: list[bool] = []
+
+    def proxy_for(input_score: float, rewrite_score: float):
+        def proxy(m: torch.nn.Module) -> float:
+            is_input = m is model
+            seen.append(is_input)
+            assert all(p.requires_grad for p in m.parameters())  # Torch-Pruning traces grads
+            return input_score if is_input else rewrite_score
+
+        return proxy
+
+    for scores, discarded in (((0.5, 0.4), True), ((0.5, 0.5), True), ((0.5, 0.6), False)):
+        ctx = MethodContext(config, train, val, torch.device("cpu"), torch.zeros(1, 1, 8, 8),
+                            proxy=proxy_for(*scores))  # fmt: skip
+        seen.clear()
+        with caplog.at_level("WARNING", logger="metanet.method"):
+            out, check = metanet.method.guarded_rewrite(model, net, ctx)
+        assert seen == [True, False]
+        assert check["discarded"] is discarded
+        assert (check["proxy_input"], check["proxy_rewritten"]) == scores
+        assert out is not model and all(p.requires_grad for p in out.parameters())
+        if discarded:
+            assert "did not improve the validation accuracy at the target" in check["warning"]
+            for (key, a), b in zip(model.state_dict().items(), out.state_dict().values()):
+                assert torch.equal(a, b), key
+        else:
+            assert "warning" not in check

@@ -1,0 +1,167 @@
+"""Issue 21: a learning curve of meta-training against effective members, with and without
+weight-space augmentations, and the held-out 0-epoch check of the result.
+
+    # meta-train on a snapshot zoo (metanet/configs/zoo_resnet20_digits_snap3.yaml), at equal steps
+    nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 1 --tag s1
+    nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 3 --aug --tag s3-aug
+    # held-out ResNet-20s (benchmarks/quality_heldout.py, seeds 100+), 0 epochs, 2x / 3x MACs:
+    # the guarded metanet path with an export against the default (`auto`: criterion chosen on validation)
+    nice python benchmarks/metanet_curve.py heldout --export runs/metanet-curve/s3-aug/best --n 5
+
+``fit`` uses the recipe of ``general-digits`` (canonical edges, 4 x 32, ratios 0.1,
+prune-aware objective, batch-statistics BN, gradient clip 1) and holds the number of
+optimizer steps per epoch fixed (``--steps``), so 1x and 3x members cost the same compute;
+``val/auc_gain`` is the selection signal's gain over the members as they are (meta-val:
+the final network of each held-out *run*; no run is on both sides). Rows go to
+``benchmarks/quality/metanet_curve.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/metanet.py
+sys.path.insert(len(sys.path), str(_HERE))
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
+
+OUT = _HERE / "quality" / "metanet_curve.json"
+AUG = {"aug_scale": 0.5, "aug_noise": 0.01, "aug_edge_dropout": 0.02, "aug_mixup": 0.5,
+       "aug_mixup_min": 0.8}  # fmt: skip
+
+
+def _update(path: Path, key: str, row: dict) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def fit(a: argparse.Namespace) -> int:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from metanet.export import export_checkpoint
+    from metanet.training import MetaPruneModule, ZooDataModule
+
+    L.seed_everything(a.seed)
+    probe = ZooDataModule(a.zoo, train_snapshots=a.snapshots)
+    probe.setup("fit")
+    members = len(probe.train_members)
+    per_member = max(1, round(a.steps / members))
+    data = ZooDataModule(a.zoo, batch_size=64, batches_per_member=per_member, eval_batch_size=256,
+                         train_snapshots=a.snapshots)  # fmt: skip
+    module = MetaPruneModule(
+        num_layers=4, hidden=32, node_ratio=0.1, edge_ratio=0.1, edge_encoding="canonical",
+        lr=1e-3, weight_decay=5e-4, lr_step_epochs=100, reg=0.0, val_max_speedup=3.0,
+        val_prune_steps=20, val_recalibrate_batches=2, val_normalizer="sum", prune_weight=1.0,
+        batch_stats=True, grad_clip=1.0, **(AUG if a.aug else {}),
+    )  # fmt: skip
+    curve: list[dict] = []
+
+    class Record(Callback):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            m = trainer.callback_metrics
+            row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                   **{k: round(float(m[f"val/{k}"]), 4) for k in ("auc", "auc_base", "auc_gain")}}  # fmt: skip
+            curve.append(row)
+            print(a.tag, row, flush=True)
+
+    root = Path(a.runs) / a.tag
+    ckpt = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/auc", mode="max",
+                           save_top_k=1, filename="best-{epoch:03d}")  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=a.epochs, logger=False,
+                        check_val_every_n_epoch=a.val_every, num_sanity_val_steps=0,
+                        callbacks=[ckpt, Record()], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(root))  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - start
+    export_checkpoint(ckpt.best_model_path, root / "best")
+    best = max(curve, key=lambda r: r["auc"])
+    _update(Path(a.out), a.tag, {
+        "zoo": a.zoo, "snapshots_per_run": a.snapshots, "train_members": members,
+        "train_runs": len({m.name.split(".")[0] for m in data.train_members}),
+        "val_members": len(data.val_members), "augment": AUG if a.aug else None,
+        "steps": trainer.global_step, "batches_per_member": per_member, "curve": curve,
+        "best": best, "last": curve[-1], "seconds": round(seconds), "seed": a.seed,
+        "export": str(root / "best"),
+    })  # fmt: skip
+    return 0
+
+
+def heldout(a: argparse.Namespace) -> int:
+    import quality_heldout as heldout_mod
+
+    import metanet  # noqa: F401  (registers the metanet method)
+    from metaprune.pruning import FinetuneBudget, PruneConfig, Target, prune
+
+    out = Path(a.out).with_name("metanet_curve_heldout.json")
+    for h in heldout_mod.heldout_models(a.family, a.n):
+        for t in a.targets:
+            jobs = [("default", {})]
+            if a.export:
+                jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
+            for tag, options in jobs:
+                key = f"{tag}/{h.name}/{t}"
+                done = json.loads(out.read_text()) if out.exists() else {}
+                if key in done:
+                    continue
+                config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
+                                     after_pruning=FinetuneBudget(epochs=0), **options)  # fmt: skip
+                start = time.perf_counter()
+                report = prune(h.path, "digits", config).report
+                guard = report["stages"].get("before_pruning", {}).get("metanet", {})
+                row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
+                       "macs_speedup": report["speedup"]["macs"],
+                       "choice": report.get("method_choice"),
+                       "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
+                       "seconds": round(time.perf_counter() - start)}  # fmt: skip
+                _update(out, key, row)
+                print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
+    if a.export:  # the evidence travels with the export (metanet.record)
+        from metanet.record import attach_record, heldout_record
+
+        record = heldout_record(json.loads(out.read_text()), a.tag)
+        attach_record(a.export, record)
+        print(json.dumps(record, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit")
+    f.add_argument("--zoo", required=True)
+    f.add_argument("--snapshots", type=int, default=None, help="members per meta-train run")
+    f.add_argument("--aug", action="store_true", help="the augmentations of AUG")
+    f.add_argument("--tag", required=True)
+    f.add_argument("--epochs", type=int, default=8)
+    f.add_argument("--steps", type=int, default=36, help="optimizer steps per epoch")
+    f.add_argument("--val-every", type=int, default=2)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--runs", default="runs/metanet-curve")
+    h = sub.add_parser("heldout")
+    h.add_argument("--export", default=None, help="a metanet export (none: the default only)")
+    h.add_argument("--tag", default="metanet")
+    h.add_argument("--family", default="cifar_resnet20")
+    h.add_argument("--n", type=int, default=5)
+    h.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
+    for q in (f, h):
+        q.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    return fit(a) if a.cmd == "fit" else heldout(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
