@@ -47,9 +47,11 @@ __all__ = [
 #: budget; version-1 data is migrated by :meth:`PruneConfig.from_dict` (see ``_migrate``)
 CONFIG_VERSION = 2
 TARGET_KINDS = ("macs", "params", "latency")
-METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "taylor", "hessian", "random")
+METHODS = (
+    "auto", "metanet", "group-l2", "group-l2-sl", "group-l2-macs", "taylor", "hessian", "random",
+)
 SCHEDULES = ("cosine", "step", "constant")
-NORMALIZERS = ("max", "mean", "sum", "none")
+NORMALIZERS = ("max", "mean", "sum", "lamp", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
 IMPORTANCE_NORMALIZERS = ("auto", *NORMALIZERS)
 REDUCTIONS = ("mean", "sum", "max", "first")

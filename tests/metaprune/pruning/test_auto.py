@@ -66,8 +66,8 @@ def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
 
 @pytest.mark.timeout(180)
 def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, splits, fast_config):
-    """``auto`` with 0 epochs scores group-L2 (each normaliser), taylor and hessian by the
-    proxy on validation, prunes with the winner and says so."""
+    """``auto`` with 0 epochs scores group-L2 (each normaliser), group-L2 per MAC, taylor
+    and hessian by the proxy on validation, prunes with the winner and says so."""
     config = dataclasses.replace(
         fast_config, method="auto", importance=ImportanceOptions(normalizer="auto"),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
@@ -77,8 +77,8 @@ def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, spli
     report = result.report
     search = report["stages"]["prune"]["criterion_search"]
     labels = [f"{t['criterion']}[{t['normalizer']}]" for t in search["trials"]]
-    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "taylor[mean]",
-                      "hessian[mean]"]  # fmt: skip
+    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "group-l2-macs[sum]",
+                      "taylor[mean]", "hessian[mean]"]  # fmt: skip
     scores = [t["val_accuracy"] for t in search["trials"]]
     winner = labels[scores.index(max(scores))]
     assert search["chosen"] == winner == report["method_choice"]["criterion"]
