@@ -138,7 +138,8 @@ class ImportanceOptions:
     ``sum`` beat ``max`` and ``mean`` by ~15 points on VGG-11 but lost ~10 to ``mean``
     on other ResNet-20s; ``benchmarks/RESULTS.md``), so ``"auto"`` prunes a copy with
     each of ``sum``, ``mean``, ``max`` and keeps the best on the validation split
-    (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search.
+    (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search; ``"lamp"``
+    (Torch-Pruning's layer-adaptive normaliser) can be named but is not searched.
 
     The search is a cheap proxy of the real prune: each candidate prunes a copy to the
     target in ``search_steps`` progressive steps (``None``: ``pruning.steps``, the real

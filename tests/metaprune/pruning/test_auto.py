@@ -28,7 +28,7 @@ def test_rule_follows_the_before_pruning_budget():
     assert "trials inside the budget" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
-    assert "0 epochs" in zero.reason and "taylor, hessian) chosen by validation" in zero.reason
+    assert "0 epochs" in zero.reason and "per MAC, taylor, hessian) chosen by validation" in zero.reason
     fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
                                      importance=ImportanceOptions(normalizer="max"))  # fmt: skip
     assert "group-L2 with the 'max' normaliser" in resolve_method(fixed_norm).reason

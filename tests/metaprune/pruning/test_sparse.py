@@ -138,3 +138,13 @@ def test_a_budget_without_room_for_a_search_trains_one_strength(model, loaders, 
     assert info["sparse_reg"] == GRID[1] and search["grid"] == [GRID[1]]
     assert search["rounds"] == [] and "no room for a search" in search["rule"]
     assert info["epochs_trained"] == search["winner_epochs"] == 1.0
+
+
+def test_a_short_budget_tries_neighbours_around_the_middle_of_the_grid():
+    from metaprune.pruning.sparse import _keep
+
+    grid = [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+    assert _keep(grid, 1) == [0.03] and _keep(grid, 2) == [0.03, 0.01]
+    assert _keep(grid, 3) == [0.1, 0.03, 0.01] and _keep(grid, 4) == [0.1, 0.03, 0.01, 0.003]
+    assert _keep(grid, 6) == grid == _keep(grid, 9)
+    assert _keep([0.1, 0.01], 1) == [0.1] and _keep([0.2], 1) == [0.2]
