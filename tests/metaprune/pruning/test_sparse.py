@@ -115,7 +115,8 @@ def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     clean, scrambled = (r["stages"]["before_pruning"] for r in reports)
     assert clean["sparse_reg"] == scrambled["sparse_reg"]
     assert clean["reg_search"]["rounds"] == scrambled["reg_search"]["rounds"]
-    assert clean["reg_search"]["rounds"][0]["arms"][0]["arm"] == GRID[0]
+    assert clean["reg_search"]["grid"] == [GRID[1], GRID[2]]  # 2 arms fit: the grid's middle
+    assert clean["reg_search"]["rounds"][0]["arms"][0]["arm"] == GRID[1]
     assert reports[0]["final"]["val_accuracy"] == reports[1]["final"]["val_accuracy"]
     states = [r.model.state_dict() for r in results]
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())  # same model
