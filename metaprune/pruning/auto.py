@@ -13,7 +13,8 @@ commands in ``benchmarks/RESULTS.md``, section "Baselines and defaults"):
    act.
 
 In both cases the pipeline then picks the criterion on validation at the target among
-group-L2 with each normaliser and the data-aware ``taylor`` and ``hessian``
+group-L2 with each normaliser, group-L2 per MAC (``group-l2-macs``) and the data-aware
+``taylor`` and ``hessian``
 (:mod:`metaprune.pruning.choose`; the report's ``method_choice.criterion`` and
 ``stages.prune.criterion_search`` say what won).
 
@@ -63,7 +64,8 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
         )  # fmt: skip
     norm = config.importance.normalizer
     how = (
-        "the criterion (group-L2 with each normaliser, taylor, hessian) chosen by validation "
+        "the criterion (group-L2 with each normaliser, group-L2 per MAC, taylor, hessian) "
+        "chosen by validation "
         "accuracy at the target" if norm == "auto" else f"group-L2 with the {norm!r} normaliser"
     )  # fmt: skip
     return MethodChoice(

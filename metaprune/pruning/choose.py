@@ -58,17 +58,24 @@ ProxyFn = Callable[[nn.Module, Candidate], float]
 #: data-aware criteria use Torch-Pruning's default normaliser (``mean``; on held-out
 #: ResNet-20s it beat ``sum`` and ``max`` for ``taylor`` by 10-25 points at 2x)
 DATA_AWARE_NORMALIZER = "mean"
+#: the normaliser of an extra criterion when the job's is ``"auto"`` (default above):
+#: group-L2 per MAC with ``sum`` beat ``mean`` and ``max`` by 20-40 points on held-out
+#: VGG-19s at 2x and 3x (``lamp`` was level with ``sum``; benchmarks/RESULTS.md, issue 20)
+EXTRA_NORMALIZER = {"group-l2-macs": "sum"}
 
 
 def criterion_candidates(
-    importance: str, normalizer: str, normalizers: Sequence[str], data_aware: Sequence[str] = ()
+    importance: str, normalizer: str, normalizers: Sequence[str], extra: Sequence[str] = ()
 ) -> list[Candidate]:
     """The candidates of a job: ``importance`` with ``normalizer`` (or every one of
-    ``normalizers`` when it is ``"auto"``), then each criterion of ``data_aware``."""
+    ``normalizers`` when it is ``"auto"``), then each criterion of ``extra`` (with its
+    :data:`EXTRA_NORMALIZER` when ``normalizer`` is ``"auto"``)."""
     norms = list(normalizers) if normalizer == "auto" else [normalizer]
     out = [Candidate(importance, n) for n in norms]
-    dn = DATA_AWARE_NORMALIZER if normalizer == "auto" else normalizer
-    out += [Candidate(c, dn) for c in data_aware if c != importance]
+    for c in extra:
+        if c != importance:
+            auto = EXTRA_NORMALIZER.get(c, DATA_AWARE_NORMALIZER)
+            out.append(Candidate(c, auto if normalizer == "auto" else normalizer))
     return out
 
 

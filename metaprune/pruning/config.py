@@ -47,9 +47,11 @@ __all__ = [
 #: budget; version-1 data is migrated by :meth:`PruneConfig.from_dict` (see ``_migrate``)
 CONFIG_VERSION = 2
 TARGET_KINDS = ("macs", "params", "latency")
-METHODS = ("auto", "metanet", "group-l2", "group-l2-sl", "taylor", "hessian", "random")
+METHODS = (
+    "auto", "metanet", "group-l2", "group-l2-sl", "group-l2-macs", "taylor", "hessian", "random",
+)
 SCHEDULES = ("cosine", "step", "constant")
-NORMALIZERS = ("max", "mean", "sum", "none")
+NORMALIZERS = ("max", "mean", "sum", "lamp", "none")
 #: ``"auto"``: chosen per job on validation (metaprune/pruning/normalizer.py)
 IMPORTANCE_NORMALIZERS = ("auto", *NORMALIZERS)
 REDUCTIONS = ("mean", "sum", "max", "first")
@@ -136,7 +138,8 @@ class ImportanceOptions:
     ``sum`` beat ``max`` and ``mean`` by ~15 points on VGG-11 but lost ~10 to ``mean``
     on other ResNet-20s; ``benchmarks/RESULTS.md``), so ``"auto"`` prunes a copy with
     each of ``sum``, ``mean``, ``max`` and keeps the best on the validation split
-    (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search.
+    (:mod:`metaprune.pruning.normalizer`). A fixed name skips that search; ``"lamp"``
+    (Torch-Pruning's layer-adaptive normaliser) can be named but is not searched.
 
     The search is a cheap proxy of the real prune: each candidate prunes a copy to the
     target in ``search_steps`` progressive steps (``None``: ``pruning.steps``, the real

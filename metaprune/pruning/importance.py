@@ -11,10 +11,13 @@ pruned first. Registered criteria:
   (Torch-Pruning's ``GroupTaylorImportance``), reduced and normalised like group-L2.
 * ``"hessian"``: Optimal Brain Damage, ``w^2 * F`` with ``F`` the empirical Fisher
   diagonal (Torch-Pruning's ``GroupHessianImportance`` reading our Fisher from ``.grad``).
+* ``"group-l2-macs"``: group-L2 per MAC, each group's normalised scores divided by the
+  MACs one of its channels costs (:mod:`metaprune.pruning.macs_importance`).
 
 ``taylor`` and ``hessian`` need data: ``make_importance`` gathers their gradients on the
 ``model`` it will prune, from a fixed, bounded ``calibration`` set of training images
 (:mod:`metaprune.pruning.gradients`), before the first ranking; without them it raises.
+``group-l2-macs`` needs the model too (one image of ``calibration`` gives its shapes).
 
 Example::
 
@@ -34,8 +37,10 @@ from torch import Tensor, nn
 
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.gradients import gather_gradients
+from metaprune.pruning.macs_importance import MacsAwareImportance
 
 __all__ = [
+    "COST_AWARE",
     "DATA_AWARE",
     "ImportanceFactory",
     "SeededRandomImportance",
@@ -50,6 +55,8 @@ Calibration = Iterable[tuple[Tensor, Tensor]]
 _REGISTRY: dict[str, ImportanceFactory] = {}
 #: criteria that read gradients on calibration data (``make_importance`` needs model + data)
 DATA_AWARE = ("taylor", "hessian")
+#: criteria that weigh scores by each channel's MACs (they need the model and one input)
+COST_AWARE = ("group-l2-macs",)
 
 
 def register_importance(name: str) -> Callable[[ImportanceFactory], ImportanceFactory]:
@@ -98,9 +105,10 @@ def make_importance(
         raise ConfigError(
             f"unknown importance {name!r} (registered: {', '.join(list_importances())}){hint}"
         )
-    if name in DATA_AWARE and (model is None or calibration is None):
+    if name in DATA_AWARE + COST_AWARE and (model is None or calibration is None):
+        why = "by loss gradients" if name in DATA_AWARE else "per MAC"
         raise ConfigError(
-            f"importance {name!r} ranks channels by loss gradients: it needs the model "
+            f"importance {name!r} ranks channels {why}: it needs the model "
             "and calibration images (make_importance(..., model=, calibration=))"
         )
     return factory(
@@ -161,3 +169,14 @@ def _hessian(
     return tp.importance.GroupHessianImportance(
         group_reduction=group_reduction, normalizer=_norm(normalizer)
     )
+
+
+@register_importance("group-l2-macs")
+def _group_l2_macs(
+    *, p: int, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
+    **_: object,
+) -> tp.importance.Importance:
+    base = _group_l2(p=p, group_reduction=group_reduction, normalizer=normalizer)
+    images, _labels = next(iter(calibration))
+    device = next(model.parameters()).device
+    return MacsAwareImportance(base, model, images[:1].to(device))

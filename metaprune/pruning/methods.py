@@ -232,6 +232,7 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
 _as_given = functools.partial(plain_finetune, as_given=True)
 register_method(Method("group-l2", "group-l2", _as_given, "plain fine-tune, group L2 importance"))
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
+register_method(Method("group-l2-macs", "group-l2-macs", _as_given, "plain fine-tune, group L2 per MAC"))
 register_method(Method("taylor", "taylor", _as_given, "plain fine-tune, first-order Taylor"))
 register_method(Method("hessian", "hessian", _as_given, "plain fine-tune, OBD (Fisher) importance"))
 register_method(Method("random", "random", _as_given, "plain fine-tune, random importance"))

@@ -10,8 +10,9 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    validation accuracy against speed-up (the curve: both ends and at most
    ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
    ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
-   ``method="auto"``, the data-aware ``taylor`` and ``hessian``) and keeps the best by
-   validation accuracy at the target on a cheap proxy (:mod:`metaprune.pruning.choose`).
+   ``method="auto"``, group-L2 per MAC and the data-aware ``taylor`` and ``hessian``) and
+   keeps the best by validation accuracy at the target on a cheap proxy
+   (:mod:`metaprune.pruning.choose`).
    ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
    the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
@@ -53,7 +54,7 @@ from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import evaluate, finetune
-from metaprune.pruning.importance import DATA_AWARE, make_importance
+from metaprune.pruning.importance import COST_AWARE, DATA_AWARE, make_importance
 from metaprune.pruning.latency import LatencyMeasurement, auto_batch_size, time_forward
 from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
@@ -293,11 +294,11 @@ def prune(
     curve_calib, curve_val = subset(splits.train, pruning.curve_images), subset(splits.val, pruning.curve_images)
 
     # the criterion (and its normaliser) by validation accuracy at the target
-    data_aware = DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
+    extra = COST_AWARE + DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
     candidates = (
         [Candidate(method.importance, "sum")]  # random scores: nothing to normalise
         if method.importance == "random"
-        else criterion_candidates(method.importance, opts.normalizer, NORMALIZER_CANDIDATES, data_aware)
+        else criterion_candidates(method.importance, opts.normalizer, NORMALIZER_CANDIDATES, extra)
     )  # fmt: skip
     chosen, prune_info = candidates[0], dict[str, Any]()
     if len(candidates) > 1:

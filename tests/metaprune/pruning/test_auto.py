@@ -28,7 +28,7 @@ def test_rule_follows_the_before_pruning_budget():
     assert "trials inside the budget" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
-    assert "0 epochs" in zero.reason and "taylor, hessian) chosen by validation" in zero.reason
+    assert "0 epochs" in zero.reason and "per MAC, taylor, hessian) chosen by validation" in zero.reason
     fixed_norm = dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0),
                                      importance=ImportanceOptions(normalizer="max"))  # fmt: skip
     assert "group-L2 with the 'max' normaliser" in resolve_method(fixed_norm).reason
@@ -66,8 +66,8 @@ def test_report_says_which_method_ran_and_why(model, spec, splits, fast_config):
 
 @pytest.mark.timeout(180)
 def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, splits, fast_config):
-    """``auto`` with 0 epochs scores group-L2 (each normaliser), taylor and hessian by the
-    proxy on validation, prunes with the winner and says so."""
+    """``auto`` with 0 epochs scores group-L2 (each normaliser), group-L2 per MAC, taylor
+    and hessian by the proxy on validation, prunes with the winner and says so."""
     config = dataclasses.replace(
         fast_config, method="auto", importance=ImportanceOptions(normalizer="auto"),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
@@ -77,8 +77,8 @@ def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, spli
     report = result.report
     search = report["stages"]["prune"]["criterion_search"]
     labels = [f"{t['criterion']}[{t['normalizer']}]" for t in search["trials"]]
-    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "taylor[mean]",
-                      "hessian[mean]"]  # fmt: skip
+    assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "group-l2-macs[sum]",
+                      "taylor[mean]", "hessian[mean]"]  # fmt: skip
     scores = [t["val_accuracy"] for t in search["trials"]]
     winner = labels[scores.index(max(scores))]
     assert search["chosen"] == winner == report["method_choice"]["criterion"]

@@ -18,11 +18,11 @@ from metaprune.pruning.choose import (
 
 def test_candidates_of_a_job():
     norms = ("sum", "mean", "max")
-    auto = criterion_candidates("group-l2", "auto", norms, ("taylor", "hessian"))
+    auto = criterion_candidates("group-l2", "auto", norms, ("group-l2-macs", "taylor", "hessian"))
     assert [c.label for c in auto] == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]",
-                                       "taylor[mean]", "hessian[mean]"]  # fmt: skip
-    fixed = criterion_candidates("group-l2", "max", norms, ("taylor",))
-    assert [c.label for c in fixed] == ["group-l2[max]", "taylor[max]"]
+                                       "group-l2-macs[sum]", "taylor[mean]", "hessian[mean]"]  # fmt: skip
+    fixed = criterion_candidates("group-l2", "max", norms, ("taylor", "group-l2-macs"))
+    assert [c.label for c in fixed] == ["group-l2[max]", "taylor[max]", "group-l2-macs[max]"]
     assert criterion_candidates("taylor", "sum", norms, ("taylor",)) == [Candidate("taylor", "sum")]
 
 

@@ -20,13 +20,13 @@ from metaprune.pruning import (
     progressive_prune,
 )
 from metaprune.pruning.bn import calibration_subset
-from metaprune.pruning.importance import DATA_AWARE
+from metaprune.pruning.importance import COST_AWARE, DATA_AWARE
 
 
 @pytest.mark.parametrize("importance", list_importances())
 def test_stops_at_first_step_reaching_the_macs_target(model, example, importance, splits):
     base = measure_cost(model, example)
-    if importance in DATA_AWARE:  # gradients on a few training images first
+    if importance in DATA_AWARE + COST_AWARE:  # gradients (or shapes) from a few training images
         importance = make_importance(importance, model=model,
                                      calibration=calibration_subset(splits.train, 32, 16, 0))  # fmt: skip
     history = progressive_prune(model, example, 2.0, importance=importance, steps=40)

@@ -115,7 +115,8 @@ def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     clean, scrambled = (r["stages"]["before_pruning"] for r in reports)
     assert clean["sparse_reg"] == scrambled["sparse_reg"]
     assert clean["reg_search"]["rounds"] == scrambled["reg_search"]["rounds"]
-    assert clean["reg_search"]["rounds"][0]["arms"][0]["arm"] == GRID[0]
+    assert clean["reg_search"]["grid"] == [GRID[1], GRID[2]]  # 2 arms fit: the grid's middle
+    assert clean["reg_search"]["rounds"][0]["arms"][0]["arm"] == GRID[1]
     assert reports[0]["final"]["val_accuracy"] == reports[1]["final"]["val_accuracy"]
     states = [r.model.state_dict() for r in results]
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())  # same model
@@ -138,3 +139,13 @@ def test_a_budget_without_room_for_a_search_trains_one_strength(model, loaders, 
     assert info["sparse_reg"] == GRID[1] and search["grid"] == [GRID[1]]
     assert search["rounds"] == [] and "no room for a search" in search["rule"]
     assert info["epochs_trained"] == search["winner_epochs"] == 1.0
+
+
+def test_a_short_budget_tries_neighbours_around_the_middle_of_the_grid():
+    from metaprune.pruning.sparse import _keep
+
+    grid = [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+    assert _keep(grid, 1) == [0.03] and _keep(grid, 2) == [0.03, 0.01]
+    assert _keep(grid, 3) == [0.1, 0.03, 0.01] and _keep(grid, 4) == [0.1, 0.03, 0.01, 0.003]
+    assert _keep(grid, 6) == grid == _keep(grid, 9)
+    assert _keep([0.1, 0.01], 1) == [0.1] and _keep([0.2], 1) == [0.2]
