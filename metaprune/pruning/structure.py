@@ -44,7 +44,7 @@ from metaprune.models.channel_plan import (
     set_heads,
 )
 from metaprune.pruning._floor import FlooredPruner
-from metaprune.pruning.targets import find_classifier
+from metaprune.pruning.targets import find_classifier, forget_cached_tensors
 
 __all__ = [
     "FrozenGroup",
@@ -141,7 +141,9 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 def sync_heads(model: nn.Module) -> None:
     """After a pruning step, give every fused-qkv attention module the head width its
-    ``qkv`` layer now has (the head count never changes)."""
+    ``qkv`` layer now has (the head count never changes), and forget what modules cached
+    from the unpruned weights (:func:`~metaprune.pruning.targets.forget_cached_tensors`)."""
+    forget_cached_tensors(model)
     for module in model.modules():
         heads, width = head_attrs(module), _qkv_width(module)
         if heads is None or width is None or "num_heads" not in heads:
@@ -174,10 +176,12 @@ def make_pruner(
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     with warnings.catch_warnings():  # Torch-Pruning lists every bare parameter it finds
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return FlooredPruner(
+        pruner = FlooredPruner(
             model, example_inputs, importance, ignored_layers=ignored,
             out_channel_groups=mha, num_heads=attention_heads(model), **kwargs,
         )  # fmt: skip
+    forget_cached_tensors(model)  # filled by the graph's traced pass, with autograd on
+    return pruner
 
 
 # ----------------------------------------------------------------------------- dry run
