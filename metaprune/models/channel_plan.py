@@ -61,6 +61,7 @@ __all__ = [
     "normalize_channel_plan",
     "set_heads",
     "structural_attrs",
+    "sync_derived_widths",
 ]
 
 PlanValue = int | list[int]
@@ -84,6 +85,13 @@ _RESIZED_BY_ATTRS = frozenset(
 
 #: Head geometry of attention modules that are not standard layers (see :func:`set_heads`).
 HEAD_ATTRS: tuple[str, ...] = ("num_heads", "head_dim", "dim_head")
+
+#: Plain int attributes some ``forward`` reads that follow from a layer's width, by class
+#: (``module.qualname``, so nothing is imported): torchvision's ViT reshapes its patch
+#: embedding to ``hidden_dim``. Not in the plan: :func:`sync_derived_widths` recomputes them.
+DERIVED_WIDTHS: dict[str, dict[str, str]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": {"hidden_dim": "conv_proj.out_channels"},
+}
 
 #: The most dimensions a resized tensor in a plan may have.
 MAX_TENSOR_DIMS = 8
@@ -136,6 +144,16 @@ def set_heads(module: nn.Module, num_heads: int, head_dim: int) -> None:
     scale = getattr(module, "scale", None)
     if isinstance(scale, float) and _is_pos_int(old) and math.isclose(scale, old**-0.5):
         module.scale = head_dim**-0.5
+
+
+def sync_derived_widths(model: nn.Module) -> None:
+    """Set every :data:`DERIVED_WIDTHS` attribute of ``model``'s modules from the layer it
+    follows (after pruning, and after a plan is replayed)."""
+    for module in model.modules():
+        cls = type(module)
+        for attr, source in DERIVED_WIDTHS.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+            path, _, name = source.rpartition(".")
+            setattr(module, attr, int(getattr(module.get_submodule(path), name)))
 
 
 def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:
@@ -326,6 +344,7 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
             _resize(module, "bias", (c,))
         elif isinstance(module, nn.MultiheadAttention):
             _resize_mha(module, new, where)
+    sync_derived_widths(model)
     return model
 
 

@@ -42,6 +42,7 @@ from metaprune.models.channel_plan import (
     channel_plan_of,
     head_attrs,
     set_heads,
+    sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
 from metaprune.pruning.targets import find_classifier, forget_cached_tensors
@@ -141,9 +142,12 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 def sync_heads(model: nn.Module) -> None:
     """After a pruning step, give every fused-qkv attention module the head width its
-    ``qkv`` layer now has (the head count never changes), and forget what modules cached
+    ``qkv`` layer now has (the head count never changes), set the widths a ``forward``
+    reads from plain attributes (:data:`~metaprune.models.channel_plan.DERIVED_WIDTHS`:
+    torchvision ViT's ``hidden_dim``), and forget what modules cached
     from the unpruned weights (:func:`~metaprune.pruning.targets.forget_cached_tensors`)."""
     forget_cached_tensors(model)
+    sync_derived_widths(model)
     for module in model.modules():
         heads, width = head_attrs(module), _qkv_width(module)
         if heads is None or width is None or "num_heads" not in heads:
