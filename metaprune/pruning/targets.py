@@ -33,9 +33,9 @@ def forget_cached_tensors(model: nn.Module) -> None:
     ``copy.deepcopy`` refuses. The modules refill them on their next eval pass."""
     for module in model.modules():
         for name, value in vars(module).items():
-            if "cache" in name and isinstance(value, dict) and value:
-                if all(isinstance(v, Tensor) for v in value.values()):
-                    value.clear()
+            tensors = isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values())
+            if "cache" in name and tensors and value:
+                value.clear()
 
 
 def measure_cost(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Cost:
