@@ -40,7 +40,7 @@ rebuilt from JSON alone (no pickled modules). Structural attributes per module t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -86,11 +86,20 @@ _RESIZED_BY_ATTRS = frozenset(
 #: Head geometry of attention modules that are not standard layers (see :func:`set_heads`).
 HEAD_ATTRS: tuple[str, ...] = ("num_heads", "head_dim", "dim_head")
 
-#: Plain int attributes some ``forward`` reads that follow from a layer's width, by class
-#: (``module.qualname``, so nothing is imported): torchvision's ViT reshapes its patch
-#: embedding to ``hidden_dim``. Not in the plan: :func:`sync_derived_widths` recomputes them.
-DERIVED_WIDTHS: dict[str, dict[str, str]] = {
-    "torchvision.models.vision_transformer.VisionTransformer": {"hidden_dim": "conv_proj.out_channels"},
+#: Plain attributes some ``forward`` reads that follow from its layers' widths, by class
+#: (``module.qualname``, so nothing is imported), computed from the module: torchvision's
+#: ViT reshapes its patch embedding to ``hidden_dim``; timm's ``MixedConv2d`` splits its
+#: input into ``splits`` (one per kernel size). Not in the plan: :func:`sync_derived_widths`
+#: recomputes them.
+DERIVED_WIDTHS: dict[str, dict[str, Callable[[nn.Module], object]]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": {
+        "hidden_dim": lambda m: int(m.conv_proj.out_channels),
+    },
+    "timm.layers.mixed_conv2d.MixedConv2d": {
+        "splits": lambda m: [int(c.in_channels) for c in m.values()],
+        "in_channels": lambda m: sum(int(c.in_channels) for c in m.values()),
+        "out_channels": lambda m: sum(int(c.out_channels) for c in m.values()),
+    },
 }
 
 #: The most dimensions a resized tensor in a plan may have.
@@ -151,9 +160,8 @@ def sync_derived_widths(model: nn.Module) -> None:
     follows (after pruning, and after a plan is replayed)."""
     for module in model.modules():
         cls = type(module)
-        for attr, source in DERIVED_WIDTHS.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
-            path, _, name = source.rpartition(".")
-            setattr(module, attr, int(getattr(module.get_submodule(path), name)))
+        for attr, value in DERIVED_WIDTHS.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+            setattr(module, attr, value(module))
 
 
 def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:

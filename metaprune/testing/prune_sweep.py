@@ -2,6 +2,9 @@
 
     PYTHONPATH=. .venv/bin/python -m metaprune.testing.prune_sweep [name ... | --timm | --torchvision | --all-torchvision]
 
+With no argument: every torchvision and timm family below. A name is a spec name
+(``timm/resnet18``, ``torchvision/vgg11_bn``; sizes as below when listed, else 64 px).
+
 Each model (random init, 10 classes) is pruned with :func:`metaprune.prune` to 2x MACs at
 64x64 (transformers at a multiple of their patch and window: the encoder sweep's sizes)
 with 0 epochs on a small seeded ``synthetic`` task, saved with ``result.save``, and
@@ -223,6 +226,9 @@ def _selection(args: list[str]) -> list[tuple[str, dict[str, Any], int]]:
 
 
 def main(args: list[str]) -> None:
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return
     rows = run(_selection(args), each=True)
     print("| source | model | result | MACs speed-up | max diff | reason | s |")
     print("|---|---|---|---|---|---|---|")
@@ -230,10 +236,15 @@ def main(args: list[str]) -> None:
         diff = "" if r.max_diff is None else f"{r.max_diff:.1e}"
         print(f"| {r.source} | {r.model} | {r.result} | {r.speedup:.2f} | {diff} | "
               f"{r.reason[:200]} | {r.seconds:.1f} |")  # fmt: skip
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.result] = counts.get(r.result, 0) + 1
-    print(f"\n{counts} of {len(rows)}")
+    print()
+    for source in sorted({r.source for r in rows}):
+        counts: dict[str, int] = {}
+        for r in rows:
+            if r.source == source:
+                counts[r.result] = counts.get(r.result, 0) + 1
+        total = sum(counts.values())
+        ok = counts.get("exact", 0) + counts.get("close", 0)
+        print(f"{source}: {ok} of {total} pruned to 2x and reloaded ({100 * ok / total:.0f} %); {counts}")
     print(json.dumps([asdict(r) for r in rows]), file=sys.stderr)
 
 
