@@ -84,6 +84,22 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
 # is bounded (the class itself is left alone)
 tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
 
+_update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
+
+
+def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
+    """Torch-Pruning's concat mapping, which leaves a concatenation unmapped when it cannot
+    infer an input's width, except that it sums those widths first (``int + None``:
+    CSPNet's ``cat`` of a tensor with itself). Unmapped, the dry run decides."""
+    try:
+        _update_concat_index_mapping(graph, cat_node)
+    except TypeError:
+        if None not in (cat_node.module.concat_sizes or ()):
+            raise
+
+
+tp.dependency.index_mapping.update_concat_index_mapping = _concat_index_mapping
+
 
 @dataclasses.dataclass(frozen=True)
 class FrozenGroup:
