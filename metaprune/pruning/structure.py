@@ -174,32 +174,6 @@ def sync_heads(model: nn.Module) -> None:
             set_heads(module, n, width // (3 * n))
 
 
-class _ConvWithChannelParams(tp.pruner.function.ConvPruner):
-    """Torch-Pruning's conv pruner, which also prunes the conv's other parameters with one
-    entry per output channel (timm's ``ScaledStdConv2d`` ``gain``, NF-ResNet)."""
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        width = int(layer.out_channels)  # type: ignore[arg-type]
-        extra = _channel_params(layer, width)
-        layer = super().prune_out_channels(layer, idxs)
-        keep = sorted(set(range(width)) - {int(i) for i in idxs})
-        for name in extra:
-            setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), keep, 0))
-        return layer
-
-
-def _channel_params(conv: nn.Module, width: int) -> list[str]:
-    return [n for n, p in conv._parameters.items()
-            if n not in ("weight", "bias") and p is not None and p.dim() and p.shape[0] == width]  # fmt: skip
-
-
-def _custom_conv_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
-    """A pruner per conv class of ``model`` whose convs carry per-channel parameters."""
-    pruner = _ConvWithChannelParams()
-    return {type(m): pruner for m in model.modules()
-            if isinstance(m, _ConvNd) and m.groups == 1 and _channel_params(m, m.out_channels)}  # fmt: skip
-
-
 def make_pruner(
     model: nn.Module,
     example_inputs: Tensor | tuple[Tensor, ...],
@@ -224,8 +198,7 @@ def make_pruner(
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         pruner = FlooredPruner(
             model, example_inputs, importance, ignored_layers=ignored,
-            out_channel_groups=mha, num_heads=attention_heads(model),
-            customized_pruners=_custom_conv_pruners(model) or None, **kwargs,
+            out_channel_groups=mha, num_heads=attention_heads(model), **kwargs,
         )  # fmt: skip
     forget_cached_tensors(model)  # filled by the graph's traced pass, with autograd on
     return pruner
