@@ -89,8 +89,8 @@ _update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_m
 
 def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
     """Torch-Pruning's concat mapping, which leaves a concatenation unmapped when it cannot
-    infer an input's width, except that it sums those widths first (``int + None``:
-    CSPNet's ``cat`` of a tensor with itself). Unmapped, the dry run decides."""
+    infer an input's width, except that it sums those widths before it checks them
+    (``int + None``, CSPNet's cross-stage concatenations). Unmapped, the dry run decides."""
     try:
         _update_concat_index_mapping(graph, cat_node)
     except TypeError:
