@@ -91,21 +91,21 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _config() -> Any:
+def _config(steps: int = 12) -> Any:
     from metaprune.pruning import PruneConfig
 
     return PruneConfig.from_dict({
         "method": "group-l2",
         "target": {"kind": "macs", "value": 2.0},
         "importance": {"normalizer": "mean"},
-        "pruning": {"steps": 12, "curve_points": 0, "curve_bn_recalibration": False},
+        "pruning": {"steps": steps, "curve_points": 0, "curve_bn_recalibration": False},
         "before_pruning": {"epochs": 0}, "after_pruning": {"epochs": 0},
         "bn_recalibration_images": 16, "batch_size": 16,
         "latency": {"batch_size": 1, "repeats": 1, "warmup": 1},
     })  # fmt: skip
 
 
-def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path) -> Outcome:
+def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path, steps: int = 12) -> Outcome:
     """Prune ``name`` (a spec name) to 2x at ``side`` px and save it with its reference
     outputs into ``out``; the reload happens later, in a fresh process."""
     import metaprune
@@ -122,7 +122,7 @@ def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path) -> Outcom
         splits = get_dataset(
             "synthetic", None, 0, image_size=side, num_classes=10, n_train=32, n_val=16, n_test=16
         )
-        result = metaprune.prune(model, splits, _config(), spec=spec)
+        result = metaprune.prune(model, splits, _config(steps), spec=spec)
         result.save(out)
     except InvalidInputError as err:
         return Outcome(source, name, "refused", reason=str(err),
@@ -187,18 +187,19 @@ def reload_all(outcomes: list[tuple[Outcome, Path]]) -> None:
 
 
 def run(
-    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False
+    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False, steps: int = 12
 ) -> list[Outcome]:
-    """Prune, save and reload each ``(spec name, kwargs, side)``; see the module doc.
-    The reloads run in one fresh process at the end, or (``each``) one per model, so that
-    the results of a long sweep come in (on stderr) as it goes."""
+    """Prune, save and reload each ``(spec name, kwargs, side)`` in ``steps`` progressive
+    steps; see the module doc. The reloads run in one fresh process at the end, or
+    (``each``) one per model, so that the results of a long sweep come in (on stderr) as
+    it goes."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         pairs = []
         for i, (name, kwargs, side) in enumerate(models):
             directory = Path(tmp) / str(i)
-            pairs.append((prune_one(name, kwargs, side, directory), directory))
+            pairs.append((prune_one(name, kwargs, side, directory, steps), directory))
             if each:
                 reload_all(pairs[-1:])
             print(f"  {json.dumps(asdict(pairs[-1][0]))}", file=sys.stderr, flush=True)
