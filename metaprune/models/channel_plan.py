@@ -40,7 +40,7 @@ rebuilt from JSON alone (no pickled modules). Structural attributes per module t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +61,7 @@ __all__ = [
     "normalize_channel_plan",
     "set_heads",
     "structural_attrs",
+    "sync_derived_widths",
 ]
 
 PlanValue = int | list[int]
@@ -84,6 +85,17 @@ _RESIZED_BY_ATTRS = frozenset(
 
 #: Head geometry of attention modules that are not standard layers (see :func:`set_heads`).
 HEAD_ATTRS: tuple[str, ...] = ("num_heads", "head_dim", "dim_head")
+
+#: Plain attributes some ``forward`` reads that follow from its layers' widths, by class
+#: (``module.qualname``, so nothing is imported), computed from the module: torchvision's
+#: ViT reshapes its patch embedding to ``hidden_dim``. Not in the plan:
+#: :func:`sync_derived_widths` recomputes them. (timm's ``MixedConv2d`` ``splits`` is not
+#: one: Torch-Pruning does not map a group through its split and concatenation.)
+DERIVED_WIDTHS: dict[str, dict[str, Callable[[nn.Module], object]]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": {
+        "hidden_dim": lambda m: int(m.conv_proj.out_channels),
+    },
+}
 
 #: The most dimensions a resized tensor in a plan may have.
 MAX_TENSOR_DIMS = 8
@@ -136,6 +148,15 @@ def set_heads(module: nn.Module, num_heads: int, head_dim: int) -> None:
     scale = getattr(module, "scale", None)
     if isinstance(scale, float) and _is_pos_int(old) and math.isclose(scale, old**-0.5):
         module.scale = head_dim**-0.5
+
+
+def sync_derived_widths(model: nn.Module) -> None:
+    """Set every :data:`DERIVED_WIDTHS` attribute of ``model``'s modules from the layer it
+    follows (after pruning, and after a plan is replayed)."""
+    for module in model.modules():
+        cls = type(module)
+        for attr, value in DERIVED_WIDTHS.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+            setattr(module, attr, value(module))
 
 
 def channel_plan_of(model: nn.Module, base: nn.Module) -> ChannelPlan:
@@ -326,6 +347,7 @@ def apply_channel_plan(model: nn.Module, plan: Mapping[str, Mapping[str, object]
             _resize(module, "bias", (c,))
         elif isinstance(module, nn.MultiheadAttention):
             _resize_mha(module, new, where)
+    sync_derived_widths(model)
     return model
 
 

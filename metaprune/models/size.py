@@ -87,9 +87,12 @@ class _Guard:
         self.elements = self.tensors = 0
         self.start = time.monotonic()
 
-    def add(self, tensor: Tensor) -> None:
-        self.tensors += 1
-        self.elements += int(tensor.numel())
+    def add(self, tensor: Tensor, replaces: Tensor | None = None) -> None:
+        """Count ``tensor``; one it ``replaces`` (same module, same name) stops counting,
+        so a plan replay resizing a model's tensors counts the resized model once."""
+        if replaces is None:
+            self.tensors += 1
+        self.elements += int(tensor.numel()) - (0 if replaces is None else int(replaces.numel()))
         limits = self.limits
         if self.elements > limits.max_params:
             raise LimitExceededError(
@@ -110,8 +113,9 @@ _LOCAL = threading.local()  # the guard is per thread: other threads build ungua
 
 def _on_registration(module: nn.Module, name: str, tensor: Tensor | None) -> None:
     guard: _Guard | None = getattr(_LOCAL, "guard", None)
-    if guard is not None and tensor is not None:
-        guard.add(tensor)
+    if guard is not None and tensor is not None:  # called before the tensor is stored
+        own = module._parameters.get(name, module._buffers.get(name))
+        guard.add(tensor, own if isinstance(own, Tensor) else None)
 
 
 register_module_parameter_registration_hook(_on_registration)

@@ -42,9 +42,10 @@ from metaprune.models.channel_plan import (
     channel_plan_of,
     head_attrs,
     set_heads,
+    sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
-from metaprune.pruning.targets import find_classifier
+from metaprune.pruning.targets import find_classifier, forget_cached_tensors
 
 __all__ = [
     "FrozenGroup",
@@ -82,6 +83,22 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
 # looked up by name when Torch-Pruning builds a graph: every graph built after this import
 # is bounded (the class itself is left alone)
 tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
+
+_update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
+
+
+def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
+    """Torch-Pruning's concat mapping, which leaves a concatenation unmapped when it cannot
+    infer an input's width, except that it sums those widths before it checks them
+    (``int + None``, CSPNet's cross-stage concatenations). Unmapped, the dry run decides."""
+    try:
+        _update_concat_index_mapping(graph, cat_node)
+    except TypeError:
+        if None not in (cat_node.module.concat_sizes or ()):
+            raise
+
+
+tp.dependency.index_mapping.update_concat_index_mapping = _concat_index_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +158,12 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 def sync_heads(model: nn.Module) -> None:
     """After a pruning step, give every fused-qkv attention module the head width its
-    ``qkv`` layer now has (the head count never changes)."""
+    ``qkv`` layer now has (the head count never changes), set the widths a ``forward``
+    reads from plain attributes (:data:`~metaprune.models.channel_plan.DERIVED_WIDTHS`:
+    torchvision ViT's ``hidden_dim``), and forget what modules cached
+    from the unpruned weights (:func:`~metaprune.pruning.targets.forget_cached_tensors`)."""
+    forget_cached_tensors(model)
+    sync_derived_widths(model)
     for module in model.modules():
         heads, width = head_attrs(module), _qkv_width(module)
         if heads is None or width is None or "num_heads" not in heads:
@@ -174,10 +196,12 @@ def make_pruner(
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     with warnings.catch_warnings():  # Torch-Pruning lists every bare parameter it finds
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return FlooredPruner(
+        pruner = FlooredPruner(
             model, example_inputs, importance, ignored_layers=ignored,
             out_channel_groups=mha, num_heads=attention_heads(model), **kwargs,
         )  # fmt: skip
+    forget_cached_tensors(model)  # filled by the graph's traced pass, with autograd on
+    return pruner
 
 
 # ----------------------------------------------------------------------------- dry run

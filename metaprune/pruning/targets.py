@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-__all__ = ["Cost", "find_classifier", "layer_widths", "measure_cost"]
+__all__ = ["Cost", "find_classifier", "forget_cached_tensors", "layer_widths", "measure_cost"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +26,21 @@ class Cost:
     params: int
 
 
+def forget_cached_tensors(model: nn.Module) -> None:
+    """Empty the tensor caches some modules keep between eval passes (LeViT's and
+    EfficientFormer's ``attention_bias_cache``): they go stale when the model is pruned,
+    and a cache filled by a pass with autograd on holds non-leaf tensors, which
+    ``copy.deepcopy`` refuses. The modules refill them on their next eval pass."""
+    for module in model.modules():
+        for name, value in vars(module).items():
+            tensors = isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values())
+            if "cache" in name and tensors and value:
+                value.clear()
+
+
 def measure_cost(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Cost:
     """MACs and parameters of ``model`` (the model is not modified; it is copied)."""
+    forget_cached_tensors(model)  # Torch-Pruning deep-copies the model
     was_training = model.training
     try:
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)

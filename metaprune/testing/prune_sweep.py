@@ -2,6 +2,9 @@
 
     PYTHONPATH=. .venv/bin/python -m metaprune.testing.prune_sweep [name ... | --timm | --torchvision | --all-torchvision]
 
+With no argument: every torchvision and timm family below. A name is a spec name
+(``timm/resnet18``, ``torchvision/vgg11_bn``; sizes as below when listed, else 64 px).
+
 Each model (random init, 10 classes) is pruned with :func:`metaprune.prune` to 2x MACs at
 64x64 (transformers at a multiple of their patch and window: the encoder sweep's sizes)
 with 0 epochs on a small seeded ``synthetic`` task, saved with ``result.save``, and
@@ -88,21 +91,21 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _config() -> Any:
+def _config(steps: int = 12) -> Any:
     from metaprune.pruning import PruneConfig
 
     return PruneConfig.from_dict({
         "method": "group-l2",
         "target": {"kind": "macs", "value": 2.0},
         "importance": {"normalizer": "mean"},
-        "pruning": {"steps": 12, "curve_points": 0, "curve_bn_recalibration": False},
+        "pruning": {"steps": steps, "curve_points": 0, "curve_bn_recalibration": False},
         "before_pruning": {"epochs": 0}, "after_pruning": {"epochs": 0},
         "bn_recalibration_images": 16, "batch_size": 16,
         "latency": {"batch_size": 1, "repeats": 1, "warmup": 1},
     })  # fmt: skip
 
 
-def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path) -> Outcome:
+def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path, steps: int = 12) -> Outcome:
     """Prune ``name`` (a spec name) to 2x at ``side`` px and save it with its reference
     outputs into ``out``; the reload happens later, in a fresh process."""
     import metaprune
@@ -119,7 +122,7 @@ def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path) -> Outcom
         splits = get_dataset(
             "synthetic", None, 0, image_size=side, num_classes=10, n_train=32, n_val=16, n_test=16
         )
-        result = metaprune.prune(model, splits, _config(), spec=spec)
+        result = metaprune.prune(model, splits, _config(steps), spec=spec)
         result.save(out)
     except InvalidInputError as err:
         return Outcome(source, name, "refused", reason=str(err),
@@ -184,18 +187,19 @@ def reload_all(outcomes: list[tuple[Outcome, Path]]) -> None:
 
 
 def run(
-    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False
+    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False, steps: int = 12
 ) -> list[Outcome]:
-    """Prune, save and reload each ``(spec name, kwargs, side)``; see the module doc.
-    The reloads run in one fresh process at the end, or (``each``) one per model, so that
-    the results of a long sweep come in (on stderr) as it goes."""
+    """Prune, save and reload each ``(spec name, kwargs, side)`` in ``steps`` progressive
+    steps; see the module doc. The reloads run in one fresh process at the end, or
+    (``each``) one per model, so that the results of a long sweep come in (on stderr) as
+    it goes."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         pairs = []
         for i, (name, kwargs, side) in enumerate(models):
             directory = Path(tmp) / str(i)
-            pairs.append((prune_one(name, kwargs, side, directory), directory))
+            pairs.append((prune_one(name, kwargs, side, directory, steps), directory))
             if each:
                 reload_all(pairs[-1:])
             print(f"  {json.dumps(asdict(pairs[-1][0]))}", file=sys.stderr, flush=True)
@@ -223,6 +227,9 @@ def _selection(args: list[str]) -> list[tuple[str, dict[str, Any], int]]:
 
 
 def main(args: list[str]) -> None:
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return
     rows = run(_selection(args), each=True)
     print("| source | model | result | MACs speed-up | max diff | reason | s |")
     print("|---|---|---|---|---|---|---|")
@@ -230,10 +237,15 @@ def main(args: list[str]) -> None:
         diff = "" if r.max_diff is None else f"{r.max_diff:.1e}"
         print(f"| {r.source} | {r.model} | {r.result} | {r.speedup:.2f} | {diff} | "
               f"{r.reason[:200]} | {r.seconds:.1f} |")  # fmt: skip
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.result] = counts.get(r.result, 0) + 1
-    print(f"\n{counts} of {len(rows)}")
+    print()
+    for source in sorted({r.source for r in rows}):
+        counts: dict[str, int] = {}
+        for r in rows:
+            if r.source == source:
+                counts[r.result] = counts.get(r.result, 0) + 1
+        total = sum(counts.values())
+        ok = counts.get("exact", 0) + counts.get("close", 0)
+        print(f"{source}: {ok} of {total} pruned to 2x and reloaded ({100 * ok / total:.0f} %); {counts}")
     print(json.dumps([asdict(r) for r in rows]), file=sys.stderr)
 
 

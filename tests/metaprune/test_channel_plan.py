@@ -136,3 +136,28 @@ def test_a_plan_cannot_grow_a_tensor_past_the_limits() -> None:
 def test_unchanged_models_have_empty_plans() -> None:
     model = _Attn()
     assert channel_plan_of(copy.deepcopy(model), model) == {}
+
+
+def test_a_plan_replay_is_counted_once_by_the_build_guard() -> None:
+    """Resizing a tensor replaces it: the guard counts the resized model, not both."""
+    from metaprune.limits import Limits
+    from metaprune.models.size import build_guard
+
+    limits = Limits.from_dict({"max_params": 3 * 8 + 8 + 8 + 8 * 2 + 2 + 8})  # the model: 66
+    with build_guard(limits):
+        model = _Scaled(8)
+        apply_channel_plan(model, {"conv": {"out_channels": 4}, "": {"gamma": [4], "shift": [4, 1, 1]},
+                                   "fc": {"in_features": 4}})  # fmt: skip
+    assert tuple(model.conv.weight.shape) == (4, 3, 1, 1) and tuple(model.gamma.shape) == (4,)
+
+
+def test_torchvision_vit_hidden_dim_follows_its_patch_embedding() -> None:
+    from torchvision.models import VisionTransformer
+
+    def vit() -> VisionTransformer:
+        return VisionTransformer(8, 4, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8, num_classes=3)
+
+    base, model = vit(), vit()
+    apply_channel_plan(model, {"conv_proj": {"out_channels": 6}})
+    assert model.hidden_dim == 6 and base.hidden_dim == 8
+    assert "hidden_dim" not in json.dumps(channel_plan_of(model, base))  # derived, not recorded

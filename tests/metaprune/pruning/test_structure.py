@@ -145,3 +145,51 @@ def test_a_forward_that_reads_tensor_values_is_dry_run_on_the_cpu() -> None:
 
     structure = check_prunable(ReadsValues().eval(), torch.randn(1, 3, 8, 8))
     assert structure.frozen == () and structure.groups == 3
+
+
+class _Cached(nn.Module):
+    """A conv whose eval passes cache a tensor derived from a parameter (LeViT's attention
+    bias cache): filled with autograd on, it is a non-leaf tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bias2 = nn.Parameter(torch.rand(8))
+        self.bias_cache: dict[str, torch.Tensor] = {}
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.bias2 * 2 if self.training else self.bias_cache.setdefault("b", self.bias2 * 2)
+        return self.head((self.conv(x) + b[:, None, None]).mean((2, 3)))
+
+
+def test_cached_tensors_are_forgotten_before_copies_and_after_steps() -> None:
+    model = _Cached().eval()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)  # autograd on: the cache holds a non-leaf tensor
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)
+    history = progressive_prune(model, x, 1.5, steps=4, normalizer="mean", max_layer_ratio=0.9)
+    assert history[-1].reached and model.conv.out_channels < 8
+    assert model.bias_cache == {}  # stale after a step: refilled from the pruned bias
+    with torch.no_grad():
+        assert model(x).shape == (2, 2) and model.bias_cache["b"].shape == (model.conv.out_channels,)
+
+
+def test_a_concat_of_unknown_width_is_left_unmapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch-Pruning sums the widths of a concatenation's inputs before it checks them for
+    ``None`` (CSPNet): the wrapper leaves such a concat unmapped, other errors pass."""
+    from types import SimpleNamespace
+
+    from metaprune.pruning import structure
+
+    def original(graph: object, node: SimpleNamespace) -> None:
+        node.module.concat_sizes = node.sizes
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(structure, "_update_concat_index_mapping", original)
+    node = SimpleNamespace(module=SimpleNamespace(concat_sizes=None), sizes=[8, None])
+    structure._concat_index_mapping(None, node)  # no error: unmapped
+    node = SimpleNamespace(module=SimpleNamespace(concat_sizes=None), sizes=[8, 8])
+    with pytest.raises(TypeError):
+        structure._concat_index_mapping(None, node)
