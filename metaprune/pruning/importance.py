@@ -37,6 +37,7 @@ from metaprune.pruning.gradients import gather_gradients
 
 __all__ = [
     "DATA_AWARE",
+    "GRADIENT_KIND",
     "ImportanceFactory",
     "SeededRandomImportance",
     "list_importances",
@@ -50,6 +51,8 @@ Calibration = Iterable[tuple[Tensor, Tensor]]
 _REGISTRY: dict[str, ImportanceFactory] = {}
 #: criteria that read gradients on calibration data (``make_importance`` needs model + data)
 DATA_AWARE = ("taylor", "hessian")
+#: the kind of gradient each data-aware criterion reads (:func:`gather_gradients`)
+GRADIENT_KIND = {"taylor": "mean", "hessian": "fisher"}
 
 
 def register_importance(name: str) -> Callable[[ImportanceFactory], ImportanceFactory]:
@@ -145,7 +148,7 @@ def _taylor(
     *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
     **_: object,
 ) -> tp.importance.Importance:
-    gather_gradients(model, calibration, "mean")
+    gather_gradients(model, calibration, GRADIENT_KIND["taylor"])
     return tp.importance.GroupTaylorImportance(
         group_reduction=group_reduction, normalizer=_norm(normalizer)
     )
@@ -156,7 +159,7 @@ def _hessian(
     *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
     **_: object,
 ) -> tp.importance.Importance:
-    gather_gradients(model, calibration, "fisher")
+    gather_gradients(model, calibration, GRADIENT_KIND["hessian"])
     # no accumulate_grad(): with nothing accumulated, the criterion reads .grad (our Fisher)
     return tp.importance.GroupHessianImportance(
         group_reduction=group_reduction, normalizer=_norm(normalizer)

@@ -95,10 +95,13 @@ def test_progress_events_cover_every_stage_in_order(run):
     _, events = run
     stages = list(dict.fromkeys(e.stage for e in events))
     assert stages == STAGES
-    prune_steps = [e.step for e in events if e.stage == "prune" and "task" not in e.metrics]
-    assert prune_steps == list(range(len(prune_steps)))
-    curve_work = [e.step for e in events if e.stage == "prune" and "task" in e.metrics]
-    assert curve_work and set(curve_work) < set(prune_steps)  # curve points report per batch
+    prune = [e for e in events if e.stage == "prune"]
+    assert prune[0].step == 0 and prune[-1].step == prune[-1].total  # announced, finished
+    assert [e.step for e in prune] == sorted(e.step for e in prune)  # units of work done
+    pruning_steps = [e.metrics["step"] for e in prune if "speedup" in e.metrics]
+    assert pruning_steps and pruning_steps == sorted(set(pruning_steps))  # one per visited step
+    curve_work = [e for e in prune if e.metrics.get("task") == "curve point"]
+    assert curve_work and {e.metrics["step"] for e in curve_work} < {0, *pruning_steps}
 
 
 def test_save_writes_checkpoint_report_and_plot(run, tmp_path):
