@@ -11,7 +11,11 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
    ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
    ``method="auto"``, the data-aware ``taylor`` and ``hessian``) and keeps the best by
-   validation accuracy at the target on a cheap proxy (:mod:`metaprune.pruning.choose`).
+   validation accuracy at the target on a cheap proxy (:mod:`metaprune.pruning.choose`);
+   each copy is pruned on the job's own schedule, so the winner's copy *is* the job's
+   prune (not pruned again) and ``prune`` only evaluates its curve. Pruning visits a few
+   steps of the ``pruning.steps`` grid (``progressive_prune(adaptive=True)``), counts
+   MACs on the meta device, and gathers taylor / hessian gradients once per job.
    ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
    the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
