@@ -146,16 +146,17 @@ def _gather(
             p.requires_grad_(True)
         for x, y in calibration:
             x, y = x.to(device), y.to(device)
-            if "fisher" in kinds:  # per-sample: the mean comes with it
-                sums = dict(zip(("mean", "fisher"), _per_sample_sums(model, params, x, y)))
+            if "fisher" in kinds:  # per-sample: the mean comes with it (progress per chunk)
+                pair = _per_sample_sums(model, params, x, y, on_batch)
+                sums = dict(zip(("mean", "fisher"), pair))
             else:
                 sums = {"mean": _mean_sums(model, params, x, y)}
+                if on_batch is not None:
+                    on_batch()
             for kind in kinds:
                 for name, g in sums[kind].items():
                     total[kind][name] += g.double()
             seen += len(y)
-            if on_batch is not None:
-                on_batch()
     finally:
         torch.set_grad_enabled(grad_mode)
         for name, p in params.items():
@@ -179,9 +180,11 @@ def _mean_sums(
 
 
 def _per_sample_sums(
-    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor
+    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor,
+    on_chunk: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Sums over the batch of the per-sample gradients and of their squares."""
+    """Sums over the batch of the per-sample gradients and of their squares
+    (``on_chunk`` after each chunk of samples: a few images of a large model)."""
     from torch.func import functional_call, grad, vmap
 
     detached = {n: p.detach() for n, p in params.items()}
@@ -202,6 +205,8 @@ def _per_sample_sums(
             for n, g in part.items():
                 sums[n] += g.sum(0)
                 squares[n] += g.pow(2).sum(0)
+            if on_chunk is not None:
+                on_chunk()
     except RuntimeError:  # an op vmap cannot batch (e.g. some in-place ops): one at a time
         sums = {n: torch.zeros_like(p) for n, p in detached.items()}
         squares = {n: torch.zeros_like(p) for n, p in detached.items()}
@@ -209,4 +214,6 @@ def _per_sample_sums(
             for n, g in _mean_sums(model, params, x[i : i + 1], y[i : i + 1]).items():
                 sums[n] += g
                 squares[n] += g.pow(2)
+            if on_chunk is not None:
+                on_chunk()
     return sums, squares

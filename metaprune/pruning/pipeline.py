@@ -352,7 +352,8 @@ def prune(
             return score
 
         with timed("criterion_search"):  # validation only
-            units = proxy_units * len(candidates) + len(grads) * bool(kinds)
+            # per-sample gradients report per chunk: at most one unit per image
+            units = proxy_units * len(candidates) + (len(grads.calibration.dataset) if kinds else 0)
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()

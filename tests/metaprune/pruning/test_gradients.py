@@ -86,7 +86,7 @@ def test_cache_gathers_both_kinds_once_for_copies_and_afresh_for_other_weights()
         assert gather_gradients(m, cache, kind) == 9
         for n, p in m.named_parameters():  # one per-sample pass gives the batched mean too
             torch.testing.assert_close(p.grad, expected[kind][n], rtol=1e-5, atol=1e-7)
-    assert cache.passes == 1 and len(ticks) == 3  # one pass over the 3 batches, for all
+    assert cache.passes == 1 and len(ticks) == 3  # one pass (3 batches, one chunk each), for all
     with torch.no_grad():
         copies[0][0].weight.add_(1.0)  # other weights: gathered afresh
     gather_gradients(copies[0], cache, "mean")
