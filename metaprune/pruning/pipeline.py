@@ -311,7 +311,8 @@ def prune(
 
     # reg="auto" scores its arms with the group-L2 normalisers the job may use
     reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
-    step_units = min(search_steps, 8)  # an adaptive prune visits a few steps of the grid
+    # a prune to 2-3x walks up to about half the grid (adaptive: a handful of its steps)
+    step_units = min(search_steps, 8) if _ADAPTIVE else max(1, search_steps // 2)
     proxy_units = step_units + len(proxy_calib) + len(proxy_val)
 
     def reg_proxy(m: nn.Module) -> float:
