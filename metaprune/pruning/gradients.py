@@ -16,6 +16,12 @@ composition), and stored in each parameter's ``.grad``. Torch-Pruning slices ``.
 together with the weight when it removes channels, so the scores of the surviving
 channels stay valid through all the steps of a progressive prune at no further cost.
 
+A job scores several criteria on copies of one model (the criterion search) and then
+prunes with the winner: a :class:`GradientCache` passed as the calibration set gathers
+each kind once, on the first copy that asks, and hands the same gradients to every
+later copy with the same weights; asked for both kinds, it gathers them in one
+per-sample pass (the mean is the mean of the per-sample gradients).
+
 The images are a fixed, seeded subset of the **training** split
 (``ImportanceOptions.calibration_images``, :func:`metaprune.pruning.bn.calibration_subset`).
 Gradients are gathered once per prune, not at every step: on the unpruned network they
@@ -26,13 +32,14 @@ network; and per step they would cost ``steps`` passes over the images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GRADIENT_KINDS", "MAX_CHUNK_FLOATS", "gather_gradients"]
+__all__ = ["GRADIENT_KINDS", "MAX_CHUNK_FLOATS", "GradientCache", "gather_gradients"]
 
 GRADIENT_KINDS = ("mean", "fisher")
 #: bound on the per-sample gradients held at once (4 bytes each: 256 MiB)
@@ -43,7 +50,8 @@ def gather_gradients(
     model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], kind: str
 ) -> int:
     """Store in every parameter's ``.grad`` the ``kind`` of loss gradient on ``calibration``
-    (batches of ``(images, labels)``, e.g. a fixed unshuffled ``DataLoader``).
+    (batches of ``(images, labels)``, e.g. a fixed unshuffled ``DataLoader``, or a
+    :class:`GradientCache`, which gathers once and reuses).
 
     ``kind`` is ``"mean"`` (mean gradient) or ``"fisher"`` (mean squared per-sample
     gradient). The model runs in eval mode and is left in the mode it was in; parameters
@@ -54,11 +62,81 @@ def gather_gradients(
     """
     if kind not in GRADIENT_KINDS:
         raise ValueError(f"gradient kind must be one of {GRADIENT_KINDS} (found {kind!r})")
+    if isinstance(calibration, GradientCache):
+        return calibration.apply(model, kind)
+    grads, seen = _gather(model, calibration, (kind,))
+    for name, p in model.named_parameters():
+        p.grad = grads[kind][name]
+    return seen
+
+
+class GradientCache:
+    """A calibration set that gathers each kind of gradient once and reuses it.
+
+    Pass it wherever :func:`gather_gradients` takes a calibration set. The first request
+    gathers every kind in ``kinds`` (in one per-sample pass when ``"fisher"`` is among
+    them) on that model; a later request on a model with the same parameter names,
+    shapes and values (a copy) gets the stored tensors; a model with other weights is
+    gathered afresh. ``on_batch`` is called after each batch (progress; it may raise).
+    """
+
+    def __init__(
+        self,
+        calibration: Iterable[tuple[Tensor, Tensor]],
+        kinds: Sequence[str] = ("mean",),
+        on_batch: Callable[[], None] | None = None,
+    ) -> None:
+        bad = [k for k in kinds if k not in GRADIENT_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"gradient kinds must be among {GRADIENT_KINDS} (found {list(kinds)})")
+        self.calibration, self.kinds, self.on_batch = calibration, tuple(kinds), on_batch
+        self._key: Any = None
+        self._grads: dict[str, dict[str, Tensor]] = {}
+        self._seen = 0
+        self.passes = 0  # how many times the images were gone through (for tests/reports)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(self.calibration)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.calibration)  # type: ignore[arg-type]
+
+    def apply(self, model: nn.Module, kind: str) -> int:
+        """Set ``model``'s ``.grad`` to the ``kind`` gradients (gathered if needed)."""
+        key = _fingerprint(model)
+        if key != self._key or kind not in self._grads:
+            kinds = self.kinds if kind in self.kinds else (*self.kinds, kind)
+            self._grads, self._seen = _gather(model, self.calibration, kinds, self.on_batch)
+            self._key = key
+            self.passes += 1
+        for name, p in model.named_parameters():
+            p.grad = self._grads[kind][name]  # shared: pruning slices a new tensor from it
+        return self._seen
+
+
+def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
+    """Names, shapes and float64 sums of the parameters: equal for copies of one model."""
+    with torch.no_grad():
+        return tuple(
+            (n, tuple(p.shape), float(p.detach().double().sum())) for n, p in model.named_parameters()
+        )
+
+
+def _gather(
+    model: nn.Module,
+    calibration: Iterable[tuple[Tensor, Tensor]],
+    kinds: Sequence[str],
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[dict[str, dict[str, Tensor]], int]:
+    """The ``kinds`` of gradient of ``model`` on ``calibration``, by kind and parameter."""
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
     was_training = model.training
     flags = {name: p.requires_grad for name, p in params.items()}
-    total = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    total = {
+        kind: {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+        for kind in kinds
+    }
     seen = 0
     model.eval()
     grad_mode = torch.is_grad_enabled()
@@ -68,13 +146,16 @@ def gather_gradients(
             p.requires_grad_(True)
         for x, y in calibration:
             x, y = x.to(device), y.to(device)
-            grads = (
-                _mean_sums(model, params, x, y)
-                if kind == "mean"
-                else _fisher_sums(model, params, x, y)
-            )
-            for name, g in grads.items():
-                total[name] += g.double()
+            if "fisher" in kinds:  # per-sample: the mean comes with it (progress per chunk)
+                pair = _per_sample_sums(model, params, x, y, on_batch)
+                sums = dict(zip(("mean", "fisher"), pair))
+            else:
+                sums = {"mean": _mean_sums(model, params, x, y)}
+                if on_batch is not None:
+                    on_batch()
+            for kind in kinds:
+                for name, g in sums[kind].items():
+                    total[kind][name] += g.double()
             seen += len(y)
     finally:
         torch.set_grad_enabled(grad_mode)
@@ -83,9 +164,11 @@ def gather_gradients(
         model.train(was_training)
     if seen == 0:
         raise ValueError("gather_gradients: the calibration set yielded no images")
-    for name, p in params.items():
-        p.grad = (total[name] / seen).to(p.dtype)
-    return seen
+    grads = {
+        kind: {name: (total[kind][name] / seen).to(p.dtype) for name, p in params.items()}
+        for kind in kinds
+    }
+    return grads, seen
 
 
 def _mean_sums(
@@ -96,9 +179,12 @@ def _mean_sums(
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)}
 
 
-def _fisher_sums(
-    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor
-) -> dict[str, Tensor]:
+def _per_sample_sums(
+    model: nn.Module, params: dict[str, nn.Parameter], x: Tensor, y: Tensor,
+    on_chunk: Callable[[], None] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sums over the batch of the per-sample gradients and of their squares
+    (``on_chunk`` after each chunk of samples: a few images of a large model)."""
     from torch.func import functional_call, grad, vmap
 
     detached = {n: p.detach() for n, p in params.items()}
@@ -111,15 +197,23 @@ def _fisher_sums(
     numel = sum(p.numel() for p in params.values())
     chunk = max(1, MAX_CHUNK_FLOATS // max(numel, 1))  # the stacked output is chunk x numel
     sums = {n: torch.zeros_like(p) for n, p in detached.items()}
+    squares = {n: torch.zeros_like(p) for n, p in detached.items()}
     try:
         per_sample_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
         for start in range(0, len(y), chunk):
             part = per_sample_grad(detached, x[start : start + chunk], y[start : start + chunk])
             for n, g in part.items():
-                sums[n] += g.pow(2).sum(0)
+                sums[n] += g.sum(0)
+                squares[n] += g.pow(2).sum(0)
+            if on_chunk is not None:
+                on_chunk()
     except RuntimeError:  # an op vmap cannot batch (e.g. some in-place ops): one at a time
         sums = {n: torch.zeros_like(p) for n, p in detached.items()}
+        squares = {n: torch.zeros_like(p) for n, p in detached.items()}
         for i in range(len(y)):
             for n, g in _mean_sums(model, params, x[i : i + 1], y[i : i + 1]).items():
-                sums[n] += g.pow(2)
-    return sums
+                sums[n] += g
+                squares[n] += g.pow(2)
+            if on_chunk is not None:
+                on_chunk()
+    return sums, squares

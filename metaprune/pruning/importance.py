@@ -42,6 +42,7 @@ from metaprune.pruning.macs_importance import MacsAwareImportance
 __all__ = [
     "COST_AWARE",
     "DATA_AWARE",
+    "GRADIENT_KIND",
     "ImportanceFactory",
     "SeededRandomImportance",
     "list_importances",
@@ -57,6 +58,8 @@ _REGISTRY: dict[str, ImportanceFactory] = {}
 DATA_AWARE = ("taylor", "hessian")
 #: criteria that weigh scores by each channel's MACs (they need the model and one input)
 COST_AWARE = ("group-l2-macs",)
+#: the kind of gradient each data-aware criterion reads (:func:`gather_gradients`)
+GRADIENT_KIND = {"taylor": "mean", "hessian": "fisher"}
 
 
 def register_importance(name: str) -> Callable[[ImportanceFactory], ImportanceFactory]:
@@ -153,7 +156,7 @@ def _taylor(
     *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
     **_: object,
 ) -> tp.importance.Importance:
-    gather_gradients(model, calibration, "mean")
+    gather_gradients(model, calibration, GRADIENT_KIND["taylor"])
     return tp.importance.GroupTaylorImportance(
         group_reduction=group_reduction, normalizer=_norm(normalizer)
     )
@@ -164,7 +167,7 @@ def _hessian(
     *, group_reduction: str, normalizer: str, model: nn.Module, calibration: Calibration,
     **_: object,
 ) -> tp.importance.Importance:
-    gather_gradients(model, calibration, "fisher")
+    gather_gradients(model, calibration, GRADIENT_KIND["hessian"])
     # no accumulate_grad(): with nothing accumulated, the criterion reads .grad (our Fisher)
     return tp.importance.GroupHessianImportance(
         group_reduction=group_reduction, normalizer=_norm(normalizer)

@@ -30,7 +30,15 @@ from metaprune.pruning.importance import make_importance
 from metaprune.pruning.structure import make_pruner, sync_heads
 from metaprune.pruning.targets import find_classifier, measure_cost
 
-__all__ = ["StepInfo", "progressive_prune"]
+__all__ = ["JUMP", "StepInfo", "next_step", "progressive_prune"]
+
+#: the share of the predicted distance to the target an adaptive step covers: short of
+#: it, because the prediction assumes no layer reaches its floor (which slows pruning)
+JUMP = 0.7
+#: the longest adaptive step, as a share of the schedule: the ranking is refreshed at
+#: least this often (unbounded jumps to 3x lost 13 points on a held-out digits VGG-11,
+#: this bound 1.4: 93.6 % test against 95.0 % with every step, visiting 10 steps, not 29)
+MAX_JUMP = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,7 @@ def progressive_prune(
     on_step: Callable[[StepInfo, nn.Module], None] | None = None,
     should_stop: Callable[[StepInfo], bool] | None = None,
     frozen: Sequence[str] = (),
+    adaptive: bool = False,
 ) -> list[StepInfo]:
     """Prune ``model`` in place, step by step, until ``target`` is reached.
 
@@ -100,6 +109,13 @@ def progressive_prune(
         should_stop: an extra stop condition, checked after every step.
         frozen: paths of layers whose coupled groups are never pruned
             (:attr:`~metaprune.pruning.structure.PruningStructure.frozen_modules`).
+        adaptive: visit only some steps of the schedule: from the speed-up measured so
+            far, predict the step that meets the target and go :data:`JUMP` of the way
+            there in one step (at most :data:`MAX_JUMP` of the schedule), then on one
+            step at a time (see :func:`next_step`). The model still stops at a step of
+            the ``steps`` grid, normally the first one that meets the target; each
+            visited step costs a ranking and a count, so 3x on a VGG-11 takes 10
+            instead of 29.
 
     Returns:
         One :class:`StepInfo` per step, step 0 first; the last one is the final model.
@@ -150,7 +166,10 @@ def progressive_prune(
         min_channels=min_channels, max_layer_ratio=max_layer_ratio,
         global_pruning=True, pruning_ratio=1.0, iterative_steps=steps, round_to=round_to,
     )  # fmt: skip
-    for step in range(1, steps + 1):
+    step = 0
+    while step < steps:
+        step = next_step(step, info.value(target.kind), target.value, steps) if adaptive else step + 1
+        pruner.current_step = step - 1  # prune_step goes to this step's cumulative ratio
         pruner.prune_step()
         sync_heads(model)
         info = measure(step)
@@ -160,3 +179,18 @@ def progressive_prune(
         if info.reached or pruner.saturated or (should_stop is not None and should_stop(info)):
             break
     return history
+
+
+def next_step(step: int, value: float, target: float, steps: int) -> int:
+    """The next step an adaptive schedule visits, after ``step`` reached ``value``.
+
+    A width ratio ``r`` of every layer costs ``(1 - r) ** 2`` of the MACs (and parameters),
+    so ``value`` after removing ``step / steps`` of the channels gives the speed-up per
+    step; the step predicted to reach ``target`` is approached by :data:`JUMP` of the
+    remaining distance, and never by less than one step. Before any measurement
+    (``value <= 1``) that model alone predicts.
+    """
+    rate = (1.0 - value**-0.5) / step if step > 0 and value > 1.0 else 1.0 / steps
+    predicted = (1.0 - target**-0.5) / max(rate, 1e-12)
+    longest = max(1, round(MAX_JUMP * steps))
+    return min(steps, step + min(longest, max(1, int(JUMP * (predicted - step)))))

@@ -16,7 +16,6 @@ floor, same ignored classifier), in ~0.5 s for a ResNet-20 and ~2 s for a ResNet
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from metaprune.errors import MetapruneError
 from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.config import PruneConfig, PruningOptions, Target
 from metaprune.pruning.progressive import progressive_prune
+from metaprune.pruning.targets import meta_copy
 
 if TYPE_CHECKING:
     from metaprune.limits import Limits
@@ -55,7 +55,7 @@ def max_reachable(
     if kind not in _KINDS:
         raise ConfigError(f"max_reachable: kind must be one of {_KINDS} (found {kind!r})")
     options = options or PruningOptions()
-    skeleton = _meta_copy(model)
+    skeleton = meta_copy(model)
     history = progressive_prune(
         skeleton, example_inputs.to("meta"), Target(kind, 1e300), importance="random",
         steps=1, round_to=options.round_to, max_layer_ratio=options.max_layer_ratio,
@@ -162,13 +162,3 @@ def _refuse_beyond(config: PruneConfig, best: float) -> None:
         "pruning.max_layer_ratio"
     )
 
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers live on the meta device (the
-    real tensors are never copied)."""
-    memo: dict[int, object] = {}
-    for param in model.parameters():
-        memo[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
-    for buffer in model.buffers():
-        memo[id(buffer)] = buffer.detach().to("meta")
-    return copy.deepcopy(model, memo)

@@ -45,7 +45,7 @@ from metaprune.models.channel_plan import (
     sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
-from metaprune.pruning.targets import find_classifier, forget_cached_tensors
+from metaprune.pruning.targets import find_classifier, forget_cached_tensors, meta_copy
 
 __all__ = [
     "FrozenGroup",
@@ -207,16 +207,6 @@ def make_pruner(
 # ----------------------------------------------------------------------------- dry run
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers are on the meta device
-    (no data copied)."""
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo)
-
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {
@@ -325,7 +315,7 @@ def _runs_on_meta(model: nn.Module, example: Tensor) -> bool:
     """Whether ``model`` runs on the meta device (not if its forward reads tensor values)."""
     try:
         with torch.no_grad():
-            _meta_copy(model).eval()(example.to("meta"))
+            meta_copy(model).eval()(example.to("meta"))
     except Exception:  # noqa: BLE001 (any op may lack a meta kernel)
         return False
     return True
@@ -379,7 +369,7 @@ class _Probe:
         self.first_error = self._run(pruned, pruner)
 
     def _copy(self) -> nn.Module:
-        clone = _meta_copy(self.model) if self.device == "meta" else copy.deepcopy(self.model)
+        clone = meta_copy(self.model) if self.device == "meta" else copy.deepcopy(self.model)
         return clone.eval()
 
     def _pruner(self, model: nn.Module, frozen: Sequence[str]) -> FlooredPruner:

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from metaprune.pruning.bn import calibration_subset
-from metaprune.pruning.gradients import gather_gradients
+from metaprune.pruning.gradients import GradientCache, gather_gradients
 
 
 def _data(n: int = 20) -> TensorDataset:
@@ -67,3 +67,30 @@ def test_fisher_falls_back_to_one_sample_at_a_time(monkeypatch):
     gather_gradients(net, cal, "fisher")
     for n, p in net.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-8)
+
+
+def test_cache_gathers_both_kinds_once_for_copies_and_afresh_for_other_weights():
+    import copy
+
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=9, batch_size=4, seed=1)
+    expected = {}
+    for kind in ("mean", "fisher"):
+        gather_gradients(net, cal, kind)
+        expected[kind] = {n: p.grad.clone() for n, p in net.named_parameters()}
+    ticks = []
+    cache = GradientCache(cal, ("mean", "fisher"), on_batch=lambda: ticks.append(1))
+    assert len(cache) == 3 and len(list(cache)) == 3  # iterates like the loader it wraps
+    copies = [copy.deepcopy(net) for _ in range(3)]
+    for kind, m in zip(("fisher", "mean", "fisher"), copies):
+        assert gather_gradients(m, cache, kind) == 9
+        for n, p in m.named_parameters():  # one per-sample pass gives the batched mean too
+            torch.testing.assert_close(p.grad, expected[kind][n], rtol=1e-5, atol=1e-7)
+    assert cache.passes == 1 and len(ticks) == 3  # one pass (3 batches, one chunk each), for all
+    with torch.no_grad():
+        copies[0][0].weight.add_(1.0)  # other weights: gathered afresh
+    gather_gradients(copies[0], cache, "mean")
+    assert cache.passes == 2 and len(ticks) == 6
+    assert not torch.allclose(copies[0][0].weight.grad, expected["mean"]["0.weight"])
+    with pytest.raises(ValueError, match="gradient kinds"):
+        GradientCache(cal, ("second",))

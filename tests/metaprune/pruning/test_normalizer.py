@@ -40,3 +40,8 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     assert again.report["stages"]["prune"] == {"criterion": "group-l2", "normalizer": info["normalizer"]}
     cost = measure_cost(again.model, torch.zeros(1, 1, 8, 8))
     assert cost.macs == result.report["final"]["macs"]  # the same criterion prunes the same way
+    # the search kept the winner's pruned copy instead of pruning again: the same model
+    assert info["criterion_search"]["reused_winner"] is True
+    want, got = again.model.state_dict(), result.model.state_dict()
+    assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)
+    assert again.report["curve"] == result.report["curve"]

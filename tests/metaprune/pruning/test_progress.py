@@ -90,7 +90,10 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
         latency = [m for st, _, m in marks if st == stage and m.get("task") == "latency"]
         assert len(latency) >= config.latency.warmup + 1
     steps = result.report["chosen_step"]
-    assert sum(1 for st, _, m in marks if st == "prune" and "task" not in m) == steps + 1
+    # search_steps != pruning.steps: the winner is pruned again, one event per step
+    walked = [m["step"] for st, _, m in marks if st == "prune" and "speedup" in m]
+    assert walked == list(range(steps + 1))
+    assert sum(1 for st, _, m in marks if st == "prune" and "task" not in m) == steps + 3  # + start, finish
     search = [m for st, _, m in marks if st == "criterion_search" and "candidate" in m]
     assert {m["candidate"] for m in search} == {"group-l2[sum]", "group-l2[mean]", "group-l2[max]"}
     assert result.report["stages"]["prune"]["criterion_search"]["proxy"] == {

@@ -21,6 +21,7 @@ from metaprune.pruning import (
 )
 from metaprune.pruning.bn import calibration_subset
 from metaprune.pruning.importance import COST_AWARE, DATA_AWARE
+from metaprune.pruning.progressive import next_step
 
 
 @pytest.mark.parametrize("importance", list_importances())
@@ -153,3 +154,27 @@ def test_find_classifier_takes_a_pooled_conv_classifier() -> None:
 
     model = torchvision.models.squeezenet1_1(num_classes=3).eval()
     assert find_classifier(model, torch.randn(1, 3, 32, 32)) is model.classifier[1]
+
+
+def test_adaptive_schedule_visits_few_steps_of_the_same_grid(spec, example):
+    torch.manual_seed(0)
+    every, jumping = spec.build().eval(), spec.build().eval()
+    jumping.load_state_dict(every.state_dict())
+    full = progressive_prune(every, example, 2.0, steps=40)
+    fast = progressive_prune(jumping, example, 2.0, steps=40, adaptive=True)
+    visited = [h.step for h in fast]
+    assert visited[0] == 0 and visited == sorted(set(visited)) and len(fast) < len(full)
+    assert fast[-1].reached and not any(h.reached for h in fast[:-1])
+    # a step of the grid removes the same share whichever way it was reached
+    assert abs(fast[-1].step - full[-1].step) <= 1
+    assert fast[-1].macs_speedup == pytest.approx(full[-1].macs_speedup, rel=0.1)
+
+
+def test_next_step_moves_toward_the_predicted_step_and_never_past_the_grid():
+    assert next_step(0, 1.0, 1.2, 50) == 3  # 0.7 of the way to 50 * (1 - 1.2 ** -0.5)
+    assert next_step(0, 1.0, 2.0, 50) == 5  # further: at most a tenth of the schedule
+    assert next_step(10, 1.7, 2.0, 50) == 11  # close: one step at a time
+    assert next_step(48, 1.01, 4.0, 50) == 50  # never past the grid
+    for step in range(0, 50):
+        for value in (1.0, 1.3, 1.9, 2.5):
+            assert step < next_step(step, value, 2.0, 50) <= 50
