@@ -104,8 +104,9 @@ def guarded_rewrite(
     validation split; the rewrite is discarded when it falls below the input's accuracy
     by more than ``max(MAX_ACCURACY_DROP, 2 standard errors)`` (the rule of
     ``reg="auto"``), and, when the job has a target proxy (``ctx.proxy``), unless it beats
-    the input's validation accuracy once both are pruned to the target. A metanetwork far from what it was trained on can wreck a model: the
-    general metanetwork took held-out VGG-11s to chance (issue 11, ``benchmarks/RESULTS.md``).
+    the input's validation accuracy once both are pruned to the target. A metanetwork far
+    from what it was trained on can wreck a model: the general metanetwork took held-out
+    VGG-11s to chance (issue 11, ``benchmarks/RESULTS.md``).
     """
     with torch.no_grad():
         transformed = apply_metanetwork(net.to(ctx.device).eval(), model, ctx.example_inputs, graph)
@@ -118,16 +119,14 @@ def guarded_rewrite(
         "tolerance": tolerance, "discarded": after < before - tolerance - 1e-9,
     }  # fmt: skip
     if check["discarded"]:
-        check["warning"] = (
+        reason = (
             f"the metanetwork lowered the BN-recalibrated validation accuracy from "
-            f"{before:.4f} to {after:.4f} (tolerance {tolerance:.4f}): its rewrite was "
-            f"discarded and the input weights are used"
+            f"{before:.4f} to {after:.4f} (tolerance {tolerance:.4f})"
         )
-        _LOG.warning("metanet: %s", check["warning"])
-        transformed = copy.deepcopy(model).to(ctx.device)
+        return _discard(model, ctx, check, reason), check
     for param in transformed.parameters():  # built under no_grad: make it trainable again
         param.requires_grad_(True)
-    if not check["discarded"] and ctx.proxy is not None:
+    if ctx.proxy is not None:
         transformed = _guard_at_target(model, transformed, ctx, check)
     return transformed, check
 
@@ -143,12 +142,16 @@ def _guard_at_target(
     check.update(proxy_input=at_input, proxy_rewritten=at_rewrite)
     if at_rewrite > at_input:
         return transformed
-    check["discarded"] = True
-    check["warning"] = (
+    reason = (
         f"the metanetwork's rewrite did not improve the validation accuracy at the target "
-        f"(pruned and recalibrated: {at_input:.4f} as given, {at_rewrite:.4f} rewritten): its "
-        f"rewrite was discarded and the input weights are used"
+        f"(pruned and recalibrated: {at_input:.4f} as given, {at_rewrite:.4f} rewritten)"
     )
+    return _discard(model, ctx, check, reason)
+
+
+def _discard(model: nn.Module, ctx: MethodContext, check: dict[str, Any], reason: str) -> nn.Module:
+    """Record and log why the rewrite was discarded; a trainable copy of ``model``."""
+    check.update(discarded=True, warning=f"{reason}: its rewrite was discarded and the input weights are used")
     _LOG.warning("metanet: %s", check["warning"])
     restored = copy.deepcopy(model).to(ctx.device)
     for param in restored.parameters():
