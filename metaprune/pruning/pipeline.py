@@ -2,6 +2,8 @@
 
 Stages (METHOD.md section 5), each timed and reported to the progress callback:
 
+0. ``checks``: the model, the data, the classifier, the target's reachability and a
+   structural dry run, refused before any work (one event per check).
 1. ``evaluate_base``: validation/test accuracy, MACs, parameters, latency of the input.
 2. ``before_pruning``: the method's preparation under the shared budget -- metanetwork
    transform + fine-tune (``metanet``), sparse training (``group-l2-sl``) or a plain
@@ -184,7 +186,13 @@ def prune(
         raise ConfigError("dataset_kwargs apply to a dataset given by name, not to DatasetSplits")
     if not isinstance(dataset, DatasetSplits):  # options checked before any work
         dataset_kwargs = check_dataset_kwargs(dataset, dataset_kwargs, limits)
+    # the checks before any work (seconds each on a large model at 224) report one event
+    # per check, so the job is never silent before its first evaluation
+    checks = StageMeter(progress, cancel, "checks", len(_CHECKS))
+    checks_started = time.perf_counter()
+    checks.start()
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
+    checks.advance(check="model")
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
@@ -212,14 +220,18 @@ def prune(
         1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
     )
     example = example.to(device)
+    checks.advance(check="data")
     _check_classes(model, example, splits)
+    checks.advance(check="classifier")
     check_reachable(model, example, config)  # a target past the floor: refused before work
+    checks.advance(check="reachable")
     if not _finite_outputs(model, example):
         raise InvalidInputError(
             "the model's outputs are NaN or Inf on a random input; refusing to prune it"
         )
     # before any work: a model that cannot be pruned structurally is refused here
     structure = check_prunable(model, example, round_to=config.pruning.round_to)
+    checks.finish(check="dry_run", frozen_groups=len(structure.frozen))
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     timing = config.latency
     latency_batch = timing.batch_size or auto_batch_size(input_shape)
@@ -230,7 +242,7 @@ def prune(
             repeats=timing.repeats, warmup=timing.warmup, seconds=timing.seconds, on_pass=on_pass,
         )  # fmt: skip
 
-    seconds: dict[str, float] = {}
+    seconds = {"checks": time.perf_counter() - checks_started}
     timed = functools.partial(_timed, seconds)
     latency_runs: dict[str, dict[str, Any]] = {}
 
@@ -483,6 +495,9 @@ def _available(device: torch.device) -> torch.device:
 def _curve_recalibrates(config: PruneConfig) -> bool:
     return config.pruning.curve_bn_recalibration and config.bn_recalibration_images > 0
 
+
+#: what the ``checks`` stage reports after (one event each; the last one finishes it)
+_CHECKS = ("model", "data", "classifier", "reachable", "dry_run")
 
 #: visit only some steps of the schedule (progressive_prune(adaptive=True)): 6 instead of
 #: ~20 steps per prune, but on held-out digits models it lost 2.1 test points on average

@@ -94,3 +94,36 @@ def test_cache_gathers_both_kinds_once_for_copies_and_afresh_for_other_weights()
     assert not torch.allclose(copies[0][0].weight.grad, expected["mean"]["0.weight"])
     with pytest.raises(ValueError, match="gradient kinds"):
         GradientCache(cal, ("second",))
+
+
+def test_a_model_too_large_for_per_sample_chunks_gets_micro_batch_squares(monkeypatch):
+    """Over MAX_CHUNK_FLOATS / MICRO_BATCH parameters: each micro-batch's summed gradient
+    squared (one batched backward), the mean still exact."""
+    from metaprune.pruning import gradients
+
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=11, batch_size=11, seed=2)  # micro-batches 4, 4, 3
+    x, y = next(iter(cal))
+    gather_gradients(net, cal, "mean")
+    mean = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert gradients.fisher_estimate(net) == "per-sample"
+    numel = sum(p.numel() for p in net.parameters())
+    monkeypatch.setattr(gradients, "MICRO_BATCH", 4)
+    monkeypatch.setattr(gradients, "MAX_CHUNK_FLOATS", 4 * numel - 1)
+    assert gradients.fisher_estimate(net) == "micro-batch"
+    summed = []
+    for part in (slice(0, 4), slice(4, 8), slice(8, 11)):
+        net.zero_grad()
+        F.cross_entropy(net(x[part]), y[part], reduction="sum").backward()
+        summed.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    ticks = []
+    cache = GradientCache(cal, ("mean", "fisher"), on_batch=lambda: ticks.append(1))
+    assert gather_gradients(net, cache, "fisher") == 11 and len(ticks) == 3
+    for n, p in net.named_parameters():
+        expected = torch.stack([g[n] ** 2 for g in summed]).sum(0) / 11
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
+        assert (p.grad >= 0).all()
+    gather_gradients(net, cache, "mean")  # from the same pass: the exact mean
+    assert cache.passes == 1
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, mean[n], rtol=1e-5, atol=1e-7)

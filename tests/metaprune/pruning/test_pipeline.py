@@ -29,7 +29,7 @@ from metaprune.pruning import (
     prune,
 )
 
-STAGES = ["evaluate_base", "before_pruning", "prune", "recalibrate_bn", "after_pruning", "evaluate"]
+STAGES = ["checks", "evaluate_base", "before_pruning", "prune", "recalibrate_bn", "after_pruning", "evaluate"]
 
 
 @pytest.fixture(scope="module")

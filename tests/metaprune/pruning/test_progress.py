@@ -77,14 +77,20 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
     torch.manual_seed(0)
     result = prune(model, counted, config, progress=progress, spec=spec)
     stages = list(dict.fromkeys(stage for stage, _, _ in marks))
-    assert stages == ["evaluate_base", "before_pruning", "criterion_search", "prune",
+    assert stages == ["checks", "evaluate_base", "before_pruning", "criterion_search", "prune",
                       "recalibrate_bn", "after_pruning", "evaluate"]  # fmt: skip
+    # the start-up checks report one by one, before any image is read
+    checks = [(r, m) for st, r, m in marks if st == "checks"]
+    assert [m.get("check") for _, m in checks] == [
+        None, "model", "data", "classifier", "reachable", "dry_run"]  # fmt: skip
+    assert all(r == 0 for r, _ in checks) and checks[-1][1]["frozen_groups"] == 0
+    assert result.report["stage_seconds"]["checks"] > 0
     # work between two events: at most one batch (32 images) of any pass, in every stage
     reads = [0] + [r for _, r, _ in marks] + [_Counted.reads]
     gaps = [b - a for a, b in zip(reads, reads[1:])]
     assert max(gaps) <= config.batch_size and _Counted.reads > 0
     per_stage = {s: sum(r for (st, _, _), r in zip(marks, gaps) if st == s) for s in stages}
-    assert all(per_stage[s] > 0 for s in stages if s != "prune")  # every stage read data
+    assert all(per_stage[s] > 0 for s in stages if s not in ("checks", "prune"))  # read data
     # the passes that read no data report too: latency (each timed pass), pruning steps
     for stage in ("evaluate_base", "evaluate"):
         latency = [m for st, _, m in marks if st == stage and m.get("task") == "latency"]

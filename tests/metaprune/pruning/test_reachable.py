@@ -94,7 +94,9 @@ def test_prune_refuses_before_any_work(model) -> None:
     with pytest.raises(ConfigError, match="cannot be reached"):
         prune(model, "digits", PruneConfig(target=Target("params", 1e6)), events.append,
               spec=SPEC)  # fmt: skip
-    assert events == []  # not even the base evaluation started
+    # refused by the start-up checks, before the base evaluation started
+    assert [e.metrics.get("check") for e in events] == [None, "model", "data", "classifier"]
+    assert {e.stage for e in events} == {"checks"}
 
 
 def test_the_cli_refuses_an_unreachable_target_at_once(tmp_path, capsys, model) -> None:
