@@ -91,6 +91,20 @@ def _tp_attention_options(model: torch.nn.Module) -> dict[str, Any]:
     return {"out_channel_groups": heads, "round_to": math.lcm(*heads.values())}
 
 
+def _cpu_split(marks: list[tuple[float, str, str]], start: float, key: Any,
+               cpu_unit: float) -> dict[str, float]:  # fmt: skip
+    """CPU units between consecutive progress events, summed by ``key(stage, what)`` of
+    the later event (the work that event reports); ``None`` keys are skipped."""
+    out: dict[str, float] = {}
+    last = start
+    for cpu, stage, what in marks:
+        k = key(stage, what)
+        if k is not None:
+            out[k] = out.get(k, 0.0) + (cpu - last) / cpu_unit
+        last = cpu
+    return out
+
+
 def run_model(name: str, size: int = 224) -> dict[str, Any]:
     """One model: unit, our job, Torch-Pruning's one-shot baseline (in this process)."""
     import torch_pruning as tp
@@ -110,19 +124,24 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     log(f"{name}: unit {unit_before:.1f} s")
 
     events: list[tuple[float, str, int, int]] = []
+    cpu_marks: list[tuple[float, str, str]] = []  # (CPU s, stage, what: candidate or task)
     t0 = time.perf_counter()
 
     def progress(event: Any) -> None:
         events.append((time.perf_counter() - t0, event.stage, event.step, event.total))
+        what = event.metrics.get("task") or event.metrics.get("candidate") or ""
+        cpu_marks.append((_cpu(), event.stage, str(what)))
 
     config = PruneConfig(
         target=Target("macs", 2.0),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
     )  # fmt: skip
     start, cpu = time.perf_counter(), _cpu()
+    job_cpu_start = cpu
     result = prune(model, splits, config, progress=progress, spec=spec)
     job, job_cpu = time.perf_counter() - start, _cpu() - cpu
     rss_job = _peak_rss_gb()
+    cpu_marks.append((_cpu(), "end", ""))
     log(f"{name}: job {job:.0f} s")
     times = [0.0] + [e[0] for e in events] + [job]
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -160,6 +179,11 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         "job_seconds": job,
         "job_units": job / unit,
         "stage_units": {k: v / unit for k, v in report["stage_seconds"].items()},
+        "stage_cpu_units": _cpu_split(cpu_marks, job_cpu_start, lambda stage, what: stage, cpu_unit),
+        "search_cpu_units": _cpu_split(
+            cpu_marks, job_cpu_start, lambda stage, what: what if stage == "criterion_search" else None,
+            cpu_unit,
+        ),
         "longest_silence_seconds": gaps[worst],
         "longest_silence_units": gaps[worst] / unit,
         "longest_silence_after": list(after_event),

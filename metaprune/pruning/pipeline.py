@@ -57,9 +57,9 @@ from metaprune.pruning.auto import resolve_method
 from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
 from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
-from metaprune.pruning.config import PruneConfig
+from metaprune.pruning.config import ImportanceOptions, PruneConfig, PruningOptions
 from metaprune.pruning.finetune import evaluate, finetune
-from metaprune.pruning.gradients import GradientCache
+from metaprune.pruning.gradients import GradientCache, fisher_estimate
 from metaprune.pruning.importance import COST_AWARE, DATA_AWARE, GRADIENT_KIND, make_importance
 from metaprune.pruning.latency import LatencyMeasurement, auto_batch_size, time_forward
 from metaprune.pruning.methods import MethodContext, get_method
@@ -210,11 +210,15 @@ def prune(
     train, _, _ = make_loaders(splits, config.batch_size, config.seed, workers)
     _, val, test = make_loaders(splits, eval_batch, config.seed, workers)
     # fixed seeded subsets (nested: one permutation per split), so the same weights always
-    # get the same statistics and the same scores; sizes are budgets in images
-    def subset(split: Any, images: int) -> Any:
+    # get the same statistics and the same scores; sizes are budgets in images (a default
+    # one shrinks at a large input: _default_budget)
+    values = splits.in_channels * splits.image_size**2
+
+    def subset(split: Any, images: int, key: str) -> Any:
+        images = _default_budget(key, images, values)
         return calibration_subset(split, images, eval_batch, config.seed)
 
-    calib = subset(splits.train, config.bn_recalibration_images)
+    calib = subset(splits.train, config.bn_recalibration_images, "bn_recalibration_images")
     gen = torch.Generator().manual_seed(config.seed)
     example = torch.randn(
         1, splits.in_channels, splits.image_size, splits.image_size, generator=gen
@@ -267,7 +271,7 @@ def prune(
 
     # taylor / hessian gradients: gathered once on the prepared model (below), reused by
     # every copy pruned with a data-aware criterion
-    grads: Any = subset(splits.train, opts.calibration_images)
+    grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
     def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
         importance = make_importance(
@@ -286,8 +290,8 @@ def prune(
     # pruned to the target in search_steps steps, one BatchNorm pass over search_images
     # training images, scored on search_images validation images (fixed subsets)
     search_steps = opts.search_steps or pruning.steps  # None: the job's own schedule
-    proxy_calib = subset(splits.train, opts.search_images)
-    proxy_val = subset(splits.val, opts.search_images)
+    proxy_calib = subset(splits.train, opts.search_images, "importance.search_images")
+    proxy_val = subset(splits.val, opts.search_images, "importance.search_images")
     proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
 
     def proxy(m: nn.Module, cand: Candidate) -> float:
@@ -340,7 +344,8 @@ def prune(
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
     widths_before = layer_widths(model)
 
-    curve_calib, curve_val = subset(splits.train, pruning.curve_images), subset(splits.val, pruning.curve_images)
+    curve_calib, curve_val = (subset(split, pruning.curve_images, "pruning.curve_images")
+                              for split in (splits.train, splits.val))  # fmt: skip
 
     # the criterion (and its normaliser) by validation accuracy at the target
     extra = COST_AWARE + DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
@@ -350,9 +355,16 @@ def prune(
         else criterion_candidates(method.importance, opts.normalizer, NORMALIZER_CANDIDATES, extra)
     )  # fmt: skip
     kinds = sorted({GRADIENT_KIND[c.criterion] for c in candidates if c.criterion in GRADIENT_KIND})
-    if kinds:  # one pass over the images for every data-aware candidate and the prune
-        grads = GradientCache(grads, kinds, on_batch=tick)
     chosen, prune_info = candidates[0], dict[str, Any]()
+
+    def gradient_tick() -> None:  # a batch or micro-batch of the gradient pass
+        if proxy_meter:
+            proxy_meter[-1].advance(task="gradients")
+
+    if kinds:  # one pass over the images for every data-aware candidate and the prune
+        prune_info["gradients"] = {"images": len(grads.dataset), "kinds": kinds,
+                                   "fisher": fisher_estimate(model) if "fisher" in kinds else None}  # fmt: skip
+        grads = GradientCache(grads, kinds, on_batch=gradient_tick)
     pruned: tuple[nn.Module, list[StepInfo], dict[int, nn.Module]] | None = None
     if len(candidates) > 1:
         kept: dict[str, Any] = {}  # the best candidate so far (ties: the earlier one)
@@ -494,6 +506,29 @@ def _available(device: torch.device) -> torch.device:
 
 def _curve_recalibrates(config: PruneConfig) -> bool:
     return config.pruning.curve_bn_recalibration and config.bn_recalibration_images > 0
+
+
+#: the default image budgets were chosen on 8x8 and 32x32 inputs; at a large input a
+#: budget left at its default holds at most _LARGE_INPUT_VALUES input values (2**22: as
+#: many as 1,365 CIFAR images, 27 at 3x224x224), but never fewer images than its floor.
+#: At 224 px a ResNet-50's proxy, curve and recalibration images were ~20 of the job's
+#: ~65 CPU units of a batch-64 forward (benchmarks/RESULTS.md, issue 18)
+_LARGE_INPUT_VALUES = 1 << 22
+_DEFAULT_BUDGETS = {  # config key: (default, floor at a large input)
+    "bn_recalibration_images": (PruneConfig.bn_recalibration_images, 128),
+    "importance.calibration_images": (ImportanceOptions.calibration_images, 32),
+    "importance.search_images": (ImportanceOptions.search_images, 32),
+    "pruning.curve_images": (PruningOptions.curve_images, 16),
+}
+
+
+def _default_budget(key: str, images: int, values: int) -> int:
+    """``images``, or for a budget left at its default, at most ``_LARGE_INPUT_VALUES``
+    input values' worth (images of ``values`` values each), never below its floor."""
+    default, floor = _DEFAULT_BUDGETS[key]
+    if images != default:  # set by the user: used as given
+        return images
+    return max(min(images, floor), min(images, _LARGE_INPUT_VALUES // values))
 
 
 #: what the ``checks`` stage reports after (one event each; the last one finishes it)
