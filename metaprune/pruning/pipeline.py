@@ -278,13 +278,14 @@ def prune(
             cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
             normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
         )  # fmt: skip
-        return progressive_prune(
-            m, example, target, importance=importance, steps=steps,
-            round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
-            min_channels=pruning.min_channels,
-            latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
-            on_step=step_fn, frozen=structure.frozen_modules, adaptive=_ADAPTIVE,
-        )  # fmt: skip
+        with _one_thread():
+            return progressive_prune(
+                m, example, target, importance=importance, steps=steps,
+                round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
+                min_channels=pruning.min_channels,
+                latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
+                on_step=step_fn, frozen=structure.frozen_modules, adaptive=_ADAPTIVE,
+            )  # fmt: skip
 
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
     # pruned to the target in search_steps steps, one BatchNorm pass over search_images
@@ -668,6 +669,20 @@ def _encoding_errors_as_input_errors() -> Iterator[None]:
         raise InvalidInputError(
             f"the metanetwork cannot encode this model: {describe_exception(err)}"
         ) from None
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread (then restored) for Torch-Pruning's steps: rankings, index
+    selects and MACs counts are many small ops between Python calls, where a second
+    thread mostly spins. A 24-step prune of a ResNet-50 at 224 to 2x: 10 CPU s on one
+    thread, 61 on two (benchmarks/RESULTS.md, issue 18)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
