@@ -287,3 +287,29 @@ def test_torchvision_vit_prunes_without_crashing_at_other_batch_sizes(fast_confi
     assert model.encoder.layers[0].mlp[0].out_features < 256  # the MLP was pruned
     with torch.no_grad():
         assert model(torch.randn(5, 3, 32, 32)).shape == (5, 4)
+
+
+def test_default_image_budgets_shrink_at_a_large_input_and_explicit_ones_do_not():
+    from metaprune.pruning import pipeline
+
+    large, cifar, digits = 3 * 224 * 224, 3 * 32 * 32, 8 * 8
+    for key, (default, floor) in pipeline._DEFAULT_BUDGETS.items():
+        assert pipeline._default_budget(key, default, digits) == default, key
+        assert pipeline._default_budget(key, default, cifar) == default, key
+        at_224 = pipeline._default_budget(key, default, large)
+        assert floor <= at_224 < default, key
+        assert pipeline._default_budget(key, default + 1, large) == default + 1  # as given
+    assert pipeline._default_budget("bn_recalibration_images", 1024, large) == 128
+    assert pipeline._default_budget("bn_recalibration_images", 1024, 3 * 64 * 64) == 341
+    assert pipeline._default_budget("importance.search_images", 64, large) == 32
+
+
+def test_pruning_steps_run_on_one_thread_and_restore_the_count():
+    from metaprune.pruning import pipeline
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with pipeline._one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
