@@ -73,12 +73,19 @@ def test_auto_at_zero_epochs_chooses_among_data_aware_criteria(model, spec, spli
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
     )  # fmt: skip
     torch.manual_seed(0)
-    result = prune(model, splits, config, spec=spec)
+    events = []
+    result = prune(model, splits, config, events.append, spec=spec)
     report = result.report
     search = report["stages"]["prune"]["criterion_search"]
     labels = [f"{t['criterion']}[{t['normalizer']}]" for t in search["trials"]]
     assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "group-l2-macs[sum]",
                       "taylor[mean]", "hessian[mean]"]  # fmt: skip
+    # one gradient pass for taylor and hessian (exact per-sample Fisher for a small model),
+    # one event per batch of it, inside the search
+    gradients = report["stages"]["prune"]["gradients"]
+    assert gradients == {"images": 64, "kinds": ["fisher", "mean"], "fisher": "per-sample"}
+    ticks = [e for e in events if e.metrics.get("task") == "gradients"]
+    assert {e.stage for e in ticks} == {"criterion_search"} and len(ticks) >= 2
     scores = [t["val_accuracy"] for t in search["trials"]]
     winner = labels[scores.index(max(scores))]
     assert search["chosen"] == winner == report["method_choice"]["criterion"]
