@@ -12,7 +12,7 @@
      "pruned": {"val_accuracy"}          # after pruning + BN recalibration, no fine-tune
      "final": {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "speedup": {"macs", "latency", "params"},
-     "stage_seconds": {"evaluate_base": ..., "before_pruning": ..., "reg_search": ...,
+     "stage_seconds": {"checks": ..., "evaluate_base": ..., "before_pruning": ..., "reg_search": ...,
                        "criterion_search": ..., ...},
      "work": {"calibration_images", "curve_images", "curve_points_evaluated",
               "eval_batch_size", "data_workers",     # what the budgets amounted to

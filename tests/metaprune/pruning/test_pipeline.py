@@ -308,8 +308,7 @@ def test_pruning_steps_run_on_one_thread_and_restore_the_count():
     from metaprune.pruning import pipeline
 
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError, match="inside"):
-        with pipeline._one_thread():
-            assert torch.get_num_threads() == 1
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), pipeline._one_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
     assert torch.get_num_threads() == before

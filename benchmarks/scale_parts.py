@@ -1,0 +1,110 @@
+"""The parts of a large job's cost, in CPU seconds of this process (issue 18).
+
+    nice python benchmarks/scale_parts.py            # ResNet-50 at 224 (random weights)
+
+CPU seconds, not wall (the machine is shared):
+
+* **gradients**: one forward, one batched backward and the per-sample ``vmap`` pass
+  (:mod:`metaprune.pruning.gradients`) over 8 images at 224 on one thread, and the same
+  over 64 images of a ``cifar_vgg11_bn`` at 8x8 (a model whose per-sample chunks are small);
+* **steps**: a group-L2 progressive prune of the ResNet-50 to 2x MACs (50-step schedule)
+  on 1 and on 2 torch threads, and one ``measure_cost``;
+* **batch**: an eval forward of 64 images in batches of 64, 27 and 13 (2 threads).
+
+Prints one JSON object; the figures are in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/metanet.py
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _gradient_costs(name: str, kwargs: dict[str, Any], size: int, n: int, ch: int) -> dict[str, float]:
+    from metaprune.models import ArchSpec
+    from metaprune.pruning import gradients
+
+    model = ArchSpec(name, kwargs).build().eval()
+    x, y = torch.randn(n, ch, size, size), torch.randint(0, 10, (n,))
+    params = dict(model.named_parameters())
+    out = {}
+    with torch.no_grad():
+        start = _cpu()
+        model(x)
+        out["forward"] = _cpu() - start
+    with torch.enable_grad():
+        start = _cpu()
+        gradients._mean_sums(model, params, x, y)
+        out["batched_gradient"] = _cpu() - start
+        start = _cpu()
+        gradients._per_sample_sums(model, params, x, y)
+        out["per_sample_vmap"] = _cpu() - start
+    out["fisher_estimate"] = gradients.fisher_estimate(model)  # type: ignore[assignment]
+    return out
+
+
+def _step_costs(model: torch.nn.Module, threads: int) -> dict[str, float]:
+    from metaprune.pruning import Target, progressive_prune
+    from metaprune.pruning.importance import make_importance
+    from metaprune.pruning.targets import measure_cost
+
+    torch.set_num_threads(threads)
+    example = torch.randn(1, 3, 224, 224)
+    measure_cost(model, example)
+    start = _cpu()
+    measure_cost(model, example)
+    count = _cpu() - start
+    copy_ = copy.deepcopy(model)
+    start = _cpu()
+    history = progressive_prune(
+        copy_, example, Target("macs", 2.0), steps=50,
+        importance=make_importance("group-l2", normalizer="sum"),
+    )  # fmt: skip
+    return {"prune": _cpu() - start, "steps": len(history) - 1, "measure_cost": count}
+
+
+def main() -> int:
+    from metaprune.models import ArchSpec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {
+        "gradients_resnet50_224_8_images": _gradient_costs(
+            "torchvision/resnet50", {"num_classes": 10}, 224, 8, 3),
+        "gradients_vgg11_8x8_64_images": _gradient_costs(
+            "cifar_vgg11_bn", {"num_classes": 10, "in_channels": 1}, 8, 64, 1),
+    }  # fmt: skip
+    model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build().eval()
+    out["steps_1_thread"] = _step_costs(model, 1)
+    out["steps_2_threads"] = _step_costs(model, max(2, threads))
+    x = torch.randn(64, 3, 224, 224)
+    with torch.no_grad():
+        model(x[:2])
+        for batch in (64, 27, 13):
+            start = _cpu()
+            for i in range(0, 64, batch):
+                model(x[i : i + batch])
+            out[f"forward_64_images_batch_{batch}"] = _cpu() - start
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
