@@ -1,7 +1,7 @@
 """The gRPC service under measurement, each section against one ``metaprune serve`` process.
 
     .venv/bin/python benchmarks/service.py [--size-mb 200] [--repeats 3]
-        [--sections hostile,memory,transfer,jobs] [--baseline /work/main]
+        [--sections hostile,memory,transfer,jobs] [--baseline /work/main] [--sink-threads N]
 
 ``--baseline TREE`` also runs the sections against a server started from another source
 tree (``PYTHONPATH=TREE``, e.g. the main checkout: "before"), in the same run; one table
@@ -27,7 +27,13 @@ per tree is printed. Sections:
   process in its fastest repeat: on a 2-core machine the raw stream keeps both cores
   busy, so every CPU second added (a sha256 pass is ~0.2 s per 200 MB here) shows in the
   ratio. Each upload repeat deletes the model first, so every repeat stores it (fsync +
-  rename) rather than finding it.
+  rename) rather than finding it. Then the budget (this tree): the CPU seconds of each pass
+  an upload or download makes over the file, measured alone in this process (client: read,
+  framing; server: sha256, page-cache write, NaN/Inf scan; blake3 too if the package is
+  installed, for comparison), the upload sink alone with 1 and 2 threads, and the ceiling
+  of the rate they allow: size / max(the longest thread, all CPU seconds (the raw stream's
+  and the passes') / this machine's cores). CPU seconds hardly depend on the machine's
+  load, walls do: compare the ceiling with an idle machine's raw rate.
 * ``jobs``: ``CreatePruneJob`` to the first progress event, RSS with 0 / 8 / 32 queued
   jobs, and Health while 8 jobs run on 2 workers.
 
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -52,6 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -64,12 +72,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from service._generated import pruning_service_pb2 as pb  # noqa: E402
 from service._generated import pruning_service_pb2_grpc as pb_grpc  # noqa: E402
-from service.blobs import sha256_file  # noqa: E402
+from service.blobs import AsyncHashingWriter, sha256_file  # noqa: E402
 from service.client import PruningClient  # noqa: E402
 from service.process import ServeProcess, serve_process  # noqa: E402
+from service.scan import FiniteScan  # noqa: E402
 from service.server import LoopThread  # noqa: E402
 from service.store import Store  # noqa: E402
 from service.testing import TOKENS, make_checkpoint, tiny_config, token_configs  # noqa: E402
+from service.wire import frame_chunk  # noqa: E402
 
 TOKEN = TOKENS["alice"][0]
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -250,7 +260,10 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(fn: Callable[[], None], pid: int, repeats: int) -> tuple[float, float, float]:
+Run = tuple[float, float, float]  # wall s, client CPU s, server CPU s
+
+
+def timed(fn: Callable[[], None], pid: int, repeats: int) -> Run:
     """The fastest of ``repeats`` runs: (wall s, this process's CPU s, the server's CPU s)."""
     runs = []
     for _ in range(repeats):
@@ -299,7 +312,7 @@ def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, r
     size, channel, pid, rows = big.stat().st_size, client.channel, proc.proc.pid, []
     sha = sha256_file(big)
 
-    def row(name: str, run: tuple[float, float, float], raw: tuple[float, float, float]) -> Row:
+    def row(name: str, run: Run, raw: Run) -> Row:
         return (name, f"{size / 1e6 / run[0]:.0f} MB/s vs raw {size / 1e6 / raw[0]:.0f} MB/s",
                 f"ratio {raw[0] / run[0]:.2f}; CPU s client / server {run[1]:.2f} / {run[2]:.2f} "
                 f"(raw {raw[1]:.2f} / {raw[2]:.2f})")  # fmt: skip
@@ -344,6 +357,125 @@ def transfer(proc: ServeProcess, client: PruningClient, big: Path, data: Path, r
                     timed(lambda: client.download(job.job_id, data.parent / "down"), pid, repeats),
                     raw_down))  # fmt: skip
     assert sha256_file(data.parent / "down" / "model.safetensors") == sha
+    if new:
+        rows += budget(big, data.parent, raw_up, raw_down, repeats)
+    return rows
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def pass_costs(path: Path, scratch: Path, repeats: int) -> dict[str, float]:
+    """CPU seconds of each pass over ``path``'s bytes (1 MiB blocks from memory, best of
+    ``repeats``, this thread only), and the wall seconds of the upload sink alone."""
+    data = path.read_bytes()
+    blocks = [memoryview(data)[i : i + MiB] for i in range(0, len(data), MiB)]
+
+    def read() -> None:
+        with open(path, "rb") as f:
+            while f.read(MiB):
+                pass
+
+    def digest(make: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            h = make()
+            for block in blocks:
+                h.update(block)
+
+        return run
+
+    def write() -> None:
+        with open(scratch / "write", "wb") as f:
+            for block in blocks:
+                f.write(block)
+
+    def scan() -> None:
+        finite = FiniteScan(100 * MiB)
+        for block in blocks:
+            finite.feed(block)
+        assert finite.complete and not finite.bad
+
+    def sink(threads: int) -> Callable[[], None]:
+        async def run() -> None:
+            with open(scratch / "sink", "wb") as f:
+                writer = AsyncHashingWriter(f, also=FiniteScan(100 * MiB).feed, threads=threads)
+                try:
+                    for block in blocks:
+                        await writer.write(block)
+                    await writer.finish()
+                finally:
+                    writer.close()
+
+        return lambda: asyncio.run(run())
+
+    def frame() -> None:
+        for block in blocks:
+            frame_chunk(block)
+
+    passes = {"read": read, "frame": frame,
+              "sha256": digest(hashlib.sha256), "write": write, "scan": scan}  # fmt: skip
+    with contextlib.suppress(ImportError):
+        import blake3  # optional, for comparison only
+
+        passes["blake3"] = digest(blake3.blake3)
+    costs = {}
+    for name, fn in passes.items():
+        costs[name] = min(_thread_cpu(fn) for _ in range(repeats))
+    for threads in (1, 2):
+        costs[f"sink{threads}"] = min(_wall(sink(threads)) for _ in range(repeats))
+    (scratch / "write").unlink()
+    (scratch / "sink").unlink()
+    return costs
+
+
+def _thread_cpu(fn: Callable[[], object]) -> float:
+    start = time.thread_time()
+    fn()
+    return time.thread_time() - start
+
+
+def _wall(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def budget(big: Path, scratch: Path, raw_up: Run, raw_down: Run, repeats: int) -> list[Row]:
+    """What the passes cost and the ceiling of the upload and download rates they allow
+    (see the module doc)."""
+    c = pass_costs(big, scratch, repeats)
+    cores = len(os.sched_getaffinity(0))
+    names = ["read", "frame", "sha256", "blake3", "write", "scan"]
+    rows = [(f"CPU s per {big.stat().st_size / 1e6:.0f} MB pass, alone in this process",
+             " / ".join(f"{n} {c[n]:.3f}" for n in names if n in c),
+             f"upload sink alone (sha256 + write + scan, from memory): wall {c['sink1']:.3f} s "
+             f"on 1 thread, {c['sink2']:.3f} s on 2")]  # fmt: skip
+
+    size = big.stat().st_size / 1e6
+
+    def ceiling(name: str, raw: Run, client: float, server: float,
+                chains: tuple[float, float]) -> Row:  # fmt: skip
+        """The fastest rate the CPU seconds allow: all of them spread over the cores, and
+        the longest thread (the sink's passes on 1 thread, or the longer half on 2)."""
+        cpu, raw_rate = raw[1] + raw[2] + client + server, size / raw[0]
+        rate = size / max(min(chains), cpu / cores)
+        return (f"ceiling: {name}",
+                f"{rate:.0f} MB/s on {cores} cores; {size / chains[0]:.0f} / "
+                f"{size / chains[1]:.0f} MB/s with a core per thread, 1 / 2 sink threads",
+                f"CPU s {cpu:.2f} (raw stream {raw[1] + raw[2]:.2f}); {rate / raw_rate:.2f} of "
+                f"this run's raw ({raw_rate:.0f} MB/s)")  # fmt: skip
+
+    store = c["write"] + c["scan"]
+    digests = [("sha256", c["sha256"])] + ([("blake3", c["blake3"])] if "blake3" in c else [])
+    for name, cost in digests + [("no digest", 0.0)]:
+        label = "as built" if name == "sha256" else f"if the store used {name}"
+        rows.append(ceiling(f"upload, sha256 known, {label}", raw_up, c["frame"], cost + store,
+                            (cost + store, max(cost, store))))  # fmt: skip
+    sha = c["sha256"]
+    rows.append(ceiling("upload in one pass (the client hashes too)", raw_up, c["frame"] + sha,
+                        sha + store, (sha + store, max(sha, store))))  # fmt: skip
+    rows.append(ceiling("client.download (client sha256 + write; server framing)", raw_down,
+                        sha + c["write"], c["frame"], (sha + c["write"], max(sha, c["write"]))))  # fmt: skip
     return rows
 
 
@@ -395,13 +527,13 @@ def jobs(proc: ServeProcess, client: PruningClient, small: Path) -> list[Row]:
 # --------------------------------------------------------------------------- main
 
 
-def start_server(root: Path, tree: str | None) -> ServeProcess:
+def start_server(root: Path, tree: str | None, sink_threads: int = 0) -> ServeProcess:
     """``metaprune serve`` from this checkout (``tree`` None) or from ``tree``."""
     lines = ["raw_bytes_rpc = true", "max_jobs_per_token = 100", "max_queued_jobs = 100",
              "max_message_bytes = 4194304"]  # fmt: skip
     if tree is None:  # caps raised so one token can hold the hostile load (defaults 16 / 4)
         lines += [f"max_streams_per_token = {WATCHERS + 8}", f"max_uploads_per_token = {SILENT + 8}",
-                  "upload_idle_seconds = 120"]  # fmt: skip
+                  "upload_idle_seconds = 120", f"sink_threads = {sink_threads}"]  # fmt: skip
     for entry in token_configs():
         lines += ["[[tokens]]", *(f'{k} = "{v}"' for k, v in entry.items())]
     (root / "service.toml").write_text("\n".join(lines) + "\n")
@@ -423,7 +555,7 @@ def run(tree: str | None, root: Path, files: dict[str, Path], section: str,
         args: argparse.Namespace) -> list[Row]:  # fmt: skip
     """One section against a fresh server (the hostile load can leave a server jammed)."""
     root.mkdir(parents=True)
-    proc = start_server(root, tree)
+    proc = start_server(root, tree, args.sink_threads)
     try:
         client = PruningClient(proc.address, TOKEN, timeout=600, chunk_bytes=MiB)
         model = client.upload(files["small"])  # warm the server's imports and both workers
@@ -450,6 +582,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default="hostile,memory,transfer,jobs")
     parser.add_argument("--baseline", help="also run against a server from this source tree")
+    parser.add_argument("--sink-threads", type=int, default=0,
+                        help="this tree's server: threads per upload sink (0 = auto)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="metaprune-bench-") as tmp:
         root = Path(tmp)

@@ -118,6 +118,9 @@ class ServiceConfig:
             (``0`` = any free port); ``None`` (the default) = no endpoint.
         watch_interval: minimum seconds between two progress messages to one watcher.
         chunk_bytes: download chunk size.
+        sink_threads: threads of each upload's sink (sha256, write, NaN/Inf scan): 1, or 2
+            to hash on a thread of its own (shorter critical path where cores are free);
+            0 (default) = 2 when the server may use 3 or more cores, else 1.
         log_json: one JSON line per RPC and per job transition on stderr.
         raw_bytes_rpc: also serve ``/metaprune.bench.RawBytes/{Upload,Download}``, plain
             byte streams with no checks, so ``benchmarks/service.py`` can compare the upload
@@ -148,6 +151,7 @@ class ServiceConfig:
     metrics_port: int | None = None
     watch_interval: float = 0.1
     chunk_bytes: int = 1024 * 1024
+    sink_threads: int = 0
     log_json: bool = True
     raw_bytes_rpc: bool = False
 
@@ -168,6 +172,10 @@ class ServiceConfig:
                 raise InvalidInputError(
                     f"service config {name} must be 0-65535 (found {quote(value)})"
                 )
+        if self.sink_threads not in (0, 1, 2) or isinstance(self.sink_threads, bool):
+            raise InvalidInputError(
+                f"service config sink_threads must be 0 (auto), 1 or 2 (found {quote(self.sink_threads)})"
+            )
         idle = self.upload_idle_seconds
         if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9:
             raise InvalidInputError(

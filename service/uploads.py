@@ -7,10 +7,11 @@ The order of checks is the order of cost, so a bad upload is refused as early as
    blob quota, a sha256 of the right form (or none, when a trailer will carry it);
 2. while streaming: never more bytes than announced; each chunk (a view of the received
    buffer, :mod:`service.wire`) goes into the sha256, a temp file and the NaN/Inf scan
-   (:class:`~service.scan.FiniteScan`) on a thread of the upload's own
-   (:class:`~service.blobs.AsyncHashingWriter`) at most four chunks behind the network, so
-   memory per upload is bounded and every byte is touched once, off the receive path; a
-   client silent for ``upload_idle_seconds`` is cut (DEADLINE_EXCEEDED);
+   (:class:`~service.scan.FiniteScan`) on threads of the upload's own (one, or two with the
+   hash on its own: :class:`~service.blobs.AsyncHashingWriter`, ``sink_threads``) at most
+   four chunks behind the network, so memory per upload is bounded and every byte is
+   touched once, off the receive path; a client silent for ``upload_idle_seconds`` is cut
+   (DEADLINE_EXCEEDED);
 3. at the end: exact size, sha256 (header or trailer), the quota again, a safetensors
    header (not a pickle or ``torch.save`` zip) no larger than ``max_header_bytes``, spec
    metadata equal to the header's spec, every tensor's key/shape/dtype against the
@@ -87,7 +88,7 @@ async def _store(
     received, trailer, start = 0, "", time.perf_counter()
     scan = FiniteScan(config.limits.max_header_bytes)
     with blobs.temp_file() as (tmp_path, f):
-        writer = AsyncHashingWriter(f, also=scan.feed)
+        writer = AsyncHashingWriter(f, also=scan.feed, threads=config.sink_threads or None)
         try:
             while (message := await _next(requests, idle)) is not None:
                 # a lone chunk arrives as a memoryview of the received buffer (service.wire)

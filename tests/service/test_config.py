@@ -66,6 +66,8 @@ def test_toml_and_yaml_files(tmp_path: Path) -> None:
         ("max_uploads_per_token = true\n", "max_uploads_per_token"),
         ("upload_idle_seconds = 0\n", "upload_idle_seconds"),
         ("upload_idle_seconds = nan\n", "upload_idle_seconds"),
+        ("sink_threads = 3\n", "sink_threads must be 0 (auto), 1 or 2 (found 3)"),
+        ("sink_threads = true\n", "sink_threads"),
         ("= broken", "not valid"),
     ],
 )

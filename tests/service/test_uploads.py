@@ -252,3 +252,25 @@ def test_delete_model_drops_the_callers_reference_then_the_bytes(
     with pytest.raises(grpc.RpcError) as info:
         bob.delete_model(model.model_id)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_two_thread_sink_stores_and_checks_the_same(tmp_path: Path, checkpoint: Path) -> None:
+    """``sink_threads = 2`` (the sha256 on its own thread, write + NaN scan on the other;
+    auto picks it only on 3+ cores, so the suite's usual server never runs it)."""
+    from service.testing import TOKENS, running_server
+
+    spec = metaprune.ArchSpec("cifar_resnet20", SPEC["kwargs"])
+    model = spec.build()
+    with torch.no_grad():
+        model.fc.weight[-1, -1] = float("inf")  # in the last tensors: the scan saw every chunk
+    bad = metaprune.save(model, spec, tmp_path / "inf.safetensors")
+    with running_server(tmp_path / "data", sink_threads=2) as srv:
+        assert srv.config.sink_threads == 2
+        with PruningClient(f"127.0.0.1:{srv.port}", TOKENS["alice"][0], chunk_bytes=4096) as c:
+            stored = c.upload(checkpoint)  # one pass: the sha256 in a trailer
+            data = checkpoint.read_bytes()
+            assert stored.model_id == f"sha256:{hashlib.sha256(data).hexdigest()}"
+            assert srv.blobs.blob_path(stored.model_id[7:]).read_bytes() == data
+            with _expect(grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf", "'fc.weight'"):
+                c.upload(bad)
+        assert _stored_files(srv) == [srv.blobs.blob_path(stored.model_id[7:])]  # nothing in tmp/
