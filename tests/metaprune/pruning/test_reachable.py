@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from metaprune.cli import main
 from metaprune.pruning import ConfigError, PruneConfig, progressive_prune, prune
 from metaprune.pruning.config import PruningOptions, Target
 from metaprune.pruning.reachable import (
+    _spec_bound,
     check_reachable,
     check_reachable_spec,
     max_reachable,
@@ -80,10 +80,10 @@ def test_check_refuses_past_the_bound_naming_it(model) -> None:
 def test_the_spec_bound_matches_the_model_bound_and_is_cached(model) -> None:
     best = max_reachable(model, EXAMPLE)
     assert max_reachable_spec(SPEC, (1, 8, 8), PruningOptions(), "macs", DEFAULT_LIMITS) == best
-    start = time.perf_counter()
+    hits = _spec_bound.cache_info().hits
     config = PruneConfig(target=Target("macs", best * 0.99))
     assert check_reachable_spec(SPEC, (1, 8, 8), config, DEFAULT_LIMITS) == best
-    assert time.perf_counter() - start < 0.05  # cached: a repeated request costs nothing
+    assert _spec_bound.cache_info().hits == hits + 1  # cached: a repeated request costs nothing
     with pytest.raises(ConfigError, match="at most"):
         check_reachable_spec(SPEC, (1, 8, 8), PruneConfig(target=Target("macs", 99.0)),
                              DEFAULT_LIMITS)  # fmt: skip
@@ -101,13 +101,11 @@ def test_prune_refuses_before_any_work(model) -> None:
 
 def test_the_cli_refuses_an_unreachable_target_at_once(tmp_path, capsys, model) -> None:
     path = checkpoint.save(model, SPEC, tmp_path / "vgg.safetensors")
-    start = time.perf_counter()
     status = main(["prune", str(path), "--dataset", "digits", "-o", str(tmp_path / "out"),
                    "--target-speedup", "1e9", "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert status == 2, err
     assert "cannot be reached" in err and "this model reaches at most" in err
-    assert time.perf_counter() - start < 30  # was 36 s of pruning and exit 3
     assert not (tmp_path / "out").exists()
 
 

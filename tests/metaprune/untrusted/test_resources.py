@@ -140,10 +140,8 @@ def test_sane_specs_are_sized_exactly(bounded: dict[str, Any]) -> None:
 def test_a_stage_of_a_hundred_million_blocks_is_stopped_by_max_tensors() -> None:
     spec = ArchSpec("torchvision/mobilenet_v2", {"inverted_residual_setting": [[1, 16, 10**8, 1]]})
     small = dataclasses.replace(DEFAULT_LIMITS, max_tensors=2_000)
-    start = time.monotonic()
-    err = raises(lambda: check_spec(spec, small))
+    err = raises(lambda: check_spec(spec, small))  # refused while sizing, not built
     check_error(err, LimitExceededError, "max_tensors is 2,000")
-    assert time.monotonic() - start < 30
 
 
 def test_spec_size_needs_no_memory_and_reports_macs() -> None:
