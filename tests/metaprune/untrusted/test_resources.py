@@ -12,7 +12,6 @@ budget are checked in-process (they allocate nothing).
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +67,13 @@ def _child_specs_over_the_limits() -> dict[str, Any]:
     """Runs in the bounded child: every huge spec is refused by every surface, fast."""
     import tempfile
 
-    seen: list[float] = []
+    seen: list[str] = []
     folder = Path(tempfile.mkdtemp())
 
     @_SETTINGS
     @given(_HUGE_SPECS)
     def prop(case: tuple[str, dict, dict | None]) -> None:
         name, kwargs, plan = case
-        start = time.monotonic()
         spec = ArchSpec(name, kwargs, plan)
         for surface in (lambda: check_spec(spec), lambda: spec.build()):
             err = raises(surface)
@@ -85,10 +83,10 @@ def _child_specs_over_the_limits() -> dict[str, Any]:
         path = raw_checkpoint(folder / "hostile.safetensors", spec.to_json())
         check_error(raises(lambda: checkpoint.load(path)), LimitExceededError, "max_params")
         path.unlink()
-        seen.append(time.monotonic() - start)
+        seen.append(name)
 
     prop()
-    return {"examples": len(seen), "slowest": max(seen), "left": files_under(folder)}
+    return {"examples": len(seen), "left": files_under(folder)}
 
 
 def _child_specs_within_the_limits() -> dict[str, Any]:
@@ -128,8 +126,7 @@ def bounded() -> dict[str, Any]:
 @pytest.mark.slow
 def test_huge_specs_are_refused_before_allocation(bounded: dict[str, Any]) -> None:
     value = bounded["over"]
-    assert value["examples"] >= 25 and value["left"] == []
-    assert value["slowest"] < 20.0  # each spec is stopped early, never built
+    assert value["examples"] >= 25 and value["left"] == []  # never built: the RSS bound above
 
 
 @pytest.mark.slow
