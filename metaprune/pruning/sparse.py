@@ -13,8 +13,15 @@ by **what the job delivers**: every candidate strength starts a sparse training 
 the same weights, all on the same learning-rate schedule; by successive halving
 (:mod:`metaprune.pruning.choose`) each survivor trains a round (an epoch at least), a proxy prunes a
 copy to the requested target, recalibrates BatchNorm and scores it on the validation
-split, and the better half continues. The last survivor trains on to the end of the
-schedule and *is* the prepared model. The whole search, losers included, fits in
+split, and the better half continues. Scores within noise of the round's best (one
+standard error on the proxy's validation images, :func:`~metaprune.pruning.choose.within_noise`)
+are ties, decided by a prior: the strength nearest the middle of the grid (0.03 by default,
+the hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models), the stronger
+of two equally near. The last survivor trains on to the end of the
+schedule and *is* the prepared model. A budget with no room for a search (rounds of an
+epoch: 1-2 epochs) trains the middle strength alone and keeps it only if the proxy
+scores it at least as high as the model as given: otherwise the job takes the 0-epoch
+path (the epochs were spent and are counted, the model is not changed). The whole search, losers included, fits in
 ``before_pruning.epochs`` (``sparse.search_fraction`` of it at most on the losing
 rounds): ``epochs_trained`` never exceeds the budget the user set. Nothing here can see
 the test split: the method context carries only the training and validation loaders.
@@ -32,7 +39,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from metaprune.pruning.choose import halving_plan, successive_halving
+from metaprune.pruning.choose import halving_plan, successive_halving, within_noise
 from metaprune.pruning.finetune import FinetuneResult, lr_factor
 from metaprune.pruning.progress import notify
 from metaprune.pruning.targets import find_classifier
@@ -120,15 +127,24 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     start = time.perf_counter()
     per_epoch = max(1, len(ctx.train_loader))
     total = ctx.config.before_pruning.epochs * per_epoch
-    grid = list(options.auto_grid)
+    full = list(options.auto_grid)
     # rounds of a whole epoch at least: shorter ones favour strong strengths, whose damage
     # grows with training (issue 20's benchmark); fewer arms, spread over the grid, then
-    plan = halving_plan(len(grid), total, options.search_fraction, per_epoch)
-    grid = _keep(grid, plan.arms)
+    plan = halving_plan(len(full), total, options.search_fraction, per_epoch)
+    grid = _keep(full, plan.arms)
+    # the 0-epoch path's prunability, when nothing else can be compared (no search)
+    untrained = ctx.proxy(model) if plan.arms == 1 else None
     runs = [SparseRun(model, ctx, reg, plan.winner_iters) for reg in grid]
 
     def score(run: SparseRun) -> float:
         return ctx.proxy(run.model)  # type: ignore[misc]
+
+    images = ctx.proxy_images
+    tied = None if images is None else lambda best, s: within_noise(best, s, images)
+    middle = (len(full) - 1) // 2
+
+    def prior(run: SparseRun) -> tuple[int, int]:  # nearest the middle, then the stronger
+        return abs(full.index(run.reg) - middle), full.index(run.reg)
 
     def on_round(r: int, arms: list[dict[str, Any]]) -> None:
         notify(ctx.progress, ctx.cancel, "reg_search", r, plan.rounds,
@@ -136,16 +152,23 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
 
     winner, rounds = successive_halving(
         runs, plan, lambda run, n: run.advance(n), score, name=lambda run: run.reg,
-        on_round=on_round,
+        on_round=on_round, tied=tied, prior=prior,
     )  # fmt: skip
     winner.advance(plan.winner_iters - winner.iterations)
     trained = sum(run.iterations for run in runs)
     assert trained <= total, (trained, total)  # the budget counts every trial
+    fallback: dict[str, Any] | None = None
+    if untrained is not None:
+        scored = score(winner)
+        fallback = {"untrained_val_accuracy": untrained, "trained_val_accuracy": scored,
+                    "taken": scored < untrained}  # fmt: skip
     record = {
         "rule": "successive halving on validation accuracy after pruning a copy to the "
         "target (BN recalibrated)" if plan.arms > 1 else "the budget has no room for a "
         "search (rounds of an epoch): the middle of the grid",
         "grid": grid,
+        "ties": None if images is None else f"within one standard error on {images} validation "
+        "images of the round's best: the strength nearest the middle of the grid wins",
         "plan": {"arms": plan.arms, "rounds": plan.rounds, "round_iterations": plan.round_iters,
                  "winner_iterations": plan.winner_iters, "iterations_per_epoch": per_epoch},
         "rounds": rounds,
@@ -154,6 +177,11 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
         "winner_epochs": winner.iterations / per_epoch,
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
+    if fallback is not None:
+        record["fallback"] = fallback
+        if fallback["taken"]:  # the sparse-trained copy prunes worse than the model as given
+            record["rule"] += "; it pruned worse than the model as given, so the 0-epoch path"
+            return model, 0.0, record
     return winner.model, winner.reg, record
 
 
