@@ -125,20 +125,59 @@ def test_auto_reg_never_reads_the_test_split(model, splits, fast_config):
     assert "reg_search" in reports[0]["stage_seconds"]
 
 
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 @pytest.mark.timeout(60)
-def test_a_budget_without_room_for_a_search_trains_one_strength(model, loaders, example, fast_config):
-    """Rounds last an epoch: one epoch in all leaves no search, the grid's middle trains alone."""
+@pytest.mark.parametrize("untrained_better", [False, True])
+def test_a_budget_without_room_for_a_search_falls_back_when_training_does_not_help(
+    untrained_better, model, loaders, example, fast_config
+):
+    """Rounds last an epoch: one epoch leaves no search, the grid's middle trains alone and
+    is kept only if it prunes at least as well as the model as given (the 0-epoch path)."""
+    given = copy.deepcopy(model)
+    calls = []
 
     def proxy(m):
-        raise AssertionError("nothing to compare: the proxy is not called")
+        untrained = _same(m, given)
+        calls.append(untrained)
+        return 0.6 if untrained == untrained_better else 0.4
 
     ctx = _ctx(_sl_config(fast_config, epochs=1), loaders, example, proxy)
-    get_method("group-l2-sl").prepare(model, ctx)
+    prepared = get_method("group-l2-sl").prepare(model, ctx)
     info = ctx.info["before_pruning"]
     search = info["reg_search"]
-    assert info["sparse_reg"] == GRID[1] and search["grid"] == [GRID[1]]
-    assert search["rounds"] == [] and "no room for a search" in search["rule"]
+    assert calls == [True, False]  # the model as given, then the trained strength
+    assert search["grid"] == [GRID[1]] and search["rounds"] == []
+    assert "no room for a search" in search["rule"]
+    assert search["fallback"] == {"untrained_val_accuracy": 0.6 if untrained_better else 0.4,
+                                  "trained_val_accuracy": 0.4 if untrained_better else 0.6,
+                                  "taken": untrained_better}  # fmt: skip
+    # the epoch was spent either way: the budget counts it
     assert info["epochs_trained"] == search["winner_epochs"] == 1.0
+    if untrained_better:
+        assert info["sparse_reg"] == 0.0 and "0-epoch path" in search["rule"]
+        assert prepared is model
+        assert all(torch.equal(p, q) for p, q in zip(prepared.parameters(), given.parameters()))
+    else:
+        assert info["sparse_reg"] == GRID[1] and prepared is not model
+        assert not all(torch.equal(p, q) for p, q in zip(prepared.parameters(), given.parameters()))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("images", "expected"), [(None, GRID[0]), (100, GRID[1])])
+def test_near_ties_go_to_the_middle_of_the_grid(images, expected, model, loaders, example, fast_config):
+    """Equal scores are noise: with the proxy's image count known the middle strength wins
+    (without it, the earlier arm), and the rounds say which arms were tied."""
+    ctx = _ctx(_sl_config(fast_config, epochs=10), loaders, example, lambda m: 0.5)
+    ctx.proxy_images = images
+    get_method("group-l2-sl").prepare(model, ctx)
+    search = ctx.info["before_pruning"]["reg_search"]
+    assert ctx.info["before_pruning"]["sparse_reg"] == expected
+    assert search["plan"]["arms"] == 3 and "fallback" not in search
+    assert [a["within_noise_of_best"] for r in search["rounds"] for a in r["arms"]] == [images is not None] * 5
+    assert (search["ties"] is None) == (images is None)
 
 
 def test_a_short_budget_tries_neighbours_around_the_middle_of_the_grid():
