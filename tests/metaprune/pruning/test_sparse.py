@@ -217,6 +217,15 @@ def test_near_ties_go_to_the_middle_of_the_grid(images, expected, model, loaders
     assert (search["ties"] is None) == (images is None)
 
 
+def test_the_prior_leans_stronger_at_higher_targets():
+    from metaprune.pruning.sparse import _prior_index
+
+    grid = [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+    assert [grid[_prior_index(6, t)] for t in (1.2, 2.0, 2.5, 2.8, 2.9, 3.0, 4.0, 64.0)] == [
+        0.03, 0.03, 0.03, 0.03, 0.1, 0.1, 0.1, 0.1]  # fmt: skip
+    assert _prior_index(3, 2.0) == 1 and _prior_index(3, 3.0) == 0 and _prior_index(1, 9.0) == 0
+
+
 def test_a_short_budget_tries_neighbours_around_the_middle_of_the_grid():
     from metaprune.pruning.sparse import _keep
 
