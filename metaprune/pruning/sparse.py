@@ -7,27 +7,28 @@ criterion can later remove them cheaply.
 
 ``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is
 model-, budget- and target-dependent, and its working range is narrow (on ``digits``
-ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network;
-on held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is chosen per job
-by **what the job delivers**: every candidate strength starts a sparse training from
-the same weights, all on the same learning-rate schedule; by successive halving
-(:mod:`metaprune.pruning.choose`) each survivor trains a round (an epoch at least), a proxy prunes a
-copy to the requested target, recalibrates BatchNorm and scores it on the validation
-split, and the better half continues. Scores within noise of the round's best (one
-standard error on the proxy's validation images, :func:`~metaprune.pruning.choose.within_noise`)
-are ties, decided by a prior: the strength nearest the middle of the grid (0.03 by default,
-the hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models), one step
-stronger from ~2.8x on, the stronger of two equally near. The last survivor trains on to
-the end of the schedule, and the proxy scores it once more: it is the prepared model unless an earlier
-checkpoint the search scored (an arm after a round) beats it beyond noise, in which case
-that checkpoint is (prunability need not grow with training: a strong strength can look
-best after two epochs and collapse by the seventh). A budget with no room for a search
-(rounds of an epoch: 1-2 epochs) trains the middle strength alone, and its checkpoint is
-the model as given: the 0-epoch path is taken when the trained model prunes worse beyond
-noise (the epochs were spent and are counted either way). The whole search, losers included, fits in
-``before_pruning.epochs`` (``sparse.search_fraction`` of it at most on the losing
-rounds): ``epochs_trained`` never exceeds the budget the user set. Nothing here can see
-the test split: the method context carries only the training and validation loaders.
+ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; on
+held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is chosen per job by
+**what the job delivers**: every candidate strength starts a sparse training from the same
+weights, all on the same learning-rate schedule; by successive halving
+(:mod:`metaprune.pruning.choose`) each survivor trains a round (an epoch at least), a
+proxy prunes a copy to the requested target, recalibrates BatchNorm and scores it on the
+validation split, and the better half continues. Scores within noise of the round's best
+(one standard error on the proxy's validation images,
+:func:`~metaprune.pruning.choose.within_noise`) are ties, decided by a prior: the strength
+nearest the middle of the grid (0.03 by default, the hindsight-best at 2x on held-out
+ResNet-20, ResNet-56 and VGG-19 models), one step stronger from ~2.8x on, the stronger of
+two equally near. The last survivor trains on to the end of the schedule, and the proxy
+scores it once more: it is the prepared model unless an earlier checkpoint the search
+scored (an arm after a round) beats it beyond noise, in which case that checkpoint is
+(prunability need not grow with training: a strong strength can look best after two epochs
+and collapse by the seventh). A budget with no room for a search (rounds of an epoch: 1-2
+epochs) trains the middle strength alone, and its checkpoint is the model as given: the
+0-epoch path is taken when the trained model prunes worse beyond noise (the epochs were
+spent and are counted either way). The whole search, losers included, fits in
+``before_pruning.epochs`` (``sparse.search_fraction`` of it at most on the losing rounds):
+``epochs_trained`` never exceeds the budget the user set. Nothing here can see the test
+split: the method context carries only the training and validation loaders.
 """
 
 from __future__ import annotations
