@@ -91,6 +91,7 @@ def _run(model_or_path, spec, config: PruneConfig) -> tuple[Any, dict[str, Any]]
         "epochs_trained": bp.get("epochs_trained"), "stage_seconds": r["stage_seconds"],
         "reg_rounds": [{str(a["arm"]): round(a["val_accuracy"], 3) for a in rd["arms"]}
                        for rd in bp.get("reg_search", {}).get("rounds", [])],
+        "reg_checkpoint": bp.get("reg_search", {}).get("checkpoint"),
         "criterion_trials": {f"{t['criterion']}[{t['normalizer']}]": round(t["val_accuracy"], 3)
                              for t in r["stages"]["prune"].get("criterion_search", {}).get("trials", [])},
         "seconds": time.perf_counter() - start,

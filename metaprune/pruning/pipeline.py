@@ -57,7 +57,12 @@ from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.auto import resolve_method
 from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.budget import BudgetToken
-from metaprune.pruning.choose import Candidate, choose_criterion, criterion_candidates
+from metaprune.pruning.choose import (
+    Candidate,
+    choose_criterion,
+    criterion_candidates,
+    proxy_images,
+)
 from metaprune.pruning.config import ImportanceOptions, PruneConfig, PruningOptions
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.gradients import GradientCache, fisher_estimate
@@ -290,10 +295,12 @@ def prune(
 
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
     # pruned to the target in search_steps steps, one BatchNorm pass over search_images
-    # training images, scored on search_images validation images (fixed subsets)
+    # training images, scored on search_images validation images (fixed subsets; the whole
+    # validation split where it is small: 64 images cannot tell close candidates apart)
     search_steps = opts.search_steps or pruning.steps  # None: the job's own schedule
-    proxy_calib = subset(splits.train, opts.search_images, "importance.search_images")
-    proxy_val = subset(splits.val, opts.search_images, "importance.search_images")
+    search_images = proxy_images(len(splits.val), opts.search_images)
+    proxy_calib = subset(splits.train, search_images, "importance.search_images")
+    proxy_val = subset(splits.val, search_images, "importance.search_images")
     proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
 
     def proxy(m: nn.Module, cand: Candidate) -> float:
@@ -340,7 +347,7 @@ def prune(
 
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
                         calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
-                        proxy=reg_proxy)  # fmt: skip
+                        proxy=reg_proxy, proxy_images=len(proxy_val.dataset))  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning

@@ -12,7 +12,9 @@ from metaprune.pruning.choose import (
     choose_criterion,
     criterion_candidates,
     halving_plan,
+    proxy_images,
     successive_halving,
+    within_noise,
 )
 
 
@@ -88,3 +90,53 @@ def test_successive_halving_follows_the_scores():
     assert winner.trained == plan.round_iters * plan.rounds
     with pytest.raises(ValueError, match="plan is for 5 arms"):
         successive_halving(arms[:2], plan, lambda a, n: None, lambda a: 0.0)
+
+
+def test_within_noise_is_one_standard_error_of_the_difference():
+    # 0.55 vs 0.50 on 180 images: the standard error of the difference is 5.2 points
+    assert within_noise(0.55, 0.50, 180) and not within_noise(0.55, 0.50, 180, z=0.9)
+    assert not within_noise(0.58, 0.50, 180) and within_noise(0.58, 0.50, 64)  # 8.8 points at 64
+    assert within_noise(0.5, 0.7, 10)  # a better "other" is always within noise
+    assert within_noise(1.0, 1.0, 50) and not within_noise(1.0, 0.98, 50)  # half an image
+    assert within_noise(1.0, 0.99, 50)
+    with pytest.raises(ValueError, match="images must be >= 1"):
+        within_noise(0.5, 0.5, 0)
+    with pytest.raises(ValueError, match=r"other must be an accuracy in \[0, 1\] \(found 3"):
+        within_noise(0.5, 3.0, 10)
+
+
+def test_the_proxy_scores_a_small_validation_split_whole():
+    assert proxy_images(180, 64) == 180 and proxy_images(512, 64) == 512
+    assert proxy_images(513, 64) == 64 and proxy_images(50_000, 64) == 64
+
+
+def test_successive_halving_gives_near_ties_to_the_prior():
+    """Tied arms (within noise of the round's best) rank by the prior, the rest by score."""
+
+    class Arm:
+        def __init__(self, name, score):
+            self.name, self.score = name, score
+
+    def run(arms, tied, prior=None):
+        plan = halving_plan(len(arms), 100, 0.5)
+        return successive_halving(arms, plan, lambda a, n: None, lambda a: a.score,
+                                  name=lambda a: a.name, tied=tied, prior=prior)  # fmt: skip
+
+    arms = [Arm("strong", 0.44), Arm("middle", 0.48), Arm("weak", 0.50)]
+    prior = {"middle": 0, "strong": 1, "weak": 2}
+    winner, rounds = run(arms, None)
+    assert winner.name == "weak"  # no noise model: the best score, however slight
+    winner, rounds = run(arms, lambda b, s: b - s <= 0.03, lambda a: prior[a.name])
+    assert winner.name == "middle"  # 0.48 is within 0.03 of 0.50
+    assert [a["within_noise_of_best"] for a in rounds[0]["arms"]] == [False, True, True]
+    assert [a["survived"] for a in rounds[0]["arms"]] == [False, True, True]
+    # a wide noise band: everything is tied, the prior decides every round
+    winner, rounds = run(arms, lambda b, s: True, lambda a: prior[a.name])
+    assert winner.name == "middle" and [a["arm"] for a in rounds[1]["arms"]] == ["strong", "middle"]
+    # without a prior, tied arms keep their order (the earlier first)
+    winner, _ = run(arms, lambda b, s: True)
+    assert winner.name == "strong"
+    # an arm clearly behind never wins on the prior
+    arms = [Arm("middle", 0.30), Arm("weak", 0.50)]
+    winner, _ = run(arms, lambda b, s: b - s <= 0.03, lambda a: prior[a.name])
+    assert winner.name == "weak"

@@ -32,7 +32,8 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     assert "criterion_search" in result.report["stage_seconds"]
     # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
     proxy = info["criterion_search"]["proxy"]
-    assert proxy == {"steps": 20, "calibration_images": 64, "validation_images": 64}  # pruning.steps
+    small = len(splits.val)  # <= 512 images: scored whole (search_images is for large splits)
+    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small}
     assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
     torch.manual_seed(0)
