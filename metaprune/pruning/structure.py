@@ -100,6 +100,34 @@ def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
 
 tp.dependency.index_mapping.update_concat_index_mapping = _concat_index_mapping
 
+_update_split_index_mapping = tp.dependency.index_mapping.update_split_index_mapping
+
+
+def _split_index_mapping(graph: Any, split_node: Any) -> None:
+    """Torch-Pruning's split mapping, given the two things it assumes: that the node's
+    outputs are listed in the order of the split (they are listed in the order the trace
+    found them: MixNet's ``MixedConv2d`` got its slices swapped) and that ``offsets``
+    follow the pruned ``split_sizes`` (its split pruner updates only the sizes). The
+    order comes from autograd: each consumer's input names the split output it reads."""
+    op = split_node.module
+    if op.split_sizes is not None:
+        op.offsets = [0]
+        for size in op.split_sizes:
+            op.offsets.append(op.offsets[-1] + size)
+    positions = []
+    for out in split_node.outputs:
+        nrs = {nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is split_node.grad_fn}
+        positions.append(nrs.pop() if len(nrs) == 1 else None)
+    if None not in positions and len(set(positions)) == len(positions):
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        split_node.outputs[:] = [split_node.outputs[i] for i in order]
+        if sorted(positions) != list(range(len(positions))):  # some outputs are unused
+            return
+    _update_split_index_mapping(graph, split_node)
+
+
+tp.dependency.index_mapping.update_split_index_mapping = _split_index_mapping
+
 
 @dataclasses.dataclass(frozen=True)
 class FrozenGroup:
