@@ -26,9 +26,13 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 __all__ = ["FlooredPruner"]
+
+# layers whose every parameter Torch-Pruning prunes itself
+_PLAIN = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 
 
 class FlooredPruner(tp.pruner.BasePruner):
@@ -118,6 +122,25 @@ class FlooredPruner(tp.pruner.BasePruner):
         most = max(1, int(self._max_loss * initial) // ch_groups)
         return max(most, self.round_to or 1)
 
+    def _per_channel_extras(self, group: tp.dependency.Group) -> list[tuple[nn.Module, str, Tensor]]:
+        """Per-output-channel parameters of conv/linear subclasses that Torch-Pruning
+        prunes as plain layers (weight and bias only): timm's ``ScaledStdConv2d`` ``gain``
+        (NF-ResNet). Returns ``(module, name, indices to keep)`` for the group's layers."""
+        extras = []
+        for dep, idxs in group:
+            module = dep.target.module
+            if type(module) in _PLAIN or not isinstance(module, (_ConvNd, nn.Linear)):
+                continue
+            if not self.DG.is_out_channel_pruning_fn(dep.handler):
+                continue
+            width = int(module.weight.shape[0])
+            drop = {int(getattr(i, "idx", i)) for i in idxs}
+            keep = torch.tensor([i for i in range(width) if i not in drop], dtype=torch.long)
+            for name, param in module.named_parameters(recurse=False):
+                if name not in ("weight", "bias") and param.dim() >= 1 and param.shape[0] == width:
+                    extras.append((module, name, keep.to(param.device)))
+        return extras
+
     def prune_step(self, max_loss: float | None = None) -> int:
         """One pruning step with the floor enforced; returns how many groups were pruned.
 
@@ -135,7 +158,11 @@ class FlooredPruner(tp.pruner.BasePruner):
             for group in self.step(interactive=True):
                 if len(group[0].idxs) == 0:  # every selected channel was protected
                     continue
+                extras = self._per_channel_extras(group)
                 group.prune()
+                for module, name, keep in extras:
+                    old = getattr(module, name)
+                    setattr(module, name, nn.Parameter(old.data[keep].clone(), old.requires_grad))
                 pruned += 1
         finally:
             self._protected.clear()
