@@ -193,3 +193,68 @@ def test_a_concat_of_unknown_width_is_left_unmapped(monkeypatch: pytest.MonkeyPa
     node = SimpleNamespace(module=SimpleNamespace(concat_sizes=None), sizes=[8, 8])
     with pytest.raises(TypeError):
         structure._concat_index_mapping(None, node)
+
+
+def _tiny_mixnet() -> nn.Sequential:
+    """timm's MixedConv2d twice: depthwise 3x3 + 5x5 on 7 + 6 channels, then two 1x1
+    convolutions whose input split is the first one's concatenation."""
+    mixed = timm_layers.MixedConv2d
+    return nn.Sequential(
+        nn.Conv2d(3, 13, 1), nn.BatchNorm2d(13), nn.ReLU(),
+        mixed(13, 13, [3, 5], depthwise=True), nn.BatchNorm2d(13), nn.ReLU(),
+        mixed(13, 16, [1, 1]), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )  # fmt: skip
+
+
+def test_mixed_conv_splits_map_each_slice_to_its_convolution() -> None:
+    """Torch-Pruning lists a split's outputs in trace order (here: swapped) and keeps its
+    offsets from before pruning; both are corrected, and ``splits`` follows the convs."""
+    torch.manual_seed(0)
+    model = _tiny_mixnet().eval()
+    assert model[3].splits == model[6].splits == [7, 6]  # unequal: a swap cannot fit
+    x = torch.randn(1, 3, 16, 16)
+    assert check_prunable(model, x).frozen == ()
+    base = copy.deepcopy(model)
+    history = progressive_prune(model, x, 2.0, steps=8, normalizer="sum")
+    assert history[-1].reached and len(history) > 2  # several steps: offsets after pruning
+    dw, pw = model[3].values(), model[6].values()
+    assert [c.out_channels for c in dw] == [c.in_channels for c in dw] == model[3].splits
+    assert [c.out_channels for c in dw] == [c.in_channels for c in pw] == model[6].splits
+    assert sum(model[3].splits) < 13
+    assert model[6].in_channels == sum(model[6].splits) == model[4].num_features
+    rebuilt = apply_channel_plan(_tiny_mixnet().eval(), channel_plan_of(model, base))
+    assert rebuilt[6].splits == model[6].splits
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def _tiny_nf() -> nn.Sequential:
+    conv = timm_layers.ScaledStdConv2d
+    return nn.Sequential(conv(3, 16, 3), nn.ReLU(), conv(16, 16, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))  # fmt: skip
+
+
+def test_a_conv_subclass_gain_is_pruned_with_its_channels() -> None:
+    """NF-ResNet's ScaledStdConv2d scales each output channel by ``gain``, which
+    Torch-Pruning does not know: it loses the same channels as the weight."""
+    torch.manual_seed(0)
+    model = _tiny_nf().eval()
+    with torch.no_grad():
+        for i in (0, 2):  # the gain names the original channel
+            model[i].gain.copy_(torch.arange(1.0, 17.0).view(16, 1, 1, 1))
+    original = copy.deepcopy(model)
+    x = torch.randn(1, 3, 12, 12)
+    assert check_prunable(model, x).frozen == ()
+    assert progressive_prune(model, x, 2.0, steps=8, normalizer="sum")[-1].reached
+    first = model[0]
+    assert first.gain.shape == (first.out_channels, 1, 1, 1) and first.out_channels < 16
+    kept = first.gain.flatten().long() - 1
+    assert torch.equal(first.weight, original[0].weight[kept])  # the same channels
+    assert model[2].gain.shape == (model[2].out_channels, 1, 1, 1)
+    assert torch.equal(model[2].weight, original[2].weight[model[2].gain.flatten().long() - 1][:, kept])
+    rebuilt = apply_channel_plan(_tiny_nf().eval(), channel_plan_of(model, original))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
