@@ -181,7 +181,7 @@ def test_a_concat_of_unknown_width_is_left_unmapped(monkeypatch: pytest.MonkeyPa
     ``None`` (CSPNet): the wrapper leaves such a concat unmapped, other errors pass."""
     from types import SimpleNamespace
 
-    from metaprune.pruning import structure
+    from metaprune.pruning import _tp_fixes as structure
 
     def original(graph: object, node: SimpleNamespace) -> None:
         node.module.concat_sizes = node.sizes
