@@ -258,3 +258,43 @@ def test_a_conv_subclass_gain_is_pruned_with_its_channels() -> None:
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+def test_the_group_walk_skips_indices_a_layer_already_has() -> None:
+    from types import SimpleNamespace
+
+    from metaprune.pruning._tp_fixes import _already_pruned
+
+    a, b = SimpleNamespace(target="conv", handler="out"), SimpleNamespace(target="conv", handler="in")
+    group = SimpleNamespace(items=[(a, [1, 2]), (a, [5]), (b, [7])])
+    assert _already_pruned(group, a, [1, 5]) and _already_pruned(group, a, [2])
+    assert not _already_pruned(group, a, [1, 7]) and not _already_pruned(group, b, [1])
+
+
+def test_sliced_residuals_prune_without_freezing_and_rebuild() -> None:
+    """ReXNet adds each block's input to the first ``in_channels`` of its output and
+    concatenates the rest: Torch-Pruning inferred wrong concatenation widths (indices
+    past a layer's width, a walk that did not end on rexnet_100) and froze the stream."""
+    rexnet = pytest.importorskip("timm.models.rexnet")
+
+    def build() -> nn.Module:
+        return rexnet.RexNet(num_classes=4, initial_chs=8, final_chs=32, width_mult=0.25,
+                             depth_mult=0.35).eval()  # fmt: skip
+
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(1, 3, 32, 32)
+    blocks = [m for m in model.modules() if isinstance(m, rexnet.LinearBottleneck)]
+    assert sum(b.use_shortcut for b in blocks) >= 3
+    assert check_prunable(model, x).frozen == ()
+    base = copy.deepcopy(model)
+    assert progressive_prune(model, x, 2.0, steps=8, normalizer="sum")[-1].reached
+    for block in blocks:
+        first = block.conv_exp or block.conv_dw
+        assert block.in_channels == first.conv.in_channels
+        assert block.out_channels == block.conv_pwl.conv.out_channels
+    before = [m for m in base.modules() if isinstance(m, rexnet.LinearBottleneck)]
+    assert any(b.use_shortcut and b.in_channels < c.in_channels for b, c in zip(blocks, before))
+    rebuilt = apply_channel_plan(build(), channel_plan_of(model, base))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
