@@ -13,7 +13,9 @@ and fused-qkv ones such as timm's) keep their number of heads and every head los
 same dimensions (:mod:`metaprune.pruning.structure`); layers named in ``frozen`` (the
 groups :func:`~metaprune.pruning.structure.check_prunable` found unprunable) are left
 alone; every prunable layer keeps at least its floor (see
-:class:`metaprune.pruning.PruningOptions` for why a floor is needed).
+:class:`metaprune.pruning.PruningOptions` for why a floor is needed), and no step takes
+more than :data:`STEP_CAP` times its share of the schedule from any layer (a group whose
+scores tie would otherwise fall to its floor in one step, far past the target).
 """
 
 from __future__ import annotations
