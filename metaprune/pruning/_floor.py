@@ -118,7 +118,7 @@ class FlooredPruner(tp.pruner.BasePruner):
         """How many channels of each of a group's ``ch_groups`` this step may remove."""
         initial = self._initial(module, out)
         if self._max_loss is None or initial is None:
-            return initial or 1 << 62
+            return 1 << 62  # no cap
         most = max(1, int(self._max_loss * initial) // ch_groups)
         return max(most, self.round_to or 1)
 

@@ -100,8 +100,9 @@ def test_torchvision_vit_convnext_and_levit_prune_save_and_reload(
         assert result.report["target_reached"] and result.report["speedup"]["macs"] >= 2.0
     result.save(tmp_path)
     model, loaded = metaprune.load(tmp_path / "model.safetensors")
-    if name == "test/tiny_tv_vit":  # the residual stream itself was pruned
+    if name == "test/tiny_tv_vit":  # the residual stream itself was pruned, step by step
         assert result.report["structure"]["frozen"] == []
+        assert result.report["speedup"]["macs"] <= 2.6  # not all at once (it was 7.3x)
         assert model.hidden_dim == model.conv_proj.out_channels == result.model.hidden_dim < 16
         assert model.encoder.pos_embedding.shape[-1] == model.hidden_dim
     elif name == "test/tiny_tv_convnext":
