@@ -93,9 +93,13 @@ def test_torchvision_vit_convnext_and_levit_prune_save_and_reload(
                                        n_train=64, n_val=32, n_test=32)  # fmt: skip
     spec = ArchSpec(name)
     torch.manual_seed(0)
-    result = metaprune.prune(spec.build(), splits, prune_sweep._config(), spec=spec)
-    if name == "test/tiny_levit":  # its residual stream is frozen (a reshape to its width)
-        assert result.report["speedup"]["macs"] > 1.2 and result.report["structure"]["frozen"]
+    config = prune_sweep._config()
+    if name == "test/tiny_levit":  # its residual stream is frozen (a reshape to its width):
+        config = dataclasses.replace(config, target=Target("macs", 1.2))  # 2x is refused
+    result = metaprune.prune(spec.build(), splits, config, spec=spec)
+    if name == "test/tiny_levit":
+        assert result.report["target_reached"] and result.report["structure"]["frozen"]
+        assert result.report["speedup"]["macs"] >= 1.2
     else:
         assert result.report["target_reached"] and result.report["speedup"]["macs"] >= 2.0
     result.save(tmp_path)
