@@ -260,21 +260,11 @@ def test_a_conv_subclass_gain_is_pruned_with_its_channels() -> None:
         assert torch.equal(rebuilt(x), model(x))
 
 
-def test_the_group_walk_skips_indices_a_layer_already_has() -> None:
-    from types import SimpleNamespace
-
-    from metaprune.pruning._tp_fixes import _already_pruned
-
-    a, b = SimpleNamespace(target="conv", handler="out"), SimpleNamespace(target="conv", handler="in")
-    group = SimpleNamespace(items=[(a, [1, 2]), (a, [5]), (b, [7])])
-    assert _already_pruned(group, a, [1, 5]) and _already_pruned(group, a, [2])
-    assert not _already_pruned(group, a, [1, 7]) and not _already_pruned(group, b, [1])
-
-
 def test_sliced_residuals_prune_without_freezing_and_rebuild() -> None:
     """ReXNet adds each block's input to the first ``in_channels`` of its output and
     concatenates the rest: Torch-Pruning inferred wrong concatenation widths (indices
-    past a layer's width, a walk that did not end on rexnet_100) and froze the stream."""
+    past a layer's width, a group walk that did not end on rexnet_100) and froze the
+    stream; the widths are now recorded from the trace."""
     rexnet = pytest.importorskip("timm.models.rexnet")
 
     def build() -> nn.Module:
