@@ -104,7 +104,8 @@ class FlooredPruner(tp.pruner.BasePruner):
         group_size = len(imp) // ch_groups
         keep = min(group_size, math.ceil(self.floor(module, out) / ch_groups))
         self._slack += max(0, len(imp) - keep * ch_groups)
-        keep = max(keep, group_size - self._most(module, out, ch_groups))
+        heads = any(isinstance(d.target.module, nn.MultiheadAttention) for d, _ in group)
+        keep = max(keep, group_size - self._most(module, out, ch_groups, heads))
         scores = torch.nan_to_num(imp.view(ch_groups, group_size).float().mean(0), nan=0.0)
         positions = torch.topk(scores, k=keep).indices
         protected = (positions[None, :] + group_size * torch.arange(ch_groups)[:, None]).flatten()
@@ -114,11 +115,14 @@ class FlooredPruner(tp.pruner.BasePruner):
         self._protected[(module, out)] = {int(root_idxs[i]) for i in protected.tolist()}
         return imp
 
-    def _most(self, module: nn.Module, out: bool, ch_groups: int) -> int:
+    def _most(self, module: nn.Module, out: bool, ch_groups: int, heads: bool) -> int:
         """How many channels of each of a group's ``ch_groups`` this step may remove."""
         initial = self._initial(module, out)
-        if self._max_loss is None or initial is None:
-            return 1 << 62  # no cap
+        if self._max_loss is None or initial is None or (ch_groups > 1 and not heads):
+            # no cap; nor on grouped channels other than nn.MultiheadAttention's heads,
+            # where it broke ResNeSt's split attention (its fc2 and grouped conv ended at
+            # different widths; cause not isolated)
+            return 1 << 62
         most = max(1, int(self._max_loss * initial) // ch_groups)
         return max(most, self.round_to or 1)
 
