@@ -88,12 +88,23 @@ HEAD_ATTRS: tuple[str, ...] = ("num_heads", "head_dim", "dim_head")
 
 #: Plain attributes some ``forward`` reads that follow from its layers' widths, by class
 #: (``module.qualname``, so nothing is imported), computed from the module: torchvision's
-#: ViT reshapes its patch embedding to ``hidden_dim``. Not in the plan:
-#: :func:`sync_derived_widths` recomputes them. (timm's ``MixedConv2d`` ``splits`` is not
-#: one: Torch-Pruning does not map a group through its split and concatenation.)
+#: ViT reshapes its patch embedding to ``hidden_dim``; timm's ``MixedConv2d`` (MixNet)
+#: splits its input by ``splits``, one slice per convolution (Torch-Pruning maps each
+#: convolution's channels to its slice of the split; only the list goes stale); timm's
+#: ReXNet block adds its input to the first ``in_channels`` of its output. Not in the
+#: plan: :func:`sync_derived_widths` recomputes them.
 DERIVED_WIDTHS: dict[str, dict[str, Callable[[nn.Module], object]]] = {
     "torchvision.models.vision_transformer.VisionTransformer": {
         "hidden_dim": lambda m: int(m.conv_proj.out_channels),
+    },
+    "timm.layers.mixed_conv2d.MixedConv2d": {
+        "splits": lambda m: [int(c.in_channels) for c in m.values()],
+        "in_channels": lambda m: sum(int(c.in_channels) for c in m.values()),
+        "out_channels": lambda m: sum(int(c.out_channels) for c in m.values()),
+    },
+    "timm.models.rexnet.LinearBottleneck": {
+        "in_channels": lambda m: int((m.conv_exp or m.conv_dw).conv.in_channels),
+        "out_channels": lambda m: int(m.conv_pwl.conv.out_channels),
     },
 }
 

@@ -241,6 +241,8 @@ def prune(
         )
     # before any work: a model that cannot be pruned structurally is refused here
     structure = check_prunable(model, example, round_to=config.pruning.round_to)
+    if structure.frozen:  # groups left whole may put the target out of reach: refused too
+        check_reachable(model, example, config, frozen=structure.frozen_modules)
     checks.finish(check="dry_run", frozen_groups=len(structure.frozen))
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     timing = config.latency

@@ -13,7 +13,9 @@ and fused-qkv ones such as timm's) keep their number of heads and every head los
 same dimensions (:mod:`metaprune.pruning.structure`); layers named in ``frozen`` (the
 groups :func:`~metaprune.pruning.structure.check_prunable` found unprunable) are left
 alone; every prunable layer keeps at least its floor (see
-:class:`metaprune.pruning.PruningOptions` for why a floor is needed).
+:class:`metaprune.pruning.PruningOptions` for why a floor is needed), and no step takes
+more than :data:`STEP_CAP` times its share of the schedule from any layer (a group whose
+scores tie would otherwise fall to its floor in one step, far past the target).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from metaprune.pruning.importance import make_importance
 from metaprune.pruning.structure import make_pruner, sync_heads
 from metaprune.pruning.targets import find_classifier, measure_cost
 
-__all__ = ["JUMP", "StepInfo", "next_step", "progressive_prune"]
+__all__ = ["JUMP", "STEP_CAP", "StepInfo", "next_step", "progressive_prune"]
 
 #: the share of the predicted distance to the target an adaptive step covers: short of
 #: it, because the prediction assumes no layer reaches its floor (which slows pruning)
@@ -39,6 +41,12 @@ JUMP = 0.7
 #: least this often (unbounded jumps to 3x lost 13 points on a held-out digits VGG-11,
 #: this bound 1.4: 93.6 % test against 95.0 % with every step, visiting 10 steps, not 29)
 MAX_JUMP = 0.1
+#: the most of a layer's initial width one step may remove, as a multiple of the step's
+#: nominal share (``(step - previous) / steps``): a group whose scores are flat (a ViT's
+#: residual stream at random init) otherwise falls to its floor in one step, far past the
+#: target; a multiple above 1 leaves the global ranking free to prune a layer faster than
+#: the average (see ``FlooredPruner.prune_step``)
+STEP_CAP = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +176,10 @@ def progressive_prune(
     )  # fmt: skip
     step = 0
     while step < steps:
+        previous = step
         step = next_step(step, info.value(target.kind), target.value, steps) if adaptive else step + 1
         pruner.current_step = step - 1  # prune_step goes to this step's cumulative ratio
-        pruner.prune_step()
+        pruner.prune_step(max_loss=STEP_CAP * (step - previous) / steps)
         sync_heads(model)
         info = measure(step)
         history.append(info)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,10 +44,12 @@ def max_reachable(
     example_inputs: Tensor,
     options: PruningOptions | None = None,
     kind: str = "macs",
+    frozen: Sequence[str] = (),
 ) -> float:
     """The largest ``kind`` ratio (base / pruned MACs or parameters) that pruning with the
-    floor of ``options`` can reach: every prunable layer at its floor. ``model`` is not
-    modified (a meta-device copy is pruned).
+    floor of ``options`` can reach: every prunable layer at its floor, the groups of the
+    layers named in ``frozen`` (the dry run's) left whole. ``model`` is not modified (a
+    meta-device copy is pruned).
 
     Raises:
         ConfigError: ``kind`` is not ``"macs"`` or ``"params"``.
@@ -59,26 +61,30 @@ def max_reachable(
     history = progressive_prune(
         skeleton, example_inputs.to("meta"), Target(kind, 1e300), importance="random",
         steps=1, round_to=options.round_to, max_layer_ratio=options.max_layer_ratio,
-        min_channels=options.min_channels,
+        min_channels=options.min_channels, frozen=frozen,
     )  # fmt: skip
     return history[-1].value(kind)
 
 
-def check_reachable(model: nn.Module, example_inputs: Tensor, config: PruneConfig) -> float | None:
-    """Refuse a target the floor makes unreachable; return the largest reachable value
-    (``None`` for a latency target, which is not known without measuring, or for a model
-    that cannot run on the meta device: its schedule meets the floor as before).
+def check_reachable(
+    model: nn.Module, example_inputs: Tensor, config: PruneConfig, frozen: Sequence[str] = ()
+) -> float | None:
+    """Refuse a target the floor (and the ``frozen`` layers' groups, kept whole) makes
+    unreachable; return the largest reachable value (``None`` for a latency target, which
+    is not known without measuring, or for a model that cannot run on the meta device:
+    its schedule meets the floor as before).
 
     Raises:
-        ConfigError: naming the target, the floor settings and the largest reachable value.
+        ConfigError: naming the target, the floor settings, the frozen layers and the
+            largest reachable value.
     """
     if config.target.kind not in _KINDS or config.target.value <= 1.0:
         return None
     best = _bound_or_none(
-        lambda: max_reachable(model, example_inputs, config.pruning, config.target.kind)
+        lambda: max_reachable(model, example_inputs, config.pruning, config.target.kind, frozen)
     )
     if best is not None:
-        _refuse_beyond(config, best)
+        _refuse_beyond(config, best, frozen)
     return best
 
 
@@ -148,17 +154,21 @@ def _bound_or_none(compute: Callable[[], float]) -> float | None:
         return None
 
 
-def _refuse_beyond(config: PruneConfig, best: float) -> None:
+def _refuse_beyond(config: PruneConfig, best: float, frozen: Sequence[str] = ()) -> None:
     target, pruning = config.target, config.pruning
     if target.value <= best:
         return
     shown = math.floor(best * 100) / 100  # never print a value that is not reachable
+    kept = ""
+    if frozen:  # the dry run's verdict, before any work (report["structure"] has why)
+        names = ", ".join(repr(f) for f in frozen[:3]) + (", ..." if len(frozen) > 3 else "")
+        kept = f" and the {len(frozen)} layer(s) it cannot prune structurally kept whole ({names})"
     raise ConfigError(
         f"target.value {target.value:g} ({target.kind} ratio) cannot be reached: with every "
         f"layer at its floor (pruning.max_layer_ratio {pruning.max_layer_ratio:g}, "
         f"pruning.min_channels {pruning.min_channels}"
         + (f", pruning.round_to {pruning.round_to}" if pruning.round_to else "")
-        + f") this model reaches at most {shown:.2f}; ask for <= {shown:.2f} or raise "
-        "pruning.max_layer_ratio"
+        + f"){kept} this model reaches at most {shown:.2f}; ask for <= {shown:.2f}"
+        + ("" if frozen else " or raise pruning.max_layer_ratio")
     )
 

@@ -45,6 +45,7 @@ from metaprune.models.channel_plan import (
     sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
+from metaprune.pruning._tp_fixes import MAX_MAPPED_INDICES, MappingTooLarge, recorded_concat_widths
 from metaprune.pruning.targets import find_classifier, forget_cached_tensors, meta_copy
 
 __all__ = [
@@ -60,45 +61,6 @@ __all__ = [
 # channel group), which is enough to exercise every coupling
 _PROBE_RATIO = 0.25
 
-# Torch-Pruning maps channel indices through reshapes by expanding each index into
-# `stride` indices; through a chain of reshapes that do not act on channels (Swin's
-# window partitions) the lists multiply until the process runs out of memory (15 GB
-# for torchvision's swin_t at 64 px). Past this many indices the mapping stops.
-_MAX_MAPPED_INDICES = 1 << 18
-
-
-class _MappingTooLarge(RuntimeError):
-    pass
-
-
-class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMapping):
-    def __call__(self, idxs: Any) -> Any:
-        if not self.reverse and len(idxs) * self._stride > _MAX_MAPPED_INDICES:
-            raise _MappingTooLarge(
-                f"mapping {len(idxs)} channel indices through a reshape of stride {self._stride}"
-            )
-        return super().__call__(idxs)
-
-
-# looked up by name when Torch-Pruning builds a graph: every graph built after this import
-# is bounded (the class itself is left alone)
-tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
-
-_update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
-
-
-def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
-    """Torch-Pruning's concat mapping, which leaves a concatenation unmapped when it cannot
-    infer an input's width, except that it sums those widths before it checks them
-    (``int + None``, CSPNet's cross-stage concatenations). Unmapped, the dry run decides."""
-    try:
-        _update_concat_index_mapping(graph, cat_node)
-    except TypeError:
-        if None not in (cat_node.module.concat_sizes or ()):
-            raise
-
-
-tp.dependency.index_mapping.update_concat_index_mapping = _concat_index_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +156,9 @@ def make_pruner(
                 f"frozen layer {path!r} is not a module of {type(model).__name__}"
             ) from None
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    with warnings.catch_warnings():  # Torch-Pruning lists every bare parameter it finds
+    # Torch-Pruning warns of every bare parameter; the graph's traced pass records the
+    # true widths of the concatenations it meets
+    with warnings.catch_warnings(), recorded_concat_widths():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         pruner = FlooredPruner(
             model, example_inputs, importance, ignored_layers=ignored,
@@ -331,11 +295,11 @@ def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
             layer = _layer_before(node, {m: n for n, m in model.named_modules()})
             where = f" after layer {layer!r}" if layer else where
         tb = tb.tb_next
-    if isinstance(err, _MappingTooLarge):
+    if isinstance(err, MappingTooLarge):
         why = (
             "its forward reshapes tensors across the channel axis (e.g. window partitions) "
             "in a way Torch-Pruning cannot follow channel by channel (its index mapping "
-            f"passed {_MAX_MAPPED_INDICES:,} indices)"
+            f"passed {MAX_MAPPED_INDICES:,} indices)"
         )
     elif reshape:
         why = (

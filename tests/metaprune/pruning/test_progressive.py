@@ -165,9 +165,10 @@ def test_adaptive_schedule_visits_few_steps_of_the_same_grid(spec, example):
     visited = [h.step for h in fast]
     assert visited[0] == 0 and visited == sorted(set(visited)) and len(fast) < len(full)
     assert fast[-1].reached and not any(h.reached for h in fast[:-1])
-    # a step of the grid removes the same share whichever way it was reached
-    assert abs(fast[-1].step - full[-1].step) <= 1
-    assert fast[-1].macs_speedup == pytest.approx(full[-1].macs_speedup, rel=0.1)
+    # a step of the grid removes about the same share whichever way it was reached (not
+    # exactly: a jump's per-step cap, STEP_CAP x the jump, holds back other channels)
+    assert abs(fast[-1].step - full[-1].step) <= 2
+    assert fast[-1].macs_speedup == pytest.approx(full[-1].macs_speedup, rel=0.15)
 
 
 def test_next_step_moves_toward_the_predicted_step_and_never_past_the_grid():
@@ -178,3 +179,53 @@ def test_next_step_moves_toward_the_predicted_step_and_never_past_the_grid():
     for step in range(0, 50):
         for value in (1.0, 1.3, 1.9, 2.5):
             assert step < next_step(step, value, 2.0, 50) <= 50
+
+
+def _flat_mlp() -> nn.Sequential:
+    """One prunable group (fc1's 16 outputs) whose group-l2 scores are all equal."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):  # fc2's columns belong to the group too
+            layer.weight.fill_(0.1)
+            layer.bias.zero_()
+    return model
+
+
+def test_one_step_cannot_empty_a_flat_group() -> None:
+    """Torch-Pruning prunes every channel scored <= the global threshold: a flat group
+    goes all at once. ``max_loss`` caps a step at that share of the initial width."""
+    from metaprune.pruning.structure import make_pruner
+
+    x = torch.randn(1, 8)
+    widths = {}
+    for cap in (None, 0.25):
+        model = _flat_mlp()
+        pruner = make_pruner(model, x, make_importance("group-l2"), ignored_layers=[model[2]],
+                             global_pruning=True, pruning_ratio=1.0, iterative_steps=4)  # fmt: skip
+        pruner.current_step = 1  # the step to half of all channels
+        assert pruner.prune_step(max_loss=cap) == 1
+        widths[cap] = [model[0].out_features]
+        pruner.current_step = 2
+        pruner.prune_step(max_loss=cap)
+        widths[cap].append(model[0].out_features)
+        assert model[2].in_features == model[0].out_features and model(x).shape == (1, 4)
+    assert widths[None] == [4, 4]  # straight to the floor (a quarter of 16)
+    assert widths[0.25] == [12, 8]  # 4 of the 16 per step
+    with pytest.raises(ValueError, match="max_loss must be > 0"):
+        pruner.prune_step(max_loss=0.0)
+
+
+def test_torchvision_vit_lands_near_its_target() -> None:
+    """The residual stream of a torchvision ViT is one group with flat scores at random
+    init; uncapped, 12 steps to 2x went 1.33x -> 7.3x in one step (ViT-B/32: 14.9x)."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(16, 4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=4)  # fmt: skip
+    x = torch.randn(1, 3, 16, 16)
+    history = progressive_prune(model, x, 2.0, steps=12, normalizer="mean")
+    assert history[-1].reached and 2.0 <= history[-1].macs_speedup <= 2.6
+    gains = [b.macs_speedup / a.macs_speedup for a, b in zip(history, history[1:])]
+    assert max(gains) < 1.35  # no step more than a third faster than the one before
+    assert 4 < model.hidden_dim < 16 and model.conv_proj.out_channels == model.hidden_dim
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 4)

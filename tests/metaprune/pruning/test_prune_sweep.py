@@ -93,15 +93,20 @@ def test_torchvision_vit_convnext_and_levit_prune_save_and_reload(
                                        n_train=64, n_val=32, n_test=32)  # fmt: skip
     spec = ArchSpec(name)
     torch.manual_seed(0)
-    result = metaprune.prune(spec.build(), splits, prune_sweep._config(), spec=spec)
-    if name == "test/tiny_levit":  # its residual stream is frozen (a reshape to its width)
-        assert result.report["speedup"]["macs"] > 1.2 and result.report["structure"]["frozen"]
+    config = prune_sweep._config()
+    if name == "test/tiny_levit":  # its residual stream is frozen (a reshape to its width):
+        config = dataclasses.replace(config, target=Target("macs", 1.2))  # 2x is refused
+    result = metaprune.prune(spec.build(), splits, config, spec=spec)
+    if name == "test/tiny_levit":
+        assert result.report["target_reached"] and result.report["structure"]["frozen"]
+        assert result.report["speedup"]["macs"] >= 1.2
     else:
         assert result.report["target_reached"] and result.report["speedup"]["macs"] >= 2.0
     result.save(tmp_path)
     model, loaded = metaprune.load(tmp_path / "model.safetensors")
-    if name == "test/tiny_tv_vit":  # the residual stream itself was pruned
+    if name == "test/tiny_tv_vit":  # the residual stream itself was pruned, step by step
         assert result.report["structure"]["frozen"] == []
+        assert result.report["speedup"]["macs"] <= 2.6  # not all at once (it was 7.3x)
         assert model.hidden_dim == model.conv_proj.out_channels == result.model.hidden_dim < 16
         assert model.encoder.pos_embedding.shape[-1] == model.hidden_dim
     elif name == "test/tiny_tv_convnext":

@@ -143,3 +143,36 @@ class _DataDependent(torch.nn.Module):
 def test_a_model_that_cannot_run_on_meta_is_not_refused() -> None:
     config = PruneConfig(target=Target("macs", 1e9))
     assert check_reachable(_DataDependent(), EXAMPLE, config) is None  # not known: no refusal
+
+
+class _WidthInForward(torch.nn.Module):
+    """conv1's width is a constant of forward (the dry run freezes it) and carries most
+    of the MACs; 1x8x8 inputs, 10 classes (digits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(32, 4, 1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).reshape(x.shape[0], 32, 8, 8).relu()
+        return self.fc(self.conv2(x).relu().mean((2, 3)))
+
+
+def test_frozen_groups_count_before_any_work() -> None:
+    """A target only the frozen groups could reach is refused after the dry run, naming
+    them, before any evaluation (it used to run the whole job and end short)."""
+    from metaprune.pruning.structure import check_prunable
+
+    torch.manual_seed(0)
+    model = _WidthInForward().eval()
+    frozen = check_prunable(model, EXAMPLE).frozen_modules
+    assert frozen == ("conv1",)
+    assert 1.0 < max_reachable(model, EXAMPLE, frozen=frozen) < 1.2  # conv2 alone
+    config = PruneConfig(target=Target("macs", 1.2))
+    assert check_reachable(model, EXAMPLE, config) is None  # unfrozen, the bound breaks it
+    events = []
+    with pytest.raises(ConfigError, match=r"'conv1'\) this model reaches at most") as err:
+        prune(model, "digits", config, events.append)
+    assert "cannot prune structurally" in str(err.value) and events == []

@@ -181,7 +181,7 @@ def test_a_concat_of_unknown_width_is_left_unmapped(monkeypatch: pytest.MonkeyPa
     ``None`` (CSPNet): the wrapper leaves such a concat unmapped, other errors pass."""
     from types import SimpleNamespace
 
-    from metaprune.pruning import structure
+    from metaprune.pruning import _tp_fixes as structure
 
     def original(graph: object, node: SimpleNamespace) -> None:
         node.module.concat_sizes = node.sizes
@@ -193,3 +193,98 @@ def test_a_concat_of_unknown_width_is_left_unmapped(monkeypatch: pytest.MonkeyPa
     node = SimpleNamespace(module=SimpleNamespace(concat_sizes=None), sizes=[8, 8])
     with pytest.raises(TypeError):
         structure._concat_index_mapping(None, node)
+
+
+def _tiny_mixnet() -> nn.Sequential:
+    """timm's MixedConv2d twice: depthwise 3x3 + 5x5 on 7 + 6 channels, then two 1x1
+    convolutions whose input split is the first one's concatenation."""
+    mixed = timm_layers.MixedConv2d
+    return nn.Sequential(
+        nn.Conv2d(3, 13, 1), nn.BatchNorm2d(13), nn.ReLU(),
+        mixed(13, 13, [3, 5], depthwise=True), nn.BatchNorm2d(13), nn.ReLU(),
+        mixed(13, 16, [1, 1]), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )  # fmt: skip
+
+
+def test_mixed_conv_splits_map_each_slice_to_its_convolution() -> None:
+    """Torch-Pruning lists a split's outputs in trace order (here: swapped) and keeps its
+    offsets from before pruning; both are corrected, and ``splits`` follows the convs."""
+    torch.manual_seed(0)
+    model = _tiny_mixnet().eval()
+    assert model[3].splits == model[6].splits == [7, 6]  # unequal: a swap cannot fit
+    x = torch.randn(1, 3, 16, 16)
+    assert check_prunable(model, x).frozen == ()
+    base = copy.deepcopy(model)
+    history = progressive_prune(model, x, 2.0, steps=8, normalizer="sum")
+    assert history[-1].reached and len(history) > 2  # several steps: offsets after pruning
+    dw, pw = model[3].values(), model[6].values()
+    assert [c.out_channels for c in dw] == [c.in_channels for c in dw] == model[3].splits
+    assert [c.out_channels for c in dw] == [c.in_channels for c in pw] == model[6].splits
+    assert sum(model[3].splits) < 13
+    assert model[6].in_channels == sum(model[6].splits) == model[4].num_features
+    rebuilt = apply_channel_plan(_tiny_mixnet().eval(), channel_plan_of(model, base))
+    assert rebuilt[6].splits == model[6].splits
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def _tiny_nf() -> nn.Sequential:
+    conv = timm_layers.ScaledStdConv2d
+    return nn.Sequential(conv(3, 16, 3), nn.ReLU(), conv(16, 16, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))  # fmt: skip
+
+
+def test_a_conv_subclass_gain_is_pruned_with_its_channels() -> None:
+    """NF-ResNet's ScaledStdConv2d scales each output channel by ``gain``, which
+    Torch-Pruning does not know: it loses the same channels as the weight."""
+    torch.manual_seed(0)
+    model = _tiny_nf().eval()
+    with torch.no_grad():
+        for i in (0, 2):  # the gain names the original channel
+            model[i].gain.copy_(torch.arange(1.0, 17.0).view(16, 1, 1, 1))
+    original = copy.deepcopy(model)
+    x = torch.randn(1, 3, 12, 12)
+    assert check_prunable(model, x).frozen == ()
+    assert progressive_prune(model, x, 2.0, steps=8, normalizer="sum")[-1].reached
+    first = model[0]
+    assert first.gain.shape == (first.out_channels, 1, 1, 1) and first.out_channels < 16
+    kept = first.gain.flatten().long() - 1
+    assert torch.equal(first.weight, original[0].weight[kept])  # the same channels
+    assert model[2].gain.shape == (model[2].out_channels, 1, 1, 1)
+    assert torch.equal(model[2].weight, original[2].weight[model[2].gain.flatten().long() - 1][:, kept])
+    rebuilt = apply_channel_plan(_tiny_nf().eval(), channel_plan_of(model, original))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_sliced_residuals_prune_without_freezing_and_rebuild() -> None:
+    """ReXNet adds each block's input to the first ``in_channels`` of its output and
+    concatenates the rest: Torch-Pruning inferred wrong concatenation widths (indices
+    past a layer's width, a group walk that did not end on rexnet_100) and froze the
+    stream; the widths are now recorded from the trace."""
+    rexnet = pytest.importorskip("timm.models.rexnet")
+
+    def build() -> nn.Module:
+        return rexnet.RexNet(num_classes=4, initial_chs=8, final_chs=32, width_mult=0.25,
+                             depth_mult=0.35).eval()  # fmt: skip
+
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(1, 3, 32, 32)
+    blocks = [m for m in model.modules() if isinstance(m, rexnet.LinearBottleneck)]
+    assert sum(b.use_shortcut for b in blocks) >= 3
+    assert check_prunable(model, x).frozen == ()
+    base = copy.deepcopy(model)
+    assert progressive_prune(model, x, 2.0, steps=8, normalizer="sum")[-1].reached
+    for block in blocks:
+        first = block.conv_exp or block.conv_dw
+        assert block.in_channels == first.conv.in_channels
+        assert block.out_channels == block.conv_pwl.conv.out_channels
+    before = [m for m in base.modules() if isinstance(m, rexnet.LinearBottleneck)]
+    assert any(b.use_shortcut and b.in_channels < c.in_channels for b, c in zip(blocks, before))
+    rebuilt = apply_channel_plan(build(), channel_plan_of(model, base))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

@@ -1,0 +1,135 @@
+"""Fixes to Torch-Pruning's dependency graph, applied on import (by
+:mod:`metaprune.pruning.structure`): every graph built afterwards uses them.
+
+Torch-Pruning maps channel indices between coupled layers through concatenations,
+splits, slices and reshapes. Where its mapping is wrong or unbounded, the fix is here,
+each one the smallest change to the function or class Torch-Pruning looks up by name:
+
+* reshapes: index lists that multiply through window partitions are bounded (Swin);
+* concatenations: input widths are recorded from the traced forward pass
+  (:func:`recorded_concat_widths`) instead of inferred from neighbouring layers, which
+  goes wrong through sliced residuals (ReXNet), and an input of unknown width leaves
+  the concatenation unmapped instead of raising (CSPNet);
+* splits: each output gets its own slice, after pruning too (MixNet).
+
+(With ReXNet's widths inferred wrongly, the offsets shifted indices past every layer's
+width and the group walk, which follows a layer again for every new index list, did not
+end in 45 min; with the recorded widths its dry run takes 5 s.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["MAX_MAPPED_INDICES", "MappingTooLarge", "recorded_concat_widths"]
+
+# Torch-Pruning maps channel indices through reshapes by expanding each index into
+# `stride` indices; through a chain of reshapes that do not act on channels (Swin's
+# window partitions) the lists multiply until the process runs out of memory (15 GB
+# for torchvision's swin_t at 64 px). Past this many indices the mapping stops.
+MAX_MAPPED_INDICES = 1 << 18
+
+
+class MappingTooLarge(RuntimeError):
+    pass
+
+
+class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMapping):
+    def __call__(self, idxs: Any) -> Any:
+        if not self.reverse and len(idxs) * self._stride > MAX_MAPPED_INDICES:
+            raise MappingTooLarge(
+                f"mapping {len(idxs)} channel indices through a reshape of stride {self._stride}"
+            )
+        return super().__call__(idxs)
+
+
+# looked up by name when Torch-Pruning builds a graph: every graph built after this import
+# is bounded (the class itself is left alone)
+tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
+
+_update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
+
+
+def _concat_index_mapping(graph: Any, cat_node: Any) -> None:
+    """Torch-Pruning's concat mapping, with the input widths the trace recorded (once:
+    later, its concat pruner keeps them up to date), and which leaves a concatenation
+    unmapped when it cannot infer an input's width, except that it sums those widths
+    before it checks them (``int + None``, CSPNet's cross-stage concatenations).
+    Unmapped, the dry run decides."""
+    widths = _CAT_WIDTHS.pop(getattr(cat_node, "grad_fn", None), None)
+    if widths is not None and len(widths) == len(cat_node.inputs):
+        cat_node.module.concat_sizes = widths
+    try:
+        _update_concat_index_mapping(graph, cat_node)
+    except TypeError:
+        if None not in (cat_node.module.concat_sizes or ()):
+            raise
+
+
+tp.dependency.index_mapping.update_concat_index_mapping = _concat_index_mapping
+
+_update_split_index_mapping = tp.dependency.index_mapping.update_split_index_mapping
+
+
+def _split_index_mapping(graph: Any, split_node: Any) -> None:
+    """Torch-Pruning's split mapping, given the two things it assumes: that the node's
+    outputs are listed in the order of the split (they are listed in the order the trace
+    found them: MixNet's ``MixedConv2d`` got its slices swapped) and that ``offsets``
+    follow the pruned ``split_sizes`` (its split pruner updates only the sizes). The
+    order comes from autograd: each consumer's input names the split output it reads."""
+    op = split_node.module
+    if op.split_sizes is not None:
+        op.offsets = [0]
+        for size in op.split_sizes:
+            op.offsets.append(op.offsets[-1] + size)
+    positions = []
+    for out in split_node.outputs:
+        nrs = {
+            nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is split_node.grad_fn
+        }
+        positions.append(nrs.pop() if len(nrs) == 1 else None)
+    if None not in positions and len(set(positions)) == len(positions):
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        split_node.outputs[:] = [split_node.outputs[i] for i in order]
+        if sorted(positions) != list(range(len(positions))):  # some outputs are unused
+            return
+    _update_split_index_mapping(graph, split_node)
+
+
+tp.dependency.index_mapping.update_split_index_mapping = _split_index_mapping
+
+
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+#: grad_fn of every concatenation along dim 1 traced under :func:`recorded_concat_widths`
+#: -> its inputs' widths (consumed by the first mapping of that concatenation)
+_CAT_WIDTHS: dict[Any, list[int]] = {}
+
+
+class _RecordCats(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CATS and isinstance(out, Tensor) and out.grad_fn is not None and out.dim() > 1:
+            tensors = args[0] if args else kwargs.get("tensors", kwargs.get("arrays", ()))
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            if dim in (1, 1 - out.dim()):
+                _CAT_WIDTHS[out.grad_fn] = [int(t.shape[1]) for t in tensors]
+        return out
+
+
+@contextlib.contextmanager
+def recorded_concat_widths() -> Iterator[None]:
+    """Build Torch-Pruning graphs inside this block: every channel concatenation of the
+    traced forward pass gets its inputs' true widths."""
+    try:
+        with _RecordCats():
+            yield
+    finally:
+        _CAT_WIDTHS.clear()
