@@ -103,7 +103,7 @@ def heldout(a: argparse.Namespace) -> int:
     import metanet  # noqa: F401  (registers the metanet method)
     from metaprune.pruning import FinetuneBudget, PruneConfig, Target, prune
 
-    out = Path(a.out).with_name("metanet_curve_heldout.json")
+    out = Path(a.heldout_out)
     for h in heldout_mod.heldout_models(a.family, a.n):
         for t in a.targets:
             jobs = [("default", {})]
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--family", default="cifar_resnet20")
     h.add_argument("--n", type=int, default=5)
     h.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
+    h.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
     for q in (f, h):
         q.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)

@@ -88,6 +88,8 @@ class MethodContext:
     #: ``proxy(model)``: validation accuracy of a copy pruned to the job's target and
     #: BN-recalibrated; what ``reg="auto"`` chooses by (set by the pipeline)
     proxy: Callable[[nn.Module], float] | None = None
+    #: the model's architecture name (its spec), if known: what held-out records are kept by
+    family: str | None = None
 
     def finetune(self, model: nn.Module, stage: str, **kwargs: Any) -> FinetuneResult:
         """The ``before_pruning`` budget: every epoch trained, the last one kept."""

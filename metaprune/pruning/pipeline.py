@@ -175,16 +175,18 @@ def prune(
     wall = min(config.max_wall_seconds or limits.max_wall_seconds, limits.max_wall_seconds)
     cancel = BudgetToken(wall, cancel)
     requested = config
-    choice = resolve_method(config)  # "auto" -> a concrete method, with the reason
-    config = dataclasses.replace(config, method=choice.method)
-    method = get_method(config.method)
-    if method.load is not None and metanetwork is None:  # fail before any work is done
-        metanetwork = method.load(config, limits, metanet_paths)
     if isinstance(dataset, DatasetSplits) and dataset_kwargs:
         raise ConfigError("dataset_kwargs apply to a dataset given by name, not to DatasetSplits")
     if not isinstance(dataset, DatasetSplits):  # options checked before any work
         dataset_kwargs = check_dataset_kwargs(dataset, dataset_kwargs, limits)
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
+    # "auto" -> a concrete method, with the reason; advisors may weigh the model's family
+    family = spec.name if spec is not None else None
+    choice = resolve_method(config, family, advise=metanetwork is None)
+    config = dataclasses.replace(config, method=choice.method)
+    method = get_method(config.method)
+    if method.load is not None and metanetwork is None:  # fail before any work is done
+        metanetwork = method.load(config, limits, metanet_paths)
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
@@ -322,7 +324,7 @@ def prune(
 
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
                         calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
-                        proxy=reg_proxy)  # fmt: skip
+                        proxy=reg_proxy, family=family)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
@@ -331,7 +333,7 @@ def prune(
     curve_calib, curve_val = subset(splits.train, pruning.curve_images), subset(splits.val, pruning.curve_images)
 
     # the criterion (and its normaliser) by validation accuracy at the target
-    extra = COST_AWARE + DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
+    extra = COST_AWARE + DATA_AWARE if choice.data_aware and opts.normalizer == "auto" else ()
     candidates = (
         [Candidate(method.importance, "sum")]  # random scores: nothing to normalise
         if method.importance == "random"
