@@ -19,7 +19,9 @@ the final network of each held-out *run*; no run is on both sides). Rows go to
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,10 +40,15 @@ AUG = {"aug_scale": 0.5, "aug_noise": 0.01, "aug_edge_dropout": 0.02, "aug_mixup
 
 
 def _update(path: Path, key: str, row: dict) -> None:
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = row
+    """Add ``key`` to the JSON at ``path``; shards running side by side take turns."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[key] = row
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def fit(a: argparse.Namespace) -> int:
@@ -104,29 +111,30 @@ def heldout(a: argparse.Namespace) -> int:
     from metaprune.pruning import FinetuneBudget, PruneConfig, Target, prune
 
     out = Path(a.heldout_out)
-    for h in heldout_mod.heldout_models(a.family, a.n):
-        for t in a.targets:
-            jobs = [("default", {})]
-            if a.export:
-                jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
-            for tag, options in jobs:
-                key = f"{tag}/{h.name}/{t}"
-                done = json.loads(out.read_text()) if out.exists() else {}
-                if key in done:
-                    continue
-                config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
-                                     after_pruning=FinetuneBudget(epochs=0), **options)  # fmt: skip
-                start = time.perf_counter()
-                report = prune(h.path, "digits", config).report
-                guard = report["stages"].get("before_pruning", {}).get("metanet", {})
-                row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
-                       "macs_speedup": report["speedup"]["macs"],
-                       "choice": report.get("method_choice"),
-                       "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
-                       "seconds": round(time.perf_counter() - start)}  # fmt: skip
-                _update(out, key, row)
-                print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
-    if a.export:  # the evidence travels with the export (metanet.record)
+    shard, shards = (int(x) for x in a.shard.split("/"))
+    cells = [(h, t) for h in heldout_mod.heldout_models(a.family, a.n) for t in a.targets]
+    jobs = [] if a.no_default else [("default", {})]
+    if a.export:
+        jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
+    for h, t in cells[shard::shards]:  # processes with other shards take the rest
+        for tag, options in jobs:
+            key = f"{tag}/{h.name}/{t}"
+            done = json.loads(out.read_text()) if out.exists() else {}
+            if key in done:
+                continue
+            config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
+                                 after_pruning=FinetuneBudget(epochs=0), **options)  # fmt: skip
+            start = time.perf_counter()
+            report = prune(h.path, "digits", config).report
+            guard = report["stages"].get("before_pruning", {}).get("metanet", {})
+            row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
+                   "macs_speedup": report["speedup"]["macs"],
+                   "choice": report.get("method_choice"),
+                   "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
+                   "seconds": round(time.perf_counter() - start)}  # fmt: skip
+            _update(out, key, row)
+            print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
+    if a.export and shards == 1:  # the evidence travels with the export (metanet.record)
         from metanet.record import attach_record, heldout_record
 
         record = heldout_record(json.loads(out.read_text()), a.tag)
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--n", type=int, default=5)
     h.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
     h.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
+    h.add_argument("--shard", default="0/1", help="i/k: every k-th (model, target) from the i-th")
+    h.add_argument("--no-default", action="store_true", help="skip the baseline rows")
     for q in (f, h):
         q.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
