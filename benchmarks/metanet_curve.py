@@ -51,6 +51,15 @@ def _update(path: Path, key: str, row: dict) -> None:
         os.replace(tmp, path)
 
 
+def _augment(a: argparse.Namespace) -> dict:
+    """AUG (``--aug``), or one of its augmentations alone (``--aug-only``: the controls)."""
+    if a.aug_only:
+        keys = {"scale": ["aug_scale"], "noise": ["aug_noise"], "dropout": ["aug_edge_dropout"],
+                "mixup": ["aug_mixup", "aug_mixup_min"]}[a.aug_only]  # fmt: skip
+        return {k: AUG[k] for k in keys}
+    return dict(AUG) if a.aug else {}
+
+
 def fit(a: argparse.Namespace) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -62,14 +71,16 @@ def fit(a: argparse.Namespace) -> int:
     probe = ZooDataModule(a.zoo, train_snapshots=a.snapshots)
     probe.setup("fit")
     members = len(probe.train_members)
-    per_member = max(1, round(a.steps / members))
+    # every row takes exactly --steps optimizer steps per epoch: each member's batches
+    # rounded up, the epoch cut at --steps (a shuffled subset when members > steps)
+    per_member = -(-a.steps // members)
     data = ZooDataModule(a.zoo, batch_size=64, batches_per_member=per_member, eval_batch_size=256,
                          train_snapshots=a.snapshots)  # fmt: skip
     module = MetaPruneModule(
         num_layers=4, hidden=32, node_ratio=0.1, edge_ratio=0.1, edge_encoding="canonical",
         lr=1e-3, weight_decay=5e-4, lr_step_epochs=100, reg=0.0, val_max_speedup=3.0,
         val_prune_steps=20, val_recalibrate_batches=2, val_normalizer="sum", prune_weight=1.0,
-        batch_stats=True, grad_clip=1.0, **(AUG if a.aug else {}),
+        batch_stats=True, grad_clip=1.0, **_augment(a),
     )  # fmt: skip
     curve: list[dict] = []
 
@@ -85,6 +96,7 @@ def fit(a: argparse.Namespace) -> int:
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/auc", mode="max",
                            save_top_k=1, filename="best-{epoch:03d}")  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=a.epochs, logger=False,
+                        limit_train_batches=a.steps,
                         check_val_every_n_epoch=a.val_every, num_sanity_val_steps=0,
                         callbacks=[ckpt, Record()], enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(root))  # fmt: skip
@@ -96,7 +108,7 @@ def fit(a: argparse.Namespace) -> int:
     _update(Path(a.out), a.tag, {
         "zoo": a.zoo, "snapshots_per_run": a.snapshots, "train_members": members,
         "train_runs": len({m.name.split(".")[0] for m in data.train_members}),
-        "val_members": len(data.val_members), "augment": AUG if a.aug else None,
+        "val_members": len(data.val_members), "augment": _augment(a) or None,
         "steps": trainer.global_step, "batches_per_member": per_member, "curve": curve,
         "best": best, "last": curve[-1], "seconds": round(seconds), "seed": a.seed,
         "export": str(root / "best"),
@@ -152,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--zoo", required=True)
     f.add_argument("--snapshots", type=int, default=None, help="members per meta-train run")
     f.add_argument("--aug", action="store_true", help="the augmentations of AUG")
+    f.add_argument("--aug-only", choices=("scale", "noise", "dropout", "mixup"), default=None,
+                   help="one augmentation of AUG alone (a control)")
     f.add_argument("--tag", required=True)
     f.add_argument("--epochs", type=int, default=8)
     f.add_argument("--steps", type=int, default=36, help="optimizer steps per epoch")
