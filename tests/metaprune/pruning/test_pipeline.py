@@ -218,6 +218,22 @@ def test_metanet_auto_chooses_by_the_graph_and_reports_it(model, spec, splits, f
     assert {"val_accuracy_input", "val_accuracy_rewritten", "tolerance", "discarded"} <= set(check)
 
 
+def test_auto_at_zero_epochs_runs_a_metanetwork_with_a_winning_record(
+    model, spec, splits, fast_config, recorded
+):
+    config = dataclasses.replace(fast_config, method="auto", before_pruning=FinetuneBudget(epochs=0),
+                                 after_pruning=FinetuneBudget(epochs=0))  # fmt: skip
+    report = prune(model, splits, config, spec=spec).report
+    choice = report["method_choice"]
+    assert report["method"] == "metanet" and (choice["requested"], choice["data_aware"]) == ("auto", False)
+    assert "winning held-out record on cifar_resnet20 at 0 epochs (general-digits: " in choice["reason"]
+    assert report["stages"]["before_pruning"]["metanet"]["record"] == "wins"
+    assert "method     auto -> metanet: a registered metanetwork" in metaprune.pruning.format_report(report)
+    # another family: no evidence there, so the rule's baseline
+    other = dataclasses.replace(spec, name="cifar_resnet32")
+    assert prune(other.build(), splits, config, spec=other).report["method"] == "group-l2"
+
+
 def test_metanet_auto_without_a_winning_record_runs_the_strongest_baseline(
     model, spec, splits, fast_config, tmp_path, monkeypatch
 ):
