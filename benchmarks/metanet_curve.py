@@ -128,7 +128,8 @@ def heldout(a: argparse.Namespace) -> int:
     jobs = [] if a.no_default else [("default", {})]
     if a.export:
         jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
-    for h, t in cells[shard::shards]:  # processes with other shards take the rest
+    mine = cells[shard::shards][:: -1 if a.reverse else 1]  # other shards take the rest
+    for h, t in mine:
         for tag, options in jobs:
             key = f"{tag}/{h.name}/{t}"
             done = json.loads(out.read_text()) if out.exists() else {}
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
     h.add_argument("--shard", default="0/1", help="i/k: every k-th (model, target) from the i-th")
     h.add_argument("--no-default", action="store_true", help="skip the baseline rows")
+    h.add_argument("--reverse", action="store_true",
+                   help="the shard from its end (a second process meets the first half-way)")
     for q in (f, h):
         q.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
