@@ -9,14 +9,17 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
 3. ``prune``: progressive global structural pruning until the target is met, recording
    validation accuracy against speed-up (the curve: both ends and at most
    ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
-   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
-   ``method="auto"``, group-L2 per MAC and the data-aware ``taylor`` and ``hessian``) and
+   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for a
+   baseline chosen by a rule, ``method_choice.data_aware``: ``method="auto"``, or
+   ``metanet`` auto with no winning record, group-L2 per MAC and the data-aware
+   ``taylor`` and ``hessian``) and
    keeps the best by validation accuracy at the target on a cheap proxy
    (:mod:`metaprune.pruning.choose`); each copy is pruned on the job's own schedule, so
    the winner's copy *is* the job's prune (not pruned again) and ``prune`` only evaluates
    its curve. Pruning counts MACs on the meta device and gathers taylor / hessian
    gradients once per job.
-   ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
+   ``method="auto"`` is resolved once the model (and its family) is known
+   (:mod:`metaprune.pruning.auto`, with the advisors registered by packages above);
    the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
