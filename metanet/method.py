@@ -41,7 +41,7 @@ from metaprune.pruning.progress import notify
 from .advisor import AUTO, winners
 from .apply import apply_metanetwork
 from .choice import choose_metanetwork
-from .export import list_pretrained, load
+from .export import load
 
 __all__ = ["AUTO", "MAX_ACCURACY_DROP", "guarded_rewrite", "load_for_job"]
 
@@ -55,20 +55,16 @@ def load_for_job(
 ) -> nn.Module | None:
     """The metanetwork ``config.metanet`` (a registered name, or with ``allow_paths`` a path
     to an export), checked against ``limits``; ``None`` when it is ``None`` or ``"auto"``
-    (chosen by the model's graph when the method runs), once some metanetwork is registered.
+    (chosen by evidence and the model's graph when the method runs, :mod:`metanet.advisor`).
 
     Raises:
-        MetanetUnavailable: no metanetwork registered for "auto", or its files are unreadable.
+        MetanetUnavailable: its files are unreadable.
         UnknownMetanetError: no metanetwork of that name.
         LimitExceededError: the metanetwork is over ``limits``.
     """
     if config.metanet is None or config.metanet == AUTO:
-        if not list_pretrained():
-            raise MetanetUnavailable(
-                "method 'metanet' with metanet 'auto' needs a registered metanetwork "
-                "(none in metanet/pretrained/ or $METAPRUNE_METANET_PATH); name an export "
-                "path or use another method"
-            )
+        # chosen when the method runs; with none registered (or none with a winning record
+        # on the family) the pipeline's advisor runs the strongest baseline instead
         return None
     options: dict[str, Any] = {"allow_paths": allow_paths}
     if limits is not None:

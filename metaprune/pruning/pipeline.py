@@ -178,6 +178,9 @@ def prune(
     wall = min(config.max_wall_seconds or limits.max_wall_seconds, limits.max_wall_seconds)
     cancel = BudgetToken(wall, cancel)
     requested = config
+    early = get_method(resolve_method(config, advise=False).method)
+    if early.load is not None and metanetwork is None:  # a bad name fails before any work
+        metanetwork = early.load(config, limits, metanet_paths)
     if isinstance(dataset, DatasetSplits) and dataset_kwargs:
         raise ConfigError("dataset_kwargs apply to a dataset given by name, not to DatasetSplits")
     if not isinstance(dataset, DatasetSplits):  # options checked before any work
@@ -188,7 +191,7 @@ def prune(
     choice = resolve_method(config, family, advise=metanetwork is None)
     config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
-    if method.load is not None and metanetwork is None:  # fail before any work is done
+    if method.load is not None and metanetwork is None:  # e.g. "auto" chose metanet
         metanetwork = method.load(config, limits, metanet_paths)
     splits = (
         dataset
