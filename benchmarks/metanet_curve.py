@@ -19,7 +19,9 @@ the final network of each held-out *run*; no run is on both sides). Rows go to
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,10 +40,24 @@ AUG = {"aug_scale": 0.5, "aug_noise": 0.01, "aug_edge_dropout": 0.02, "aug_mixup
 
 
 def _update(path: Path, key: str, row: dict) -> None:
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = row
+    """Add ``key`` to the JSON at ``path``; shards running side by side take turns."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[key] = row
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _augment(a: argparse.Namespace) -> dict:
+    """AUG (``--aug``), or one of its augmentations alone (``--aug-only``: the controls)."""
+    if a.aug_only:
+        keys = {"scale": ["aug_scale"], "noise": ["aug_noise"], "dropout": ["aug_edge_dropout"],
+                "mixup": ["aug_mixup", "aug_mixup_min"]}[a.aug_only]  # fmt: skip
+        return {k: AUG[k] for k in keys}
+    return dict(AUG) if a.aug else {}
 
 
 def fit(a: argparse.Namespace) -> int:
@@ -55,14 +71,16 @@ def fit(a: argparse.Namespace) -> int:
     probe = ZooDataModule(a.zoo, train_snapshots=a.snapshots)
     probe.setup("fit")
     members = len(probe.train_members)
-    per_member = max(1, round(a.steps / members))
+    # every row takes exactly --steps optimizer steps per epoch: each member's batches
+    # rounded up, the epoch cut at --steps (a shuffled subset when members > steps)
+    per_member = -(-a.steps // members)
     data = ZooDataModule(a.zoo, batch_size=64, batches_per_member=per_member, eval_batch_size=256,
                          train_snapshots=a.snapshots)  # fmt: skip
     module = MetaPruneModule(
         num_layers=4, hidden=32, node_ratio=0.1, edge_ratio=0.1, edge_encoding="canonical",
         lr=1e-3, weight_decay=5e-4, lr_step_epochs=100, reg=0.0, val_max_speedup=3.0,
         val_prune_steps=20, val_recalibrate_batches=2, val_normalizer="sum", prune_weight=1.0,
-        batch_stats=True, grad_clip=1.0, **(AUG if a.aug else {}),
+        batch_stats=True, grad_clip=1.0, **_augment(a),
     )  # fmt: skip
     curve: list[dict] = []
 
@@ -78,6 +96,7 @@ def fit(a: argparse.Namespace) -> int:
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/auc", mode="max",
                            save_top_k=1, filename="best-{epoch:03d}")  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=a.epochs, logger=False,
+                        limit_train_batches=a.steps,
                         check_val_every_n_epoch=a.val_every, num_sanity_val_steps=0,
                         callbacks=[ckpt, Record()], enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(root))  # fmt: skip
@@ -89,7 +108,7 @@ def fit(a: argparse.Namespace) -> int:
     _update(Path(a.out), a.tag, {
         "zoo": a.zoo, "snapshots_per_run": a.snapshots, "train_members": members,
         "train_runs": len({m.name.split(".")[0] for m in data.train_members}),
-        "val_members": len(data.val_members), "augment": AUG if a.aug else None,
+        "val_members": len(data.val_members), "augment": _augment(a) or None,
         "steps": trainer.global_step, "batches_per_member": per_member, "curve": curve,
         "best": best, "last": curve[-1], "seconds": round(seconds), "seed": a.seed,
         "export": str(root / "best"),
@@ -103,30 +122,32 @@ def heldout(a: argparse.Namespace) -> int:
     import metanet  # noqa: F401  (registers the metanet method)
     from metaprune.pruning import FinetuneBudget, PruneConfig, Target, prune
 
-    out = Path(a.out).with_name("metanet_curve_heldout.json")
-    for h in heldout_mod.heldout_models(a.family, a.n):
-        for t in a.targets:
-            jobs = [("default", {})]
-            if a.export:
-                jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
-            for tag, options in jobs:
-                key = f"{tag}/{h.name}/{t}"
-                done = json.loads(out.read_text()) if out.exists() else {}
-                if key in done:
-                    continue
-                config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
-                                     after_pruning=FinetuneBudget(epochs=0), **options)  # fmt: skip
-                start = time.perf_counter()
-                report = prune(h.path, "digits", config).report
-                guard = report["stages"].get("before_pruning", {}).get("metanet", {})
-                row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
-                       "macs_speedup": report["speedup"]["macs"],
-                       "choice": report.get("method_choice"),
-                       "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
-                       "seconds": round(time.perf_counter() - start)}  # fmt: skip
-                _update(out, key, row)
-                print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
-    if a.export:  # the evidence travels with the export (metanet.record)
+    out = Path(a.heldout_out)
+    shard, shards = (int(x) for x in a.shard.split("/"))
+    cells = [(h, t) for h in heldout_mod.heldout_models(a.family, a.n) for t in a.targets]
+    jobs = [] if a.no_default else [("default", {})]
+    if a.export:
+        jobs.append((a.tag, {"method": "metanet", "metanet": str(a.export)}))
+    mine = cells[shard::shards][:: -1 if a.reverse else 1]  # other shards take the rest
+    for h, t in mine:
+        for tag, options in jobs:
+            key = f"{tag}/{h.name}/{t}"
+            done = json.loads(out.read_text()) if out.exists() else {}
+            if key in done:
+                continue
+            config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
+                                 after_pruning=FinetuneBudget(epochs=0), **options)  # fmt: skip
+            start = time.perf_counter()
+            report = prune(h.path, "digits", config).report
+            guard = report["stages"].get("before_pruning", {}).get("metanet", {})
+            row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
+                   "macs_speedup": report["speedup"]["macs"],
+                   "choice": report.get("method_choice"),
+                   "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
+                   "seconds": round(time.perf_counter() - start)}  # fmt: skip
+            _update(out, key, row)
+            print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
+    if a.export and shards == 1:  # the evidence travels with the export (metanet.record)
         from metanet.record import attach_record, heldout_record
 
         record = heldout_record(json.loads(out.read_text()), a.tag)
@@ -144,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--zoo", required=True)
     f.add_argument("--snapshots", type=int, default=None, help="members per meta-train run")
     f.add_argument("--aug", action="store_true", help="the augmentations of AUG")
+    f.add_argument("--aug-only", choices=("scale", "noise", "dropout", "mixup"), default=None,
+                   help="one augmentation of AUG alone (a control)")
     f.add_argument("--tag", required=True)
     f.add_argument("--epochs", type=int, default=8)
     f.add_argument("--steps", type=int, default=36, help="optimizer steps per epoch")
@@ -156,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--family", default="cifar_resnet20")
     h.add_argument("--n", type=int, default=5)
     h.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
+    h.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
+    h.add_argument("--shard", default="0/1", help="i/k: every k-th (model, target) from the i-th")
+    h.add_argument("--no-default", action="store_true", help="skip the baseline rows")
+    h.add_argument("--reverse", action="store_true",
+                   help="the shard from its end (a second process meets the first half-way)")
     for q in (f, h):
         q.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)

@@ -5,7 +5,9 @@ The pipeline (:mod:`metaprune.pruning`) knows nothing of this package: importing
 points that offer it (the CLI, the service's workers, batch tasks) import ``metanet``.
 
 ``PruneConfig.metanet`` ``None`` or ``"auto"`` chooses among the registered metanetworks
-by the model's graph (:func:`metanet.choice.choose_metanetwork`); the report's
+with a winning held-out record on the model's family (where none has one, the pipeline's
+advisor, :mod:`metanet.advisor`, runs the strongest baseline instead), by the model's
+graph (:func:`metanet.choice.choose_metanetwork`); the report's
 ``stages.before_pruning.metanet`` says which was used, why, and any warning (also logged).
 """
 
@@ -36,13 +38,13 @@ from metaprune.pruning.methods import (
 )
 from metaprune.pruning.progress import notify
 
+from .advisor import AUTO, winners
 from .apply import apply_metanetwork
 from .choice import choose_metanetwork
-from .export import list_pretrained, load
+from .export import load
 
 __all__ = ["AUTO", "MAX_ACCURACY_DROP", "guarded_rewrite", "load_for_job"]
 
-AUTO = "auto"
 #: smallest validation-accuracy drop (a ratio) for which a rewrite is discarded
 MAX_ACCURACY_DROP = 0.01
 _LOG = logging.getLogger(__name__)
@@ -53,20 +55,16 @@ def load_for_job(
 ) -> nn.Module | None:
     """The metanetwork ``config.metanet`` (a registered name, or with ``allow_paths`` a path
     to an export), checked against ``limits``; ``None`` when it is ``None`` or ``"auto"``
-    (chosen by the model's graph when the method runs), once some metanetwork is registered.
+    (chosen by evidence and the model's graph when the method runs, :mod:`metanet.advisor`).
 
     Raises:
-        MetanetUnavailable: no metanetwork registered for "auto", or its files are unreadable.
+        MetanetUnavailable: its files are unreadable.
         UnknownMetanetError: no metanetwork of that name.
         LimitExceededError: the metanetwork is over ``limits``.
     """
     if config.metanet is None or config.metanet == AUTO:
-        if not list_pretrained():
-            raise MetanetUnavailable(
-                "method 'metanet' with metanet 'auto' needs a registered metanetwork "
-                "(none in metanet/pretrained/ or $METAPRUNE_METANET_PATH); name an export "
-                "path or use another method"
-            )
+        # chosen when the method runs; with none registered (or none with a winning record
+        # on the family) the pipeline's advisor runs the strongest baseline instead
         return None
     options: dict[str, Any] = {"allow_paths": allow_paths}
     if limits is not None:
@@ -175,9 +173,12 @@ def _metanetwork(
         return ctx.metanetwork, {"name": name, "auto": False, "given": "object"}, None
     if name is not None and name != AUTO:
         return load_for_job(ctx.config), {"name": name, "auto": False}, None
-    # the choice reads registered names only: the exports shipped with or installed for it
+    # the choice reads registered names only: the exports shipped with or installed for it;
+    # those with a winning held-out record on the model's family if any (the pipeline's
+    # advisor ran the strongest baseline instead where there is none), never a loser
     graph = encode(model, ctx.example_inputs)
-    choice = choose_metanetwork(graph, allow_paths=False)
+    choice = choose_metanetwork(graph, winners(ctx.family) or None, allow_paths=False,
+                                family=ctx.family)  # fmt: skip
     _LOG.info("metanet auto: %s", choice.reason)
     if choice.warning:
         _LOG.warning("metanet auto: %s", choice.warning)

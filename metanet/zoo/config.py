@@ -8,9 +8,11 @@ from typing import Any
 
 from metaprune.pruning.config import NORMALIZERS, FinetuneBudget
 
-__all__ = ["ZOO_FORMAT_VERSION", "ZooConfig"]
+__all__ = ["SNAPSHOT_DTYPES", "ZOO_FORMAT_VERSION", "ZooConfig"]
 
 ZOO_FORMAT_VERSION = 1
+#: how snapshot members may be stored (issue 21: "fp16 is fine for inputs")
+SNAPSHOT_DTYPES = ("float16", "float32")
 
 
 def _budget(data: FinetuneBudget | Mapping[str, Any]) -> FinetuneBudget:
@@ -60,6 +62,10 @@ class ZooConfig:
             drawn over runs, so no run sits on both sides. ``1`` (the default) is the
             one-member-per-run zoo of format 1, and is left out of :meth:`to_dict`, so zoos
             and recipes written before the field existed compare equal.
+        snapshot_dtype: storage of the snapshots (``"float32"`` or ``"float16"``, which
+            halves them; members load as float32 either way, and a snapshot's metrics are
+            measured on the stored weights). Left out of :meth:`to_dict` at its default,
+            as ``snapshots`` is.
     """
 
     arch: str = "cifar_resnet20"
@@ -81,6 +87,7 @@ class ZooConfig:
     meta_val_fraction: float = 0.2
     split_seed: int = 0
     snapshots: int = 1
+    snapshot_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _budget(self.train))
@@ -105,6 +112,11 @@ class ZooConfig:
                 f"ZooConfig.snapshots must be at most the run's epochs "
                 f"({self.train.epochs} + {self.finetune.epochs}) (found {self.snapshots})"
             )
+        if self.snapshot_dtype not in SNAPSHOT_DTYPES:
+            raise ValueError(
+                f"ZooConfig.snapshot_dtype must be one of {sorted(SNAPSHOT_DTYPES)} "
+                f"(found {self.snapshot_dtype!r})"
+            )
         if not self.initial_speedup >= 1.0:
             raise ValueError(
                 f"ZooConfig.initial_speedup must be >= 1 (found {self.initial_speedup})"
@@ -121,6 +133,8 @@ class ZooConfig:
             out[key]["milestones"] = list(out[key]["milestones"])
         if self.snapshots == 1:
             del out["snapshots"]
+        if self.snapshot_dtype == "float32":
+            del out["snapshot_dtype"]
         return out
 
     @classmethod

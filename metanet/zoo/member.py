@@ -180,10 +180,12 @@ class _Snapshots:
         return on_event
 
     def write(self, test: Any, base: dict[str, Any], example: torch.Tensor) -> None:
+        dtype = getattr(torch, self.config.snapshot_dtype)
         for name, epoch, model, val_acc in self.taken:
             ckpt, metrics_path = member_paths(self.root, name)
-            save(model, self.spec.with_plan_of(model), ckpt,
+            save(model.to(dtype), self.spec.with_plan_of(model), ckpt,
                  metadata={"zoo.member": name, "zoo.seed": str(self.seed)})  # fmt: skip
+            model.float()  # the stored weights, as members load (float32)
             cost = measure_cost(model, example)
             write_json_atomic(metrics_path, {
                 "name": name, "run": self.run, "seed": self.seed, "snapshot_epoch": epoch,

@@ -18,18 +18,22 @@ group-L2 with each normaliser, group-L2 per MAC (``group-l2-macs``) and the data
 (:mod:`metaprune.pruning.choose`; the report's ``method_choice.criterion`` and
 ``stages.prune.criterion_search`` say what won).
 
-``metanet`` is never chosen automatically (it lost to rule 1 on its own family and has
-no metanetwork for other families); request it explicitly. The rule reads only the
-config, never data, so the same config always resolves the same way.
+Packages above this one may add evidence (:func:`register_advisor`): ``metanet`` offers
+itself at 0 epochs for a model family on which a registered metanetwork has a *winning*
+held-out record, and turns ``method="metanet"`` with ``metanet="auto"`` into the strongest
+baseline (this rule) where none has one (:mod:`metanet.advisor`). Nothing else picks it.
+The rule reads only the config and the model's family (its architecture name), never
+data, so the same job always resolves the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from metaprune.pruning.config import PruneConfig
 
-__all__ = ["MethodChoice", "resolve_method"]
+__all__ = ["Advisor", "MethodChoice", "baseline_method", "register_advisor", "resolve_method"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +43,43 @@ class MethodChoice:
     method: str
     requested: str
     reason: str
+    #: the criterion search also tries the cost- and data-aware criteria (the strongest
+    #: baseline, chosen by a rule rather than named by the config)
+    data_aware: bool = False
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | bool]:
         return dataclasses.asdict(self)
 
 
-def resolve_method(config: PruneConfig) -> MethodChoice:
-    """The concrete method for ``config`` (``config.method`` itself unless it is ``"auto"``)."""
+#: ``advisor(config, family)``: a choice, or ``None`` to leave it to the next one / the rule
+Advisor = Callable[[PruneConfig, str | None], MethodChoice | None]
+_ADVISORS: list[Advisor] = []
+
+
+def register_advisor(advisor: Advisor) -> Advisor:
+    """Consult ``advisor`` (in registration order) before the built-in rule."""
+    if advisor not in _ADVISORS:
+        _ADVISORS.append(advisor)
+    return advisor
+
+
+def resolve_method(
+    config: PruneConfig, family: str | None = None, *, advise: bool = True
+) -> MethodChoice:
+    """The concrete method for ``config`` (``config.method`` itself unless it is ``"auto"``
+    or an advisor has evidence for ``family``, the model's architecture name; ``advise``
+    False: the config and the rule only, e.g. when the caller hands over a metanetwork)."""
+    for advisor in _ADVISORS if advise else ():
+        choice = advisor(config, family)
+        if choice is not None:
+            return choice
     if config.method != "auto":
         return MethodChoice(config.method, config.method, "requested explicitly")
+    return baseline_method(config)
+
+
+def baseline_method(config: PruneConfig) -> MethodChoice:
+    """The rule (module doc): the strongest baseline for ``config``'s budget."""
     epochs = config.before_pruning.epochs
     if epochs >= 1:
         reg = config.sparse.reg
@@ -60,7 +92,7 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
             "group-l2-sl", "auto",
             f"before_pruning has {epochs} epoch(s): sparse training ({how}) matched or beat "
             "plain group-L2 and the metanetwork on held-out ResNet-20 and VGG-11 models "
-            "(benchmarks/RESULTS.md)",
+            "(benchmarks/RESULTS.md)", True,
         )  # fmt: skip
     norm = config.importance.normalizer
     how = (
@@ -70,5 +102,5 @@ def resolve_method(config: PruneConfig) -> MethodChoice:
     )  # fmt: skip
     return MethodChoice(
         "group-l2", "auto",
-        f"before_pruning has 0 epochs, so sparse training cannot act; {how}",
+        f"before_pruning has 0 epochs, so sparse training cannot act; {how}", True,
     )  # fmt: skip

@@ -90,6 +90,8 @@ class MethodContext:
     proxy: Callable[[nn.Module], float] | None = None
     #: how many validation images ``proxy`` scores on (``None``: unknown, no noise model)
     proxy_images: int | None = None
+    #: the model's architecture name (its spec), if known: what held-out records are kept by
+    family: str | None = None
 
     def finetune(self, model: nn.Module, stage: str, **kwargs: Any) -> FinetuneResult:
         """The ``before_pruning`` budget: every epoch trained, the last one kept."""

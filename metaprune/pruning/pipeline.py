@@ -11,14 +11,17 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
 3. ``prune``: progressive global structural pruning until the target is met, recording
    validation accuracy against speed-up (the curve: both ends and at most
    ``pruning.curve_points`` points between). With the default ``normalizer="auto"`` a
-   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for
-   ``method="auto"``, group-L2 per MAC and the data-aware ``taylor`` and ``hessian``) and
+   ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for a
+   baseline chosen by a rule, ``method_choice.data_aware``: ``method="auto"``, or
+   ``metanet`` auto with no winning record, group-L2 per MAC and the data-aware
+   ``taylor`` and ``hessian``) and
    keeps the best by validation accuracy at the target on a cheap proxy
    (:mod:`metaprune.pruning.choose`); each copy is pruned on the job's own schedule, so
    the winner's copy *is* the job's prune (not pruned again) and ``prune`` only evaluates
    its curve. Pruning counts MACs on the meta device and gathers taylor / hessian
    gradients once per job.
-   ``method="auto"`` is resolved before anything else (:mod:`metaprune.pruning.auto`);
+   ``method="auto"`` is resolved once the model (and its family) is known
+   (:mod:`metaprune.pruning.auto`, with the advisors registered by packages above);
    the report says which method and criterion ran and why.
 4. ``recalibrate_bn``: BatchNorm statistics re-estimated on a fixed training subset.
 5. ``after_pruning``: fine-tune, selecting the best epoch on validation.
@@ -183,11 +186,9 @@ def prune(
     wall = min(config.max_wall_seconds or limits.max_wall_seconds, limits.max_wall_seconds)
     cancel = BudgetToken(wall, cancel)
     requested = config
-    choice = resolve_method(config)  # "auto" -> a concrete method, with the reason
-    config = dataclasses.replace(config, method=choice.method)
-    method = get_method(config.method)
-    if method.load is not None and metanetwork is None:  # fail before any work is done
-        metanetwork = method.load(config, limits, metanet_paths)
+    early = get_method(resolve_method(config, advise=False).method)
+    if early.load is not None and metanetwork is None:  # a bad name fails before any work
+        metanetwork = early.load(config, limits, metanet_paths)
     if isinstance(dataset, DatasetSplits) and dataset_kwargs:
         raise ConfigError("dataset_kwargs apply to a dataset given by name, not to DatasetSplits")
     if not isinstance(dataset, DatasetSplits):  # options checked before any work
@@ -199,6 +200,13 @@ def prune(
     checks.start()
     model, spec = _resolve_model(model_or_checkpoint, spec, limits)
     checks.advance(check="model")
+    # "auto" -> a concrete method, with the reason; advisors may weigh the model's family
+    family = spec.name if spec is not None else None
+    choice = resolve_method(config, family, advise=metanetwork is None)
+    config = dataclasses.replace(config, method=choice.method)
+    method = get_method(config.method)
+    if method.load is not None and metanetwork is None:  # e.g. "auto" chose metanet
+        metanetwork = method.load(config, limits, metanet_paths)
     splits = (
         dataset
         if isinstance(dataset, DatasetSplits)
@@ -349,7 +357,8 @@ def prune(
 
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
                         calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
-                        proxy=reg_proxy, proxy_images=len(proxy_val.dataset))  # fmt: skip
+                        proxy=reg_proxy, proxy_images=len(proxy_val.dataset),
+                        family=family)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning
@@ -359,7 +368,7 @@ def prune(
                               for split in (splits.train, splits.val))  # fmt: skip
 
     # the criterion (and its normaliser) by validation accuracy at the target
-    extra = COST_AWARE + DATA_AWARE if requested.method == "auto" and opts.normalizer == "auto" else ()
+    extra = COST_AWARE + DATA_AWARE if choice.data_aware and opts.normalizer == "auto" else ()
     candidates = (
         [Candidate(method.importance, "sum")]  # random scores: nothing to normalise
         if method.importance == "random"

@@ -6,7 +6,8 @@
      "dataset_kwargs": {"image_size": 64},  # options of the dataset (may be {})
      "input_shape": [3, 64, 64],           # (C, H, W) of the model's input
      "method": "group-l2-sl",            # the method that ran
-     "method_choice": {"method", "requested", "reason"},   # why (requested "auto" or not)
+     "method_choice": {"method", "requested", "reason",   # why (requested "auto" or not)
+                       "data_aware", "criterion"},       # data-aware criteria searched; winner
      "target": {"kind": "macs", "value": 2.0}, "target_reached": true,
      "base":  {"val_accuracy", "test_accuracy", "macs", "params", "latency_ms"},
      "pruned": {"val_accuracy"}          # after pruning + BN recalibration, no fine-tune
@@ -110,8 +111,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"  test acc   {_pct(base['test_accuracy']):>12} -> {_pct(final['test_accuracy']):>12}",
         "  stages     " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stage_seconds"].items()),
     ]
-    if choice.get("requested") == "auto":
-        lines.insert(1, f"  method     auto -> {choice['method']}: {choice['reason']}")
+    if choice.get("requested") == "auto" or choice.get("requested", choice.get("method")) != choice.get("method"):
+        lines.insert(1, f"  method     {choice['requested']} -> {choice['method']}: {choice['reason']}")
     metanet = report.get("stages", {}).get("before_pruning", {}).get("metanet") or {}
     if metanet.get("auto"):  # chosen by the model's graph (metanet.choice)
         lines.insert(1, f"  metanet    auto -> {metanet['reason']}")

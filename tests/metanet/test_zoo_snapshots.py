@@ -97,3 +97,39 @@ def test_build_writes_snapshots_and_resumes(tmp_path: Path) -> None:
     built: list[str] = []
     build_zoo(config, tmp_path, progress=False, on_member=lambda m: built.append(m["name"]))
     assert built == ["0001"] and Zoo.open(tmp_path).finished_runs() == ["0000", "0001"]
+
+
+def test_snapshot_dtype_bounds_and_default_left_out() -> None:
+    assert "snapshot_dtype" not in _config().to_dict()
+    half = tiny_zoo_config(size=1, snapshot_dtype="float16")
+    assert half.to_dict()["snapshot_dtype"] == "float16" and ZooConfig.from_dict(half.to_dict()) == half
+    with pytest.raises(ValueError, match=r"snapshot_dtype must be one of \['float16', 'float32'\] \(found 'int8'\)"):
+        tiny_zoo_config(snapshot_dtype="int8")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_float16_snapshots_are_stored_half_and_load_as_float32(tmp_path: Path) -> None:
+    import dataclasses
+
+    import torch
+    from safetensors import safe_open
+
+    from metanet.zoo.member import task_splits
+    from metaprune.data import make_loaders
+    from metaprune.pruning.finetune import evaluate
+
+    config = dataclasses.replace(_config(size=1, snapshots=2), snapshot_dtype="float16")
+    zoo = build_zoo(config, tmp_path, progress=False)
+    snapshot, final = zoo.paths("0000.1")[0], zoo.paths("0000")[0]
+    for path, dtype in ((snapshot, "F16"), (final, "F32")):
+        with safe_open(str(path), "pt") as f:
+            kinds = {f.get_slice(k).get_dtype() for k in f}
+        assert dtype in kinds and kinds <= {dtype, "I64"}  # num_batches_tracked stays int
+    model, _ = zoo.load_member("0000.1")
+    params = [p for p in model.state_dict().values() if p.is_floating_point()]
+    assert params and all(p.dtype == torch.float32 for p in params)
+    assert all(p.equal(p.half().float()) for p in params)  # exactly the stored halves
+    # the snapshot's recorded test accuracy is that of the stored weights
+    _, _, test = make_loaders(task_splits(config), config.batch_size, seed=config.seed)
+    assert zoo.metrics("0000.1")["test_accuracy"] == evaluate(model.eval(), test)

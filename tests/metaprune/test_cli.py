@@ -136,7 +136,7 @@ def test_prune_eval_info_happy_path(capsys, ckpt, tmp_path):
     assert info["macs"] == report["final"]["macs"] and info["graph"]["nodes"] > 0
 
 
-def test_prune_method_metanet_without_a_name_chooses_and_says_which(capsys, ckpt, tmp_path):
+def test_prune_method_metanet_without_a_name_follows_the_evidence(capsys, ckpt, tmp_path):
     out = tmp_path / "out"
     status = main([
         "prune", ckpt, "--dataset", "digits", "--target-speedup", "1.3", "--method", "metanet",
@@ -145,12 +145,13 @@ def test_prune_method_metanet_without_a_name_chooses_and_says_which(capsys, ckpt
     ])  # fmt: skip
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    # a quarter-width ResNet-20: closer to general-digits' zoo (widths 27-36) than to
-    # resnet20-digits' (64)
-    assert "metanet    auto -> general-digits: general metanetwork" in captured.out
-    chosen = json.loads((out / "report.json").read_text())["stages"]["before_pruning"]["metanet"]
-    assert chosen["name"] == "general-digits" and chosen["auto"] is True
-    assert isinstance(chosen["accuracy_check"]["discarded"], bool)
+    # no shipped metanetwork has a winning held-out record on cifar_resnet20 (issue 21):
+    # the strongest baseline runs instead, and the summary says why
+    assert "method     metanet -> group-l2: no registered metanetwork has a winning" in captured.out
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "group-l2" and report["method_choice"]["requested"] == "metanet"
+    assert "general-digits" in report["method_choice"]["reason"]
+    assert "metanet" not in report["stages"]["before_pruning"]
 
 
 def test_info_text(capsys, ckpt):

@@ -232,17 +232,22 @@ def test_bad_job_requests_are_refused(
     assert len(client.list_jobs()) == before  # nothing created
 
 
-def test_a_metanet_job_with_auto_reports_the_chosen_metanetwork(
+def test_a_metanet_job_with_auto_reports_why_it_ran_the_baseline(
     connect: Callable[..., PruningClient], model_id: str, tmp_path: Path
 ) -> None:
+    """No shipped metanetwork has a winning held-out record on the model's family (issue
+    21): the job runs the strongest baseline and its report says so."""
     client = connect("alice")
-    job = client.create_job(model_id, "synthetic", tiny_config(method="metanet", metanet="auto"))
+    config = tiny_config(method="metanet", metanet="auto", importance={"normalizer": "sum"})
+    job = client.create_job(model_id, "synthetic", config)
     final = client.watch(job.job_id, lambda j, e: None)
     assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
     report = json.loads(client.download(job.job_id, tmp_path / "out")["report"].read_text())
-    chosen = report["stages"]["before_pruning"]["metanet"]
-    assert report["method"] == "metanet" and chosen["auto"] is True
-    assert chosen["name"] == "resnet20-digits" and chosen["reason"].startswith("resnet20-digits")
+    choice = report["method_choice"]
+    assert report["method"] == "group-l2" and choice["requested"] == "metanet"
+    assert choice["reason"].startswith("no registered metanetwork has a winning held-out record")
+    assert "resnet20-digits: no record" in choice["reason"]
+    assert "metanet" not in report["stages"]["before_pruning"]
 
 
 def test_unknown_model_and_job(connect: Callable[..., PruningClient]) -> None:

@@ -12,10 +12,11 @@ from metaprune.pruning import (
     ImportanceOptions,
     PruneConfig,
     SparseTraining,
+    auto,
     format_report,
     prune,
 )
-from metaprune.pruning.auto import resolve_method
+from metaprune.pruning.auto import MethodChoice, resolve_method
 from metaprune.pruning.config import METHODS
 
 
@@ -38,12 +39,36 @@ def test_rule_follows_the_before_pruning_budget():
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "auto"])
 def test_explicit_methods_are_kept(method):
-    choice = resolve_method(PruneConfig(method=method))
+    # a named metanetwork: without one, metanet's advisor may weigh the evidence (its tests)
+    named = {"metanet": "resnet20-digits"} if method == "metanet" else {}
+    choice = resolve_method(PruneConfig(method=method, **named), "cifar_resnet20")
     assert choice.to_dict() == {
         "method": method,
         "requested": method,
         "reason": "requested explicitly",
+        "data_aware": False,
     }
+
+
+def test_advisors_come_first_in_order_and_can_be_skipped(monkeypatch):
+    monkeypatch.setattr(auto, "_ADVISORS", [])
+    seen = []
+
+    def abstain(config, family):
+        seen.append(("abstain", config.method, family))
+
+    def pick(config, family):
+        seen.append(("pick", config.method, family))
+        return MethodChoice("random", config.method, f"evidence on {family}")
+
+    assert auto.register_advisor(abstain) is abstain
+    auto.register_advisor(pick)
+    auto.register_advisor(pick)  # registered once
+    config = PruneConfig(before_pruning=FinetuneBudget(epochs=0))
+    assert resolve_method(config, "fam") == MethodChoice("random", "auto", "evidence on fam")
+    assert seen == [("abstain", "auto", "fam"), ("pick", "auto", "fam")]
+    assert resolve_method(config, "fam", advise=False) == auto.baseline_method(config)
+    assert resolve_method(config, "fam", advise=False).data_aware and len(seen) == 2
 
 
 def test_rule_is_deterministic():

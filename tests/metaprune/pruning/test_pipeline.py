@@ -21,7 +21,7 @@ from metaprune.pruning import (
     CancelToken,
     ConfigError,
     FinetuneBudget,
-    MetanetUnavailable,
+    ImportanceOptions,
     PruneCancelled,
     Target,
     list_methods,
@@ -185,13 +185,32 @@ def test_metanet_method_loads_the_shipped_metanetwork_by_name(model, spec, split
     assert result.report["method"] == "metanet"
 
 
-def test_metanet_auto_chooses_by_the_graph_and_reports_it(model, spec, splits, fast_config):
+@pytest.fixture
+def recorded(tmp_path, monkeypatch):
+    """The shipped metanetworks, copied into a registry of their own, each with a winning
+    held-out record on ``cifar_resnet20`` (what ``metanet auto`` requires, issue 21)."""
+    from metanet.export import PRETRAINED_DIR
+    from metanet.record import attach_record
+
+    registry = importlib.import_module("metanet.export")  # `metanet.export` is the function
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "none")
+    for name in ("general-digits", "resnet20-digits"):
+        for path in PRETRAINED_DIR.glob(f"{name}.*"):  # weights, document, zoo configs
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+        attach_record(tmp_path / name, {"cifar_resnet20": {"verdict": "wins", "targets": {}}})
+    monkeypatch.setenv("METAPRUNE_METANET_PATH", str(tmp_path))
+    return tmp_path
+
+
+def test_metanet_auto_chooses_by_the_graph_and_reports_it(model, spec, splits, fast_config, recorded):
     config = dataclasses.replace(fast_config, method="metanet", metanet="auto")
     report = prune(model, splits, config, spec=spec).report
     chosen = report["stages"]["before_pruning"]["metanet"]
-    # a quarter-width ResNet-20: the general net (ResNet-20/32 zoo, widths 27-36) is closer
-    # than resnet20-digits (width 64 only)
+    assert report["method"] == "metanet" and report["method_choice"]["requested"] == "metanet"
+    # both have a winning record on the family; a quarter-width ResNet-20: the general net
+    # (ResNet-20/32 zoo, widths 27-36) is closer than resnet20-digits (width 64 only)
     assert chosen["name"] == "general-digits" and chosen["auto"] is True
+    assert chosen["record"] == "wins"
     assert chosen["reason"].startswith("general-digits: general metanetwork")
     assert [c["name"] for c in chosen["candidates"]][:2] == ["general-digits", "resnet20-digits"]
     assert "metanet    auto -> general-digits" in metaprune.pruning.format_report(report)
@@ -199,16 +218,46 @@ def test_metanet_auto_chooses_by_the_graph_and_reports_it(model, spec, splits, f
     assert {"val_accuracy_input", "val_accuracy_rewritten", "tolerance", "discarded"} <= set(check)
 
 
-def test_metanet_auto_without_any_registered_fails_before_any_work(
-    model, splits, fast_config, tmp_path, monkeypatch
+def test_auto_at_zero_epochs_runs_a_metanetwork_with_a_winning_record(
+    model, spec, splits, fast_config, recorded
 ):
+    config = dataclasses.replace(fast_config, method="auto", before_pruning=FinetuneBudget(epochs=0),
+                                 after_pruning=FinetuneBudget(epochs=0))  # fmt: skip
+    report = prune(model, splits, config, spec=spec).report
+    choice = report["method_choice"]
+    assert report["method"] == "metanet" and (choice["requested"], choice["data_aware"]) == ("auto", False)
+    assert "winning held-out record on cifar_resnet20 at 0 epochs (general-digits: " in choice["reason"]
+    assert report["stages"]["before_pruning"]["metanet"]["record"] == "wins"
+    assert "method     auto -> metanet: a registered metanetwork" in metaprune.pruning.format_report(report)
+    # another family: no evidence there, so the rule's baseline
+    other = dataclasses.replace(spec, name="cifar_resnet32")
+    assert prune(other.build(), splits, config, spec=other).report["method"] == "group-l2"
+
+
+def test_metanet_auto_without_a_winning_record_runs_the_strongest_baseline(
+    model, spec, splits, fast_config, tmp_path, monkeypatch
+):
+    """None registered (or none with a winning record on the model's family, issue 21):
+    the job runs what ``auto`` would, with its data-aware criterion search, and says why."""
     registry = importlib.import_module("metanet.export")  # `metanet.export` is the function
     monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
     monkeypatch.delenv("METAPRUNE_METANET_PATH", raising=False)
-    events = []
-    with pytest.raises(MetanetUnavailable, match="needs a registered metanetwork"):
-        prune(model, splits, dataclasses.replace(fast_config, method="metanet"), events.append)
-    assert events == []
+    config = dataclasses.replace(
+        fast_config, method="metanet", importance=ImportanceOptions(normalizer="auto"),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    stages = []
+    report = prune(model, splits, config, lambda e: stages.append(e.stage), spec=spec).report
+    assert report["method"] == "group-l2" and "metanet" not in stages
+    choice = report["method_choice"]
+    assert (choice["requested"], choice["data_aware"]) == ("metanet", True)
+    assert choice["reason"].startswith(
+        "no registered metanetwork has a winning held-out record on cifar_resnet20 (none is registered)"
+    )
+    trials = report["stages"]["prune"]["criterion_search"]["trials"]
+    assert {"taylor", "hessian", "group-l2-macs"} <= {t["criterion"] for t in trials}
+    assert "method     metanet -> group-l2: no registered" in metaprune.pruning.format_report(report)
+    assert report["config"]["method"] == "metanet"  # as requested
 
 
 @pytest.mark.parametrize("how", ["callback", "token"])
