@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(PY) -m metaprune.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -175,4 +175,8 @@ def test_frozen_groups_count_before_any_work() -> None:
     events = []
     with pytest.raises(ConfigError, match=r"'conv1'\) this model reaches at most") as err:
         prune(model, "digits", config, events.append)
-    assert "cannot prune structurally" in str(err.value) and events == []
+    assert "cannot prune structurally" in str(err.value)
+    # refused after the dry run, inside the start-up checks: no evaluation started
+    assert [e.metrics.get("check") for e in events] == [None, "model", "data", "classifier",
+                                                        "reachable"]  # fmt: skip
+    assert {e.stage for e in events} == {"checks"}
