@@ -308,7 +308,7 @@ def prune(
     # training images, scored on search_images validation images (fixed subsets; the whole
     # validation split where it is small: 64 images cannot tell close candidates apart)
     search_steps = opts.search_steps or pruning.steps  # None: the job's own schedule
-    search_images = proxy_images(len(splits.val), opts.search_images)
+    search_images = _search_images(len(splits.val), opts.search_images, values)
     proxy_calib = subset(splits.train, search_images, "importance.search_images")
     proxy_val = subset(splits.val, search_images, "importance.search_images")
     proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
@@ -549,6 +549,15 @@ def _default_budget(key: str, images: int, values: int) -> int:
     if images != default:  # set by the user: used as given
         return images
     return max(min(images, floor), min(images, _LARGE_INPUT_VALUES // values))
+
+
+def _search_images(val_images: int, search_images: int, values: int) -> int:
+    """The proxy's images: a small validation split whole (choose.proxy_images) where the
+    whole split fits the large-input budget, else ``search_images`` (shrunk by
+    :func:`_default_budget` at a large input: 180 images at 224 px are ~14 units of work)."""
+    if val_images * values <= _LARGE_INPUT_VALUES:
+        return proxy_images(val_images, search_images)
+    return search_images
 
 
 #: what the ``checks`` stage reports after (one event each; the last one finishes it)

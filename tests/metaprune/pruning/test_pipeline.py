@@ -351,6 +351,12 @@ def test_default_image_budgets_shrink_at_a_large_input_and_explicit_ones_do_not(
     assert pipeline._default_budget("bn_recalibration_images", 1024, large) == 128
     assert pipeline._default_budget("bn_recalibration_images", 1024, 3 * 64 * 64) == 341
     assert pipeline._default_budget("importance.search_images", 64, large) == 32
+    # the proxy takes a small validation split whole only where it fits the budget
+    assert pipeline._search_images(180, 64, digits) == 180
+    assert pipeline._search_images(180, 64, large) == 64  # then shrunk by _default_budget
+    assert pipeline._default_budget("importance.search_images",
+                                    pipeline._search_images(180, 64, large), large) == 32  # fmt: skip
+    assert pipeline._search_images(10_000, 64, digits) == 64
 
 
 def test_pruning_steps_run_on_one_thread_and_restore_the_count():
