@@ -5,7 +5,9 @@ Torch-Pruning maps channel indices between coupled layers through concatenations
 splits, slices and reshapes. Where its mapping is wrong or unbounded, the fix is here,
 each one the smallest change to the function or class Torch-Pruning looks up by name:
 
-* reshapes: index lists that multiply through window partitions are bounded (Swin);
+* reshapes: mapped only where the traced shapes merge or split the channel axis
+  (:func:`_reshape_index_mapping`), and index lists that still multiply through
+  window partitions are bounded (Swin);
 * concatenations: input widths are recorded from the traced forward pass
   (:func:`recorded_concat_widths`) instead of inferred from neighbouring layers, which
   goes wrong through sliced residuals (ReXNet), and an input of unknown width leaves
@@ -20,6 +22,7 @@ end in 45 min; with the recorded widths its dry run takes 5 s.)
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +88,8 @@ def _split_index_mapping(graph: Any, split_node: Any) -> None:
     follow the pruned ``split_sizes`` (its split pruner updates only the sizes). The
     order comes from autograd: each consumer's input names the split output it reads."""
     op = split_node.module
+    if op.split_sizes is not None and None in op.split_sizes:
+        op.split_sizes = _traced_split_sizes(split_node.grad_fn)
     if op.split_sizes is not None:
         op.offsets = [0]
         for size in op.split_sizes:
@@ -104,6 +109,86 @@ def _split_index_mapping(graph: Any, split_node: Any) -> None:
 
 
 tp.dependency.index_mapping.update_split_index_mapping = _split_index_mapping
+
+
+def _traced_split_sizes(grad_fn: Any) -> list[int] | None:
+    """The sizes of a channel split as autograd recorded it (``chunk``: ``split_size``;
+    ``split``: ``split_sizes``), where Torch-Pruning could not infer one from the layers
+    around it (ShuffleNet's ``chunk`` after a channel shuffle); ``None`` if not known."""
+    saved = lambda name: getattr(grad_fn, name, None)  # noqa: E731
+    sizes, dim = saved("_saved_self_sym_sizes"), saved("_saved_dim")
+    if sizes is None or dim != 1:
+        return None
+    if saved("_saved_split_sizes") is not None:
+        return [int(n) for n in saved("_saved_split_sizes")]
+    step, total = saved("_saved_split_size"), int(sizes[1])
+    if not step:
+        return None
+    return [min(int(step), total - start) for start in range(0, total, int(step))]
+
+
+_update_reshape_index_mapping = tp.dependency.index_mapping.update_reshape_index_mapping
+
+
+def _reshape_shapes(grad_fn: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """A traced reshape's input and output shapes, from what autograd keeps of it."""
+    try:
+        before = tuple(int(n) for n in grad_fn._saved_self_sym_sizes)
+        after = tuple(int(n) for n in grad_fn._input_metadata[0].shape)
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return None
+    return before, after
+
+
+def _merges_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape from ``before`` to ``after`` merges the channel axis (axis 1)
+    with the axes after it (a flatten before a classifier) or splits it (the reverse):
+    the two cases Torch-Pruning's reshape mapping describes (channel ``c`` <-> indices
+    ``c * stride ... (c + 1) * stride - 1``)."""
+    if len(before) < 2 or len(after) < 2 or before[0] != after[0]:
+        return False
+    wide, narrow = (after, before) if len(after) < len(before) else (before, after)
+    for j in range(3, len(narrow) + 1):  # narrow[1:j] merged into wide[1]
+        if math.prod(narrow[1:j]) == wide[1] and narrow[j:] == wide[2:]:
+            return True
+    return False
+
+
+def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
+    """Torch-Pruning's reshape mapping, only where the traced shapes show the reshape
+    merges or splits the channel axis. Torch-Pruning infers the two widths from the
+    neighbouring layers, so a reshape that never touches channels (torchvision Swin's
+    window partitions and attention views, on channels-last tensors) got a mapping whose
+    index lists multiplied block after block. Such a reshape now passes channel indices
+    through unchanged: where that coupling is wrong, the dry run finds the model broken
+    and freezes the groups through it (the residual stream), as for timm's Swin."""
+    shapes = _reshape_shapes(getattr(reshape_node, "grad_fn", None))
+    if shapes is not None and not _merges_channels(*shapes):
+        return
+    try:
+        _update_reshape_index_mapping(graph, reshape_node)
+    except ZeroDivisionError:
+        # it inferred a width of 0 on one side (ShuffleNet's channel shuffle: a view
+        # into (groups, C / groups), a transpose, a view back): no channel-by-channel
+        # mapping exists, so the reshape is a boundary the channel groups stop at
+        _cut(reshape_node)
+
+
+def _cut(node: Any) -> None:
+    """Map no index through ``node`` (either way): groups end there. A layer whose
+    outputs reach it is then pruned alone, which breaks the widths on the other side:
+    the dry run finds this and freezes that layer's group."""
+    for other in (*node.inputs, *node.outputs):
+        for dep in (*node.dependencies, *other.dependencies):
+            if {dep.source, dep.target} == {node, other}:
+                dep.index_mapping[0] = _no_indices
+
+
+def _no_indices(idxs: Any) -> list[Any]:
+    return []
+
+
+tp.dependency.index_mapping.update_reshape_index_mapping = _reshape_index_mapping
 
 
 _CATS = (torch.cat, torch.concat, torch.concatenate)
