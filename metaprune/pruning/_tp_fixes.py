@@ -163,15 +163,40 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     through unchanged: where that coupling is wrong, the dry run finds the model broken
     and freezes the groups through it (the residual stream), as for timm's Swin."""
     shapes = _reshape_shapes(getattr(reshape_node, "grad_fn", None))
-    if shapes is not None and not _merges_channels(*shapes):
-        return
-    try:
+    if shapes is None:
         _update_reshape_index_mapping(graph, reshape_node)
-    except ZeroDivisionError:
-        # it inferred a width of 0 on one side (ShuffleNet's channel shuffle: a view
-        # into (groups, C / groups), a transpose, a view back): no channel-by-channel
-        # mapping exists, so the reshape is a boundary the channel groups stop at
+        return
+    if not _merges_channels(*shapes):
+        return
+    widths = _inferred_widths(graph, reshape_node)
+    if None in widths or widths == (shapes[0][1], shapes[1][1]):
+        _update_reshape_index_mapping(graph, reshape_node)
+    else:
+        # the layers around it do not have the widths the reshape acts on (ShuffleNet's
+        # channel shuffle: a view into (groups, C / groups), a transpose, a view back,
+        # where Torch-Pruning passed indices straight through or divided by zero): no
+        # channel-by-channel mapping exists, so the groups stop at this boundary
         _cut(reshape_node)
+
+
+def _inferred_widths(graph: Any, node: Any) -> tuple[int | None, int | None]:
+    """The widths Torch-Pruning infers before and after a reshape (as it does itself)."""
+    infer, limit = tp.dependency.shape_infer, tp.dependency.constants.MAX_RECURSION_DEPTH
+
+    def first(nodes: Any, fn: Any) -> int | None:
+        for n in nodes:
+            depth = [0]
+            width = fn(graph, n, depth)
+            if depth[0] > limit:
+                return None
+            if width is not None:
+                return int(width)
+        return None
+
+    return (
+        first(node.inputs, infer.infer_out_channels_recursively),
+        first(node.outputs, infer.infer_in_channels_recursively),
+    )
 
 
 def _cut(node: Any) -> None:

@@ -288,3 +288,88 @@ def test_sliced_residuals_prune_without_freezing_and_rebuild() -> None:
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize(("before", "after", "merges"), [
+    ((2, 8, 3, 3), (2, 72), True),  # flatten before a classifier
+    ((2, 72), (2, 8, 3, 3), True),  # its reverse
+    ((2, 8, 3, 3), (2, 2, 4, 3, 3), True),  # a channel shuffle's view: splits axis 1
+    ((2, 6, 6, 8), (2, 3, 2, 3, 2, 8), False),  # a window partition, channels last
+    ((2, 8, 3, 3), (2, 8, 9), False),  # flattens the spatial axes only
+    ((8, 4, 4, 8), (2, 4, 4, 4, 8), False),  # another batch size
+])  # fmt: skip
+def test_only_reshapes_of_the_channel_axis_are_mapped(before, after, merges) -> None:
+    from metaprune.pruning import _tp_fixes
+
+    assert _tp_fixes._merges_channels(before, after) is merges
+
+
+def test_traced_split_sizes_come_from_autograd() -> None:
+    from metaprune.pruning import _tp_fixes
+
+    x = torch.randn(2, 7, 3, requires_grad=True)
+    assert _tp_fixes._traced_split_sizes(x.chunk(2, dim=1)[0].grad_fn) == [4, 3]
+    assert _tp_fixes._traced_split_sizes(x.split([2, 5], dim=1)[0].grad_fn) == [2, 5]
+    assert _tp_fixes._traced_split_sizes(x.chunk(3, dim=2)[0].grad_fn) is None  # not channels
+    assert _tp_fixes._traced_split_sizes(None) is None
+
+
+def _prune_and_rebuild(build, x: torch.Tensor, target: float) -> tuple[nn.Module, nn.Module]:
+    """Dry run (nothing refused), prune to ``target`` MACs, rebuild from the channel plan;
+    returns (pruned, unpruned)."""
+    torch.manual_seed(0)
+    model = build().eval()
+    base = copy.deepcopy(model)
+    structure = check_prunable(model, x)
+    history = progressive_prune(model, x, target, steps=4, normalizer="sum",
+                                frozen=structure.frozen_modules)  # fmt: skip
+    assert history[-1].reached
+    rebuilt = apply_channel_plan(build().eval(), channel_plan_of(model, base))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    return model, base
+
+
+def test_torchvision_swin_prunes_its_mlps_through_window_partitions() -> None:
+    """torchvision's Swin partitions channels-last windows with views that never touch
+    the channel axis; Torch-Pruning mapped them as flattens (index lists that multiplied
+    block after block: refused). They now pass channels through: the MLP hidden widths
+    are pruned, the residual stream and the attention (called through ``F.linear`` on its
+    weights, so Torch-Pruning cannot prune it) keep their widths."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    def build() -> nn.Module:
+        return SwinTransformer([2, 2], 16, [1, 1], [2, 2], [2, 2], num_classes=4)
+
+    model, base = _prune_and_rebuild(build, torch.randn(1, 3, 16, 16), 1.3)
+    mlps = [(n, m) for n, m in model.named_modules() if n.endswith("mlp.0")]
+    assert len(mlps) == 2 and any(m.out_features < 64 for _, m in mlps)
+    for name, mlp in mlps:
+        assert model.get_submodule(name.replace("mlp.0", "mlp.3")).in_features == mlp.out_features
+    for (name, new), old in zip(model.named_modules(), base.modules()):
+        if isinstance(new, nn.LayerNorm) or name.endswith(("attn.qkv", "attn.proj")):
+            assert new.weight.shape == old.weight.shape, name
+
+
+def test_shufflenet_prunes_inside_its_branches_and_freezes_the_shuffle() -> None:
+    """ShuffleNet-V2 interleaves two branches with a view, a transpose and a view back:
+    no channel-by-channel mapping exists, so the groups stop there, the layers feeding
+    the shuffle are frozen by name and the branches' inner widths are pruned."""
+    from torchvision.models import ShuffleNetV2
+
+    def build() -> nn.Module:
+        return ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 64], num_classes=4)
+
+    x = torch.randn(1, 3, 32, 32)
+    frozen = check_prunable(build().eval(), x).frozen_modules
+    assert "stage2.0.branch2.5" in frozen and "stage2.0.branch1.2" in frozen
+    assert "stage2.0.branch2.0" not in frozen
+    model, base = _prune_and_rebuild(build, x, 1.3)
+    for stage, old in zip((model.stage2, model.stage3, model.stage4),
+                          (base.stage2, base.stage3, base.stage4)):  # fmt: skip
+        branch, was = stage[0].branch2, old[0].branch2
+        assert branch[0].out_channels == branch[3].out_channels == branch[5].in_channels
+        assert branch[5].out_channels == was[5].out_channels  # what enters the shuffle
+    assert any(s[0].branch2[0].out_channels < o[0].branch2[0].out_channels
+               for s, o in zip((model.stage2, model.stage3), (base.stage2, base.stage3)))  # fmt: skip
