@@ -155,28 +155,65 @@ def _merges_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
 
 
 def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
-    """Torch-Pruning's reshape mapping, only where the traced shapes show the reshape
-    merges or splits the channel axis. Torch-Pruning infers the two widths from the
-    neighbouring layers, so a reshape that never touches channels (torchvision Swin's
-    window partitions and attention views, on channels-last tensors) got a mapping whose
-    index lists multiplied block after block. Such a reshape now passes channel indices
-    through unchanged: where that coupling is wrong, the dry run finds the model broken
-    and freezes the groups through it (the residual stream), as for timm's Swin."""
+    """Torch-Pruning's reshape mapping, corrected by the shapes autograd recorded.
+    Torch-Pruning infers the widths on either side from the neighbouring layers and maps
+    any two that differ as a flatten (channel ``c`` <-> ``c * stride ...``). Two cases
+    where that is wrong, found from the traced shapes:
+
+    * the last axis is unchanged and the channel axis is not touched (torchvision Swin's
+      window partitions and attention views, channels last): nothing is mapped, the
+      channels pass through, where Torch-Pruning's index lists multiplied block after
+      block (its own reshape paths are kept otherwise);
+    * the channel axis is split or merged but neither side has the width a layer next
+      to it has (ShuffleNet's channel shuffle: a view into ``(groups, C / groups)``, a
+      transpose, a view back; Torch-Pruning passed indices straight through, or divided
+      by zero): no channel-by-channel mapping exists, so the groups stop there
+      (:func:`_cut`).
+    """
     shapes = _reshape_shapes(getattr(reshape_node, "grad_fn", None))
     if shapes is None:
         _update_reshape_index_mapping(graph, reshape_node)
         return
-    if not _merges_channels(*shapes):
+    before, after = shapes
+    last_kept = before[-1:] == after[-1:]
+    if _squeezed(before) == _squeezed(after):  # size-1 axes only
+        _update_reshape_index_mapping(graph, reshape_node)
+        return
+    if not _merges_channels(before, after):
+        if not last_kept:
+            _update_reshape_index_mapping(graph, reshape_node)
         return
     widths = _inferred_widths(graph, reshape_node)
-    if None in widths or widths == (shapes[0][1], shapes[1][1]):
+    if None in widths or (last_kept and before[-1] in widths):
+        # unknown, or channels last with the tokens reshaped: Torch-Pruning's own paths
         _update_reshape_index_mapping(graph, reshape_node)
-    else:
-        # the layers around it do not have the widths the reshape acts on (ShuffleNet's
-        # channel shuffle: a view into (groups, C / groups), a transpose, a view back,
-        # where Torch-Pruning passed indices straight through or divided by zero): no
-        # channel-by-channel mapping exists, so the groups stop at this boundary
+        return
+    on_axis_1 = (widths[0] == before[1], widths[1] == after[1])
+    if all(on_axis_1):  # a flatten before a classifier, or its reverse
+        _update_reshape_index_mapping(graph, reshape_node)
+    elif _moves_channels(before, after) and (widths[0] == widths[1] or not any(on_axis_1)):
         _cut(reshape_node)
+    else:
+        try:
+            _update_reshape_index_mapping(graph, reshape_node)
+        except ZeroDivisionError:  # it inferred a width of 0 on one side
+            _cut(reshape_node)
+
+
+def _moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether the axes a channel split or merge makes (or joins) are all wider than 1.
+    Where one is 1 (ResNeSt's radix softmax at cardinality 1: a view to
+    ``(1, radix, C)``, a transpose of the size-1 axis, a view back) the layout is the
+    flat one and Torch-Pruning's pass-through is right."""
+    wide, narrow = (after, before) if len(after) < len(before) else (before, after)
+    parts = narrow[1 : len(narrow) - len(wide) + 2]
+    return all(n > 1 for n in parts)
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its size-1 axes after the batch axis (inserting or removing
+    them reshapes nothing)."""
+    return shape[:1] + tuple(n for n in shape[1:] if n != 1)
 
 
 def _inferred_widths(graph: Any, node: Any) -> tuple[int | None, int | None]:

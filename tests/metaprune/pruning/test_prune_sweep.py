@@ -156,9 +156,7 @@ SLOW = [
     ("timm/vit_tiny_patch16_224", {"img_size": 32}, 32),  # fused qkv heads, pos embedding
     ("timm/resmlp_12_224", {"img_size": 32}, 32),  # ResMLP affine; sliced groups left unscored
     ("torchvision/squeezenet1_1", {}, 32),  # a conv classifier, pooled afterwards
-    ("torchvision/shufflenet_v2_x0_5", {}, 32),  # channel shuffle: refused before any work
-]
-REFUSED = {"torchvision/shufflenet_v2_x0_5": "reshapes the channel axis (a channel shuffle"}
+]  # (the channel shuffle: test_structure.py, a tiny torchvision ShuffleNet-V2)
 
 
 @pytest.mark.slow
@@ -166,11 +164,7 @@ def test_one_model_per_mechanism_reloads_in_a_fresh_process() -> None:
     outcomes = prune_sweep.run(SLOW, steps=4)  # the script's 12 steps cost 3x the passes
     table = {o.model: (o.result, o.speedup, o.max_diff, o.reason) for o in outcomes}
     for outcome in outcomes:
-        if outcome.model in REFUSED:
-            assert outcome.result == "refused" and REFUSED[outcome.model] in outcome.reason
-            assert outcome.seconds < 60
-            continue
         assert outcome.result in ("exact", "close"), table
         assert outcome.speedup >= 2.0 and outcome.max_diff is not None
         assert outcome.max_diff < 1e-4
-    assert sum(o.result == "exact" for o in outcomes) >= len(outcomes) - len(REFUSED) - 1, table
+    assert sum(o.result == "exact" for o in outcomes) >= len(outcomes) - 1, table
