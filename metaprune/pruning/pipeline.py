@@ -290,11 +290,11 @@ def prune(
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
     def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
-        importance = make_importance(
-            cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
-            normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
-        )  # fmt: skip
-        with _one_thread():
+        with _one_thread():  # the gradient pass too: on 2 threads it cost 3x the CPU
+            importance = make_importance(
+                cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
+                normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
+            )  # fmt: skip
             return progressive_prune(
                 m, example, target, importance=importance, steps=steps,
                 round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
@@ -769,7 +769,9 @@ def _one_thread() -> Iterator[None]:
     """Torch on one thread (then restored) for Torch-Pruning's steps: rankings, index
     selects and MACs counts are many small ops between Python calls, where a second
     thread mostly spins. A 24-step prune of a ResNet-50 at 224 to 2x: 10 CPU s on one
-    thread, 61 on two (benchmarks/RESULTS.md, issue 18)."""
+    thread, 61 on two; the taylor / hessian gradients of 16 images: 7 CPU s on one, 20
+    on two, and no faster in wall time on the shared machine (benchmarks/RESULTS.md,
+    issue 18)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
