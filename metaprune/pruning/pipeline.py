@@ -28,11 +28,14 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
    the base model) only, never for a choice.
 
-Every budget is counted in images or seconds (:class:`PruneConfig`; an image budget
-left at its default shrinks at a large input, e.g. 1,024 recalibration images become 128
-at 3x224x224), so a job's cost follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
-work (a batch, a timed pass, a pruning step); the report's ``work`` says what the
-budgets amounted to.
+Every budget is counted in images or seconds (:class:`PruneConfig`), so a job's cost
+follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
+work (a batch of at most 2**22 input values, a timed pass, a pruning step); the report's
+``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
+shrink to what the job needs there: an image budget left at its default holds at most
+2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
+images 16), the curve has one point between its ends, and the criterion search scores
+every candidate on half its images and the best two on the other half as well.
 """
 
 from __future__ import annotations
