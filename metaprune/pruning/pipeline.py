@@ -242,18 +242,19 @@ def prune(
     )
     example = example.to(device)
     checks.advance(check="data")
-    _check_classes(model, example, splits)
-    checks.advance(check="classifier")
-    check_reachable(model, example, config)  # a target past the floor: refused before work
-    checks.advance(check="reachable")
-    if not _finite_outputs(model, example):
-        raise InvalidInputError(
-            "the model's outputs are NaN or Inf on a random input; refusing to prune it"
-        )
-    # before any work: a model that cannot be pruned structurally is refused here
-    structure = check_prunable(model, example, round_to=config.pruning.round_to)
-    if structure.frozen:  # groups left whole may put the target out of reach: refused too
-        check_reachable(model, example, config, frozen=structure.frozen_modules)
+    with _one_thread():  # single-image forwards and graph traces
+        _check_classes(model, example, splits)
+        checks.advance(check="classifier")
+        check_reachable(model, example, config)  # a target past the floor: refused before work
+        checks.advance(check="reachable")
+        if not _finite_outputs(model, example):
+            raise InvalidInputError(
+                "the model's outputs are NaN or Inf on a random input; refusing to prune it"
+            )
+        # before any work: a model that cannot be pruned structurally is refused here
+        structure = check_prunable(model, example, round_to=config.pruning.round_to)
+        if structure.frozen:  # groups left whole may put the target out of reach: refused too
+            check_reachable(model, example, config, frozen=structure.frozen_modules)
     checks.finish(check="dry_run", frozen_groups=len(structure.frozen))
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     timing = config.latency
@@ -293,7 +294,7 @@ def prune(
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
     def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
-        with _one_thread():  # the gradient pass too: on 2 threads it cost 3x the CPU
+        with _one_thread():  # the gradient pass too (importance) and the steps
             importance = make_importance(
                 cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
                 normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
@@ -491,11 +492,11 @@ def prune(
         # the fine-tune kept the recalibrated weights (best epoch 0): validation is known
         final = measure("evaluate", model, pruned_val if after.best_epoch == 0 else None)
     model.eval()
-    outputs_finite = _finite_outputs(model, example)
-
     pruned_spec = spec.with_plan_of(model) if spec is not None else None
-    if pruned_spec is not None:  # what save() writes must rebuild this model
-        check_rebuild(pruned_spec, model, example, limits)
+    with _one_thread():  # single-image forwards
+        outputs_finite = _finite_outputs(model, example)
+        if pruned_spec is not None:  # what save() writes must rebuild this model
+            check_rebuild(pruned_spec, model, example, limits)
     widths_after = layer_widths(model)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
@@ -769,12 +770,13 @@ def _encoding_errors_as_input_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Torch on one thread (then restored) for Torch-Pruning's steps: rankings, index
-    selects and MACs counts are many small ops between Python calls, where a second
-    thread mostly spins. A 24-step prune of a ResNet-50 at 224 to 2x: 10 CPU s on one
-    thread, 61 on two; the taylor / hessian gradients of 16 images: 7 CPU s on one, 20
-    on two, and no faster in wall time on the shared machine (benchmarks/RESULTS.md,
-    issue 18)."""
+    """Torch on one thread (then restored) for Torch-Pruning's steps, the gradient pass
+    and single-image forwards: rankings, index selects, MACs counts and a 1-image forward
+    are many small ops between Python calls, where a second thread mostly spins. On the
+    shared machine, a ResNet-50 at 224: a 24-step prune to 2x 10 CPU s on one thread, 61
+    on two; the taylor / hessian gradients of 16 images 7 CPU s against 20, and no faster
+    in wall time; a forward of one image 0.1 CPU s against 0.8-2.5
+    (benchmarks/RESULTS.md, issue 18)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

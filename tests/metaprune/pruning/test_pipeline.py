@@ -408,3 +408,37 @@ def test_pruning_steps_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 1
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
+    model, spec, splits, fast_config, monkeypatch
+):
+    """The checks, the taylor / hessian gradients and the rebuild check run on one thread
+    (a second one mostly spins there); image passes keep the caller's threads."""
+    from metaprune.pruning import pipeline
+
+    seen: dict[str, list[int]] = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen.setdefault(name, []).append(torch.get_num_threads())
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, wrapped)
+
+    for name in ("check_prunable", "check_rebuild", "make_importance", "evaluate"):
+        spy(name, getattr(pipeline, name))
+    config = dataclasses.replace(
+        fast_config, method="taylor", before_pruning=FinetuneBudget(epochs=0),
+        after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prune(model, splits, config, spec=spec)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen["check_prunable"] == seen["check_rebuild"] == [1]
+    assert seen["make_importance"] and set(seen["make_importance"]) == {1}
+    assert set(seen["evaluate"]) == {2}
