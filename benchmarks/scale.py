@@ -123,12 +123,13 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     unit_before, cpu_unit_before = _unit(model, x)
     log(f"{name}: unit {unit_before:.1f} s")
 
-    events: list[tuple[float, str, int, int]] = []
+    events: list[tuple[float, str, int, int, dict[str, Any]]] = []
     cpu_marks: list[tuple[float, str, str]] = []  # (CPU s, stage, what: candidate or task)
     t0 = time.perf_counter()
 
     def progress(event: Any) -> None:
-        events.append((time.perf_counter() - t0, event.stage, event.step, event.total))
+        metrics = {k: v for k, v in event.metrics.items() if isinstance(v, (str, int, float))}
+        events.append((time.perf_counter() - t0, event.stage, event.step, event.total, metrics))
         what = event.metrics.get("task") or event.metrics.get("candidate") or ""
         cpu_marks.append((_cpu(), event.stage, str(what)))
 
@@ -147,6 +148,10 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     gaps = [b - a for a, b in zip(times, times[1:])]
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     after_event = events[worst - 1][1:] if worst > 0 else ("start",)
+    ended_by = events[worst][1:] if worst < len(events) else ("end",)
+    cpu_times = [job_cpu_start] + [c for c, _, _ in cpu_marks]  # the last mark: the job's end
+    cpu_gaps = [b - a for a, b in zip(cpu_times, cpu_times[1:])]
+    cpu_worst = max(range(len(cpu_gaps)), key=cpu_gaps.__getitem__)
 
     # Torch-Pruning's plain one-shot magnitude pruner + one validation pass
     base = copy.deepcopy(model)
@@ -187,6 +192,9 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         "longest_silence_seconds": gaps[worst],
         "longest_silence_units": gaps[worst] / unit,
         "longest_silence_after": list(after_event),
+        "longest_silence_ended_by": list(ended_by),
+        "longest_silence_cpu_units": cpu_gaps[cpu_worst] / cpu_unit,
+        "longest_silence_cpu_ended_by": list(cpu_marks[cpu_worst][1:]),
         "events": len(events),
         "peak_rss_gb_after_job": rss_job,
         "macs_speedup": report["speedup"]["macs"],

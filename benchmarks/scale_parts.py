@@ -9,17 +9,22 @@ CPU seconds, not wall (the machine is shared):
   over 64 images of a ``cifar_vgg11_bn`` at 8x8 (a model whose per-sample chunks are small);
 * **steps**: a group-L2 progressive prune of the ResNet-50 to 2x MACs (50-step schedule)
   on 1 and on 2 torch threads, and one ``measure_cost``;
-* **batch**: an eval forward of 64 images in batches of 64, 27 and 13 (2 threads).
+* **batch**: an eval forward of 64 images in batches of 64, 27 and 13 (2 threads);
+* **threads**: the job's taylor + hessian gradient pass (``GradientCache``, 16 images at
+  224) and an eval forward of 27 images, each on 1 and on 2 torch threads, twice, in CPU
+  and wall seconds (``--parts threads`` runs this part alone).
 
 Prints one JSON object; the figures are in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +85,36 @@ def _step_costs(model: torch.nn.Module, threads: int) -> dict[str, float]:
     return {"prune": _cpu() - start, "steps": len(history) - 1, "measure_cost": count}
 
 
-def main() -> int:
+def _thread_costs(model: torch.nn.Module, threads: int) -> dict[str, list[float]]:
+    """[CPU s, wall s] of the gradient pass over 16 images and of a 27-image forward."""
+    from metaprune.pruning.gradients import GradientCache
+
+    torch.set_num_threads(threads)
+    x, y = torch.randn(27, 3, 224, 224), torch.randint(0, 10, (27,))
+    out = {}
+    for name in ("gradients_16_images", "forward_27_images"):
+        start, wall = _cpu(), time.perf_counter()
+        if name.startswith("gradients"):
+            GradientCache([(x[:16], y[:16])], ("fisher", "mean")).apply(model, "mean")
+        else:
+            with torch.no_grad():
+                model(x)
+        out[name] = [_cpu() - start, time.perf_counter() - wall]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     from metaprune.models import ArchSpec
 
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads"])
+    a = p.parse_args(argv)
     threads = torch.get_num_threads()
+    if "threads" in a.parts:
+        model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build().eval()
+        out = {f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)}
+        print(json.dumps(out, indent=1))
+        return 0
     torch.set_num_threads(1)
     out: dict[str, Any] = {
         "gradients_resnet50_224_8_images": _gradient_costs(

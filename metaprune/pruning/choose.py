@@ -112,12 +112,22 @@ def criterion_candidates(
 
 
 def choose_criterion(
-    model: nn.Module, candidates: Sequence[Candidate], proxy: ProxyFn
+    model: nn.Module,
+    candidates: Sequence[Candidate],
+    proxy: ProxyFn,
+    *,
+    final: Callable[[Candidate], float] | None = None,
+    finalists: int = 2,
 ) -> tuple[Candidate, dict[str, Any]]:
     """The candidate whose proxy-pruned copy of ``model`` has the best validation accuracy.
 
+    With ``final``, a second round: the ``finalists`` best candidates by ``proxy``
+    (a cheap first round, e.g. on half the images) are scored again by
+    ``final(candidate)`` (e.g. over all of them) and the best by that score wins; the
+    others are eliminated on their first score.
+
     Returns:
-        ``(candidate, record)``: the winner, and each candidate's score and seconds.
+        ``(candidate, record)``: the winner, and each candidate's score(s) and seconds.
     """
     if not candidates:
         raise ValueError("choose_criterion needs at least one candidate")
@@ -127,7 +137,15 @@ def choose_criterion(
         t0 = time.perf_counter()
         trials.append({"criterion": cand.criterion, "normalizer": cand.normalizer,
                        "val_accuracy": proxy(model, cand), "seconds": time.perf_counter() - t0})  # fmt: skip
-    best = max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])  # first of equals
+    alive, key = range(len(trials)), "val_accuracy"
+    if final is not None and finalists < len(candidates):
+        alive = sorted(sorted(alive, key=lambda i: -trials[i]["val_accuracy"])[: max(1, finalists)])
+        for i in alive:
+            t0 = time.perf_counter()
+            trials[i]["final_accuracy"] = final(candidates[i])
+            trials[i]["seconds"] += time.perf_counter() - t0
+        key = "final_accuracy"
+    best = max(alive, key=lambda i: trials[i][key])  # first of equals
     record = {"trials": trials, "chosen": candidates[best].label,
               "seconds": time.perf_counter() - start}  # fmt: skip
     return candidates[best], record

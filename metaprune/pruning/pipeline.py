@@ -28,11 +28,14 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
 6. ``evaluate``: the same measurements as stage 1; the test split is used here (and for
    the base model) only, never for a choice.
 
-Every budget is counted in images or seconds (:class:`PruneConfig`; an image budget
-left at its default shrinks at a large input, e.g. 1,024 recalibration images become 128
-at 3x224x224), so a job's cost follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
-work (a batch, a timed pass, a pruning step); the report's ``work`` says what the
-budgets amounted to.
+Every budget is counted in images or seconds (:class:`PruneConfig`), so a job's cost
+follows its work, and every stage reports a :class:`ProgressEvent` after each unit of
+work (a batch of at most 2**22 input values, a timed pass, a pruning step); the report's
+``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
+shrink to what the job needs there: an image budget left at its default holds at most
+2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
+images 16), the curve has one point between its ends, and the criterion search scores
+every candidate on half its images and the best two on the other half as well.
 """
 
 from __future__ import annotations
@@ -239,18 +242,19 @@ def prune(
     )
     example = example.to(device)
     checks.advance(check="data")
-    _check_classes(model, example, splits)
-    checks.advance(check="classifier")
-    check_reachable(model, example, config)  # a target past the floor: refused before work
-    checks.advance(check="reachable")
-    if not _finite_outputs(model, example):
-        raise InvalidInputError(
-            "the model's outputs are NaN or Inf on a random input; refusing to prune it"
-        )
-    # before any work: a model that cannot be pruned structurally is refused here
-    structure = check_prunable(model, example, round_to=config.pruning.round_to)
-    if structure.frozen:  # groups left whole may put the target out of reach: refused too
-        check_reachable(model, example, config, frozen=structure.frozen_modules)
+    with _one_thread():  # single-image forwards and graph traces
+        _check_classes(model, example, splits)
+        checks.advance(check="classifier")
+        check_reachable(model, example, config)  # a target past the floor: refused before work
+        checks.advance(check="reachable")
+        if not _finite_outputs(model, example):
+            raise InvalidInputError(
+                "the model's outputs are NaN or Inf on a random input; refusing to prune it"
+            )
+        # before any work: a model that cannot be pruned structurally is refused here
+        structure = check_prunable(model, example, round_to=config.pruning.round_to)
+        if structure.frozen:  # groups left whole may put the target out of reach: refused too
+            check_reachable(model, example, config, frozen=structure.frozen_modules)
     checks.finish(check="dry_run", frozen_groups=len(structure.frozen))
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     timing = config.latency
@@ -290,11 +294,11 @@ def prune(
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
     def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
-        importance = make_importance(
-            cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
-            normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
-        )  # fmt: skip
-        with _one_thread():
+        with _one_thread():  # the gradient pass too (importance) and the steps
+            importance = make_importance(
+                cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
+                normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
+            )  # fmt: skip
             return progressive_prune(
                 m, example, target, importance=importance, steps=steps,
                 round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
@@ -312,6 +316,11 @@ def prune(
     proxy_calib = subset(splits.train, search_images, "importance.search_images")
     proxy_val = subset(splits.val, search_images, "importance.search_images")
     proxy_meter: list[StageMeter] = []  # the stage currently scoring, for its progress events
+    # the curve's intermediate points (fewer at a large input: each costs two image passes)
+    curve_images = _default_budget("pruning.curve_images", pruning.curve_images, values)
+    curve_points = _curve_points(
+        pruning.curve_points, curve_images * (1 + _curve_recalibrates(config)), values
+    )
 
     def proxy(m: nn.Module, cand: Candidate) -> float:
         return score_copy(prune_copy(m, cand, search_steps, curve=False)[0])
@@ -324,7 +333,7 @@ def prune(
         prune)."""
         meter = proxy_meter[-1] if proxy_meter else None
         m, snapshots = copy.deepcopy(m), {}
-        due = _milestones(target.value, pruning.curve_points) if curve else []
+        due = _milestones(target.value, curve_points) if curve else []
 
         def on_step(info: StepInfo, pruned: nn.Module) -> None:
             if meter is not None:
@@ -339,11 +348,12 @@ def prune(
         m.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
         return m, history, snapshots
 
-    def score_copy(m: nn.Module) -> float:
+    def score_copy(m: nn.Module, calib_loader: Any = None, val_loader: Any = None) -> float:
         # recalibrating in place is harmless to a reused winner: every recalibration
         # resets the statistics it estimates (bn.py)
-        recalibrate_bn(m, proxy_calib, len(proxy_calib), device, exact=False, on_batch=tick)
-        return evaluate(m, proxy_val, device, on_batch=tick)
+        calib_loader, val_loader = calib_loader or proxy_calib, val_loader or proxy_val
+        recalibrate_bn(m, calib_loader, len(calib_loader), device, exact=False, on_batch=tick)
+        return evaluate(m, val_loader, device, on_batch=tick)
 
     # reg="auto" scores its arms with the group-L2 normalisers the job may use
     reg_candidates = criterion_candidates("group-l2", opts.normalizer, NORMALIZER_CANDIDATES)
@@ -387,28 +397,49 @@ def prune(
         grads = GradientCache(grads, kinds, on_batch=gradient_tick)
     pruned: tuple[nn.Module, list[StepInfo], dict[int, nn.Module]] | None = None
     if len(candidates) > 1:
-        kept: dict[str, Any] = {}  # the best candidate so far (ties: the earlier one)
+        # at a large input two rounds: every candidate recalibrated and scored on half
+        # the proxy's images, the best _FINALISTS on the other half too (scored over all)
+        two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
+        first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
+        keep = _FINALISTS if two_rounds else 1
+        # the best candidates so far: (-score, order, candidate, result); ties: the earlier
+        kept: list[tuple[float, int, Candidate, Any]] = []
 
         def search_proxy(m: nn.Module, cand: Candidate) -> float:
             result = prune_copy(m, cand, search_steps)
-            score = score_copy(result[0])
-            if search_steps == pruning.steps and score > kept.get("score", -1.0):
-                kept.update(score=score, candidate=cand, result=result)
+            score = score_copy(result[0], *first)
+            if two_rounds or search_steps == pruning.steps:
+                kept.append((-score, candidates.index(cand), cand, result))
+                kept.sort(key=lambda k: k[:2])
+                del kept[keep:]
             return score
 
+        def final_proxy(cand: Candidate) -> float:  # the second round: the other half
+            minus, _, _, result = next(k for k in kept if k[2] == cand)
+            score = score_copy(result[0], *second)
+            n1, n2 = len(first[1].dataset), len(second[1].dataset)
+            return (-minus * n1 + score * n2) / (n1 + n2)  # accuracy over all the images
+
         with timed("criterion_search"):  # validation only
+            per_candidate = step_units + sum(map(len, first)) if two_rounds else proxy_units
+            units = per_candidate * len(candidates) + keep * sum(map(len, second))
             # per-sample gradients report per chunk: at most one unit per image
-            units = proxy_units * len(candidates) + (len(grads.calibration.dataset) if kinds else 0)
+            units += len(grads.calibration.dataset) if kinds else 0
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
-            chosen, search = choose_criterion(model, candidates, search_proxy)
+            chosen, search = choose_criterion(model, candidates, search_proxy,
+                                              final=final_proxy if two_rounds else None,
+                                              finalists=_FINALISTS)  # fmt: skip
             search["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
-                               "validation_images": len(proxy_val.dataset)}  # fmt: skip
-            if kept.get("candidate") == chosen:  # the winner's copy is the job's prune
-                pruned = kept.pop("result")
+                               "validation_images": len(proxy_val.dataset),
+                               "rounds": 1 + two_rounds}  # fmt: skip
+            winner = [k[3] for k in kept if k[2] == chosen]
+            if winner and search_steps == pruning.steps:  # the winner's copy is the job's prune
+                pruned = winner[0]
                 search["reused_winner"] = True
             kept.clear()
+            winner.clear()
             prune_info["criterion_search"] = search
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
@@ -426,7 +457,7 @@ def prune(
         return evaluate(m, curve_val, device, on_batch=tick)
 
     with timed("prune"):
-        meter = StageMeter(progress, cancel, "prune", step_units + (pruning.curve_points + 1)
+        meter = StageMeter(progress, cancel, "prune", step_units + (curve_points + 1)
                            * (len(curve_val) + len(curve_calib) * _curve_recalibrates(config)))  # fmt: skip
         proxy_meter[:] = [meter]
         meter.start(criterion=chosen.label)
@@ -461,11 +492,11 @@ def prune(
         # the fine-tune kept the recalibrated weights (best epoch 0): validation is known
         final = measure("evaluate", model, pruned_val if after.best_epoch == 0 else None)
     model.eval()
-    outputs_finite = _finite_outputs(model, example)
-
     pruned_spec = spec.with_plan_of(model) if spec is not None else None
-    if pruned_spec is not None:  # what save() writes must rebuild this model
-        check_rebuild(pruned_spec, model, example, limits)
+    with _one_thread():  # single-image forwards
+        outputs_finite = _finite_outputs(model, example)
+        if pruned_spec is not None:  # what save() writes must rebuild this model
+            check_rebuild(pruned_spec, model, example, limits)
     widths_after = layer_widths(model)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
@@ -534,21 +565,48 @@ def _curve_recalibrates(config: PruneConfig) -> bool:
 #: At 224 px a ResNet-50's proxy, curve and recalibration images were ~20 of the job's
 #: ~65 CPU units of a batch-64 forward (benchmarks/RESULTS.md, issue 18)
 _LARGE_INPUT_VALUES = 1 << 22
-_DEFAULT_BUDGETS = {  # config key: (default, floor at a large input)
-    "bn_recalibration_images": (PruneConfig.bn_recalibration_images, 128),
-    "importance.calibration_images": (ImportanceOptions.calibration_images, 32),
-    "importance.search_images": (ImportanceOptions.search_images, 32),
-    "pruning.curve_images": (PruningOptions.curve_images, 16),
+#: config key: (default, floor at a large input, forward passes of work per image); a
+#: gradient image costs a forward and a backward (~3 forwards), so at 224 px it gets 16
+#: images where a forward-only budget gets 27
+_DEFAULT_BUDGETS = {
+    "bn_recalibration_images": (PruneConfig.bn_recalibration_images, 128, 1),
+    "importance.calibration_images": (ImportanceOptions.calibration_images, 16, 3),
+    "importance.search_images": (ImportanceOptions.search_images, 32, 1),
+    "pruning.curve_images": (PruningOptions.curve_images, 16, 1),
 }
 
 
 def _default_budget(key: str, images: int, values: int) -> int:
     """``images``, or for a budget left at its default, at most ``_LARGE_INPUT_VALUES``
-    input values' worth (images of ``values`` values each), never below its floor."""
-    default, floor = _DEFAULT_BUDGETS[key]
+    input values' worth of forward work (images of ``values`` values each), never below
+    its floor."""
+    default, floor, forwards = _DEFAULT_BUDGETS[key]
     if images != default:  # set by the user: used as given
         return images
-    return max(min(images, floor), min(images, _LARGE_INPUT_VALUES // values))
+    return max(min(images, floor), min(images, _LARGE_INPUT_VALUES // (values * forwards)))
+
+
+def _curve_points(points: int, images_per_point: int, values: int) -> int:
+    """The curve's intermediate points: ``points``, or for the default, as many as fit
+    in twice ``_LARGE_INPUT_VALUES`` input values (each point recalibrates and scores
+    ``images_per_point`` images), at least one: at 224 px a ResNet-50's 3 points were
+    4.4 of a job's 28.5 units of a batch-64 forward (benchmarks/RESULTS.md, issue 18)."""
+    if points != PruningOptions.curve_points:  # set by the user: used as given
+        return points
+    fit = 2 * _LARGE_INPUT_VALUES // max(1, images_per_point * values)
+    return max(1, min(points, fit))
+
+
+def _second_round(images: int, values: int, candidates: int) -> bool:
+    """Whether the criterion search scores its candidates in two rounds (all on half the
+    proxy's images, the best :data:`_FINALISTS` on the other half): where one proxy pass
+    holds more than ``_LARGE_INPUT_VALUES`` input values (224 px, not ``digits`` or
+    CIFAR) and more candidates than finalists compete."""
+    return candidates > _FINALISTS and images >= 2 and images * values > _LARGE_INPUT_VALUES
+
+
+#: candidates of the criterion search's second round (where it has one)
+_FINALISTS = 2
 
 
 def _search_images(val_images: int, search_images: int, values: int) -> int:
@@ -572,6 +630,15 @@ _ADAPTIVE = False
 #: training-mode pass over the fixed subset was within 2 test images of the exact
 #: per-BatchNorm estimate on held-out digits models, and a refinement costs a whole pass
 _REFINE = 0
+
+
+def _halves(loader: Any) -> tuple[Any, Any]:
+    """Loaders over the first and the second half of ``loader``'s fixed subset."""
+    data, half = loader.dataset, (len(loader.dataset) + 1) // 2
+    return tuple(
+        torch.utils.data.DataLoader(torch.utils.data.Subset(data, part), batch_size=loader.batch_size)
+        for part in (range(half), range(half, len(data)))
+    )  # type: ignore[return-value]
 
 
 def _recalibrate(model: nn.Module, loader: Any, device: torch.device, tick: Any) -> None:
@@ -652,11 +719,13 @@ def _measure(model: nn.Module, example: Tensor, val: Any, test: Any, device: tor
 
 
 def _eval_batch_size(batch_size: int, splits: DatasetSplits) -> int:
-    """Evaluation and recalibration batches: ``batch_size``, but at most 2**21 input values
-    per batch (13 images at 3x224x224), so that one batch of a large model at a large input
-    is a few seconds of work between two progress events, not minutes."""
+    """Evaluation and recalibration batches: ``batch_size``, but at most
+    ``_LARGE_INPUT_VALUES`` input values per batch (27 images at 3x224x224), so that one
+    batch of a large model at a large input is a few seconds of work between two progress
+    events, not minutes (13 images per batch cost 25 % more per image than 27 on a
+    ResNet-50 at 224: benchmarks/RESULTS.md, issue 18)."""
     values = splits.in_channels * splits.image_size**2
-    return max(1, min(batch_size, (1 << 21) // values))
+    return max(1, min(batch_size, _LARGE_INPUT_VALUES // values))
 
 
 def _data_workers(requested: int | None, splits: DatasetSplits) -> int:
@@ -701,10 +770,13 @@ def _encoding_errors_as_input_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Torch on one thread (then restored) for Torch-Pruning's steps: rankings, index
-    selects and MACs counts are many small ops between Python calls, where a second
-    thread mostly spins. A 24-step prune of a ResNet-50 at 224 to 2x: 10 CPU s on one
-    thread, 61 on two (benchmarks/RESULTS.md, issue 18)."""
+    """Torch on one thread (then restored) for Torch-Pruning's steps, the gradient pass
+    and single-image forwards: rankings, index selects, MACs counts and a 1-image forward
+    are many small ops between Python calls, where a second thread mostly spins. On the
+    shared machine, a ResNet-50 at 224: a 24-step prune to 2x 10 CPU s on one thread, 61
+    on two; the taylor / hessian gradients of 16 images 7 CPU s against 20, and no faster
+    in wall time; a forward of one image 0.1 CPU s against 0.8-2.5
+    (benchmarks/RESULTS.md, issue 18)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -47,6 +47,33 @@ def test_choose_criterion_keeps_the_best_first_on_ties():
         choose_criterion(model, [], proxy)
 
 
+def test_a_second_round_scores_the_finalists_again_and_picks_among_them():
+    model = nn.Linear(2, 2)
+    cands = [Candidate("group-l2", n) for n in ("sum", "mean", "max")] + [Candidate("taylor", "mean")]
+    first = {"group-l2[sum]": 0.5, "group-l2[mean]": 0.75, "group-l2[max]": 0.5, "taylor[mean]": 0.25}
+    second = {"group-l2[mean]": 0.5, "group-l2[sum]": 0.625}
+    finals = []
+
+    def final(cand):
+        finals.append(cand.label)
+        return second[cand.label]
+
+    chosen, record = choose_criterion(model, cands, lambda m, c: first[c.label], final=final, finalists=2)
+    # the best two by the first round (ties: the earlier), in candidate order, then the
+    # best by the second score, which overrides the first
+    assert finals == ["group-l2[sum]", "group-l2[mean]"]
+    assert chosen == cands[0] and record["chosen"] == "group-l2[sum]"
+    assert [t.get("final_accuracy") for t in record["trials"]] == [0.625, 0.5, None, None]
+    assert [t["val_accuracy"] for t in record["trials"]] == list(first.values())
+    # ties in the second round: the earlier candidate
+    second["group-l2[mean]"] = 0.625
+    assert choose_criterion(model, cands, lambda m, c: first[c.label], final=final)[0] == cands[0]
+    # as many finalists as candidates: one round, ``final`` never called
+    finals.clear()
+    chosen, record = choose_criterion(model, cands[:2], lambda m, c: first[c.label], final=final)
+    assert chosen == cands[1] and finals == [] and "final_accuracy" not in record["trials"][0]
+
+
 @pytest.mark.parametrize(("arms", "total"), itertools.product([1, 2, 3, 5, 6, 9], [0, 1, 7, 20, 100, 1000]))
 def test_plan_never_exceeds_the_budget(arms, total):
     plan = halving_plan(arms, total, 0.5, min_round_iters=2)

@@ -33,7 +33,8 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
     proxy = info["criterion_search"]["proxy"]
     small = len(splits.val)  # <= 512 images: scored whole (search_images is for large splits)
-    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small}
+    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small, "rounds": 1}
+    assert all("final_accuracy" not in t for t in trials)  # one round at a small input
     assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
     torch.manual_seed(0)
@@ -46,3 +47,43 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     want, got = again.model.state_dict(), result.model.state_dict()
     assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)
     assert again.report["curve"] == result.report["curve"]
+
+
+@pytest.mark.timeout(180)
+def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_the_same(
+    model, spec, splits, fast_config, monkeypatch
+):
+    """Where a proxy pass is over the large-input budget (made tiny here), every candidate
+    is scored on half the proxy's images and the best two on the other half too; the
+    winner's copy is still the job's prune, identical to a job with its criterion fixed."""
+    from metaprune.pruning import pipeline
+
+    monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
+    config = dataclasses.replace(
+        fast_config, importance=ImportanceOptions(normalizer="auto"),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    result = prune(model, splits, config, spec=spec)
+    search = result.report["stages"]["prune"]["criterion_search"]
+    assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32, "rounds": 2}
+    trials = search["trials"]
+    first = [t["val_accuracy"] for t in trials]
+    assert all(round(a * 16) == a * 16 for a in first)  # scored on 16 images
+    # the best two of the first round (ties: the earlier) go on, the third does not
+    order = sorted(range(3), key=lambda i: (-first[i], i))
+    assert [("final_accuracy" in trials[i]) for i in order] == [True, True, False]
+    finals = {i: trials[i]["final_accuracy"] for i in order[:2]}
+    assert all(round(a * 32) == a * 32 and 0 <= a <= 1 for a in finals.values())  # on all 32
+    winner = max(sorted(finals), key=finals.__getitem__)
+    assert search["chosen"] == f"group-l2[{trials[winner]['normalizer']}]"
+    assert search["reused_winner"] is True
+    fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=trials[winner]["normalizer"]))
+    torch.manual_seed(0)
+    again = prune(model, splits, fixed, spec=spec)
+    want, got = again.model.state_dict(), result.model.state_dict()
+    assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)
+    assert again.report["curve"] == result.report["curve"]
+    # the large-input budgets: batches of 16 images, the curve on 16 + 16 of them
+    work = result.report["work"]
+    assert work["eval_batch_size"] == 16 and work["curve_images"] == [16, 16]

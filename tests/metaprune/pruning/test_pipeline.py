@@ -342,7 +342,7 @@ def test_default_image_budgets_shrink_at_a_large_input_and_explicit_ones_do_not(
     from metaprune.pruning import pipeline
 
     large, cifar, digits = 3 * 224 * 224, 3 * 32 * 32, 8 * 8
-    for key, (default, floor) in pipeline._DEFAULT_BUDGETS.items():
+    for key, (default, floor, _) in pipeline._DEFAULT_BUDGETS.items():
         assert pipeline._default_budget(key, default, digits) == default, key
         assert pipeline._default_budget(key, default, cifar) == default, key
         at_224 = pipeline._default_budget(key, default, large)
@@ -357,6 +357,47 @@ def test_default_image_budgets_shrink_at_a_large_input_and_explicit_ones_do_not(
     assert pipeline._default_budget("importance.search_images",
                                     pipeline._search_images(180, 64, large), large) == 32  # fmt: skip
     assert pipeline._search_images(10_000, 64, digits) == 64
+    # gradients cost ~3 forwards an image: 16 at 224 px (not 27), 64 below
+    assert pipeline._default_budget("importance.calibration_images", 64, large) == 16
+    assert pipeline._default_budget("importance.calibration_images", 64, 3 * 64 * 64) == 64
+    assert pipeline._default_budget("pruning.curve_images", 32, large) == 27
+
+
+def test_at_a_large_input_batches_grow_and_the_curve_and_search_shrink():
+    from metaprune.data import get_dataset
+    from metaprune.pruning import pipeline
+
+    large, cifar, digits = 3 * 224 * 224, 3 * 32 * 32, 8 * 8
+    sizes = {224: 27, 32: 128, 8: 128}  # evaluation batches: at most 2**22 input values
+    for size, batch in sizes.items():
+        splits = get_dataset("synthetic", seed=0, num_classes=2, in_channels=3, image_size=size,
+                             n_train=4, n_val=4, n_test=4)  # fmt: skip
+        assert pipeline._eval_batch_size(128, splits) == batch
+    assert pipeline._eval_batch_size(16, splits) == 16  # smaller batches as given
+    # the curve: 3 points below 224 px, 1 at it (27 + 27 images each), as given if set
+    assert pipeline._curve_points(3, 2 * 32, digits) == pipeline._curve_points(3, 2 * 32, cifar) == 3
+    assert pipeline._curve_points(3, 2 * 27, large) == 1
+    assert pipeline._curve_points(3, 2 * 32, 3 * 128 * 128) == 2
+    assert pipeline._curve_points(3, 10**6, large) == 1  # never below one
+    assert pipeline._curve_points(5, 2 * 27, large) == 5 and pipeline._curve_points(0, 54, large) == 0
+    # two rounds in the criterion search only where a proxy pass is a large input's work
+    assert pipeline._second_round(32, large, 6) and pipeline._second_round(32, large, 3)
+    assert not pipeline._second_round(32, large, 2)  # no more candidates than finalists
+    assert not pipeline._second_round(180, digits, 6) and not pipeline._second_round(64, cifar, 6)
+    assert not pipeline._second_round(1, 1 << 23, 6)  # one image has no halves
+
+
+def test_halves_split_a_fixed_subset_in_two():
+    from metaprune.pruning import pipeline
+    from metaprune.pruning.bn import calibration_subset
+
+    data = torch.utils.data.TensorDataset(torch.arange(20.0), torch.arange(20))
+    loader = calibration_subset(data, 11, 4, seed=0)
+    a, b = pipeline._halves(loader)
+    got = [torch.cat([y for _, y in part]).tolist() for part in (a, b)]
+    whole = torch.cat([y for _, y in loader]).tolist()
+    assert got[0] + got[1] == whole and [len(g) for g in got] == [6, 5]
+    assert a.batch_size == b.batch_size == 4
 
 
 def test_pruning_steps_run_on_one_thread_and_restore_the_count():
@@ -367,3 +408,37 @@ def test_pruning_steps_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 1
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
+    model, spec, splits, fast_config, monkeypatch
+):
+    """The checks, the taylor / hessian gradients and the rebuild check run on one thread
+    (a second one mostly spins there); image passes keep the caller's threads."""
+    from metaprune.pruning import pipeline
+
+    seen: dict[str, list[int]] = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen.setdefault(name, []).append(torch.get_num_threads())
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, wrapped)
+
+    for name in ("check_prunable", "check_rebuild", "make_importance", "evaluate"):
+        spy(name, getattr(pipeline, name))
+    config = dataclasses.replace(
+        fast_config, method="taylor", before_pruning=FinetuneBudget(epochs=0),
+        after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prune(model, splits, config, spec=spec)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen["check_prunable"] == seen["check_rebuild"] == [1]
+    assert seen["make_importance"] and set(seen["make_importance"]) == {1}
+    assert set(seen["evaluate"]) == {2}

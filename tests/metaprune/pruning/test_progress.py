@@ -104,5 +104,38 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
     assert {m["candidate"] for m in search} == {"group-l2[sum]", "group-l2[mean]", "group-l2[max]"}
     small = len(splits.val)  # <= 512 images: the proxy scores the whole split, not 48
     assert small <= 512 and result.report["stages"]["prune"]["criterion_search"]["proxy"] == {
-        "steps": 10, "calibration_images": small, "validation_images": small,
+        "steps": 10, "calibration_images": small, "validation_images": small, "rounds": 1,
     }  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_a_two_round_search_reads_half_the_proxy_per_candidate(
+    model, spec, splits, fast_config, monkeypatch
+):
+    """At a large input (the budget made tiny here) each of the 3 candidates recalibrates
+    and scores on 16 + 16 proxy images and the 2 finalists on the other 16 + 16: 160
+    images read by the search instead of 3 x 64, with an event after every batch."""
+    from metaprune.pruning import pipeline
+
+    monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
+    counted = DatasetSplits(
+        _Counted(splits.train), _Counted(splits.val), _Counted(splits.test),
+        splits.num_classes, splits.in_channels, splits.image_size, splits.name,
+    )  # fmt: skip
+    config = dataclasses.replace(
+        fast_config, data_workers=0, importance=ImportanceOptions(normalizer="auto"),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    marks: list[tuple[str, int, int, int]] = []
+    _Counted.reads = 0
+    torch.manual_seed(0)
+    prune(model, counted, config, lambda e: marks.append((e.stage, _Counted.reads, e.step, e.total)),
+          spec=spec)  # fmt: skip
+    search = [(r, step, total) for st, r, step, total in marks if st == "criterion_search"]
+    after = next(r for st, r, _, _ in marks if st == "prune")  # the first event after it
+    assert after - search[0][0] == 3 * (16 + 16) + 2 * (16 + 16)
+    reads = [r for r, _, _ in search] + [after]
+    assert max(b - a for a, b in zip(reads, reads[1:])) <= 16  # one batch of 16 images
+    # the plan counts the work: one unit per event, never capped below it before the finish
+    steps, total = [step for _, step, _ in search], search[0][2]
+    assert steps == [*range(len(steps) - 1), total] and len(steps) - 2 < total
