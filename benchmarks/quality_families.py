@@ -89,9 +89,9 @@ def _run(model_or_path, spec, config: PruneConfig) -> tuple[Any, dict[str, Any]]
         "macs_speedup": r["speedup"]["macs"], "criterion": r["method_choice"].get("criterion"),
         "method": r["method"], "reg": bp.get("sparse_reg"),
         "epochs_trained": bp.get("epochs_trained"), "stage_seconds": r["stage_seconds"],
-        "reg_rounds": [{str(a["arm"]): round(a["val_accuracy"], 3) for a in rd["arms"]}
-                       for rd in bp.get("reg_search", {}).get("rounds", [])],
-        "reg_checkpoint": bp.get("reg_search", {}).get("checkpoint"),
+        "reg_trials": [{k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
+                       for t in bp.get("reg_search", {}).get("trials", [])],
+        "reg_kept": bp.get("reg_search", {}).get("kept"),
         "criterion_trials": {f"{t['criterion']}[{t['normalizer']}]": round(t["val_accuracy"], 3)
                              for t in r["stages"]["prune"].get("criterion_search", {}).get("trials", [])},
         "seconds": time.perf_counter() - start,

@@ -7,8 +7,8 @@ commands in ``benchmarks/RESULTS.md``, section "Baselines and defaults"):
    on validation (``SparseTraining(reg="auto")``) matched or beat plain group-L2 (with
    the same normaliser choice) at the budgets measured (1, 2, 5 and 10 epochs) on both
    families, most clearly at 3-4x; the shipped metanetwork was behind both. ``reg`` is
-   chosen by validation accuracy *at the target*, inside the budget (successive halving,
-   :mod:`metaprune.pruning.sparse`).
+   chosen by validation accuracy *at the target*, inside the budget (a prior strength
+   and short challengers, :mod:`metaprune.pruning.sparse`).
 2. ``before_pruning.epochs == 0`` -> ``group-l2``: with no epochs sparse training cannot
    act.
 

@@ -10,15 +10,14 @@ fixed stronger one, which in turn lost at 2x (issue 20).
 
 * :func:`choose_criterion`: score each :class:`Candidate` (criterion x normaliser) with
   the proxy, keep the best (ties: the earlier candidate).
-* :func:`successive_halving`: for choices that need training (``reg``), every arm
-  trains a short slice, the proxy scores it, the better half continues (Jamieson &
-  Talwalkar 2016), so losing strengths cost little; :func:`halving_plan` fits the
-  schedule into a total budget that counts every trial.
+* :mod:`metaprune.pruning.sparse` chooses ``reg`` (a choice that needs training) with the
+  same proxy: the prior's strength trains the budget, short challengers displace it only
+  beyond noise.
 * :func:`within_noise`: two accuracies measured on ``n`` validation images differ by
   chance by about ``sqrt((a(1-a) + b(1-b)) / n)`` (one standard error of the difference);
-  a search that ranks arms by less than that is reading noise, so such near-ties go to a
-  prior instead (on a held-out ResNet-56 the reg search chose 0.01 over 0.03 by one
-  validation image of 64 and lost 40 test points at 2x; issue 20).
+  a choice made by less than that is reading noise (on a held-out ResNet-56 a reg search
+  chose 0.01 over 0.03 by one validation image of 64 and lost 40 test points at 2x;
+  issue 20).
 """
 
 from __future__ import annotations
@@ -27,23 +26,18 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
 __all__ = [
     "Candidate",
-    "HalvingPlan",
     "ProxyFn",
     "choose_criterion",
     "criterion_candidates",
-    "halving_plan",
     "proxy_images",
-    "successive_halving",
     "within_noise",
 ]
-
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,103 +143,3 @@ def choose_criterion(
     record = {"trials": trials, "chosen": candidates[best].label,
               "seconds": time.perf_counter() - start}  # fmt: skip
     return candidates[best], record
-
-
-@dataclasses.dataclass(frozen=True)
-class HalvingPlan:
-    """How a budget of ``total`` training iterations is spent by successive halving.
-
-    ``arms`` arms start; each round every survivor trains ``round_iters`` iterations,
-    then the better half (rounded up) survives, until one is left; it then trains on to
-    ``winner_iters`` in all. ``total`` = the arms' iterations summed, never more.
-    """
-
-    arms: int
-    round_iters: int
-    rounds: int
-    total: int
-
-    @property
-    def survivors(self) -> list[int]:
-        """Arms alive in each round."""
-        out, k = [], self.arms
-        for _ in range(self.rounds):
-            out.append(k)
-            k = math.ceil(k / 2)
-        return out
-
-    @property
-    def explore_iters(self) -> int:
-        return self.round_iters * sum(self.survivors)
-
-    @property
-    def winner_iters(self) -> int:
-        """What the winning arm trains in all (its rounds, then the rest of the budget)."""
-        return self.total - self.explore_iters + self.round_iters * self.rounds
-
-
-def halving_plan(
-    arms: int, total: int, explore_fraction: float, min_round_iters: int = 1
-) -> HalvingPlan:
-    """A plan for ``arms`` arms in ``total`` iterations, at most ``explore_fraction`` of
-    them in the elimination rounds. With too little budget for every arm to train
-    ``min_round_iters`` per round, fewer arms start (``plan.arms`` says how many; the
-    caller keeps the ones it prefers); with one arm nothing is explored."""
-    if total < 0 or arms < 1:
-        raise ValueError(f"halving_plan: arms >= 1 and total >= 0 required (found {arms}, {total})")
-    for n in range(arms, 1, -1):
-        rounds = math.ceil(math.log2(n))
-        slots = sum(HalvingPlan(n, 1, rounds, total).survivors)
-        per_round = int(explore_fraction * total) // slots
-        if per_round >= max(1, min_round_iters):
-            return HalvingPlan(n, per_round, rounds, total)
-    return HalvingPlan(1, 0, 0, total)
-
-
-def successive_halving(
-    arms: Sequence[T],
-    plan: HalvingPlan,
-    train: Callable[[T, int], None],
-    score: Callable[[T], float],
-    name: Callable[[T], Any] = str,
-    on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
-    tied: Callable[[float, float], bool] | None = None,
-    prior: Callable[[T], Any] | None = None,
-) -> tuple[T, list[dict[str, Any]]]:
-    """Run ``plan`` over ``arms`` (``len(arms) == plan.arms``) and return the winner.
-
-    ``train(arm, iters)`` continues an arm's training; ``score(arm)`` is its proxy
-    accuracy (higher is better; ties keep the earlier arm). With ``tied(best, score)``
-    (e.g. :func:`within_noise`), the arms tied with the round's best rank first, in the
-    order of ``prior(arm)`` (smaller first; default: arm order), then the rest by score.
-    The winner has trained its rounds only: the caller trains it on to ``plan.winner_iters``.
-
-    Returns:
-        ``(winner, rounds)``: one record per round (each arm's name, score, iterations
-        trained so far, and whether it survived).
-    """
-    if len(arms) != plan.arms:
-        raise ValueError(f"the plan is for {plan.arms} arms (found {len(arms)})")
-    alive = list(range(len(arms)))
-    trained = [0] * len(arms)
-    history: list[dict[str, Any]] = []
-    for r in range(plan.rounds):
-        scores = {}
-        for i in alive:
-            train(arms[i], plan.round_iters)
-            trained[i] += plan.round_iters
-            scores[i] = score(arms[i])
-        keep = math.ceil(len(alive) / 2)
-        top = max(scores.values())
-        near = {i for i in alive if tied is not None and tied(top, scores[i])}
-
-        ranked = sorted(alive, key=lambda i, near=near, scores=scores: (
-            (0, prior(arms[i]) if prior is not None else i, i) if i in near
-            else (1, -scores[i], i)))[:keep]  # fmt: skip
-        history.append({"round": r + 1, "arms": [
-            {"arm": name(arms[i]), "val_accuracy": scores[i], "iterations": trained[i],
-             "survived": i in ranked, "within_noise_of_best": i in near} for i in alive]})  # fmt: skip
-        if on_round is not None:
-            on_round(r + 1, history[-1]["arms"])
-        alive = sorted(ranked)
-    return arms[alive[0]], history

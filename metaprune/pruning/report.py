@@ -119,15 +119,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         if metanet.get("warning"):
             lines.insert(2, f"  WARNING    {metanet['warning']}")
     sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
-    if sparse and not sparse["rounds"]:  # no search: the record says why (e.g. no room)
-        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g}: "
-                        f"{sparse.get('rule', 'no search')}")  # fmt: skip
-    elif sparse:
-        last = {a["arm"]: a for r in sparse["rounds"] for a in r["arms"]}  # each arm's last score
-        tried = ", ".join(f"{reg:g}: {_pct(a['val_accuracy'])}" for reg, a in last.items())
-        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} chosen by "
-                        f"pruned validation accuracy ({len(sparse['rounds'])} halving rounds, "
-                        f"{sparse['epochs_trained']:.2f} epochs in all; last scores {tried})")  # fmt: skip
+    if sparse:
+        tried = ", ".join(f"{t['reg']:g} after {t['epochs']:g} ep: {_pct(t['val_accuracy'])}"
+                          for t in sparse["trials"])  # fmt: skip
+        why = "beat the prior's beyond noise" if sparse["kept"]["displaced_incumbent"] else "the prior's"
+        lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} ({why}; "
+                        f"{sparse['epochs_trained']:.2f} epochs in all; pruned validation accuracy "
+                        f"{tried})")  # fmt: skip
     crit = report.get("stages", {}).get("prune", {}).get("criterion_search")
     if crit:
         tried = ", ".join(f"{t['criterion']}[{t['normalizer']}]: {_pct(t['val_accuracy'])}"

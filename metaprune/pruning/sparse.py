@@ -8,27 +8,24 @@ criterion can later remove them cheaply.
 ``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is
 model-, budget- and target-dependent, and its working range is narrow (on ``digits``
 ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; on
-held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is chosen per job by
-**what the job delivers**: every candidate strength starts a sparse training from the same
-weights, all on the same learning-rate schedule; by successive halving
-(:mod:`metaprune.pruning.choose`) each survivor trains a round (an epoch at least), a
-proxy prunes a copy to the requested target, recalibrates BatchNorm and scores it on the
-validation split, and the better half continues. Scores within noise of the round's best
+held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is judged by **what the
+job delivers**: a proxy prunes a copy to the requested target, recalibrates BatchNorm and
+scores it on the validation split. But prunability after one or two epochs does not rank
+strengths as the whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after
+two epochs and ended 55 points behind it after ten; issue 20), so a short trial never
+decides which strength trains on. Instead the **prior's strength** (0.03, the
+hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x,
+the hindsight-best at 3x on two of them) is the incumbent and trains most of the budget;
+its grid neighbours are challengers that train one epoch each on the same learning-rate
+schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs, none below
+5). Every checkpoint is scored: the model as given (the 0-epoch path), the incumbent after
+one epoch (the challengers' matched point), each challenger, the incumbent at the end. The
+incumbent's last checkpoint is the prepared model unless another one beats it beyond noise
 (one standard error on the proxy's validation images,
-:func:`~metaprune.pruning.choose.within_noise`) are ties, decided by a prior: the strength
-nearest the middle of the grid (0.03 by default, the hindsight-best at 2x on held-out
-ResNet-20, ResNet-56 and VGG-19 models), one step stronger from ~2.8x on, the stronger of
-two equally near. The last survivor trains on to the end of the schedule, and the proxy
-scores it once more: it is the prepared model unless an earlier checkpoint the search
-scored (an arm after a round) beats it beyond noise, in which case that checkpoint is
-(prunability need not grow with training: a strong strength can look best after two epochs
-and collapse by the seventh). A budget with no room for a search (rounds of an epoch: 1-2
-epochs) trains the middle strength alone, and its checkpoint is the model as given: the
-0-epoch path is taken when the trained model prunes worse beyond noise (the epochs were
-spent and are counted either way). The whole search, losers included, fits in
-``before_pruning.epochs`` (``sparse.search_fraction`` of it at most on the losing rounds):
-``epochs_trained`` never exceeds the budget the user set. Nothing here can see the test
-split: the method context carries only the training and validation loaders.
+:func:`~metaprune.pruning.choose.within_noise`): only what was measured can displace it,
+nothing is extrapolated. ``epochs_trained`` counts every trial and never exceeds the budget
+the user set. Nothing here can see the test split: the method context carries only the
+training and validation loaders.
 """
 
 from __future__ import annotations
@@ -44,7 +41,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from metaprune.pruning.choose import halving_plan, successive_halving, within_noise
+from metaprune.pruning.choose import within_noise
 from metaprune.pruning.finetune import FinetuneResult, lr_factor
 from metaprune.pruning.progress import notify
 from metaprune.pruning.targets import find_classifier
@@ -119,108 +116,92 @@ def _cycle(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
 
 
 def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, dict[str, Any]]:
-    """Choose ``reg`` by successive halving on the proxy (see the module doc).
+    """Choose ``reg``: the prior's strength trains the budget, challengers displace it only
+    beyond noise (see the module doc).
 
     Returns:
-        ``(model, reg, record)``: the winner's sparse-trained model, its ``reg``, and a
-        record of the plan, every round (each arm's proxy validation accuracy and
-        iterations), the epochs trained in all (<= ``before_pruning.epochs``) and seconds.
+        ``(model, reg, record)``: the kept checkpoint, its ``reg`` (0 for the model as
+        given), and a record of every trial (strength, epochs, proxy validation accuracy),
+        the checkpoint kept and why, the epochs trained in all (<= ``before_pruning.epochs``)
+        and seconds.
     """
     if ctx.proxy is None:
         raise ValueError("search_reg needs ctx.proxy (prune a copy to the target and score it)")
-    options = ctx.config.sparse
     start = time.perf_counter()
     per_epoch = max(1, len(ctx.train_loader))
     total = ctx.config.before_pruning.epochs * per_epoch
-    full = list(options.auto_grid)
-    # rounds of a whole epoch at least: shorter ones favour strong strengths, whose damage
-    # grows with training (issue 20's benchmark); fewer arms, spread over the grid, then
-    plan = halving_plan(len(full), total, options.search_fraction, per_epoch)
-    grid = _keep(full, plan.arms)
-    runs = [SparseRun(model, ctx, reg, plan.winner_iters) for reg in grid]
-    best: dict[str, Any] = {}  # the best-scoring checkpoint so far (a copy: training goes on)
+    grid = list(ctx.config.sparse.auto_grid)
+    prior = _prior_index(len(grid), ctx.config.target.value)
+    # challengers train an epoch each (shorter trials favour strong strengths), at most
+    # ``search_fraction`` of the budget; the incumbent trains the rest
+    room = min(int(ctx.config.sparse.search_fraction * total), total - per_epoch) // per_epoch
+    rivals = _challengers(len(grid), prior)[: max(0, room)]
+    horizon = total - len(rivals) * per_epoch
+    trials: list[dict[str, Any]] = []
+    models: list[nn.Module] = []
 
-    def keep(m: nn.Module, reg: float, iterations: int) -> float:
-        accuracy = ctx.proxy(m)  # type: ignore[misc]
-        if not best or accuracy > best["val_accuracy"]:
-            best.update(reg=reg, epochs=iterations / per_epoch, val_accuracy=accuracy,
-                        model=copy.deepcopy(m))  # fmt: skip
-        return accuracy
+    def measure(m: nn.Module, reg: float, iterations: int, role: str) -> None:
+        trials.append({"reg": reg, "epochs": iterations / per_epoch, "role": role,
+                       "val_accuracy": ctx.proxy(m)})  # type: ignore[misc]  # fmt: skip
+        notify(ctx.progress, ctx.cancel, "reg_search", len(trials), len(rivals) + 2 + bool(rivals),
+               **trials[-1])  # fmt: skip
+        models.append(copy.deepcopy(m) if role == "incumbent, matched" else m)  # trains on
 
-    if plan.arms == 1:  # no search: the model as given (the 0-epoch path) is the comparison
-        keep(model, 0.0, 0)
-
-    def score(run: SparseRun) -> float:
-        return keep(run.model, run.reg, run.iterations)
-
-    images = ctx.proxy_images
-    tied = None if images is None else lambda top, s: within_noise(top, s, images)
-    centre = _prior_index(len(full), ctx.config.target.value)
-
-    def prior(run: SparseRun) -> tuple[int, int]:  # nearest the prior, then the stronger
-        return abs(full.index(run.reg) - centre), full.index(run.reg)
-
-    def on_round(r: int, arms: list[dict[str, Any]]) -> None:
-        notify(ctx.progress, ctx.cancel, "reg_search", r, plan.rounds,
-               scores={str(a["arm"]): a["val_accuracy"] for a in arms})  # fmt: skip
-
-    winner, rounds = successive_halving(
-        runs, plan, lambda run, n: run.advance(n), score, name=lambda run: run.reg,
-        on_round=on_round, tied=tied, prior=prior,
-    )  # fmt: skip
-    winner.advance(plan.winner_iters - winner.iterations)
-    trained = sum(run.iterations for run in runs)
+    measure(model, 0.0, 0, "as given")  # the 0-epoch path: free of training, always a candidate
+    incumbent = SparseRun(model, ctx, grid[prior], horizon)
+    if rivals:  # matched point: every challenger is compared at the epochs it trained
+        incumbent.advance(per_epoch)
+        measure(incumbent.model, incumbent.reg, per_epoch, "incumbent, matched")
+    for i in rivals:
+        run = SparseRun(model, ctx, grid[i], horizon)  # same schedule: same learning rates
+        run.advance(per_epoch)
+        measure(run.model, run.reg, per_epoch, "challenger")
+    incumbent.advance(horizon - incumbent.iterations)
+    measure(incumbent.model, incumbent.reg, horizon, "incumbent")
+    trained = horizon + len(rivals) * per_epoch
     assert trained <= total, (trained, total)  # the budget counts every trial
-    # prunability need not grow with training (a held-out ResNet-56 at reg 0.1: 66 % after
-    # 2 epochs, 41 % after 7), so the job keeps its best checkpoint by the objective, as
-    # the fine-tune keeps its best epoch; the winner unless beaten beyond noise
-    final = {"reg": winner.reg, "epochs": winner.iterations / per_epoch,
-             "val_accuracy": ctx.proxy(winner.model)}  # fmt: skip
-    earlier = {k: v for k, v in best.items() if k != "model"}
-    taken = bool(best) and best["val_accuracy"] > final["val_accuracy"] and not (
-        tied is not None and tied(best["val_accuracy"], final["val_accuracy"]))  # fmt: skip
+
+    # the incumbent unless another checkpoint beats it beyond noise: early prunability
+    # does not rank strengths as the whole budget does (a held-out ResNet-56 at reg 0.1:
+    # 66 % after 2 epochs, 41 % after 7, where 0.03 led after 10)
+    images = ctx.proxy_images
+    final = trials[-1]["val_accuracy"]
+    best = max(range(len(trials) - 1), key=lambda i: trials[i]["val_accuracy"])  # first of equals
+    rival = trials[best]["val_accuracy"]
+    taken = rival > final and not (images is not None and within_noise(rival, final, images))
+    kept = best if taken else len(trials) - 1
     record = {
-        "rule": "successive halving on validation accuracy after pruning a copy to the "
-        "target (BN recalibrated)" if plan.arms > 1 else "the budget has no room for a "
-        "search (rounds of an epoch): the middle of the grid",
-        "grid": grid,
-        "ties": None if images is None else f"within one standard error on {images} validation "
-        "images of the round's best: the strength nearest the prior wins "
-        f"({full[centre]:g})",
-        "plan": {"arms": plan.arms, "rounds": plan.rounds, "round_iterations": plan.round_iters,
-                 "winner_iterations": plan.winner_iters, "iterations_per_epoch": per_epoch},
-        "rounds": rounds,
+        "rule": f"the prior's strength ({grid[prior]:g}) trains the budget; a challenger's or an "
+        "earlier checkpoint displaces it only when it prunes better beyond noise (validation "
+        "accuracy after pruning a copy to the target, BN recalibrated)",
+        "grid": [grid[prior]] + [grid[i] for i in rivals],
+        "prior": grid[prior],
+        "noise": None if images is None else f"one standard error on {images} validation images",
+        "trials": trials,
+        "kept": {**trials[kept], "displaced_incumbent": taken},
+        "iterations_per_epoch": per_epoch,
         "iterations_trained": trained,
         "epochs_trained": trained / per_epoch,
-        "winner_epochs": winner.iterations / per_epoch,
+        "winner_epochs": trials[kept]["epochs"],
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
-    record["checkpoint"] = {"winner": final, "best_earlier": earlier, "taken": taken}
-    if taken:
-        what = "the model as given (0-epoch path)" if best["epochs"] == 0 else "an earlier checkpoint"
-        record["rule"] += f"; the trained winner pruned worse than {what}, which was kept"
-        record["winner_epochs"] = best["epochs"]
-        return best["model"], best["reg"], record
-    return winner.model, winner.reg, record
+    # the model as given is the caller's: the job prunes its own copy
+    return copy.deepcopy(models[0]) if kept == 0 else models[kept], trials[kept]["reg"], record
+
+
+def _challengers(n: int, prior: int) -> list[int]:
+    """The grid neighbours of the prior (indices), the one nearer the grid's middle first,
+    the stronger of two equally near."""
+    middle = (n - 1) // 2
+    near = [i for i in (prior - 1, prior + 1) if 0 <= i < n]
+    return sorted(near, key=lambda i: (abs(i - middle), i))
 
 
 def _prior_index(n: int, target: float) -> int:
-    """The grid index near-ties go to: the middle (0.03 by default, the hindsight-best at 2x
+    """The incumbent's grid index: the middle (0.03 by default, the hindsight-best at 2x
     on held-out ResNet-20, ResNet-56 and VGG-19 models), one step stronger from 2x * sqrt(2)
     (~2.8x) on (0.1 at 3x: the hindsight-best there on ResNet-20 and ResNet-56, not on
     VGG-19; issue 20, benchmarks/RESULTS.md). Never more than one step: measured at 2x and
     3x only."""
     shift = 1 if target >= 2.0 * math.sqrt(2.0) else 0
     return max(0, (n - 1) // 2 - shift)
-
-
-def _keep(grid: list[float], n: int) -> list[float]:
-    """``n`` neighbouring strengths around the middle of the grid (largest first) when the
-    budget cannot try them all. Not spread over the whole grid: a short budget that tried
-    0.3 / 0.03 / 0.001 always chose 0.03 (the ends never win in 10 epochs: 0.3 destroyed
-    every held-out model, 0.001 barely acts) and never tried 0.1, the best strength on
-    ResNet-20s (issues 8 and 20, benchmarks/RESULTS.md)."""
-    if n >= len(grid):
-        return grid
-    first = max(0, min((len(grid) - 1) // 2 - (n - 1) // 2, len(grid) - n))
-    return grid[first : first + n]

@@ -1,8 +1,6 @@
-"""Tests for metaprune/pruning/choose.py: choices by the proxy, successive halving in budget."""
+"""Tests for metaprune/pruning/choose.py: choices by the proxy, the noise model."""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 from torch import nn
@@ -11,9 +9,7 @@ from metaprune.pruning.choose import (
     Candidate,
     choose_criterion,
     criterion_candidates,
-    halving_plan,
     proxy_images,
-    successive_halving,
     within_noise,
 )
 
@@ -74,51 +70,6 @@ def test_a_second_round_scores_the_finalists_again_and_picks_among_them():
     assert chosen == cands[1] and finals == [] and "final_accuracy" not in record["trials"][0]
 
 
-@pytest.mark.parametrize(("arms", "total"), itertools.product([1, 2, 3, 5, 6, 9], [0, 1, 7, 20, 100, 1000]))
-def test_plan_never_exceeds_the_budget(arms, total):
-    plan = halving_plan(arms, total, 0.5, min_round_iters=2)
-    assert 1 <= plan.arms <= arms and plan.total == total
-    assert plan.explore_iters <= 0.5 * total
-    assert all(a > b for a, b in zip(plan.survivors, plan.survivors[1:]))
-    # the iterations every arm trains add up to the budget exactly
-    losers = plan.explore_iters - plan.round_iters * plan.rounds
-    assert losers + plan.winner_iters == total
-    if plan.arms > 1:
-        assert plan.round_iters >= 2 and plan.rounds == len(plan.survivors)
-        assert plan.survivors[0] == plan.arms and plan.survivors[-1] == 2  # the last duel
-    else:
-        assert plan.rounds == 0 and plan.winner_iters == total
-
-
-def test_plan_shrinks_the_field_when_the_budget_is_short():
-    assert halving_plan(6, 1000, 0.5).arms == 6
-    short = halving_plan(6, 20, 0.5, min_round_iters=2)  # 10 iterations to explore
-    assert short.arms == 3 and short.survivors == [3, 2] and short.round_iters == 2
-    assert halving_plan(6, 20, 0.5).survivors == [5, 3, 2]  # 6 arms need 11 round slots
-
-
-def test_successive_halving_follows_the_scores():
-    """Arm quality grows with training for the good arms only; the best one wins."""
-
-    class Arm:
-        def __init__(self, name, slope):
-            self.name, self.slope, self.trained = name, slope, 0
-
-    arms = [Arm(n, s) for n, s in [("a", 0.1), ("b", 0.5), ("c", 0.3), ("d", 0.0), ("e", 0.5)]]
-    plan = halving_plan(5, 200, 0.5)
-    winner, rounds = successive_halving(
-        arms, plan, lambda a, n: setattr(a, "trained", a.trained + n),
-        lambda a: a.slope * a.trained, name=lambda a: a.name,
-    )  # fmt: skip
-    assert winner.name == "b"  # ties go to the earlier arm
-    assert [len(r["arms"]) for r in rounds] == plan.survivors == [5, 3, 2]
-    assert [a["arm"] for a in rounds[1]["arms"]] == ["b", "c", "e"]
-    assert sum(a.trained for a in arms) == plan.explore_iters
-    assert winner.trained == plan.round_iters * plan.rounds
-    with pytest.raises(ValueError, match="plan is for 5 arms"):
-        successive_halving(arms[:2], plan, lambda a, n: None, lambda a: 0.0)
-
-
 def test_within_noise_is_one_standard_error_of_the_difference():
     # 0.55 vs 0.50 on 180 images: the standard error of the difference is 5.2 points
     assert within_noise(0.55, 0.50, 180) and not within_noise(0.55, 0.50, 180, z=0.9)
@@ -135,35 +86,3 @@ def test_within_noise_is_one_standard_error_of_the_difference():
 def test_the_proxy_scores_a_small_validation_split_whole():
     assert proxy_images(180, 64) == 180 and proxy_images(512, 64) == 512
     assert proxy_images(513, 64) == 64 and proxy_images(50_000, 64) == 64
-
-
-def test_successive_halving_gives_near_ties_to_the_prior():
-    """Tied arms (within noise of the round's best) rank by the prior, the rest by score."""
-
-    class Arm:
-        def __init__(self, name, score):
-            self.name, self.score = name, score
-
-    def run(arms, tied, prior=None):
-        plan = halving_plan(len(arms), 100, 0.5)
-        return successive_halving(arms, plan, lambda a, n: None, lambda a: a.score,
-                                  name=lambda a: a.name, tied=tied, prior=prior)  # fmt: skip
-
-    arms = [Arm("strong", 0.44), Arm("middle", 0.48), Arm("weak", 0.50)]
-    prior = {"middle": 0, "strong": 1, "weak": 2}
-    winner, rounds = run(arms, None)
-    assert winner.name == "weak"  # no noise model: the best score, however slight
-    winner, rounds = run(arms, lambda b, s: b - s <= 0.03, lambda a: prior[a.name])
-    assert winner.name == "middle"  # 0.48 is within 0.03 of 0.50
-    assert [a["within_noise_of_best"] for a in rounds[0]["arms"]] == [False, True, True]
-    assert [a["survived"] for a in rounds[0]["arms"]] == [False, True, True]
-    # a wide noise band: everything is tied, the prior decides every round
-    winner, rounds = run(arms, lambda b, s: True, lambda a: prior[a.name])
-    assert winner.name == "middle" and [a["arm"] for a in rounds[1]["arms"]] == ["strong", "middle"]
-    # without a prior, tied arms keep their order (the earlier first)
-    winner, _ = run(arms, lambda b, s: True)
-    assert winner.name == "strong"
-    # an arm clearly behind never wins on the prior
-    arms = [Arm("middle", 0.30), Arm("weak", 0.50)]
-    winner, _ = run(arms, lambda b, s: b - s <= 0.03, lambda a: prior[a.name])
-    assert winner.name == "weak"

@@ -68,15 +68,16 @@ def test_format_report_summarises_both_speedups():
     assert "NOT reached" in format_report(_report(target_reached=False))
 
 
-def test_format_report_says_why_reg_was_not_searched():
-    rule = "the budget has no room for a search (rounds of an epoch): the middle of the grid"
-    search = {"rule": rule, "grid": [0.03], "rounds": [], "epochs_trained": 3.0}
+def test_format_report_lists_the_reg_trials_and_why_one_was_kept():
+    trials = [{"reg": 0.0, "epochs": 0.0, "val_accuracy": 0.5},
+              {"reg": 0.1, "epochs": 1.0, "val_accuracy": 0.8},
+              {"reg": 0.03, "epochs": 8.0, "val_accuracy": 0.9}]  # fmt: skip
+    search = {"trials": trials, "kept": {"displaced_incumbent": False}, "epochs_trained": 10.0}
     stages = {"before_pruning": {"sparse_reg": 0.03, "reg_search": search}}
     text = format_report(_report(stages=stages))
-    assert f"sparse reg 0.03: {rule}" in text and "last scores" not in text
-    arms = [{"arm": 0.1, "val_accuracy": 0.8}, {"arm": 0.03, "val_accuracy": 0.9}]
-    searched = {**search, "rounds": [{"arms": arms}], "epochs_trained": 4.0}
-    stages = {"before_pruning": {"sparse_reg": 0.03, "reg_search": searched}}
+    assert "sparse reg 0.03 (the prior's; 10.00 epochs in all;" in text
+    assert "0 after 0 ep: 50.00 %, 0.1 after 1 ep: 80.00 %, 0.03 after 8 ep: 90.00 %" in text
+    search["kept"]["displaced_incumbent"] = True
+    stages["before_pruning"]["sparse_reg"] = 0.1
     text = format_report(_report(stages=stages))
-    assert "sparse reg 0.03 chosen by pruned validation accuracy (1 halving rounds" in text
-    assert "last scores 0.1: 80.00 %, 0.03: 90.00 %" in text
+    assert "sparse reg 0.1 (beat the prior's beyond noise; 10.00 epochs in all" in text
