@@ -140,13 +140,16 @@ def heldout(a: argparse.Namespace) -> int:
             start = time.perf_counter()
             report = prune(h.path, "digits", config).report
             guard = report["stages"].get("before_pruning", {}).get("metanet", {})
+            reference = dict(report["stages"]["prune"].get("reference") or {})
+            reference.pop("other_search", None)  # the rewrite against the input at the target
             row = {"test": report["final"]["test_accuracy"], "val": report["final"]["val_accuracy"],
                    "macs_speedup": report["speedup"]["macs"],
                    "choice": report.get("method_choice"),
                    "guard": guard.get("accuracy_check") if isinstance(guard, dict) else None,
+                   "reference": reference or None,
                    "seconds": round(time.perf_counter() - start)}  # fmt: skip
             _update(out, key, row)
-            print(key, f"test {100 * row['test']:.1f}", row["guard"], flush=True)
+            print(key, f"test {100 * row['test']:.1f}", row["guard"], row["reference"], flush=True)
     if a.export and shards == 1:  # the evidence travels with the export (metanet.record)
         from metanet.record import attach_record, heldout_record
 

@@ -65,6 +65,7 @@ from metaprune.pruning.choose import (
     choose_criterion,
     criterion_candidates,
     proxy_images,
+    within_noise,
 )
 from metaprune.pruning.config import ImportanceOptions, PruneConfig, PruningOptions
 from metaprune.pruning.finetune import evaluate, finetune
@@ -205,6 +206,8 @@ def prune(
     choice = resolve_method(config, family, advise=metanetwork is None)
     config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
+    if method.data_aware and not choice.data_aware:  # e.g. metanet: never below the baseline
+        choice = dataclasses.replace(choice, data_aware=True)
     if method.load is not None and metanetwork is None:  # e.g. "auto" chose metanet
         metanetwork = method.load(config, limits, metanet_paths)
     splits = (
@@ -386,37 +389,52 @@ def prune(
                                    "fisher": fisher_estimate(model) if "fisher" in kinds else None}  # fmt: skip
         grads = GradientCache(grads, kinds, on_batch=gradient_tick)
     pruned: tuple[nn.Module, list[StepInfo], dict[int, nn.Module]] | None = None
-    if len(candidates) > 1:
-        kept: dict[str, Any] = {}  # the best candidate so far (ties: the earlier one)
+    prepared_val = ctx.info.get("before_pruning", {}).get("val_accuracy")
+    if len(candidates) > 1 or ctx.reference is not None:
 
-        def search_proxy(m: nn.Module, cand: Candidate) -> float:
-            result = prune_copy(m, cand, search_steps)
-            score = score_copy(result[0])
-            if search_steps == pruning.steps and score > kept.get("score", -1.0):
-                kept.update(score=score, candidate=cand, result=result)
-            return score
+        def search(m: nn.Module) -> tuple[Candidate, dict[str, Any], Any]:
+            """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
+            kept: dict[str, Any] = {}  # the best candidate so far (ties: the earlier one)
+
+            def search_proxy(m: nn.Module, cand: Candidate) -> float:
+                result = prune_copy(m, cand, search_steps)
+                score = score_copy(result[0])
+                if search_steps == pruning.steps and score > kept.get("score", -1.0):
+                    kept.update(score=score, candidate=cand, result=result)
+                return score
+
+            best, record = choose_criterion(m, candidates, search_proxy)
+            record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
+                               "validation_images": len(proxy_val.dataset)}  # fmt: skip
+            reused = kept.pop("result") if kept.get("candidate") == best else None
+            record["reused_winner"] = reused is not None
+            return best, record, reused
 
         with timed("criterion_search"):  # validation only
             # per-sample gradients report per chunk: at most one unit per image
-            units = proxy_units * len(candidates) + (len(grads.calibration.dataset) if kinds else 0)
+            models = 1 + (ctx.reference is not None)
+            units = models * (proxy_units * len(candidates) + (len(grads.calibration.dataset) if kinds else 0))
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
-            chosen, search = choose_criterion(model, candidates, search_proxy)
-            search["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
-                               "validation_images": len(proxy_val.dataset)}  # fmt: skip
-            if kept.get("candidate") == chosen:  # the winner's copy is the job's prune
-                pruned = kept.pop("result")
-                search["reused_winner"] = True
-            kept.clear()
-            prune_info["criterion_search"] = search
+            chosen, found, pruned = search(model)
+            if ctx.reference is not None:  # the prepared model must beat it beyond noise
+                ref_chosen, ref_found, ref_pruned = search(ctx.reference)
+                scores = (_best_score(found), _best_score(ref_found))
+                keep = scores[0] > scores[1] and not within_noise(*scores, len(proxy_val.dataset))
+                prune_info["reference"] = {"prepared": scores[0], "reference": scores[1],
+                                           "kept": "prepared" if keep else "reference",
+                                           "other_search": ref_found if keep else found}  # fmt: skip
+                if not keep:
+                    model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
+                    prepared_val = None  # step 0 of the curve: the reference, measured below
+            prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
 
     # the curve: step 0 (the prepared model's accuracy, measured already), the chosen step
     # (measured by recalibrate_bn below) and at most curve_points steps in between, on the
     # copies the prune kept at the first steps past target ** (i / (curve_points + 1))
-    prepared_val = ctx.info.get("before_pruning", {}).get("val_accuracy")
 
     def curve_point(m: nn.Module) -> float:
         if _curve_recalibrates(config):
@@ -516,6 +534,10 @@ def prune(
         "spec": pruned_spec.to_json() if pruned_spec is not None else None,
     }
     return PruneResult(model=model, spec=pruned_spec, report=report, curve=curve, config=config)
+
+
+def _best_score(search: dict[str, Any]) -> float:
+    return max(t["val_accuracy"] for t in search["trials"])
 
 
 def _available(device: torch.device) -> torch.device:
