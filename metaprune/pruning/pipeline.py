@@ -427,7 +427,7 @@ def prune(
                                            "other_search": ref_found if keep else found}  # fmt: skip
                 if not keep:
                     model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
-                    prepared_val = None  # step 0 of the curve: the reference, measured below
+                    prepared_val = evaluate(model, val, device)  # step 0 of the curve
             prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)

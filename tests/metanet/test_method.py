@@ -149,7 +149,7 @@ def test_a_rewrite_that_does_not_prune_better_at_the_target_is_discarded(caplog)
 
 @pytest.fixture(scope="module")
 def trained():
-    """A quarter-width ResNet-20 trained briefly on digits (so a wrecking rewrite shows)."""
+    """A half-width ResNet-20 trained briefly on digits (so a wrecking rewrite shows)."""
     import torch
 
     from metaprune.data import get_dataset, make_loaders
@@ -158,7 +158,7 @@ def trained():
 
     splits = get_dataset("digits", seed=0)
     train, val, _ = make_loaders(splits, 64, seed=0)
-    spec = ArchSpec("cifar_resnet20", {"width": 0.25, "in_channels": 1, "num_classes": 10})
+    spec = ArchSpec("cifar_resnet20", {"width": 0.5, "in_channels": 1, "num_classes": 10})
     torch.manual_seed(0)
     model = spec.build()
     finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.1))
@@ -166,12 +166,12 @@ def trained():
 
 
 def _zero_epoch_job(trained, net=None, **options):
-    """A 0-epoch job to 2x MACs on a short schedule (the default criterion search)."""
+    """A 0-epoch job to 1.5x MACs on a short schedule (the default criterion search)."""
     from metaprune.pruning import FinetuneBudget, PruningOptions, Target, prune
 
     model, spec, splits = trained
     config = PruneConfig(
-        target=Target("macs", 2.0), before_pruning=FinetuneBudget(epochs=0),
+        target=Target("macs", 1.5), before_pruning=FinetuneBudget(epochs=0),
         after_pruning=FinetuneBudget(epochs=0), pruning=PruningOptions(steps=6, curve_points=0),
         bn_recalibration_images=64, **options,
     )  # fmt: skip
@@ -183,6 +183,7 @@ def _trials(report) -> list[dict]:
             for t in report["stages"]["prune"]["criterion_search"]["trials"]]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_guarded_metanet_job_is_never_below_the_default(trained) -> None:
     """Issue 21: the metanet method searches the default's criteria (group-L2 with each
     normaliser, per MAC, taylor, hessian) and, at 0 epochs, prunes the input instead of the
