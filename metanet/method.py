@@ -9,6 +9,14 @@ with a winning held-out record on the model's family (where none has one, the pi
 advisor, :mod:`metanet.advisor`, runs the strongest baseline instead), by the model's
 graph (:func:`metanet.choice.choose_metanetwork`); the report's
 ``stages.before_pruning.metanet`` says which was used, why, and any warning (also logged).
+
+A guarded ``metanet`` job is never below the strongest baseline on validation (issue 21):
+it searches the default's criteria (``Method.data_aware``: group L2 with each normaliser,
+per MAC, ``taylor``, ``hessian``), and at 0 epochs the input competes with the rewrite in
+that search (``MethodContext.reference``): the rewrite is pruned only if its best
+validation accuracy at the target beats the input's beyond noise. Before, the method
+ranked with group L2 alone and lost to the default where the rewrite was discarded
+(ResNet-56 s101 at 2x: 46.9 against 61.7 %, ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

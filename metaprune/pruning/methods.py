@@ -25,6 +25,10 @@ method              before pruning                                      importan
 ``hessian``         plain fine-tune                                     hessian
 ``random``          plain fine-tune                                     random
 ==================  ==================================================  ==========
+
+``metanet`` (``Method.data_aware``) also searches the cost- and data-aware criteria, as the
+strongest baseline does, and at 0 epochs hands the pipeline its input beside the rewrite
+(``MethodContext.reference``).
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for a
    baseline chosen by a rule, ``method_choice.data_aware``: ``method="auto"``, or
    ``metanet`` auto with no winning record, group-L2 per MAC and the data-aware
-   ``taylor`` and ``hessian``) and
+   ``taylor`` and ``hessian``; also for a method that asks, ``Method.data_aware``:
+   ``metanet``) and
    keeps the best by validation accuracy at the target on a cheap proxy
    (:mod:`metaprune.pruning.choose`); each copy is pruned on the job's own schedule, so
    the winner's copy *is* the job's prune (not pruned again) and ``prune`` only evaluates
-   its curve. Pruning counts MACs on the meta device and gathers taylor / hessian
-   gradients once per job.
+   its curve. A method may hand over a ``reference`` model beside the prepared one
+   (``metanet`` at 0 epochs: the input beside its rewrite); the search then runs on both
+   and the reference is pruned unless the prepared model's best is higher beyond noise
+   (``stages.prune.reference``). Pruning counts MACs on the meta device and gathers
+   taylor / hessian gradients once per model.
    ``method="auto"`` is resolved once the model (and its family) is known
    (:mod:`metaprune.pruning.auto`, with the advisors registered by packages above);
    the report says which method and criterion ran and why.
