@@ -26,7 +26,7 @@ channels stay valid through all the steps of a progressive prune at no further c
 A job scores several criteria on copies of one model (the criterion search) and then
 prunes with the winner: a :class:`GradientCache` passed as the calibration set gathers
 each kind once, on the first copy that asks, and hands the same gradients to every
-later copy with the same weights; asked for both kinds, it gathers them in one
+later copy with the same weights and buffers; asked for both kinds, it gathers them in one
 per-sample pass (the mean is the mean of the per-sample gradients).
 
 The images are a fixed, seeded subset of the **training** split
@@ -99,9 +99,9 @@ class GradientCache:
 
     Pass it wherever :func:`gather_gradients` takes a calibration set. The first request
     gathers every kind in ``kinds`` (in one per-sample pass when ``"fisher"`` is among
-    them) on that model; a later request on a model with the same parameter names,
-    shapes and values (a copy) gets the stored tensors; a model with other weights is
-    gathered afresh. ``on_batch`` is called after each batch (progress; it may raise).
+    them) on that model; a later request on a model with the same parameter and buffer
+    names, shapes and values (a copy) gets the stored tensors; a model with other weights
+    or BatchNorm statistics is gathered afresh. ``on_batch`` is called after each batch (progress; it may raise).
     """
 
     def __init__(
@@ -139,10 +139,13 @@ class GradientCache:
 
 
 def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Names, shapes and float64 sums of the parameters: equal for copies of one model."""
+    """Names, shapes and float64 sums of the parameters and buffers: equal for copies of
+    one model. Buffers count: the gradients are taken in eval mode, through BatchNorm's
+    running statistics (a recalibrated copy of the same weights has other gradients)."""
     with torch.no_grad():
         return tuple(
-            (n, tuple(p.shape), float(p.detach().double().sum())) for n, p in model.named_parameters()
+            (n, tuple(t.shape), float(t.detach().double().sum()))
+            for n, t in (*model.named_parameters(), *model.named_buffers())
         )
 
 

@@ -25,6 +25,10 @@ method              before pruning                                      importan
 ``hessian``         plain fine-tune                                     hessian
 ``random``          plain fine-tune                                     random
 ==================  ==================================================  ==========
+
+``metanet`` (``Method.data_aware``) also searches the cost- and data-aware criteria, as the
+strongest baseline does, and at 0 epochs hands the pipeline its input beside the rewrite
+(``MethodContext.reference``).
 """
 
 from __future__ import annotations
@@ -92,6 +96,12 @@ class MethodContext:
     proxy_images: int | None = None
     #: the model's architecture name (its spec), if known: what held-out records are kept by
     family: str | None = None
+    #: set by ``prepare``: a model the prepared one must beat at the target (the ``metanet``
+    #: method's input beside its rewrite, at 0 epochs). The criterion search scores both with
+    #: every candidate and prunes this one instead unless the prepared model's best
+    #: validation accuracy is higher by more than the proxy's noise
+    #: (:func:`~metaprune.pruning.choose.within_noise`; report: ``stages.prune.reference``)
+    reference: nn.Module | None = None
 
     def finetune(self, model: nn.Module, stage: str, **kwargs: Any) -> FinetuneResult:
         """The ``before_pruning`` budget: every epoch trained, the last one kept."""
@@ -157,6 +167,9 @@ class Method:
     prepare: Callable[[nn.Module, MethodContext], nn.Module]
     description: str = ""
     load: Callable[[PruneConfig, Any, bool], nn.Module | None] | None = None
+    #: the criterion search also tries the cost- and data-aware criteria (with the
+    #: ``"auto"`` normaliser), as for the strongest baseline, however the method was chosen
+    data_aware: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}

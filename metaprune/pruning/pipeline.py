@@ -14,12 +14,16 @@ Stages (METHOD.md section 5), each timed and reported to the progress callback:
    ``criterion_search`` first prunes copies with each group-L2 normaliser (and, for a
    baseline chosen by a rule, ``method_choice.data_aware``: ``method="auto"``, or
    ``metanet`` auto with no winning record, group-L2 per MAC and the data-aware
-   ``taylor`` and ``hessian``) and
+   ``taylor`` and ``hessian``; also for a method that asks, ``Method.data_aware``:
+   ``metanet``) and
    keeps the best by validation accuracy at the target on a cheap proxy
    (:mod:`metaprune.pruning.choose`); each copy is pruned on the job's own schedule, so
    the winner's copy *is* the job's prune (not pruned again) and ``prune`` only evaluates
-   its curve. Pruning counts MACs on the meta device and gathers taylor / hessian
-   gradients once per job.
+   its curve. A method may hand over a ``reference`` model beside the prepared one
+   (``metanet`` at 0 epochs: the input beside its rewrite); the search then runs on both
+   and the reference is pruned unless the prepared model's best is higher beyond noise
+   (``stages.prune.reference``). Pruning counts MACs on the meta device and gathers
+   taylor / hessian gradients once per model.
    ``method="auto"`` is resolved once the model (and its family) is known
    (:mod:`metaprune.pruning.auto`, with the advisors registered by packages above);
    the report says which method and criterion ran and why.
@@ -68,6 +72,7 @@ from metaprune.pruning.choose import (
     choose_criterion,
     criterion_candidates,
     proxy_images,
+    within_noise,
 )
 from metaprune.pruning.config import ImportanceOptions, PruneConfig, PruningOptions
 from metaprune.pruning.finetune import evaluate, finetune
@@ -208,6 +213,8 @@ def prune(
     choice = resolve_method(config, family, advise=metanetwork is None)
     config = dataclasses.replace(config, method=choice.method)
     method = get_method(config.method)
+    if method.data_aware and not choice.data_aware:  # e.g. metanet: never below the baseline
+        choice = dataclasses.replace(choice, data_aware=True)
     if method.load is not None and metanetwork is None:  # e.g. "auto" chose metanet
         metanetwork = method.load(config, limits, metanet_paths)
     splits = (
@@ -396,58 +403,73 @@ def prune(
                                    "fisher": fisher_estimate(model) if "fisher" in kinds else None}  # fmt: skip
         grads = GradientCache(grads, kinds, on_batch=gradient_tick)
     pruned: tuple[nn.Module, list[StepInfo], dict[int, nn.Module]] | None = None
-    if len(candidates) > 1:
+    prepared_val = ctx.info.get("before_pruning", {}).get("val_accuracy")
+    if len(candidates) > 1 or ctx.reference is not None:
         # at a large input two rounds: every candidate recalibrated and scored on half
         # the proxy's images, the best _FINALISTS on the other half too (scored over all)
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
         keep = _FINALISTS if two_rounds else 1
-        # the best candidates so far: (-score, order, candidate, result); ties: the earlier
-        kept: list[tuple[float, int, Candidate, Any]] = []
 
-        def search_proxy(m: nn.Module, cand: Candidate) -> float:
-            result = prune_copy(m, cand, search_steps)
-            score = score_copy(result[0], *first)
-            if two_rounds or search_steps == pruning.steps:
-                kept.append((-score, candidates.index(cand), cand, result))
-                kept.sort(key=lambda k: k[:2])
-                del kept[keep:]
-            return score
+        def search(m: nn.Module) -> tuple[Candidate, dict[str, Any], Any]:
+            """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
+            # the best candidates so far: (-score, order, candidate, result); ties: the earlier
+            kept: list[tuple[float, int, Candidate, Any]] = []
 
-        def final_proxy(cand: Candidate) -> float:  # the second round: the other half
-            minus, _, _, result = next(k for k in kept if k[2] == cand)
-            score = score_copy(result[0], *second)
-            n1, n2 = len(first[1].dataset), len(second[1].dataset)
-            return (-minus * n1 + score * n2) / (n1 + n2)  # accuracy over all the images
+            def search_proxy(m: nn.Module, cand: Candidate) -> float:
+                result = prune_copy(m, cand, search_steps)
+                score = score_copy(result[0], *first)
+                if two_rounds or search_steps == pruning.steps:
+                    kept.append((-score, candidates.index(cand), cand, result))
+                    kept.sort(key=lambda k: k[:2])
+                    del kept[keep:]
+                return score
+
+            def final_proxy(cand: Candidate) -> float:  # the second round: the other half
+                minus, _, _, result = next(k for k in kept if k[2] == cand)
+                score = score_copy(result[0], *second)
+                n1, n2 = len(first[1].dataset), len(second[1].dataset)
+                return (-minus * n1 + score * n2) / (n1 + n2)  # accuracy over all the images
+
+            best, record = choose_criterion(m, candidates, search_proxy,
+                                            final=final_proxy if two_rounds else None,
+                                            finalists=_FINALISTS)  # fmt: skip
+            record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
+                               "validation_images": len(proxy_val.dataset),
+                               "rounds": 1 + two_rounds}  # fmt: skip
+            winner = [k[3] for k in kept if k[2] == best]
+            reused = winner[0] if winner and search_steps == pruning.steps else None
+            record["reused_winner"] = reused is not None
+            kept.clear()
+            return best, record, reused
 
         with timed("criterion_search"):  # validation only
             per_candidate = step_units + sum(map(len, first)) if two_rounds else proxy_units
             units = per_candidate * len(candidates) + keep * sum(map(len, second))
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0
+            units *= 1 + (ctx.reference is not None)
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
-            chosen, search = choose_criterion(model, candidates, search_proxy,
-                                              final=final_proxy if two_rounds else None,
-                                              finalists=_FINALISTS)  # fmt: skip
-            search["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
-                               "validation_images": len(proxy_val.dataset),
-                               "rounds": 1 + two_rounds}  # fmt: skip
-            winner = [k[3] for k in kept if k[2] == chosen]
-            if winner and search_steps == pruning.steps:  # the winner's copy is the job's prune
-                pruned = winner[0]
-                search["reused_winner"] = True
-            kept.clear()
-            winner.clear()
-            prune_info["criterion_search"] = search
+            chosen, found, pruned = search(model)
+            if ctx.reference is not None:  # the prepared model must beat it beyond noise
+                ref_chosen, ref_found, ref_pruned = search(ctx.reference)
+                scores = (_best_score(found), _best_score(ref_found))
+                keep_prepared = scores[0] > scores[1] and not within_noise(*scores, len(proxy_val.dataset))
+                prune_info["reference"] = {"prepared": scores[0], "reference": scores[1],
+                                           "kept": "prepared" if keep_prepared else "reference",
+                                           "other_search": ref_found if keep_prepared else found}  # fmt: skip
+                if not keep_prepared:
+                    model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
+                    prepared_val = evaluate(model, val, device)  # step 0 of the curve
+            prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
 
     # the curve: step 0 (the prepared model's accuracy, measured already), the chosen step
     # (measured by recalibrate_bn below) and at most curve_points steps in between, on the
     # copies the prune kept at the first steps past target ** (i / (curve_points + 1))
-    prepared_val = ctx.info.get("before_pruning", {}).get("val_accuracy")
 
     def curve_point(m: nn.Module) -> float:
         if _curve_recalibrates(config):
@@ -547,6 +569,12 @@ def prune(
         "spec": pruned_spec.to_json() if pruned_spec is not None else None,
     }
     return PruneResult(model=model, spec=pruned_spec, report=report, curve=curve, config=config)
+
+
+def _best_score(search: dict[str, Any]) -> float:
+    """The chosen candidate's proxy score (a second round's, over all its images, if any)."""
+    chosen = next(t for t in search["trials"] if f"{t['criterion']}[{t['normalizer']}]" == search["chosen"])
+    return chosen.get("final_accuracy", chosen["val_accuracy"])
 
 
 def _available(device: torch.device) -> torch.device:

@@ -144,3 +144,76 @@ def test_a_rewrite_that_does_not_prune_better_at_the_target_is_discarded(caplog)
                 assert torch.equal(a, b), key
         else:
             assert "warning" not in check
+
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A half-width ResNet-20 trained briefly on digits (so a wrecking rewrite shows)."""
+    import torch
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import ArchSpec
+    from metaprune.pruning import FinetuneBudget, finetune
+
+    splits = get_dataset("digits", seed=0)
+    train, val, _ = make_loaders(splits, 64, seed=0)
+    spec = ArchSpec("cifar_resnet20", {"width": 0.5, "in_channels": 1, "num_classes": 10})
+    torch.manual_seed(0)
+    model = spec.build()
+    finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.1))
+    return model.eval(), spec, splits
+
+
+def _zero_epoch_job(trained, net=None, **options):
+    """A 0-epoch job to 1.5x MACs on a short schedule (the default criterion search)."""
+    from metaprune.pruning import FinetuneBudget, PruningOptions, Target, prune
+
+    model, spec, splits = trained
+    config = PruneConfig(
+        target=Target("macs", 1.5), before_pruning=FinetuneBudget(epochs=0),
+        after_pruning=FinetuneBudget(epochs=0), pruning=PruningOptions(steps=6, curve_points=0),
+        bn_recalibration_images=64, **options,
+    )  # fmt: skip
+    return prune(model, splits, config, spec=spec, metanetwork=net).report
+
+
+def _trials(report) -> list[dict]:
+    return [{k: v for k, v in t.items() if k != "seconds"}
+            for t in report["stages"]["prune"]["criterion_search"]["trials"]]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_guarded_metanet_job_is_never_below_the_default(trained) -> None:
+    """Issue 21: the metanet method searches the default's criteria (group-L2 with each
+    normaliser, per MAC, taylor, hessian) and, at 0 epochs, prunes the input instead of the
+    rewrite unless the rewrite is clearly better at the target. A rewrite the guard
+    discards, and one no better at the target, give exactly the default's job."""
+    import torch
+
+    default = _zero_epoch_job(trained)
+    assert default["method"] == "group-l2" and default["method_choice"]["data_aware"] is True
+    trials = _trials(default)
+    assert {"group-l2", "group-l2-macs", "taylor", "hessian"} == {t["criterion"] for t in trials}
+    best = max(t["val_accuracy"] for t in trials)
+    for ratio, discarded in ((50.0, True), (0.0, False)):
+        torch.manual_seed(1)  # ratio 0: the rewrite has the input's weights; 50 wrecks it
+        net = metanet.MetaNetwork(2, 8, edge_encoding="canonical", node_ratio=ratio,
+                                  edge_ratio=ratio)  # fmt: skip
+        report = _zero_epoch_job(trained, net, method="metanet")
+        check = report["stages"]["before_pruning"]["metanet"]["accuracy_check"]
+        assert check["discarded"] is discarded, check
+        assert report["method"] == "metanet" and report["method_choice"]["data_aware"] is True
+        assert _trials(report) == trials
+        assert report["method_choice"]["criterion"] == default["method_choice"]["criterion"]
+        assert report["layer_widths"] == default["layer_widths"]
+        assert report["final"]["test_accuracy"] == default["final"]["test_accuracy"]
+        assert report["pruned"]["val_accuracy"] == default["pruned"]["val_accuracy"]
+        reference = report["stages"]["prune"].get("reference")
+        if discarded:  # nothing to compare: the input is the prepared model
+            assert reference is None and "at_target" not in check
+        else:  # the same weights, recalibrated: not clearly better, so the input is pruned
+            assert check["at_target"].endswith("stages.prune.reference")
+            assert reference["reference"] == best and reference["kept"] == "reference"
+            other = [t["val_accuracy"] for t in reference["other_search"]["trials"]]
+            assert reference["prepared"] == max(other) and len(other) == len(trials)

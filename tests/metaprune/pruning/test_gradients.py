@@ -92,6 +92,17 @@ def test_cache_gathers_both_kinds_once_for_copies_and_afresh_for_other_weights()
     gather_gradients(copies[0], cache, "mean")
     assert cache.passes == 2 and len(ticks) == 6
     assert not torch.allclose(copies[0][0].weight.grad, expected["mean"]["0.weight"])
+    # the same weights with other BatchNorm statistics (a recalibrated copy): eval-mode
+    # gradients run through them, so gathered afresh too (issue 21)
+    gather_gradients(copies[1], cache, "mean")  # the first weights again
+    assert cache.passes == 3
+    recalibrated = copy.deepcopy(copies[1])
+    recalibrated[1].running_var.mul_(4.0)
+    gather_gradients(recalibrated, cache, "mean")
+    assert cache.passes == 4 and len(ticks) == 12
+    assert not torch.allclose(recalibrated[0].weight.grad, expected["mean"]["0.weight"])
+    gather_gradients(copy.deepcopy(recalibrated), cache, "mean")  # its copy: reused
+    assert cache.passes == 4
     with pytest.raises(ValueError, match="gradient kinds"):
         GradientCache(cal, ("second",))
 

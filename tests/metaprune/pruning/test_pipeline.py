@@ -260,6 +260,60 @@ def test_metanet_auto_without_a_winning_record_runs_the_strongest_baseline(
     assert report["config"]["method"] == "metanet"  # as requested
 
 
+@pytest.mark.slow
+def test_a_reference_model_is_pruned_instead_unless_the_prepared_one_is_clearly_better(
+    monkeypatch,
+):
+    """``MethodContext.reference`` (the metanet method's input beside its rewrite, issue
+    21): the criterion search scores both models with every candidate; the prepared one is
+    pruned only when its best validation accuracy at the target is higher beyond noise."""
+    import copy
+
+    from metaprune.data import get_dataset, make_loaders
+    from metaprune.models import ArchSpec
+    from metaprune.pruning import PruneConfig, PruningOptions, finetune, methods
+
+    splits = get_dataset("digits", seed=0)
+    spec = ArchSpec("cifar_resnet20", {"width": 0.5, "in_channels": 1, "num_classes": 10})
+    trained = spec.build()
+    finetune(trained, *make_loaders(splits, 64, seed=0)[:2], FinetuneBudget(epochs=2, lr=0.1))
+    wrecked = copy.deepcopy(trained)
+    with torch.no_grad():
+        wrecked.fc.weight.zero_()  # constant outputs: chance accuracy at any width
+    config = PruneConfig(
+        importance=ImportanceOptions(normalizer="mean"), pruning=PruningOptions(steps=6, curve_points=0),
+        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+        target=Target("macs", 1.5), bn_recalibration_images=64,
+    )  # fmt: skip
+    baseline = prune(trained, splits, config, spec=spec).report
+    for prepared, reference, kept in ((trained, wrecked, "prepared"), (wrecked, trained, "reference")):
+
+        def prepare(model, ctx, prepared=prepared, reference=reference):
+            ctx.reference = copy.deepcopy(reference)
+            return methods.plain_finetune(copy.deepcopy(prepared), ctx)
+
+        # a method that sets a reference, in place of group-l2 (config names are checked)
+        monkeypatch.setitem(methods._REGISTRY, "group-l2",
+                            methods.Method("group-l2", "group-l2", prepare))  # fmt: skip
+        report = prune(trained, splits, dataclasses.replace(config, method="group-l2"),
+                       spec=spec).report  # fmt: skip
+        found = report["stages"]["prune"]["reference"]
+        assert found["kept"] == kept, found
+        assert found["prepared" if kept == "prepared" else "reference"] > 0.5
+        assert found["reference" if kept == "prepared" else "prepared"] < 0.2
+        assert found["other_search"]["chosen"] == "group-l2[mean]"
+        # the trained model is pruned either way: the baseline's job exactly
+        assert report["final"]["test_accuracy"] == baseline["final"]["test_accuracy"]
+        assert report["layer_widths"] == baseline["layer_widths"]
+        # step 0 of the curve: the model pruned, on the whole validation split
+        step0 = report["curve"][0]["val_accuracy"]
+        prepared_val = report["stages"]["before_pruning"]["val_accuracy"]
+        if kept == "prepared":
+            assert step0 == prepared_val > 0.5
+        else:
+            assert step0 == baseline["curve"][0]["val_accuracy"] > 0.5 > prepared_val
+
+
 @pytest.mark.parametrize("how", ["callback", "token"])
 def test_cancellation_stops_between_steps(how, model, splits, fast_config):
     token = CancelToken()
