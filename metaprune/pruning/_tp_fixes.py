@@ -31,7 +31,7 @@ import torch_pruning as tp
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["MAX_MAPPED_INDICES", "MappingTooLarge", "recorded_concat_widths"]
+__all__ = ["MAX_MAPPED_INDICES", "MAX_WALKS_PER_LAYER", "MappingTooLarge", "recorded_concat_widths"]
 
 # Torch-Pruning maps channel indices through reshapes by expanding each index into
 # `stride` indices; through a chain of reshapes that do not act on channels (Swin's
@@ -48,7 +48,8 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
     def __call__(self, idxs: Any) -> Any:
         if not self.reverse and len(idxs) * self._stride > MAX_MAPPED_INDICES:
             raise MappingTooLarge(
-                f"mapping {len(idxs)} channel indices through a reshape of stride {self._stride}"
+                f"its index mapping passed {MAX_MAPPED_INDICES:,} indices (mapping "
+                f"{len(idxs)} through a reshape of stride {self._stride})"
             )
         return super().__call__(idxs)
 
@@ -56,6 +57,30 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
 # looked up by name when Torch-Pruning builds a graph: every graph built after this import
 # is bounded (the class itself is left alone)
 tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
+
+# Torch-Pruning's group walk follows a layer again for every index list that reaches it
+# which it has not seen there before (lists that differ only in order count as new);
+# through MaxViT's blocks these multiply until memory runs out (5 GB after 6 min for
+# torchvision's maxvit_t at 224). Across the sweep's families a walk reaches a layer by
+# at most 97 lists (ResNeSt; EdgeNeXt 66, most 1-10); past this many the walk stops.
+MAX_WALKS_PER_LAYER = 1024
+
+_add_dep = tp.dependency.Group.add_dep
+
+
+def _bounded_add_dep(group: Any, dep: Any, idxs: Any) -> None:
+    counts = group.__dict__.setdefault("_walks", {})
+    key = (dep.target, dep.handler)
+    counts[key] = counts.get(key, 0) + 1
+    if counts[key] > MAX_WALKS_PER_LAYER:
+        raise MappingTooLarge(
+            f"its group walk reached one layer by more than {MAX_WALKS_PER_LAYER:,} "
+            "different index lists"
+        )
+    _add_dep(group, dep, idxs)
+
+
+tp.dependency.Group.add_dep = _bounded_add_dep
 
 _update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
 

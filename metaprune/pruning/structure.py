@@ -45,7 +45,7 @@ from metaprune.models.channel_plan import (
     sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
-from metaprune.pruning._tp_fixes import MAX_MAPPED_INDICES, MappingTooLarge, recorded_concat_widths
+from metaprune.pruning._tp_fixes import MappingTooLarge, recorded_concat_widths
 from metaprune.pruning.targets import find_classifier, forget_cached_tensors, meta_copy
 
 __all__ = [
@@ -298,8 +298,7 @@ def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
     if isinstance(err, MappingTooLarge):
         why = (
             "its forward reshapes tensors across the channel axis (e.g. window partitions) "
-            "in a way Torch-Pruning cannot follow channel by channel (its index mapping "
-            f"passed {MAX_MAPPED_INDICES:,} indices)"
+            f"in a way Torch-Pruning cannot follow channel by channel ({err})"
         )
     elif reshape:
         why = (

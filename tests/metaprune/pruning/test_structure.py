@@ -373,3 +373,19 @@ def test_shufflenet_prunes_inside_its_branches_and_freezes_the_shuffle() -> None
         assert branch[5].out_channels == was[5].out_channels  # what enters the shuffle
     assert any(s[0].branch2[0].out_channels < o[0].branch2[0].out_channels
                for s, o in zip((model.stage2, model.stage3), (base.stage2, base.stage3)))  # fmt: skip
+
+
+def test_a_group_walk_that_keeps_growing_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Torch-Pruning follows a layer again for every new index list reaching it (MaxViT:
+    memory full after minutes); past ``MAX_WALKS_PER_LAYER`` the dry run refuses. The
+    tiny ViT's heads reach its layers by up to 10 lists."""
+    from metaprune.pruning import _tp_fixes
+
+    model, x = _TinyViT().eval(), torch.randn(1, 3, 8, 8)
+    assert check_prunable(model, x).frozen == ()  # the real bound leaves it alone
+    monkeypatch.setattr(_tp_fixes, "MAX_WALKS_PER_LAYER", 8)
+    with pytest.raises(InvalidInputError, match="Torch-Pruning cannot trace _TinyViT") as err:
+        check_prunable(model, x)
+    assert "reached one layer by more than 8 different index lists" in str(err.value)
