@@ -99,12 +99,19 @@ def _qkv_width(module: nn.Module) -> int | None:
     return None
 
 
+def _head_first(module: nn.Module) -> bool:
+    """timm's ``head_first`` attention (MaxxViT's ``rw`` models) lays its ``qkv`` output
+    out as ``heads x (q, k, v)``: Torch-Pruning's head groups would take different
+    channels from a head's q, k and v, so such a ``qkv`` keeps its width."""
+    return bool(getattr(module, "head_first", False)) and _qkv_width(module) is not None
+
+
 def _fused_qkv_modules(model: nn.Module) -> list[nn.Module]:
     """Attention modules with a fused ``qkv`` layer whose output is ``3 x heads x dim``."""
     found = []
     for module in model.modules():
         heads, width = head_attrs(module), _qkv_width(module)
-        if heads is None or width is None:
+        if heads is None or width is None or _head_first(module):
             continue
         dim = heads.get("head_dim", heads.get("dim_head"))
         if dim is not None and width == 3 * heads["num_heads"] * dim:
@@ -155,6 +162,7 @@ def make_pruner(
             raise InvalidInputError(
                 f"frozen layer {path!r} is not a module of {type(model).__name__}"
             ) from None
+    ignored += [m.qkv for m in model.modules() if _head_first(m)]
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     # Torch-Pruning warns of every bare parameter; the graph's traced pass records the
     # true widths of the concatenations it meets
