@@ -5,14 +5,16 @@ Torch-Pruning maps channel indices between coupled layers through concatenations
 splits, slices and reshapes. Where its mapping is wrong or unbounded, the fix is here,
 each one the smallest change to the function or class Torch-Pruning looks up by name:
 
-* reshapes: mapped only where the traced shapes merge or split the channel axis
-  (:func:`_reshape_index_mapping`), and index lists that still multiply through
-  window partitions are bounded (Swin);
+* reshapes: checked against the shapes autograd recorded (:func:`_reshape_index_mapping`):
+  window partitions pass channels through (torchvision Swin), a channel shuffle is a
+  boundary groups stop at (ShuffleNet), and index lists that still multiply are bounded;
+* the group walk: a layer reached by too many different index lists stops it;
 * concatenations: input widths are recorded from the traced forward pass
   (:func:`recorded_concat_widths`) instead of inferred from neighbouring layers, which
   goes wrong through sliced residuals (ReXNet), and an input of unknown width leaves
   the concatenation unmapped instead of raising (CSPNet);
-* splits: each output gets its own slice, after pruning too (MixNet).
+* splits: each output gets its own slice, after pruning too (MixNet), and sizes
+  Torch-Pruning cannot infer come from autograd (ShuffleNet's ``chunk``).
 
 (With ReXNet's widths inferred wrongly, the offsets shifted indices past every layer's
 width and the group walk, which follows a layer again for every new index list, did not
@@ -59,10 +61,11 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
 tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
 
 # Torch-Pruning's group walk follows a layer again for every index list that reaches it
-# which it has not seen there before (lists that differ only in order count as new);
-# through MaxViT's blocks these multiply until memory runs out (5 GB after 6 min for
-# torchvision's maxvit_t at 224). Across the sweep's families a walk reaches a layer by
-# at most 97 lists (ResNeSt; EdgeNeXt 66, most 1-10); past this many the walk stops.
+# which it has not seen there before (lists that differ only in order count as new), so
+# a walk whose mappings keep producing new lists never ends. Across the sweep's
+# families a walk reaches a layer by at most 97 lists (ResNeSt; EdgeNeXt 66, most 1-10);
+# past this many the walk stops. (torchvision's maxvit_t, whose dry run fills 5 GB in
+# the walk, is not caught by it: what grows there is not known.)
 MAX_WALKS_PER_LAYER = 1024
 
 _add_dep = tp.dependency.Group.add_dep
