@@ -5,14 +5,16 @@ Torch-Pruning maps channel indices between coupled layers through concatenations
 splits, slices and reshapes. Where its mapping is wrong or unbounded, the fix is here,
 each one the smallest change to the function or class Torch-Pruning looks up by name:
 
-* reshapes: mapped only where the traced shapes merge or split the channel axis
-  (:func:`_reshape_index_mapping`), and index lists that still multiply through
-  window partitions are bounded (Swin);
+* reshapes: checked against the shapes autograd recorded (:func:`_reshape_index_mapping`):
+  window partitions pass channels through (torchvision Swin), a channel shuffle is a
+  boundary groups stop at (ShuffleNet), and index lists that still multiply are bounded;
+* the group walk: a layer reached by too many different index lists stops it;
 * concatenations: input widths are recorded from the traced forward pass
   (:func:`recorded_concat_widths`) instead of inferred from neighbouring layers, which
   goes wrong through sliced residuals (ReXNet), and an input of unknown width leaves
   the concatenation unmapped instead of raising (CSPNet);
-* splits: each output gets its own slice, after pruning too (MixNet).
+* splits: each output gets its own slice, after pruning too (MixNet), and sizes
+  Torch-Pruning cannot infer come from autograd (ShuffleNet's ``chunk``).
 
 (With ReXNet's widths inferred wrongly, the offsets shifted indices past every layer's
 width and the group walk, which follows a layer again for every new index list, did not
@@ -31,7 +33,7 @@ import torch_pruning as tp
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["MAX_MAPPED_INDICES", "MappingTooLarge", "recorded_concat_widths"]
+__all__ = ["MAX_MAPPED_INDICES", "MAX_WALKS_PER_LAYER", "MappingTooLarge", "recorded_concat_widths"]
 
 # Torch-Pruning maps channel indices through reshapes by expanding each index into
 # `stride` indices; through a chain of reshapes that do not act on channels (Swin's
@@ -48,7 +50,8 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
     def __call__(self, idxs: Any) -> Any:
         if not self.reverse and len(idxs) * self._stride > MAX_MAPPED_INDICES:
             raise MappingTooLarge(
-                f"mapping {len(idxs)} channel indices through a reshape of stride {self._stride}"
+                f"its index mapping passed {MAX_MAPPED_INDICES:,} indices (mapping "
+                f"{len(idxs)} through a reshape of stride {self._stride})"
             )
         return super().__call__(idxs)
 
@@ -56,6 +59,31 @@ class _BoundedFlattenIndexMapping(tp.dependency.index_mapping._FlattenIndexMappi
 # looked up by name when Torch-Pruning builds a graph: every graph built after this import
 # is bounded (the class itself is left alone)
 tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
+
+# Torch-Pruning's group walk follows a layer again for every index list that reaches it
+# which it has not seen there before (lists that differ only in order count as new), so
+# a walk whose mappings keep producing new lists never ends. Across the sweep's
+# families a walk reaches a layer by at most 97 lists (ResNeSt; EdgeNeXt 66, most 1-10);
+# past this many the walk stops. (torchvision's maxvit_t, whose dry run fills 5 GB in
+# the walk, is not caught by it: what grows there is not known.)
+MAX_WALKS_PER_LAYER = 1024
+
+_add_dep = tp.dependency.Group.add_dep
+
+
+def _bounded_add_dep(group: Any, dep: Any, idxs: Any) -> None:
+    counts = group.__dict__.setdefault("_walks", {})
+    key = (dep.target, dep.handler)
+    counts[key] = counts.get(key, 0) + 1
+    if counts[key] > MAX_WALKS_PER_LAYER:
+        raise MappingTooLarge(
+            f"its group walk reached one layer by more than {MAX_WALKS_PER_LAYER:,} "
+            "different index lists"
+        )
+    _add_dep(group, dep, idxs)
+
+
+tp.dependency.Group.add_dep = _bounded_add_dep
 
 _update_concat_index_mapping = tp.dependency.index_mapping.update_concat_index_mapping
 

@@ -45,7 +45,7 @@ from metaprune.models.channel_plan import (
     sync_derived_widths,
 )
 from metaprune.pruning._floor import FlooredPruner
-from metaprune.pruning._tp_fixes import MAX_MAPPED_INDICES, MappingTooLarge, recorded_concat_widths
+from metaprune.pruning._tp_fixes import MappingTooLarge, recorded_concat_widths
 from metaprune.pruning.targets import find_classifier, forget_cached_tensors, meta_copy
 
 __all__ = [
@@ -99,12 +99,19 @@ def _qkv_width(module: nn.Module) -> int | None:
     return None
 
 
+def _head_first(module: nn.Module) -> bool:
+    """timm's ``head_first`` attention (MaxxViT's ``rw`` models) lays its ``qkv`` output
+    out as ``heads x (q, k, v)``: Torch-Pruning's head groups would take different
+    channels from a head's q, k and v, so such a ``qkv`` keeps its width."""
+    return bool(getattr(module, "head_first", False)) and _qkv_width(module) is not None
+
+
 def _fused_qkv_modules(model: nn.Module) -> list[nn.Module]:
     """Attention modules with a fused ``qkv`` layer whose output is ``3 x heads x dim``."""
     found = []
     for module in model.modules():
         heads, width = head_attrs(module), _qkv_width(module)
-        if heads is None or width is None:
+        if heads is None or width is None or _head_first(module):
             continue
         dim = heads.get("head_dim", heads.get("dim_head"))
         if dim is not None and width == 3 * heads["num_heads"] * dim:
@@ -155,6 +162,7 @@ def make_pruner(
             raise InvalidInputError(
                 f"frozen layer {path!r} is not a module of {type(model).__name__}"
             ) from None
+    ignored += [m.qkv for m in model.modules() if _head_first(m)]
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     # Torch-Pruning warns of every bare parameter; the graph's traced pass records the
     # true widths of the concatenations it meets
@@ -298,8 +306,7 @@ def _untraceable(model: nn.Module, err: BaseException) -> InvalidInputError:
     if isinstance(err, MappingTooLarge):
         why = (
             "its forward reshapes tensors across the channel axis (e.g. window partitions) "
-            "in a way Torch-Pruning cannot follow channel by channel (its index mapping "
-            f"passed {MAX_MAPPED_INDICES:,} indices)"
+            f"in a way Torch-Pruning cannot follow channel by channel ({err})"
         )
     elif reshape:
         why = (

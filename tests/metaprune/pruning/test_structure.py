@@ -373,3 +373,51 @@ def test_shufflenet_prunes_inside_its_branches_and_freezes_the_shuffle() -> None
         assert branch[5].out_channels == was[5].out_channels  # what enters the shuffle
     assert any(s[0].branch2[0].out_channels < o[0].branch2[0].out_channels
                for s, o in zip((model.stage2, model.stage3), (base.stage2, base.stage3)))  # fmt: skip
+
+
+def test_a_group_walk_that_keeps_growing_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Torch-Pruning follows a layer again for every new index list reaching it (MaxViT:
+    memory full after minutes); past ``MAX_WALKS_PER_LAYER`` the dry run refuses. The
+    tiny ViT's heads reach its layers by up to 10 lists."""
+    from metaprune.pruning import _tp_fixes
+
+    model, x = _TinyViT().eval(), torch.randn(1, 3, 8, 8)
+    assert check_prunable(model, x).frozen == ()  # the real bound leaves it alone
+    monkeypatch.setattr(_tp_fixes, "MAX_WALKS_PER_LAYER", 8)
+    with pytest.raises(InvalidInputError, match="Torch-Pruning cannot trace _TinyViT") as err:
+        check_prunable(model, x)
+    assert "reached one layer by more than 8 different index lists" in str(err.value)
+
+
+class _HeadFirstAttention(nn.Module):
+    """Patch conv, one timm MaxxViT ``AttentionCl`` with ``head_first`` (qkv laid out as
+    heads x (q, k, v)), an MLP, a pooled head."""
+
+    def __init__(self, head_first: bool) -> None:
+        super().__init__()
+        from timm.models.maxxvit import AttentionCl
+
+        self.patch = nn.Conv2d(3, 16, 2, stride=2)
+        self.attn = AttentionCl(16, dim_head=8, head_first=head_first)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).permute(0, 2, 3, 1)
+        x = x + self.attn(x)
+        return self.head((x + self.mlp(x)).mean((1, 2)))
+
+
+def test_a_head_first_qkv_keeps_its_width() -> None:
+    """Torch-Pruning's head groups take the same positions from each head's chunk of
+    the qkv output: right for timm's ``(q, k, v) x heads`` layout, wrong for
+    ``head_first``'s ``heads x (q, k, v)`` (MaxxViT's ``rw`` models crashed mid-job)."""
+    assert len(attention_heads(_HeadFirstAttention(head_first=False))) == 1
+    model = _HeadFirstAttention(head_first=True).eval()
+    assert attention_heads(model) == {}
+    x = torch.randn(1, 3, 8, 8)
+    assert progressive_prune(model, x, 1.2, steps=4, normalizer="sum")[-1].reached
+    assert model.attn.qkv.out_features == 48 and model.attn.num_heads == 2
+    assert model.mlp[0].out_features < 32
