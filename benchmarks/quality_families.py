@@ -103,7 +103,7 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
     model, spec = heldout_mod.load(h)
     out: dict[str, dict[str, Any]] = {}
     base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT)
-    for t in targets:
+    for t in [] if a.oracle_only else targets:
         config = dataclasses.replace(base, target=Target("macs", t))
         result, rec = _run(h.path, None, config)
         out.setdefault("default", {})[str(t)] = rec
@@ -123,7 +123,7 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
             log(f"{h.name} b0 {t}x today-0: {100 * out['today-0'][str(t)]['test']:.1f}")
     if budget > 0 and a.oracle:
         splits = get_dataset("digits", seed=0)
-        for reg in PruneConfig().sparse.auto_grid:
+        for reg in a.oracle_regs or PruneConfig().sparse.auto_grid:
             config = PruneConfig(method="group-l2-sl", sparse=SparseTraining(reg=reg),
                                  before_pruning=FinetuneBudget(epochs=budget))  # fmt: skip
             train, val, _ = make_loaders(splits, config.batch_size, config.seed)
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-method", default="auto", choices=["auto", "group-l2"],
                    help="how the fixed-reg rows prune: the default's criterion search (auto) or "
                    "group-L2 normalisers only (group-l2, the first run's oracle)")
+    p.add_argument("--oracle-regs", type=float, nargs="+", help="fixed-reg rows for these strengths only")
+    p.add_argument("--oracle-only", action="store_true", help="no default rows (add oracle rows to a run)")
     p.add_argument("--finetune", type=float, nargs="*", default=[], help="targets fine-tuned after")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")
