@@ -351,7 +351,8 @@ def prune(
     def score_copy(m: nn.Module, calib_loader: Any = None, val_loader: Any = None) -> float:
         # recalibrating in place is harmless to a reused winner: every recalibration
         # resets the statistics it estimates (bn.py)
-        calib_loader, val_loader = calib_loader or proxy_calib, val_loader or proxy_val
+        calib_loader = proxy_calib if calib_loader is None else calib_loader
+        val_loader = proxy_val if val_loader is None else val_loader
         recalibrate_bn(m, calib_loader, len(calib_loader), device, exact=False, on_batch=tick)
         return evaluate(m, val_loader, device, on_batch=tick)
 
