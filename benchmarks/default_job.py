@@ -15,6 +15,7 @@ rows); results go to ``benchmarks/scale/default_job_<tag>.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help="importance.calibration_images (taylor / hessian gradients); default: the library's")  # fmt: skip
     a = p.parse_args(argv)
     a.out = a.out / f"default_job_{a.tag}.json"
     torch.set_num_threads(1)
@@ -54,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
                                      after_pruning=FinetuneBudget(epochs=0))  # fmt: skip
+                if a.calibration_images is not None:  # only then: older configs lack the key
+                    from metaprune.pruning import ImportanceOptions
+
+                    config = dataclasses.replace(
+                        config, importance=ImportanceOptions(calibration_images=a.calibration_images)
+                    )
                 start = time.perf_counter()
                 report = prune(h.path, "digits", config).report
                 results = json.loads(a.out.read_text()) if a.out.exists() else {}
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     "macs_speedup": report["speedup"]["macs"],
                     "normalizer": report["stages"]["prune"]["normalizer"],
                     "seconds": time.perf_counter() - start, "stage_seconds": report["stage_seconds"],
+                    "criterion": report.get("method_choice", {}).get("criterion"),
+                    "trials": report["stages"]["prune"].get("criterion_search", {}).get("trials"),
                 }  # fmt: skip
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 a.out.write_text(json.dumps(results, indent=1))

@@ -412,8 +412,9 @@ def test_default_image_budgets_shrink_at_a_large_input_and_explicit_ones_do_not(
     assert pipeline._default_budget("importance.search_images",
                                     pipeline._search_images(180, 64, large), large) == 32  # fmt: skip
     assert pipeline._search_images(10_000, 64, digits) == 64
-    # gradients cost ~3 forwards an image: 16 at 224 px (not 27), 64 below
-    assert pipeline._default_budget("importance.calibration_images", 64, large) == 16
+    # gradients cost ~3 forwards an image: their floor (32) at 224 px, 64 below
+    assert pipeline._default_budget("importance.calibration_images", 64, large) == 32
+    assert pipeline._default_budget("importance.calibration_images", 64, 3 * 128 * 128) == 32
     assert pipeline._default_budget("importance.calibration_images", 64, 3 * 64 * 64) == 64
     assert pipeline._default_budget("pruning.curve_images", 32, large) == 27
 
