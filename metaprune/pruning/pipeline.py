@@ -418,6 +418,7 @@ def prune(
             # per-sample gradients report per chunk: at most one unit per image
             models = 1 + (ctx.reference is not None)
             units = models * (proxy_units * len(candidates) + (len(grads.calibration.dataset) if kinds else 0))
+            units += len(val) if ctx.reference is not None else 0  # the reference's accuracy
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
@@ -431,7 +432,7 @@ def prune(
                                            "other_search": ref_found if keep else found}  # fmt: skip
                 if not keep:
                     model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
-                    prepared_val = evaluate(model, val, device)  # step 0 of the curve
+                    prepared_val = evaluate(model, val, device, on_batch=meter.tick)  # curve step 0
             prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
