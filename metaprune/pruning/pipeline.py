@@ -450,6 +450,7 @@ def prune(
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0
             units *= 1 + (ctx.reference is not None)
+            units += len(val) if ctx.reference is not None else 0  # the reference's accuracy
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
@@ -463,7 +464,7 @@ def prune(
                                            "other_search": ref_found if keep_prepared else found}  # fmt: skip
                 if not keep_prepared:
                     model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
-                    prepared_val = evaluate(model, val, device)  # step 0 of the curve
+                    prepared_val = evaluate(model, val, device, on_batch=meter.tick)  # curve step 0
             prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
