@@ -16,9 +16,9 @@ two epochs and ended 55 points behind it after ten; issue 20), so a short trial 
 decides which strength trains on. Instead the **prior's strength** (0.03, the
 hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x,
 the hindsight-best at 3x on ResNet-20s; no strength is best on every model: issue 20) is
-the incumbent and trains most of the budget; its grid neighbours are challengers that train one epoch each on the same learning-rate
-schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs, none below
-5). Every checkpoint is scored: the model as given (the 0-epoch path), the incumbent after
+the incumbent and trains most of the budget; its grid neighbours are challengers that
+train one epoch each on the same learning-rate schedule (``sparse.search_fraction`` of the
+budget at most: two in 10 epochs, none below 5). Every checkpoint is scored: the model as given (the 0-epoch path), the incumbent after
 one epoch (the challengers' matched point), each challenger, the incumbent at the end. The
 incumbent's last checkpoint is the prepared model unless another one beats it beyond noise
 (one standard error on the proxy's validation images,
