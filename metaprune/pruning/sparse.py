@@ -5,23 +5,23 @@ backward pass, Torch-Pruning's ``GroupNormPruner`` adds the gradient of a group-
 penalty that drives whole unimportant channel groups towards zero, so that a magnitude
 criterion can later remove them cheaply.
 
-``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is
-model-, budget- and target-dependent, and its working range is narrow (on ``digits``
-ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; of two
-held-out ResNet-56s one wants 0.03, the other 0.1), so it is judged by **what the job
-delivers**: a proxy prunes a copy to the requested target, recalibrates BatchNorm and
-scores it on the validation split. But prunability after one or two epochs does not rank
-strengths as the whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after
-two epochs and ended 55 points behind it after ten; issue 20), so a short trial never
-decides which strength trains on. Instead the **prior's strength** (0.03, the
-hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x,
-the hindsight-best at 3x on ResNet-20s; no strength is best on every model: issue 20) is
-the incumbent and trains most of the budget; its grid neighbours are challengers that
-train one epoch each on the same learning-rate schedule (``sparse.search_fraction`` of the
-budget at most: two in 10 epochs, none below 5). Every checkpoint is scored: the model as given (the 0-epoch path), the incumbent after
-one epoch (the challengers' matched point), each challenger, the incumbent at the end. The
-incumbent's last checkpoint is the prepared model unless another one beats it beyond noise
-(one standard error on the proxy's validation images,
+``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is model-,
+budget- and target-dependent, and its working range is narrow (on ``digits`` ResNet-20s, 10
+epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; of two held-out
+ResNet-56s one wants 0.03, the other 0.1), so it is judged by **what the job delivers**: a
+proxy prunes a copy to the requested target, recalibrates BatchNorm and scores it on the
+validation split. But prunability after one or two epochs does not rank strengths as the
+whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after two epochs and
+ended 55 points behind it after ten; issue 20), so a short trial never decides which
+strength trains on. Instead the **prior's strength** (0.03, the hindsight-best at 2x on
+held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x, the hindsight-best at 3x on
+ResNet-20s; no strength is best on every model: issue 20) is the incumbent and trains most
+of the budget; its grid neighbours are challengers that train one epoch each on the same
+learning-rate schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs,
+none below 5). Every checkpoint is scored: the model as given (the 0-epoch path), the
+incumbent after one epoch (the challengers' matched point), each challenger, the incumbent
+at the end. The incumbent's last checkpoint is the prepared model unless another one beats
+it beyond noise (one standard error on the proxy's validation images,
 :func:`~metaprune.pruning.choose.within_noise`): only what was measured can displace it,
 nothing is extrapolated. ``epochs_trained`` counts every trial and never exceeds the budget
 the user set. Nothing here can see the test split: the method context carries only the
