@@ -5,23 +5,23 @@ backward pass, Torch-Pruning's ``GroupNormPruner`` adds the gradient of a group-
 penalty that drives whole unimportant channel groups towards zero, so that a magnitude
 criterion can later remove them cheaply.
 
-``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is
-model-, budget- and target-dependent, and its working range is narrow (on ``digits``
-ResNet-20s, 10 epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; on
-held-out ResNet-56s a fixed 0.1 wins at 3x and loses at 2x), so it is judged by **what the
-job delivers**: a proxy prunes a copy to the requested target, recalibrates BatchNorm and
-scores it on the validation split. But prunability after one or two epochs does not rank
-strengths as the whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after
-two epochs and ended 55 points behind it after ten; issue 20), so a short trial never
-decides which strength trains on. Instead the **prior's strength** (0.03, the
-hindsight-best at 2x on held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x,
-the hindsight-best at 3x on two of them) is the incumbent and trains most of the budget;
-its grid neighbours are challengers that train one epoch each on the same learning-rate
-schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs, none below
-5). Every checkpoint is scored: the model as given (the 0-epoch path), the incumbent after
-one epoch (the challengers' matched point), each challenger, the incumbent at the end. The
-incumbent's last checkpoint is the prepared model unless another one beats it beyond noise
-(one standard error on the proxy's validation images,
+``search_reg`` implements ``SparseTraining(reg="auto")``. The strength that works is model-,
+budget- and target-dependent, and its working range is narrow (on ``digits`` ResNet-20s, 10
+epochs: 5e-4 does nothing, 0.1 is right, 0.2 destroys the network; of two held-out
+ResNet-56s one wants 0.03, the other 0.1), so it is judged by **what the job delivers**: a
+proxy prunes a copy to the requested target, recalibrates BatchNorm and scores it on the
+validation split. But prunability after one or two epochs does not rank strengths as the
+whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after two epochs and
+ended 55 points behind it after ten; issue 20), so a short trial never decides which
+strength trains on. Instead the **prior's strength** (0.03, the hindsight-best at 2x on
+held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x, the hindsight-best at 3x on
+ResNet-20s; no strength is best on every model: issue 20) is the incumbent and trains most
+of the budget; its grid neighbours are challengers that train one epoch each on the same
+learning-rate schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs,
+none below 5). Every checkpoint is scored: the model as given (the 0-epoch path), the
+incumbent after one epoch (the challengers' matched point), each challenger, the incumbent
+at the end. The incumbent's last checkpoint is the prepared model unless another one beats
+it beyond noise (one standard error on the proxy's validation images,
 :func:`~metaprune.pruning.choose.within_noise`): only what was measured can displace it,
 nothing is extrapolated. ``epochs_trained`` counts every trial and never exceeds the budget
 the user set. Nothing here can see the test split: the method context carries only the
@@ -198,10 +198,10 @@ def _challengers(n: int, prior: int) -> list[int]:
 
 
 def _prior_index(n: int, target: float) -> int:
-    """The incumbent's grid index: the middle (0.03 by default, the hindsight-best at 2x
-    on held-out ResNet-20, ResNet-56 and VGG-19 models), one step stronger from 2x * sqrt(2)
-    (~2.8x) on (0.1 at 3x: the hindsight-best there on ResNet-20 and ResNet-56, not on
-    VGG-19; issue 20, benchmarks/RESULTS.md). Never more than one step: measured at 2x and
-    3x only."""
+    """The incumbent's grid index: the middle (0.03 by default), one step stronger from
+    2x * sqrt(2) (~2.8x) on. Hindsight-best fixed strengths at 10 epochs (issue 20,
+    benchmarks/RESULTS.md): 0.03 at 2x on ResNet-20s, a ResNet-56 and a VGG-19, 0.1 on
+    another ResNet-56; at 3x 0.1 on ResNet-20s and that ResNet-56, 0.03 on the other two.
+    Never more than one step: measured at 2x and 3x only."""
     shift = 1 if target >= 2.0 * math.sqrt(2.0) else 0
     return max(0, (n - 1) // 2 - shift)
