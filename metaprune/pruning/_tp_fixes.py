@@ -219,7 +219,10 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     on_axis_1 = (widths[0] == before[1], widths[1] == after[1])
     if all(on_axis_1):  # a flatten before a classifier, or its reverse
         _update_reshape_index_mapping(graph, reshape_node)
-    elif _moves_channels(before, after) and (widths[0] == widths[1] or not any(on_axis_1)):
+    elif (
+        _moves_channels(before, after) and (widths[0] == widths[1] or not any(on_axis_1))
+        and _beside_a_transpose_of_axis_1(reshape_node)
+    ):  # fmt: skip
         _cut(reshape_node)
     else:
         try:
@@ -236,6 +239,23 @@ def _moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     wide, narrow = (after, before) if len(after) < len(before) else (before, after)
     parts = narrow[1 : len(narrow) - len(wide) + 2]
     return all(n > 1 for n in parts)
+
+
+def _beside_a_transpose_of_axis_1(node: Any) -> bool:
+    """Whether a transpose or permute that moves axis 1 follows or precedes ``node``
+    (through a ``contiguous`` copy): a channel shuffle's signature. A window partition
+    permutes the other axes (timm Swin), which the channel groups pass through."""
+    near = [*node.outputs, *node.inputs]
+    near += [m for n in list(near) for m in (*n.outputs, *n.inputs)]
+    for other in near:
+        fn = getattr(other, "grad_fn", None)
+        dims = getattr(fn, "_saved_dims", None)
+        if dims is not None and len(dims) > 1 and int(dims[1]) != 1:
+            return True
+        pair = (getattr(fn, "_saved_dim0", None), getattr(fn, "_saved_dim1", None))
+        if None not in pair and 1 in pair and pair[0] != pair[1]:
+            return True
+    return False
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
