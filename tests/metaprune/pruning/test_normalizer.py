@@ -11,12 +11,17 @@ from metaprune.pruning import FinetuneBudget, ImportanceOptions, measure_cost, p
 from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
 
 
-@pytest.mark.timeout(180)
-def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fast_config):
-    config = dataclasses.replace(
-        fast_config, importance=ImportanceOptions(normalizer="auto"),
+def _auto_at_zero_epochs(config):
+    """The job's normaliser chosen on validation, no training before or after pruning."""
+    return dataclasses.replace(
+        config, importance=ImportanceOptions(normalizer="auto"),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
     )  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fast_config):
+    config = _auto_at_zero_epochs(fast_config)
     torch.manual_seed(0)
     result = prune(model, splits, config, spec=spec)
     info = result.report["stages"]["prune"]
@@ -59,10 +64,7 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
-    config = dataclasses.replace(
-        fast_config, importance=ImportanceOptions(normalizer="auto"),
-        before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
-    )  # fmt: skip
+    config = _auto_at_zero_epochs(fast_config)
     torch.manual_seed(0)
     result = prune(model, splits, config, spec=spec)
     search = result.report["stages"]["prune"]["criterion_search"]
