@@ -120,8 +120,8 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines.insert(2, f"  WARNING    {metanet['warning']}")
     sparse = report.get("stages", {}).get("before_pruning", {}).get("reg_search")
     if sparse:
-        tried = ", ".join(f"{t['reg']:g} after {t['epochs']:g} ep: {_pct(t['val_accuracy'])}"
-                          for t in sparse["trials"])  # fmt: skip
+        tried = ", ".join(("as given" if t["role"] == "as given" else f"{t['reg']:g} after {t['epochs']:g} ep")
+                          + f": {_pct(t['val_accuracy'])}" for t in sparse["trials"])  # fmt: skip
         why = "beat the prior's beyond noise" if sparse["kept"]["displaced_incumbent"] else "the prior's"
         lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} ({why}; "
                         f"{sparse['epochs_trained']:.2f} epochs in all; pruned validation accuracy "
