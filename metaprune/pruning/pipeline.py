@@ -575,7 +575,7 @@ def prune(
 
 def _best_score(search: dict[str, Any]) -> float:
     """The chosen candidate's proxy score (a second round's, over all its images, if any)."""
-    chosen = next(t for t in search["trials"] if f"{t['criterion']}[{t['normalizer']}]" == search["chosen"])
+    chosen = next(t for t in search["trials"] if Candidate(t["criterion"], t["normalizer"]).label == search["chosen"])
     return chosen.get("final_accuracy", chosen["val_accuracy"])
 
 
