@@ -196,7 +196,15 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
       to it has (ShuffleNet's channel shuffle: a view into ``(groups, C / groups)``, a
       transpose, a view back; Torch-Pruning passed indices straight through, or divided
       by zero): no channel-by-channel mapping exists, so the groups stop there
-      (:func:`_cut`).
+      (:func:`_cut`);
+    * the channel axis is split into ``(..., C)`` and the layers on that side are ``C``
+      wide: the layout is ``r * C + c`` (ResNeSt's radix split), so channel ``k`` is
+      ``k % C`` (:class:`_InnerAxisMapping`), where Torch-Pruning's ``k // stride``
+      removed the wrong channels (the model still ran); a side whose layers see the
+      whole flat width maps channels one to one;
+    * only size-1 axes come or go: the layout is unchanged, channels pass through
+      (Torch-Pruning's width guesses across MaxViT's attention, an einsum traced as
+      views, multiplied index lists until its dry run filled 5 GB).
     """
     shapes = _reshape_shapes(getattr(reshape_node, "grad_fn", None))
     if shapes is None:
@@ -205,9 +213,11 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     before, after = shapes
     last_kept = before[-1:] == after[-1:]
     if _squeezed(before) == _squeezed(after):  # size-1 axes only
-        _update_reshape_index_mapping(graph, reshape_node)
         return
     if not _merges_channels(before, after):
+        squeezed = _squeezed(before), _squeezed(after)
+        if _merges_channels(*squeezed) and _radix_layout(graph, reshape_node, *squeezed):
+            return
         if not last_kept:
             _update_reshape_index_mapping(graph, reshape_node)
         return
@@ -224,11 +234,105 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
         and _beside_a_transpose_of_axis_1(reshape_node)
     ):  # fmt: skip
         _cut(reshape_node)
-    else:
+    elif not _radix_layout(graph, reshape_node, before, after):
         try:
             _update_reshape_index_mapping(graph, reshape_node)
         except ZeroDivisionError:  # it inferred a width of 0 on one side
             _cut(reshape_node)
+
+
+def _radix_layout(graph: Any, node: Any, before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Map a channel split ``(B, R * C, ...)`` <-> ``(B, R, C, ...)`` whose nearest
+    layers on the split side are ``C`` wide (channel ``k`` is ``k % C``), or are as wide
+    as the flat channels, or are behind another reshape (one to one: a view and its
+    inverse, ResNeSt's radix softmax); ``False`` for any other reshape (left to
+    Torch-Pruning)."""
+    split = len(after) > len(before)
+    wide, narrow = (before, after) if split else (after, before)
+    parts = narrow[1 : len(narrow) - len(wide) + 2]
+    width = _nearest_width(graph, node, forward=split)
+    if width is _BEHIND_A_RESHAPE or width == wide[1]:
+        return True  # nothing to map
+    if width != parts[-1] or width == parts[0]:
+        return False
+    for other in node.outputs if split else node.inputs:
+        for dep in node.dependencies:
+            if dep.target == other:
+                dep.index_mapping[0] = _InnerAxisMapping(width, wide[1] // width, to_inner=True)
+        for dep in other.dependencies:
+            if dep.target == node:
+                dep.index_mapping[0] = _InnerAxisMapping(width, wide[1] // width, to_inner=False)
+    return True
+
+
+_BEHIND_A_RESHAPE = object()
+
+
+def _nearest_width(graph: Any, node: Any, *, forward: bool) -> Any:
+    """The input (``forward``) or output width of the nearest layer after (before)
+    ``node`` through element-wise ops that keep the memory layout (not a transpose of
+    two axes wider than 1: ShuffleNet's); :data:`_BEHIND_A_RESHAPE` if another reshape
+    comes first, ``None`` if neither is found."""
+    frontier, seen = list(node.outputs if forward else node.inputs), set()
+    for _ in range(16):
+        following = []
+        for n in frontier:
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            width = graph.get_in_channels(n) if forward else graph.get_out_channels(n)
+            if width is not None:
+                return int(width)
+            if n.type == tp.ops.OPTYPE.RESHAPE:
+                return _BEHIND_A_RESHAPE
+            if n.type != tp.ops.OPTYPE.ELEMENTWISE or not _keeps_layout(n.grad_fn):
+                return None
+            following += n.outputs if forward else n.inputs
+        frontier = following
+    return None
+
+
+def _keeps_layout(grad_fn: Any) -> bool:
+    """Whether a traced op leaves the memory order of its elements alone: anything but a
+    transpose or permute that reorders axes wider than 1."""
+    try:
+        shape = tuple(int(n) for n in grad_fn._input_metadata[0].shape)  # its output
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return True
+    rank = len(shape)
+    dims = getattr(grad_fn, "_saved_dims", None)
+    if dims is not None:
+        order = [_axis(d, rank) for d in dims]
+    elif getattr(grad_fn, "_saved_dim0", None) is not None:
+        order = list(range(rank))
+        a, b = _axis(grad_fn._saved_dim0, rank), _axis(grad_fn._saved_dim1, rank)
+        order[a], order[b] = order[b], order[a]
+    else:
+        return True
+    if len(order) != rank:
+        return True  # not a permutation of this tensor (a reduction's dims)
+    wide = [axis for axis, n in zip(order, shape) if n != 1]
+    return wide == sorted(wide)
+
+
+def _axis(dim: Any, rank: int) -> int:
+    """An axis autograd saved (negative ones may come back as unsigned 64-bit ints)."""
+    dim = int(dim)
+    return (dim - (1 << 64) if dim >= 1 << 63 else dim) % rank
+
+
+class _InnerAxisMapping:
+    """Channel ``k`` of a flat ``R x C`` layout (``k = r * C + c``) <-> channel ``c``."""
+
+    def __init__(self, inner: int, count: int, *, to_inner: bool) -> None:
+        self.inner, self.count, self.to_inner = inner, count, to_inner
+
+    def __call__(self, idxs: Any) -> list[Any]:
+        index = tp._helpers._HybridIndex
+        if self.to_inner:  # each channel once (the R layout channels of c map to one c)
+            return list({i.idx % self.inner: index(i.idx % self.inner, i.root_idx)
+                         for i in reversed(idxs)}.values())  # fmt: skip
+        return [index(i.idx + r * self.inner, i.root_idx) for i in idxs for r in range(self.count)]
 
 
 def _moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
