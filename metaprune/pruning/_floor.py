@@ -35,6 +35,22 @@ __all__ = ["FlooredPruner"]
 _PLAIN = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 
 
+def _each_index_once(group: tp.dependency.Group) -> tp.dependency.Group:
+    """``group`` with each layer's indices listed once. A walk that reaches a layer's
+    channel from two root channels (SKNet's kernel paths, through its radix-split
+    attention) lists it twice, and Torch-Pruning's pruners subtract the list's length
+    from the width attribute: ``in_channels`` fell below the weight's width, which the
+    channel plan then rebuilt wrong."""
+    for i, item in enumerate(group.items):
+        seen: set[int] = set()
+        keep = [j for j, idx in enumerate(item.idxs) if not (idx in seen or seen.add(idx))]
+        if len(keep) < len(item.idxs):
+            roots = item.root_idxs
+            group[i] = tp._helpers.GroupItem(item.dep, [item.idxs[j] for j in keep])
+            group[i].root_idxs = [roots[j] for j in keep]
+    return group
+
+
 class FlooredPruner(tp.pruner.BasePruner):
     """A ``BasePruner`` whose layers keep at least
     ``max(min_channels, ceil((1 - max_layer_ratio) * initial width))`` channels, rounded up
@@ -66,7 +82,7 @@ class FlooredPruner(tp.pruner.BasePruner):
             protected = self._protected.get((module, self.DG.is_out_channel_pruning_fn(pruning_fn)))
             if protected:
                 idxs = [int(i) for i in idxs if int(i) not in protected]
-            return build_group(module, pruning_fn, idxs)
+            return _each_index_once(build_group(module, pruning_fn, idxs))
 
         self.DG.get_pruning_group = get_pruning_group  # type: ignore[method-assign]
 

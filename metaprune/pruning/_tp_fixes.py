@@ -202,9 +202,10 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
       ``k % C`` (:class:`_InnerAxisMapping`), where Torch-Pruning's ``k // stride``
       removed the wrong channels (the model still ran); a side whose layers see the
       whole flat width maps channels one to one;
-    * only size-1 axes come or go: the layout is unchanged, channels pass through
-      (Torch-Pruning's width guesses across MaxViT's attention, an einsum traced as
-      views, multiplied index lists until its dry run filled 5 GB).
+    * only size-1 axes come or go, or (the channel axis untouched) only the last axis
+      is split or merged, channels last: channels pass through (Torch-Pruning's width
+      guesses across MaxViT's attention, a head split and an einsum traced as views,
+      multiplied index lists until its dry run filled 5 GB).
     """
     shapes = _reshape_shapes(getattr(reshape_node, "grad_fn", None))
     if shapes is None:
@@ -218,7 +219,7 @@ def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
         squeezed = _squeezed(before), _squeezed(after)
         if _merges_channels(*squeezed) and _radix_layout(graph, reshape_node, *squeezed):
             return
-        if not last_kept:
+        if not (last_kept or _only_last_axes(*squeezed)):
             _update_reshape_index_mapping(graph, reshape_node)
         return
     widths = _inferred_widths(graph, reshape_node)
@@ -271,8 +272,9 @@ _BEHIND_A_RESHAPE = object()
 def _nearest_width(graph: Any, node: Any, *, forward: bool) -> Any:
     """The input (``forward``) or output width of the nearest layer after (before)
     ``node`` through element-wise ops that keep the memory layout (not a transpose of
-    two axes wider than 1: ShuffleNet's); :data:`_BEHIND_A_RESHAPE` if another reshape
-    comes first, ``None`` if neither is found."""
+    two axes wider than 1: ShuffleNet's) and reshapes of size-1 axes;
+    :data:`_BEHIND_A_RESHAPE` if another reshape comes first, ``None`` if neither is
+    found."""
     frontier, seen = list(node.outputs if forward else node.inputs), set()
     for _ in range(16):
         following = []
@@ -284,8 +286,11 @@ def _nearest_width(graph: Any, node: Any, *, forward: bool) -> Any:
             if width is not None:
                 return int(width)
             if n.type == tp.ops.OPTYPE.RESHAPE:
-                return _BEHIND_A_RESHAPE
-            if n.type != tp.ops.OPTYPE.ELEMENTWISE or not _keeps_layout(n.grad_fn):
+                shapes = _reshape_shapes(n.grad_fn)
+                if shapes is None or _squeezed(shapes[0]) != _squeezed(shapes[1]):
+                    return _BEHIND_A_RESHAPE
+                # size-1 axes only (a flatten after pooling): channels pass through
+            elif n.type != tp.ops.OPTYPE.ELEMENTWISE or not _keeps_layout(n.grad_fn):
                 return None
             following += n.outputs if forward else n.inputs
         frontier = following
@@ -333,6 +338,18 @@ class _InnerAxisMapping:
             return list({i.idx % self.inner: index(i.idx % self.inner, i.root_idx)
                          for i in reversed(idxs)}.values())  # fmt: skip
         return [index(i.idx + r * self.inner, i.root_idx) for i in idxs for r in range(self.count)]
+
+
+def _only_last_axes(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape keeps the last axis, or splits it (merges into it) and keeps
+    every axis before it: channels last, the flat channel index is unchanged (MaxViT's
+    head split ``(B, G, P, D)`` -> ``(B, G, P, heads, D / heads)``; its einsum's views of
+    the batch axes)."""
+    if before[-1:] == after[-1:]:
+        return True
+    short, long = sorted((before, after), key=len)
+    head = len(short) - 1
+    return short[:head] == long[:head] and math.prod(long[head:]) == short[-1]
 
 
 def _moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:

@@ -9,6 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from metaprune.models import apply_channel_plan, channel_plan_of
+from metaprune.pruning.progressive import progressive_prune
 from metaprune.pruning.structure import check_prunable, make_pruner
 
 split_attn = pytest.importorskip("timm.layers.split_attn")
@@ -80,3 +82,91 @@ def test_a_radix_split_passes_the_dry_run_unfrozen() -> None:
     model = _splat()
     structure = check_prunable(model, torch.randn(1, 3, 8, 8), ignored_layers=[model[4]])
     assert structure.frozen == ()
+
+
+def _tiny_maxvit() -> nn.Module:
+    """torchvision MaxViT, one block of one layer, 2x2 windows of 7x7 at 56 px."""
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    return MaxVit(input_size=(56, 56), stem_channels=8, partition_size=7, block_channels=[16],
+                  block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=4).eval()  # fmt: skip
+
+
+def test_maxvit_prunes_its_mlps_and_convs_through_its_partitions() -> None:
+    """MaxViT's attention is an einsum, traced as views that only add or drop size-1 axes;
+    Torch-Pruning took them for flattens and its index lists multiplied (maxvit_t's dry
+    run filled 5 GB). They pass channels through now: the MBConv and MLP hidden widths are
+    pruned; the residual stream, which the attention reads back as its own width, is
+    frozen by name; the rebuild computes the same."""
+    model, x = _tiny_maxvit(), torch.randn(1, 3, 56, 56)
+    base = copy.deepcopy(model)
+    structure = check_prunable(model, x)
+    frozen = structure.frozen_modules
+    layer = "blocks.0.layers.0.layers"
+    assert f"{layer}.MBconv.layers.conv_c" in frozen and f"{layer}.grid_attention.mlp_layer.3" in frozen
+    assert f"{layer}.MBconv.layers.conv_a.0" not in frozen
+    history = progressive_prune(model, x, 1.5, steps=4, normalizer="sum", frozen=frozen)
+    assert history[-1].reached
+    block = model.blocks[0].layers[0].layers
+    mbconv = block.MBconv.layers
+    assert mbconv.conv_a[0].out_channels == mbconv.conv_b[0].out_channels == mbconv.conv_c.in_channels
+    assert mbconv.conv_a[0].out_channels < 64 and mbconv.conv_c.out_channels == 16
+    for part in (block.window_attention, block.grid_attention):
+        assert part.mlp_layer[1].out_features == part.mlp_layer[3].in_features
+        assert part.attn_layer[1].to_qkv.weight.shape == (48, 16)
+    assert any(p.mlp_layer[1].out_features < 64 for p in (block.window_attention, block.grid_attention))
+    rebuilt = apply_channel_plan(_tiny_maxvit(), channel_plan_of(model, base))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def _tiny_sknet() -> nn.Sequential:
+    """Stem, timm's SelectiveKernel (two kernel paths, split input, radix-split
+    attention), a 1x1 classifier conv."""
+    from timm.layers import SelectiveKernel
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        SelectiveKernel(16, 16, rd_divisor=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()  # fmt: skip
+
+
+def test_selective_kernels_prune_through_their_radix_split_attention() -> None:
+    """SKNet's attention selects between its kernel paths through the same ``r * C + c``
+    split as ResNeSt: ``fc_select`` loses channel ``c`` of every path (the dry run froze
+    the paths before: skresnet18 was refused)."""
+    model, x = _tiny_sknet(), torch.randn(1, 3, 16, 16)
+    base = copy.deepcopy(model)
+    structure = check_prunable(model, x)
+    assert progressive_prune(model, x, 1.5, steps=4, normalizer="sum",
+                             frozen=structure.frozen_modules)[-1].reached  # fmt: skip
+    sk = model[3]
+    for conv in (*[p.conv for p in sk.paths], sk.attn.fc_reduce, sk.attn.fc_select):
+        assert conv.weight.shape[0] == conv.out_channels
+        assert conv.weight.shape[1] * conv.groups == conv.in_channels
+    assert sk.paths[0].conv.out_channels < 16
+    assert sk.attn.fc_select.out_channels == 2 * sk.paths[0].conv.out_channels
+    rebuilt = apply_channel_plan(_tiny_sknet(), channel_plan_of(model, base))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_an_index_listed_twice_is_pruned_once() -> None:
+    """A group walk can reach a layer's channel from two root channels (skresnet18's
+    kernel paths did); Torch-Pruning subtracts the list's length from ``out_channels``,
+    which fell below the weight's width and the channel plan then rebuilt it wrong after
+    the whole job. The pruner lists each index once."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = make_pruner(model, x, tp.importance.GroupMagnitudeImportance(),
+                         ignored_layers=[model[2]], pruning_ratio=0.5)  # fmt: skip
+    group = pruner.DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [1, 1, 5, 1])
+    assert [list(item.idxs) for item in group] == [[1, 5]] * len(group)
+    group.prune()
+    assert model[0].out_channels == model[0].weight.shape[0] == 6
+    assert model[2].in_channels == model[2].weight.shape[1] == 6
