@@ -6,8 +6,10 @@ splits, slices and reshapes. Where its mapping is wrong or unbounded, the fix is
 each one the smallest change to the function or class Torch-Pruning looks up by name:
 
 * reshapes: checked against the shapes autograd recorded (:func:`_reshape_index_mapping`):
-  window partitions pass channels through (torchvision Swin), a channel shuffle is a
-  boundary groups stop at (ShuffleNet), and index lists that still multiply are bounded;
+  window partitions, head splits and einsum views pass channels through (torchvision
+  Swin, MaxViT), a channel shuffle is a boundary groups stop at (ShuffleNet), a radix
+  split ``r * C + c`` maps channel ``k`` to ``k % C`` (ResNeSt, SKNet), and index lists
+  that still multiply are bounded;
 * the group walk: a layer reached by too many different index lists stops it;
 * concatenations: input widths are recorded from the traced forward pass
   (:func:`recorded_concat_widths`) instead of inferred from neighbouring layers, which
@@ -64,8 +66,9 @@ tp.dependency.index_mapping._FlattenIndexMapping = _BoundedFlattenIndexMapping
 # which it has not seen there before (lists that differ only in order count as new), so
 # a walk whose mappings keep producing new lists never ends. Across the sweep's
 # families a walk reaches a layer by at most 97 lists (ResNeSt; EdgeNeXt 66, most 1-10);
-# past this many the walk stops. (torchvision's maxvit_t, whose dry run fills 5 GB in
-# the walk, is not caught by it: what grows there is not known.)
+# past this many the walk stops. (It did not catch torchvision's maxvit_t, whose walk
+# filled 5 GB with few, long lists: Torch-Pruning mapped its attention's head split and
+# einsum views as flattens of stride 3 and 32; they pass channels through now.)
 MAX_WALKS_PER_LAYER = 1024
 
 _add_dep = tp.dependency.Group.add_dep

@@ -101,21 +101,35 @@ def test_maxvit_prunes_its_mlps_and_convs_through_its_partitions() -> None:
     frozen by name; the rebuild computes the same."""
     model, x = _tiny_maxvit(), torch.randn(1, 3, 56, 56)
     base = copy.deepcopy(model)
+    graph = make_pruner(model, x, tp.importance.RandomImportance(), ignored_layers=[]).DG
+    tp.dependency.index_mapping.update_index_mapping(graph)
+    flatten = tp.dependency.index_mapping._FlattenIndexMapping  # (our bounded subclass)
+    mappings = [
+        m for n in graph.module2node.values() for d in n.dependencies for m in d.index_mapping
+    ]
+    assert not any(isinstance(m, flatten) for m in mappings)  # its head split had stride 3
     structure = check_prunable(model, x)
     frozen = structure.frozen_modules
     layer = "blocks.0.layers.0.layers"
-    assert f"{layer}.MBconv.layers.conv_c" in frozen and f"{layer}.grid_attention.mlp_layer.3" in frozen
+    assert (
+        f"{layer}.MBconv.layers.conv_c" in frozen
+        and f"{layer}.grid_attention.mlp_layer.3" in frozen
+    )
     assert f"{layer}.MBconv.layers.conv_a.0" not in frozen
     history = progressive_prune(model, x, 1.5, steps=4, normalizer="sum", frozen=frozen)
     assert history[-1].reached
     block = model.blocks[0].layers[0].layers
     mbconv = block.MBconv.layers
-    assert mbconv.conv_a[0].out_channels == mbconv.conv_b[0].out_channels == mbconv.conv_c.in_channels
+    assert (
+        mbconv.conv_a[0].out_channels == mbconv.conv_b[0].out_channels == mbconv.conv_c.in_channels
+    )
     assert mbconv.conv_a[0].out_channels < 64 and mbconv.conv_c.out_channels == 16
     for part in (block.window_attention, block.grid_attention):
         assert part.mlp_layer[1].out_features == part.mlp_layer[3].in_features
         assert part.attn_layer[1].to_qkv.weight.shape == (48, 16)
-    assert any(p.mlp_layer[1].out_features < 64 for p in (block.window_attention, block.grid_attention))
+    assert any(
+        p.mlp_layer[1].out_features < 64 for p in (block.window_attention, block.grid_attention)
+    )
     rebuilt = apply_channel_plan(_tiny_maxvit(), channel_plan_of(model, base))
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
