@@ -299,9 +299,9 @@ def test_sliced_residuals_prune_without_freezing_and_rebuild() -> None:
     ((8, 4, 4, 8), (2, 4, 4, 4, 8), False),  # another batch size
 ])  # fmt: skip
 def test_only_reshapes_of_the_channel_axis_are_mapped(before, after, merges) -> None:
-    from metaprune.pruning import _tp_fixes
+    from metaprune.pruning import _tp_reshape
 
-    assert _tp_fixes._merges_channels(before, after) is merges
+    assert _tp_reshape._merges_channels(before, after) is merges
 
 
 def test_traced_split_sizes_come_from_autograd() -> None:
