@@ -45,8 +45,8 @@ def _merges_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
 def _reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     """Torch-Pruning's reshape mapping, corrected by the shapes autograd recorded.
     Torch-Pruning infers the widths on either side from the neighbouring layers and maps
-    any two that differ as a flatten (channel ``c`` <-> ``c * stride ...``). Two cases
-    where that is wrong, found from the traced shapes:
+    any two that differ as a flatten (channel ``c`` <-> ``c * stride ...``). Where that is
+    wrong, found from the traced shapes:
 
     * the last axis is unchanged and the channel axis is not touched (torchvision Swin's
       window partitions and attention views, channels last): nothing is mapped, the
