@@ -12,7 +12,8 @@ CPU seconds, not wall (the machine is shared):
 * **batch**: an eval forward of 64 images in batches of 64, 27 and 13 (2 threads);
 * **threads**: the job's taylor + hessian gradient pass (``GradientCache``, 16 images at
   224) and an eval forward of 27 images, each on 1 and on 2 torch threads, twice, in CPU
-  and wall seconds (``--parts threads`` runs this part alone).
+  and wall seconds (``--parts threads`` runs this part alone; ``--model vit_b_16`` on
+  another torchvision model), with the load average before and after.
 
 Prints one JSON object; the figures are in ``benchmarks/RESULTS.md``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import sys
 import time
@@ -108,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads"])
+    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
     if "threads" in a.parts:
-        model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build().eval()
-        out = {f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)}
+        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
+        out = {"model": a.model, "load_before": os.getloadavg()}
+        out.update({f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)})
+        out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
         return 0
     torch.set_num_threads(1)
