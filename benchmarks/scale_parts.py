@@ -108,7 +108,7 @@ def _count_costs(model: torch.nn.Module) -> dict[str, Any]:
         start = _cpu()
         result = [count(model, example) for _ in range(3)][-1]
         out[f"{name}_cpu_s"] = (_cpu() - start) / 3
-        out[f"{name}_macs"] = int(result[0])
+        out[f"{name}_macs"] = int(result.macs if name == "measure_cost" else result[0])
     counting = [0.0, 0]
 
     def timed(*args: Any) -> Any:
