@@ -14,7 +14,8 @@ peak RSS is the job's: seeded ``synthetic`` data at 224 (256 train / 64 val / 64
   CPU ratio is the one that survives other processes' load);
 * **our job**: ``prune(..., PruneConfig(target 2x MACs, 0 epochs before and after))``,
   all other settings default: wall time in units, the stage split, the longest silence
-  between two progress events, the number of events, peak RSS (``ru_maxrss``);
+  between two progress events, the number of events, peak RSS (``ru_maxrss``) and the
+  peak resident memory per stage (sampled every 50 ms; per candidate in the search);
 * **Torch-Pruning's plain one-shot ``MagnitudePruner``** on a copy of the base model
   (L2 magnitude, uniform ratio ``1 - 1/sqrt(2)``: about 2x MACs), plus one validation
   pass: our job's overhead is the ratio of the two wall times. For torchvision's ViT it
@@ -62,6 +63,35 @@ def log(*args: Any) -> None:
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def _rss_gb() -> float:
+    """Resident memory of this process now (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
+
+
+class _RssByStage:
+    """Samples the resident memory every 50 ms and keeps the peak per job stage (the stage
+    of the last progress event; ``what`` adds the candidate or task inside a search)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.label, self.peaks = "start", dict[str, float]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            rss = _rss_gb()
+            self.peaks[self.label] = max(self.peaks.get(self.label, 0.0), rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 3) for k, v in self.peaks.items()}
 
 
 def _cpu() -> float:
@@ -132,6 +162,7 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         events.append((time.perf_counter() - t0, event.stage, event.step, event.total, metrics))
         what = event.metrics.get("task") or event.metrics.get("candidate") or ""
         cpu_marks.append((_cpu(), event.stage, str(what)))
+        rss.label = f"{event.stage}:{what}" if event.stage == "criterion_search" else event.stage
 
     config = PruneConfig(
         target=Target("macs", 2.0),
@@ -139,8 +170,11 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     )  # fmt: skip
     start, cpu = time.perf_counter(), _cpu()
     job_cpu_start = cpu
+    rss_before = _rss_gb()
+    rss = _RssByStage()
     result = prune(model, splits, config, progress=progress, spec=spec)
     job, job_cpu = time.perf_counter() - start, _cpu() - cpu
+    rss_stages = rss.stop()
     rss_job = _peak_rss_gb()
     cpu_marks.append((_cpu(), "end", ""))
     log(f"{name}: job {job:.0f} s")
@@ -197,6 +231,8 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
         "longest_silence_cpu_ended_by": list(cpu_marks[cpu_worst][1:]),
         "events": len(events),
         "peak_rss_gb_after_job": rss_job,
+        "rss_gb_before_job": rss_before,
+        "peak_rss_gb_by_stage": rss_stages,  # sampled every 50 ms, by the last event's stage
         "macs_speedup": report["speedup"]["macs"],
         "target_reached": report["target_reached"],
         "normalizer": report["stages"]["prune"]["normalizer"],

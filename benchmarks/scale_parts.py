@@ -12,7 +12,12 @@ CPU seconds, not wall (the machine is shared):
 * **batch**: an eval forward of 64 images in batches of 64, 27 and 13 (2 threads);
 * **threads**: the job's taylor + hessian gradient pass (``GradientCache``, 16 images at
   224) and an eval forward of 27 images, each on 1 and on 2 torch threads, twice, in CPU
-  and wall seconds (``--parts threads`` runs this part alone).
+  and wall seconds (``--parts threads`` runs this part alone; ``--model vit_b_16`` on
+  another torchvision model), with the load average before and after;
+* **count** (``--parts count``): one ``measure_cost`` against Torch-Pruning's
+  ``count_ops_and_params`` on ResNet-50, ConvNeXt-T and ViT-B/16 at 224 (CPU s per count,
+  one thread, equal counts checked), and a group-L2 prune of each to 2x MACs (50-step
+  schedule) with the CPU seconds its counts took.
 
 Prints one JSON object; the figures are in ``benchmarks/RESULTS.md``.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import sys
 import time
@@ -85,6 +91,45 @@ def _step_costs(model: torch.nn.Module, threads: int) -> dict[str, float]:
     return {"prune": _cpu() - start, "steps": len(history) - 1, "measure_cost": count}
 
 
+def _count_costs(model: torch.nn.Module) -> dict[str, Any]:
+    """CPU s of one count (ours, Torch-Pruning's) and of a prune to 2x with its counts."""
+    import torch_pruning as tp
+
+    import metaprune.pruning.progressive as progressive
+    from metaprune.pruning import Target, progressive_prune
+    from metaprune.pruning.importance import make_importance
+    from metaprune.pruning.targets import measure_cost
+
+    example = torch.randn(1, 3, 224, 224)
+    out: dict[str, Any] = {}
+    for name, count in (("measure_cost", measure_cost),
+                        ("torch_pruning", tp.utils.count_ops_and_params)):  # fmt: skip
+        count(model, example)  # warm-up
+        start = _cpu()
+        result = [count(model, example) for _ in range(3)][-1]
+        out[f"{name}_cpu_s"] = (_cpu() - start) / 3
+        out[f"{name}_macs"] = int(result.macs if name == "measure_cost" else result[0])
+    counting = [0.0, 0]
+
+    def timed(*args: Any) -> Any:
+        start = _cpu()
+        try:
+            return measure_cost(*args)
+        finally:
+            counting[0] += _cpu() - start
+            counting[1] += 1
+
+    original, progressive.measure_cost = progressive.measure_cost, timed
+    try:
+        start = _cpu()
+        progressive_prune(copy.deepcopy(model), example, Target("macs", 2.0), steps=50,
+                          importance=make_importance("group-l2", normalizer="sum"))  # fmt: skip
+        out.update(prune_cpu_s=_cpu() - start, counts=counting[1], counts_cpu_s=counting[0])
+    finally:
+        progressive.measure_cost = original
+    return out
+
+
 def _thread_costs(model: torch.nn.Module, threads: int) -> dict[str, list[float]]:
     """[CPU s, wall s] of the gradient pass over 16 images and of a 27-image forward."""
     from metaprune.pruning.gradients import GradientCache
@@ -107,15 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     from metaprune.models import ArchSpec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads"])
+    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count"])
+    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
     if "threads" in a.parts:
-        model = ArchSpec("torchvision/resnet50", {"num_classes": 10}).build().eval()
-        out = {f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)}
+        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
+        out = {"model": a.model, "load_before": os.getloadavg()}
+        out.update({f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)})
+        out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
         return 0
     torch.set_num_threads(1)
+    if "count" in a.parts:
+        names = ("resnet50", "convnext_tiny", "vit_b_16")
+        print(json.dumps({n: _count_costs(ArchSpec(f"torchvision/{n}", {"num_classes": 10}).build().eval())
+                          for n in names}, indent=1))  # fmt: skip
+        return 0
     out: dict[str, Any] = {
         "gradients_resnet50_224_8_images": _gradient_costs(
             "torchvision/resnet50", {"num_classes": 10}, 224, 8, 3),

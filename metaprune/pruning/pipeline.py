@@ -454,6 +454,9 @@ def prune(
             meter = StageMeter(progress, cancel, "criterion_search", units)
             proxy_meter[:] = [meter]
             meter.start()
+            if kinds:  # before any copy exists: the pass's peak memory shares with nothing
+                with _one_thread():
+                    grads.gather(model)
             chosen, found, pruned = search(model)
             if ctx.reference is not None:  # the prepared model must beat it beyond noise
                 ref_chosen, ref_found, ref_pruned = search(ctx.reference)
@@ -467,6 +470,8 @@ def prune(
                     prepared_val = evaluate(model, val, device, on_batch=meter.tick)  # curve step 0
             prune_info["criterion_search"] = found  # the search of the model pruned
             meter.finish(chosen=chosen.label)
+        if kinds and pruned is not None:  # the winner's prune is reused: no more gradients
+            grads.forget()
     prune_info.update(criterion=chosen.criterion, normalizer=chosen.normalizer)
 
     # the curve: step 0 (the prepared model's accuracy, measured already), the chosen step

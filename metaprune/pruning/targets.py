@@ -1,10 +1,16 @@
 """What pruning measures: MACs, parameters, per-layer widths, and the classifier to keep.
 
-MACs and parameters come from Torch-Pruning's ``count_ops_and_params`` (multiply-
-accumulates of one forward pass on the example inputs), run on a copy on the meta device:
-the counts follow from shapes alone, so measuring a ResNet-50 at 224 after every pruning
-step costs a traversal, not a forward pass (a model whose forward reads tensor values is
-measured on real data). The paper's "speed-up" is base MACs / pruned MACs. The parameter ratio is defined the same way round (base /
+MACs and parameters are Torch-Pruning's ``count_ops_and_params`` (multiply-accumulates
+of one forward pass on the example inputs, by its per-module-type hooks), counted on a copy
+on the meta device: the counts follow from shapes alone, so measuring a ResNet-50 at 224
+after every pruning step costs a traversal, not a forward pass. The traversal calls
+Torch-Pruning's own hooks, but skips the work that only computes values of layers whose
+output shape is known without it (normalisations, activations, dropout, and
+``nn.MultiheadAttention`` without weights): on the meta device they run through Python
+decompositions, and were most of a count (a ResNet-50 at 224: 0.10 CPU s a count with
+Torch-Pruning's deep copy and BatchNorm forward, 0.02 without; ``benchmarks/RESULTS.md``,
+issue 18). A model whose forward reads tensor values is measured on real data by
+Torch-Pruning's counter itself. The paper's "speed-up" is base MACs / pruned MACs. The parameter ratio is defined the same way round (base /
 pruned), so every target is a number ``>= 1`` that grows as the model shrinks.
 """
 
@@ -12,12 +18,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
+from torch_pruning.utils import op_counter
 
 __all__ = ["Cost", "find_classifier", "forget_cached_tensors", "layer_widths", "measure_cost", "meta_copy"]
 
@@ -43,12 +53,14 @@ def forget_cached_tensors(model: nn.Module) -> None:
 
 
 def measure_cost(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> Cost:
-    """MACs and parameters of ``model`` (the model is not modified; it is copied)."""
-    forget_cached_tensors(model)  # Torch-Pruning deep-copies the model
+    """MACs and parameters of ``model`` (the model is not modified; it is copied).
+
+    Equal to ``torch_pruning.utils.count_ops_and_params(model, example_inputs)``."""
+    forget_cached_tensors(model)  # the copies are deep copies
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     try:
-        meta = meta_copy(model)
-        macs, params = tp.utils.count_ops_and_params(meta, tuple(x.to("meta") for x in inputs))
+        macs = _count_on_meta(model, tuple(x.to("meta") for x in inputs))
+        params = sum(p.numel() for p in model.parameters())
     except Exception:  # noqa: BLE001 (an op without a meta kernel, a value read): real data
         was_training = model.training
         try:
@@ -56,6 +68,77 @@ def measure_cost(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) 
         finally:
             model.train(was_training)
     return Cost(macs=int(macs), params=int(params))
+
+
+#: leaf layers whose output has their input's shape whatever their weights: on the meta
+#: device their forward only costs time (normalisations run through Python decompositions)
+_SAME_SHAPE = (
+    nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)  # fmt: skip
+_NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def _shape_only(module: nn.Module) -> Callable[..., Any] | None:
+    """A forward giving ``module``'s output shape without computing it, or ``None``.
+
+    Activations and dropout by exact type (a subclass may reshape); normalisation layers
+    by ``isinstance`` (subclasses such as a channels-first ``LayerNorm2d`` keep the shape),
+    but only leaves: a layer with children (timm's ``BatchNormAct2d``) calls them, and
+    Torch-Pruning counts what they do."""
+    if isinstance(module, nn.MultiheadAttention):
+        return functools.partial(_attention_shape, module)
+    if next(module.children(), None) is not None:
+        return None
+    if type(module) in _SAME_SHAPE or isinstance(module, _NORMS):
+        return _same_shape
+    return None
+
+
+def _same_shape(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    return x
+
+
+def _attention_shape(module: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
+                     *args: Any, need_weights: bool = True, **kwargs: Any) -> Any:  # fmt: skip
+    """``nn.MultiheadAttention``'s output: the query's shape with the output projection's
+    width (its forward never calls ``out_proj`` as a module, so no hook is skipped); with
+    ``need_weights`` the real forward (the weights' shape depends on more options)."""
+    if need_weights:
+        return nn.MultiheadAttention.forward(module, query, key, value, *args, need_weights=True, **kwargs)
+    width = module.out_proj.weight.shape[0]
+    return query.new_empty((*query.shape[:-1], width)), None
+
+
+def _count_on_meta(model: nn.Module, inputs: tuple[Tensor, ...]) -> float:
+    """Torch-Pruning's MACs count of ``model`` on ``inputs`` (on the meta device), on a
+    meta copy: its per-type hooks on the layers it knows, called on every call of each
+    (a known layer's children are its own business, as in Torch-Pruning), divided by the
+    batch size."""
+    meta = meta_copy(model).eval()
+    total = [0]
+
+    def count(hook: Callable[..., None], module: nn.Module, args: Any, output: Any) -> None:
+        module.__flops__ = 0
+        hook(module, args, output)
+        total[0] += module.__flops__
+
+    def visit(module: nn.Module) -> None:
+        hook = op_counter.MODULES_MAPPING.get(type(module))
+        if hook is not None:
+            module.register_forward_hook(functools.partial(count, hook))
+        shape = _shape_only(module)
+        if shape is not None:
+            module.forward = shape  # the copy's own (an instance attribute)
+        if hook is None:
+            for child in module.children():
+                visit(child)
+
+    visit(meta)
+    with torch.no_grad():
+        meta(*inputs)
+    return total[0] / len(inputs[0])
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

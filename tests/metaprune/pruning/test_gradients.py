@@ -107,6 +107,26 @@ def test_cache_gathers_both_kinds_once_for_copies_and_afresh_for_other_weights()
         GradientCache(cal, ("second",))
 
 
+def test_cache_gathers_ahead_without_touching_grad_and_forgets():
+    import copy
+
+    data, net = _data(), _net().eval()
+    cal = calibration_subset(data, images=9, batch_size=4, seed=1)
+    gather_gradients(net, cal, "fisher")
+    expected = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    cache = GradientCache(cal, ("mean", "fisher"))
+    cache.gather(net)
+    assert cache.passes == 1 and all(p.grad is None for p in net.parameters())
+    cache.gather(copy.deepcopy(net))  # stored already: no second pass
+    clone = copy.deepcopy(net)
+    assert gather_gradients(clone, cache, "fisher") == 9 and cache.passes == 1
+    for n, p in clone.named_parameters():  # the same tensors as gathered on demand
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-7)
+    cache.forget()
+    assert gather_gradients(copy.deepcopy(net), cache, "mean") == 9 and cache.passes == 2
+
+
 def test_a_model_too_large_for_per_sample_chunks_gets_micro_batch_squares(monkeypatch):
     """Over MAX_CHUNK_FLOATS / MICRO_BATCH parameters: each micro-batch's summed gradient
     squared (one batched backward), the mean still exact."""

@@ -470,23 +470,28 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
     model, spec, splits, fast_config, monkeypatch
 ):
     """The checks, the taylor / hessian gradients and the rebuild check run on one thread
-    (a second one mostly spins there); image passes keep the caller's threads."""
+    (a second one mostly spins there); image passes keep the caller's threads. The
+    gradient pass runs before the search copies the model (its peak memory alone)."""
     from metaprune.pruning import pipeline
+    from metaprune.pruning.gradients import GradientCache
 
     seen: dict[str, list[int]] = {}
+    order: list[str] = []
 
-    def spy(name, fn):
+    def spy(name, fn, owner=pipeline):
         def wrapped(*args, **kwargs):
             seen.setdefault(name, []).append(torch.get_num_threads())
+            order.append(name)
             return fn(*args, **kwargs)
 
-        monkeypatch.setattr(pipeline, name, wrapped)
+        monkeypatch.setattr(owner, name, wrapped)
 
     for name in ("check_prunable", "check_rebuild", "make_importance", "evaluate"):
         spy(name, getattr(pipeline, name))
+    spy("gather", GradientCache.gather, GradientCache)
     config = dataclasses.replace(
         fast_config, method="taylor", before_pruning=FinetuneBudget(epochs=0),
-        after_pruning=FinetuneBudget(epochs=0),
+        after_pruning=FinetuneBudget(epochs=0), importance=ImportanceOptions(normalizer="auto"),
     )  # fmt: skip
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -497,4 +502,7 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
         torch.set_num_threads(before)
     assert seen["check_prunable"] == seen["check_rebuild"] == [1]
     assert seen["make_importance"] and set(seen["make_importance"]) == {1}
+    # one pass, before the first of the 3 candidates (taylor x 3 normalisers) is copied
+    assert seen["gather"][0] == 1 and order.index("gather") < order.index("make_importance")
+    assert seen["make_importance"] == [1, 1, 1]
     assert set(seen["evaluate"]) == {2}
