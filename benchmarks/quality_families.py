@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-regs", type=float, nargs="+", help="fixed-reg rows for these strengths only")
     p.add_argument("--oracle-only", action="store_true", help="no default rows (add oracle rows to a run)")
     p.add_argument("--finetune", type=float, nargs="*", default=[], help="targets fine-tuned after")
+    p.add_argument("--only-seeds", type=int, nargs="+", help="of the --seeds models, run these seeds only")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         for fam in a.family:
             for budget in a.budgets:
                 for h in heldout_mod.heldout_models(fam, a.seeds, log=log):
+                    if a.only_seeds and h.seed not in a.only_seeds:
+                        continue
                     key = f"{h.name}/{budget}"
                     data = json.loads(a.out.read_text()) if a.out.exists() else {"cells": {}}
                     if key in data["cells"]:
