@@ -246,21 +246,19 @@ class SparseTraining:
     Args:
         reg: a number ``>= 0``, or ``"auto"`` (default): chosen per job by the accuracy
             it delivers at the target (:mod:`metaprune.pruning.sparse`): a prior strength
-            of ``auto_grid`` (its middle; one step stronger from ~2.8x) and its grid
-            neighbour nearer the middle each train their share of the budget from the same
-            weights, on a complete schedule; the one that scores better on validation after
-            pruning a copy to the target (BN recalibrated) is kept, the model as given only
-            when it beats both beyond noise. The whole search fits in
-            ``before_pruning.epochs`` (the report's ``epochs_trained``). Only the training
-            and validation splits are used.
-        search_fraction: the neighbour's share of the ``before_pruning`` epochs (whole
-            epochs; default 0.5: 5 + 5 of 10); no neighbour when either share would be
-            under 2 epochs.
+            of ``auto_grid`` (its middle; one step stronger from ~2.8x) trains the budget,
+            its grid neighbours train an epoch each from the same weights, and one of those
+            checkpoints (or the model as given) replaces the prior's only when it scores
+            better beyond noise on validation after pruning a copy to the target (BN
+            recalibrated). The whole search fits in ``before_pruning.epochs`` (the
+            report's ``epochs_trained``). Only the training and validation splits are used.
+        search_fraction: at most this fraction of the ``before_pruning`` iterations trains
+            the challengers (an epoch each; default 0.2: two in 10 epochs, none below 5).
         auto_grid: candidate values, tried largest first.
     """
 
     reg: float | str = "auto"
-    search_fraction: float = 0.5
+    search_fraction: float = 0.2
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
     def __post_init__(self) -> None:

@@ -122,8 +122,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     if sparse:
         tried = ", ".join(("as given" if t["role"] == "as given" else f"{t['reg']:g} after {t['epochs']:g} ep")
                           + f": {_pct(t['val_accuracy'])}" for t in sparse["trials"])  # fmt: skip
-        why = {"prior": "the prior's", "challenger": "pruned better than the prior's"}.get(
-            sparse["kept"]["role"], "the model as given: better beyond noise")
+        why = "beat the prior's beyond noise" if sparse["kept"]["displaced_incumbent"] else "the prior's"
         lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} ({why}; "
                         f"{sparse['epochs_trained']:.2f} epochs in all; pruned validation accuracy "
                         f"{tried})")  # fmt: skip

@@ -12,20 +12,20 @@ ResNet-56s one wants 0.03, the other 0.1), so it is judged by **what the job del
 proxy prunes a copy to the requested target, recalibrates BatchNorm and scores it on the
 validation split. But prunability after one or two epochs does not rank strengths as the
 whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after two epochs and
-ended 55 points behind it after ten; issue 20), and the best strength flips between
-models of one family (two held-out ResNet-56s: 0.03 vs 0.1 on validation after ten epochs
-86 / 53 % vs 29 / 28 % on one, 89 / 74 % vs 91 / 90 % on the other), so no short trial decides
-and no single prior is right. Instead **two strengths train to the end**: the prior's (0.03,
-the hindsight-best at 2x on most held-out models; 0.1 from ~2.8x, the hindsight-best at 3x
-on ResNet-20s) and its grid neighbour nearer the middle (0.1 / 0.03), each on a complete
-learning-rate schedule of its share of the budget (``sparse.search_fraction``, half by
-default: 5 + 5 epochs of 10; the prior alone below 2 epochs each) from the same weights.
-Each is scored, and so is the model as given (the 0-epoch path); the better trained one is
-the prepared model (matched epochs, the objective itself), and the model as given replaces
-it only when it beats it beyond noise (one standard error on the proxy's validation images,
-:func:`~metaprune.pruning.choose.within_noise`). ``epochs_trained`` counts every trial and
-never exceeds the budget the user set. Nothing here can see the test split: the method
-context carries only the training and validation loaders.
+ended 55 points behind it after ten; issue 20), so a short trial never decides which
+strength trains on. Instead the **prior's strength** (0.03, the hindsight-best at 2x on
+held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x, the hindsight-best at 3x on
+ResNet-20s; no strength is best on every model: issue 20) is the incumbent and trains most
+of the budget; its grid neighbours are challengers that train one epoch each on the same
+learning-rate schedule (``sparse.search_fraction`` of the budget at most: two in 10 epochs,
+none below 5). Every checkpoint is scored: the model as given (the 0-epoch path), the
+incumbent after one epoch (the challengers' matched point), each challenger, the incumbent
+at the end. The incumbent's last checkpoint is the prepared model unless another one beats
+it beyond noise (one standard error on the proxy's validation images,
+:func:`~metaprune.pruning.choose.within_noise`): only what was measured can displace it,
+nothing is extrapolated. ``epochs_trained`` counts every trial and never exceeds the budget
+the user set. Nothing here can see the test split: the method context carries only the
+training and validation loaders.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from metaprune.pruning.methods import MethodContext
 
 __all__ = ["SparseRun", "search_reg", "sparse_train"]
-
-MIN_ARM_EPOCHS = 2  # a strength trained for less does not show what it does to prunability
 
 
 def _regulariser(model: nn.Module, ctx: MethodContext, reg: float) -> tp.pruner.GroupNormPruner:
@@ -118,8 +116,8 @@ def _cycle(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
 
 
 def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, dict[str, Any]]:
-    """Choose ``reg``: the prior's strength and one neighbour each train their share of the
-    budget to the end, and the one that prunes better is kept (see the module doc).
+    """Choose ``reg``: the prior's strength trains the budget, challengers displace it only
+    beyond noise (see the module doc).
 
     Returns:
         ``(model, reg, record)``: the kept checkpoint, its ``reg`` (0 for the model as
@@ -134,44 +132,53 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     total = ctx.config.before_pruning.epochs * per_epoch
     grid = list(ctx.config.sparse.auto_grid)
     prior = _prior_index(len(grid), ctx.config.target.value)
-    share = _challenger_share(total, per_epoch, ctx.config.sparse.search_fraction)
-    arms = [(prior, total - share, "prior")] + [(i, share, "challenger") for i in
-                                                _challengers(len(grid), prior)[: bool(share)]]  # fmt: skip
+    # challengers train an epoch each (shorter trials favour strong strengths), at most
+    # ``search_fraction`` of the budget; the incumbent trains the rest
+    room = min(int(ctx.config.sparse.search_fraction * total), total - per_epoch) // per_epoch
+    rivals = _challengers(len(grid), prior)[: max(0, room)]
+    horizon = total - len(rivals) * per_epoch
     trials: list[dict[str, Any]] = []
     models: list[nn.Module] = []
 
     def measure(m: nn.Module, reg: float, iterations: int, role: str) -> None:
         trials.append({"reg": reg, "epochs": iterations / per_epoch, "role": role,
                        "val_accuracy": ctx.proxy(m)})  # type: ignore[misc]  # fmt: skip
-        notify(ctx.progress, ctx.cancel, "reg_search", len(trials), len(arms) + 1, **trials[-1])
-        models.append(m)
+        notify(ctx.progress, ctx.cancel, "reg_search", len(trials), len(rivals) + 2 + bool(rivals),
+               **trials[-1])  # fmt: skip
+        models.append(copy.deepcopy(m) if role == "incumbent, matched" else m)  # trains on
 
     measure(model, 0.0, 0, "as given")  # the 0-epoch path: free of training, always a candidate
-    for index, iterations, role in arms:
-        # from the same weights, each on its own complete schedule: compared where the
-        # job will use them, at the end of training (early prunability misranks strengths)
-        run = SparseRun(model, ctx, grid[index], iterations)
-        run.advance(iterations)
-        measure(run.model, run.reg, iterations, role)
-    trained = sum(iterations for _, iterations, _ in arms)
+    incumbent = SparseRun(model, ctx, grid[prior], horizon)
+    if rivals:  # matched point: every challenger is compared at the epochs it trained
+        incumbent.advance(per_epoch)
+        measure(incumbent.model, incumbent.reg, per_epoch, "incumbent, matched")
+    for i in rivals:
+        run = SparseRun(model, ctx, grid[i], horizon)  # same schedule: same learning rates
+        run.advance(per_epoch)
+        measure(run.model, run.reg, per_epoch, "challenger")
+    incumbent.advance(horizon - incumbent.iterations)
+    measure(incumbent.model, incumbent.reg, horizon, "incumbent")
+    trained = horizon + len(rivals) * per_epoch
     assert trained <= total, (trained, total)  # the budget counts every trial
 
-    # the trained arms compete as equals (the prior wins exact ties); the model as given,
-    # which the user asked to train, replaces them only beyond noise
+    # the incumbent unless another checkpoint beats it beyond noise: early prunability
+    # does not rank strengths as the whole budget does (a held-out ResNet-56 at reg 0.1:
+    # 66 % after 2 epochs, 41 % after 7, where 0.03 led after 10)
     images = ctx.proxy_images
-    best = max(range(1, len(trials)), key=lambda i: trials[i]["val_accuracy"])  # first of equals
-    given, top = trials[0]["val_accuracy"], trials[best]["val_accuracy"]
-    fallback = given > top and not (images is not None and within_noise(given, top, images))
-    kept = 0 if fallback else best
+    final = trials[-1]["val_accuracy"]
+    best = max(range(len(trials) - 1), key=lambda i: trials[i]["val_accuracy"])  # first of equals
+    rival = trials[best]["val_accuracy"]
+    taken = rival > final and not (images is not None and within_noise(rival, final, images))
+    kept = best if taken else len(trials) - 1
     record = {
-        "rule": f"the prior's strength ({grid[prior]:g}) and its neighbour each train their share "
-        "of the budget on a complete schedule; the better after pruning a copy to the target "
-        "(validation, BN recalibrated) is kept; the model as given only if better beyond noise",
-        "grid": [grid[i] for i, _, _ in arms],
+        "rule": f"the prior's strength ({grid[prior]:g}) trains the budget; a challenger's or an "
+        "earlier checkpoint displaces it only when it prunes better beyond noise (validation "
+        "accuracy after pruning a copy to the target, BN recalibrated)",
+        "grid": [grid[prior]] + [grid[i] for i in rivals],
         "prior": grid[prior],
         "noise": None if images is None else f"one standard error on {images} validation images",
         "trials": trials,
-        "kept": {**trials[kept], "displaced_prior": kept != 1},
+        "kept": {**trials[kept], "displaced_incumbent": taken},
         "iterations_per_epoch": per_epoch,
         "iterations_trained": trained,
         "epochs_trained": trained / per_epoch,
@@ -180,13 +187,6 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
     }  # fmt: skip
     # the model as given is the caller's: the job prunes its own copy
     return copy.deepcopy(models[0]) if kept == 0 else models[kept], trials[kept]["reg"], record
-
-
-def _challenger_share(total: int, per_epoch: int, fraction: float) -> int:
-    """Iterations the challenger trains: ``fraction`` of the budget in whole epochs, 0 when
-    either arm would get fewer than ``MIN_ARM_EPOCHS`` (too short to rank strengths)."""
-    share = int(fraction * total) // per_epoch * per_epoch
-    return share if min(share, total - share) >= MIN_ARM_EPOCHS * per_epoch else 0
 
 
 def _challengers(n: int, prior: int) -> list[int]:
@@ -198,7 +198,7 @@ def _challengers(n: int, prior: int) -> list[int]:
 
 
 def _prior_index(n: int, target: float) -> int:
-    """The prior's grid index: the middle (0.03 by default), one step stronger from
+    """The incumbent's grid index: the middle (0.03 by default), one step stronger from
     2x * sqrt(2) (~2.8x) on. Hindsight-best fixed strengths at 10 epochs (issue 20,
     benchmarks/RESULTS.md): 0.03 at 2x on ResNet-20s, a ResNet-56 and a VGG-19, 0.1 on
     another ResNet-56; at 3x 0.1 on ResNet-20s and that ResNet-56, 0.03 on the other two.

@@ -70,17 +70,14 @@ def test_format_report_summarises_both_speedups():
 
 def test_format_report_lists_the_reg_trials_and_why_one_was_kept():
     trials = [{"reg": 0.0, "epochs": 0.0, "role": "as given", "val_accuracy": 0.5},
-              {"reg": 0.03, "epochs": 5.0, "role": "prior", "val_accuracy": 0.9},
-              {"reg": 0.1, "epochs": 5.0, "role": "challenger", "val_accuracy": 0.8}]  # fmt: skip
-    search = {"trials": trials, "kept": trials[1], "epochs_trained": 10.0}
+              {"reg": 0.1, "epochs": 1.0, "role": "challenger", "val_accuracy": 0.8},
+              {"reg": 0.03, "epochs": 8.0, "role": "incumbent", "val_accuracy": 0.9}]  # fmt: skip
+    search = {"trials": trials, "kept": {"displaced_incumbent": False}, "epochs_trained": 10.0}
     stages = {"before_pruning": {"sparse_reg": 0.03, "reg_search": search}}
     text = format_report(_report(stages=stages))
     assert "sparse reg 0.03 (the prior's; 10.00 epochs in all;" in text
-    assert "as given: 50.00 %, 0.03 after 5 ep: 90.00 %, 0.1 after 5 ep: 80.00 %" in text
-    search["kept"] = trials[2]
+    assert "as given: 50.00 %, 0.1 after 1 ep: 80.00 %, 0.03 after 8 ep: 90.00 %" in text
+    search["kept"]["displaced_incumbent"] = True
     stages["before_pruning"]["sparse_reg"] = 0.1
     text = format_report(_report(stages=stages))
-    assert "sparse reg 0.1 (pruned better than the prior's; 10.00 epochs in all" in text
-    search["kept"] = trials[0]
-    stages["before_pruning"]["sparse_reg"] = 0.0
-    assert "sparse reg 0 (the model as given: better beyond noise;" in format_report(_report(stages=stages))
+    assert "sparse reg 0.1 (beat the prior's beyond noise; 10.00 epochs in all" in text

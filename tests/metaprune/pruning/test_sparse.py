@@ -33,13 +33,14 @@ def _norm(model) -> float:
     return float(sum(p.detach().abs().sum() for p in model.parameters()))
 
 
-ROLES = ["as given", "prior", "challenger"]
+ROLES = ["as given", "incumbent, matched", "challenger", "challenger", "incumbent"]
 
 
 @pytest.mark.timeout(120)
-def test_the_prior_and_its_neighbour_train_half_the_budget_each(model, loaders, example, fast_config):
-    """Equal scores: the prior's strength (the grid's middle at 2x) is kept; it and its
-    neighbour trained 5 epochs each from the same weights, every trial scored and counted."""
+def test_the_prior_trains_the_budget_and_its_neighbours_an_epoch_each(model, loaders, example,
+                                                                      fast_config):  # fmt: skip
+    """Equal scores: nothing beats the incumbent (the grid's middle at 2x), which trained
+    the budget but the challengers' epochs; every trial is scored and counted."""
     scored = []
 
     def proxy(m):
@@ -56,18 +57,18 @@ def test_the_prior_and_its_neighbour_train_half_the_budget_each(model, loaders, 
     search = info["reg_search"]
     per_epoch = len(loaders[0])  # 4 batches of 32
     assert [t["role"] for t in search["trials"]] == ROLES
-    assert [t["reg"] for t in search["trials"]] == [0.0, GRID[1], GRID[0]]
-    assert [t["epochs"] for t in search["trials"]] == [0.0, 5.0, 5.0]
-    assert search["grid"] == [GRID[1], GRID[0]] and search["prior"] == GRID[1]
-    assert search["kept"] == {**search["trials"][1], "displaced_prior": False}
-    assert info["sparse_reg"] == GRID[1] and search["winner_epochs"] == 5.0
+    assert [t["reg"] for t in search["trials"]] == [0.0, GRID[1], GRID[0], GRID[2], GRID[1]]
+    assert [t["epochs"] for t in search["trials"]] == [0.0, 1.0, 1.0, 1.0, 8.0]
+    assert search["grid"] == [GRID[1], GRID[0], GRID[2]] and search["prior"] == GRID[1]
+    assert search["kept"] == {**search["trials"][-1], "displaced_incumbent": False}
+    assert info["sparse_reg"] == GRID[1] and search["winner_epochs"] == 8.0
     # the whole search is inside the budget: every trial's iterations counted
     assert search["iterations_trained"] == 10 * per_epoch == search["iterations_per_epoch"] * 10
     assert info["epochs_trained"] == search["epochs_trained"] == 10.0 == config.before_pruning.epochs
     assert "64 validation images" in search["noise"]
-    # the proxy saw the model as given first (never modified), then two different trainings
-    assert scored[0][0] is model and scored[0][1] == given == _norm(model)
-    assert scored[1][0] is prepared and len({n for _, n in scored}) == 3
+    # the proxy saw the model as given first, and the prepared model is the last one scored
+    assert scored[0][0] is model and scored[0][1] == given == _norm(model)  # never modified
+    assert scored[-1][0] is prepared and len({n for _, n in scored[1:]}) == 4  # 4 trained copies
     assert ctx.info["stage_seconds"]["reg_search"] == search["seconds"] > 0
     _, val, _ = loaders
     assert info["val_accuracy"] == evaluate(prepared, val)  # recalibrated, the real figure
@@ -77,18 +78,17 @@ def test_the_prior_and_its_neighbour_train_half_the_budget_each(model, loaders, 
 @pytest.mark.parametrize(
     ("scores", "images", "kept"),
     [
-        ([0.5, 0.6, 0.9], 180, 2),  # the neighbour prunes better: it is the model
-        ([0.5, 0.88, 0.9], 180, 2),  # matched arms compete as equals, even within noise
-        ([0.5, 0.9, 0.9], 180, 1),  # an exact tie: the prior's
-        ([0.9, 0.5, 0.3], 180, 0),  # the model as given, beyond noise: the 0-epoch path
-        ([0.6, 0.5, 0.55], 180, 2),  # the model as given ahead within noise: trained wins
-        ([0.6, 0.5, 0.55], None, 0),  # no noise estimate: the better one
+        ([0.5, 0.5, 0.9, 0.5, 0.3], None, 2),  # a challenger far ahead: it is the model
+        ([0.5, 0.5, 0.9, 0.5, 0.88], 180, 4),  # ahead within noise: the incumbent stays
+        ([0.5, 0.95, 0.5, 0.5, 0.6], 180, 1),  # the incumbent's own first epoch
+        ([0.9, 0.5, 0.5, 0.5, 0.3], 180, 0),  # the model as given: the 0-epoch path
     ],
 )  # fmt: skip
-def test_the_better_trained_strength_is_kept_and_the_model_as_given_only_beyond_noise(
+def test_only_a_checkpoint_better_beyond_noise_displaces_the_incumbent(
     scores, images, kept, model, loaders, example, fast_config
 ):
-    """The kept copy is the model as it was scored, and every trial counts in the budget."""
+    """The incumbent's last checkpoint is the model unless another scored one beats it
+    beyond one standard error; the kept copy is the model as it was scored."""
     given = copy.deepcopy(model)
     it, seen = iter(scores), []
 
@@ -102,11 +102,11 @@ def test_the_better_trained_strength_is_kept_and_the_model_as_given_only_beyond_
     info = ctx.info["before_pruning"]
     search = info["reg_search"]
     trial = search["trials"][kept]
-    assert search["kept"] == {**trial, "displaced_prior": kept != 1}
-    assert info["sparse_reg"] == trial["reg"] == [0.0, GRID[1], GRID[0]][kept]
-    assert search["winner_epochs"] == trial["epochs"] == [0.0, 5.0, 5.0][kept]
+    assert search["kept"] == {**trial, "displaced_incumbent": kept != 4}
+    assert info["sparse_reg"] == trial["reg"] == [0.0, GRID[1], GRID[0], GRID[2], GRID[1]][kept]
+    assert search["winner_epochs"] == trial["epochs"] == [0.0, 1.0, 1.0, 1.0, 8.0][kept]
     assert info["epochs_trained"] == 10.0  # every trial counted, whichever model is kept
-    assert _norm(prepared) == pytest.approx(seen[kept], rel=1e-5)  # as scored
+    assert _norm(prepared) == pytest.approx(seen[kept], rel=1e-5)  # as scored, not trained on
     if kept == 0:  # the caller's model is copied (then BN-recalibrated), not handed back
         weights = [all(torch.equal(p, q) for p, q in zip(m.parameters(), given.parameters()))
                    for m in (prepared, model)]  # fmt: skip
@@ -114,25 +114,18 @@ def test_the_better_trained_strength_is_kept_and_the_model_as_given_only_beyond_
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("epochs", "share"), [(1, 0), (3, 0), (4, 2), (5, 2)])
-def test_short_budgets_train_the_prior_alone(epochs, share, model, loaders, example, fast_config):
-    """The neighbour's share is half the budget in whole epochs, and no neighbour when either
-    arm would train under 2 epochs; the model as given is always a candidate."""
+@pytest.mark.parametrize(("epochs", "challengers"), [(1, 0), (4, 0), (5, 1)])
+def test_short_budgets_have_fewer_challengers(epochs, challengers, model, loaders, example, fast_config):
+    """An epoch per challenger, a fifth of the budget at most: none below 5 epochs; the
+    incumbent trains the rest, and the model as given is still a candidate."""
     ctx = _ctx(_sl_config(fast_config, epochs=epochs), loaders, example, lambda m: 0.5)
     get_method("group-l2-sl").prepare(model, ctx)
     search = ctx.info["before_pruning"]["reg_search"]
-    assert [t["role"] for t in search["trials"]] == ROLES[: 2 + bool(share)]
-    assert [t["epochs"] for t in search["trials"]] == [0.0, epochs - share, share][: 2 + bool(share)]
-    assert search["grid"] == [GRID[1], GRID[0]][: 1 + bool(share)]
+    roles = ["as given"] + ["incumbent, matched"] * bool(challengers) + ["challenger"] * challengers
+    assert [t["role"] for t in search["trials"]] == roles + ["incumbent"]
+    assert search["grid"] == [GRID[1], GRID[0]][: 1 + challengers]
+    assert search["trials"][-1]["epochs"] == epochs - challengers
     assert search["epochs_trained"] == epochs and ctx.info["before_pruning"]["sparse_reg"] == GRID[1]
-
-
-def test_the_challenger_share_is_whole_epochs():
-    from metaprune.pruning.sparse import _challenger_share
-
-    assert _challenger_share(40, 4, 0.5) == 20 and _challenger_share(20, 4, 0.5) == 8
-    assert _challenger_share(12, 4, 0.5) == 0 and _challenger_share(40, 4, 0.2) == 8
-    assert _challenger_share(40, 4, 0.0) == 0 and _challenger_share(40, 4, 0.9) == 0  # prior < 2
 
 
 def test_auto_reg_needs_the_proxy(model, loaders, example, fast_config):
