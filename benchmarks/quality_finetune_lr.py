@@ -3,7 +3,8 @@
     python benchmarks/quality_finetune_lr.py /tmp/pruned/*.pt --plans 20@0.01 10@0.01 10@0.05
 
 Each ``*.pt`` is a whole pruned module saved by ``quality_families.py --save-pruned`` (our
-own files). Every plan ``EPOCHS@LR`` fine-tunes a copy with the default after-pruning
+own files). Every plan ``EPOCHS@LR`` (or ``default``: the library's after-pruning budget,
+its rate search included) fine-tunes a copy with the default after-pruning
 budget (cosine, best validation epoch) changed only in epochs and rate, from the same seed;
 the per-epoch validation history, the selected epoch and the test accuracy are written to
 ``--out``. A rate chosen on validation is read off the ``val`` column, never the test one.
@@ -45,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{path.stem}/{plan}"
             if key in data:
                 continue
-            epochs, lr = plan.split("@")
-            budget = dataclasses.replace(config.after_pruning, epochs=int(epochs), lr=float(lr))
+            if plan == "default":  # the library's after-pruning budget (its rate search)
+                budget = config.after_pruning
+            else:  # one rate, no search
+                epochs, lr = plan.split("@")
+                budget = dataclasses.replace(config.after_pruning, epochs=int(epochs), lr=float(lr),
+                                             lr_alternatives=())  # fmt: skip
             model = copy.deepcopy(pruned)
             torch.manual_seed(config.seed)
             start = time.perf_counter()
             result = finetune(model, train, val, budget, stage="after_pruning")
-            data[key] = {"val": result.best_val_accuracy, "best_epoch": result.best_epoch,
+            data[key] = {"val": result.best_val_accuracy, "best_epoch": result.best_epoch, "lr": result.lr,
                          "history": [round(h["val_accuracy"], 4) for h in result.history],
                          "test": evaluate(model, test), "seconds": time.perf_counter() - start}  # fmt: skip
             print(time.strftime("%H:%M:%S"), key, f"val {100 * data[key]['val']:.1f}",
