@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     config = PruneConfig()
-    train, val, test = make_loaders(get_dataset("digits", seed=0), config.batch_size, config.seed)
+    splits = get_dataset("digits", seed=0)
     data = json.loads(a.out.read_text()) if a.out.exists() else {}
     for path in a.models:
         pruned = torch.load(path, weights_only=False)  # our own benchmark file
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 budget = dataclasses.replace(config.after_pruning, epochs=int(epochs), lr=float(lr),
                                              lr_alternatives=())  # fmt: skip
             model = copy.deepcopy(pruned)
+            # fresh loaders per plan: every plan sees the same data order (the first run of
+            # this script shared one loader, so its later plans saw other orders)
+            train, val, test = make_loaders(splits, config.batch_size, config.seed)
             torch.manual_seed(config.seed)
             start = time.perf_counter()
             result = finetune(model, train, val, budget, stage="after_pruning")
