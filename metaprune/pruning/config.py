@@ -98,8 +98,8 @@ class FinetuneBudget:
         lr_alternatives: other initial learning rates to try beside ``lr``: each rate
             fine-tunes a copy for an equal share of ``epochs`` (``lr`` takes the remainder)
             and the best on validation is kept, ``lr`` on ties (:mod:`metaprune.pruning.finetune`).
-            Empty, or ``[lr]`` (what the wire can send), for ``lr`` alone. The default
-            after-pruning budget tries 0.05 beside 0.01.
+            Empty for ``lr`` alone. ``PruneConfig``'s default after-pruning budget tries
+            0.05 beside 0.01 (a budget given in part takes this class's defaults).
     """
 
     epochs: int = 10
