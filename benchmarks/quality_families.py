@@ -109,6 +109,9 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
         out.setdefault("default", {})[str(t)] = rec
         log(f"{h.name} b{budget} {t}x default: {100 * rec['test']:.1f} ({rec['criterion']}, reg {rec['reg']}, "
             f"{rec['epochs_trained']} ep, {rec['seconds']:.0f}s)")  # fmt: skip
+        if a.save_pruned:  # for fine-tune experiments on the same pruned model (our own file)
+            a.save_pruned.mkdir(parents=True, exist_ok=True)
+            torch.save(result.model, a.save_pruned / f"{h.family}_s{h.seed}_b{budget}_{t:g}x.pt")
         if a.finetune and t in a.finetune:
             splits = get_dataset("digits", seed=0)
             train, val, test = make_loaders(splits, config.batch_size, config.seed)
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-regs", type=float, nargs="+", help="fixed-reg rows for these strengths only")
     p.add_argument("--oracle-only", action="store_true", help="no default rows (add oracle rows to a run)")
     p.add_argument("--finetune", type=float, nargs="*", default=[], help="targets fine-tuned after")
+    p.add_argument("--only-seeds", type=int, nargs="+", help="of the --seeds models, run these seeds only")
+    p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         for fam in a.family:
             for budget in a.budgets:
                 for h in heldout_mod.heldout_models(fam, a.seeds, log=log):
+                    if a.only_seeds and h.seed not in a.only_seeds:
+                        continue
                     key = f"{h.name}/{budget}"
                     data = json.loads(a.out.read_text()) if a.out.exists() else {"cells": {}}
                     if key in data["cells"]:

@@ -79,6 +79,14 @@ def heldout_models(family: str, n: int, cache: Path = CACHE, log=print) -> list[
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
+    """Whether two recipes build the same member (``size`` aside); a stored recipe is read
+    back through today's config first, so a field added since with its default matches."""
+    from metanet.zoo.config import ZooConfig
+
+    try:
+        a = ZooConfig.from_dict(a).to_dict()
+    except Exception:  # noqa: BLE001 - an unreadable old recipe: rebuild
+        return False
     return {k: v for k, v in a.items() if k != "size"} == {
         k: v for k, v in b.items() if k != "size"
     }

@@ -566,6 +566,8 @@ def prune(
             "after_pruning": {
                 "best_epoch": after.best_epoch,
                 "val_accuracy": after.best_val_accuracy,
+                "lr": after.lr,  # chosen on validation when the budget tries several
+                "lr_trials": list(after.lr_trials),
             },
         },
         "layer_widths": {k: [v, widths_after.get(k)] for k, v in widths_before.items()},

@@ -16,7 +16,7 @@ class Target(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class FinetuneBudget(_message.Message):
-    __slots__ = ("epochs", "lr", "schedule", "momentum", "weight_decay", "milestones", "gamma")
+    __slots__ = ("epochs", "lr", "schedule", "momentum", "weight_decay", "milestones", "gamma", "lr_alternatives")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class FinetuneBudget(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     MILESTONES_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
+    LR_ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     lr: float
     schedule: str
@@ -31,7 +32,8 @@ class FinetuneBudget(_message.Message):
     weight_decay: float
     milestones: _containers.RepeatedScalarFieldContainer[int]
     gamma: float
-    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., schedule: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., gamma: _Optional[float] = ...) -> None: ...
+    lr_alternatives: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., schedule: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., gamma: _Optional[float] = ..., lr_alternatives: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ImportanceOptions(_message.Message):
     __slots__ = ("p", "group_reduction", "normalizer", "search_steps", "search_images", "calibration_images")

@@ -89,3 +89,38 @@ def test_ties_go_to_the_latest_epoch(loaders):
     result = finetune(model, train, val, FinetuneBudget(epochs=3, lr=0.0, weight_decay=0.0))
     accs = [h["val_accuracy"] for h in result.history]
     assert len(set(accs)) == 1 and result.best_epoch == 3
+
+
+def test_a_rate_search_keeps_the_rate_best_on_validation(model, loaders):
+    """Each rate fine-tunes a copy of the model as given for its share of the epochs, and
+    the better on validation is the model (lr 0 moves only the BN statistics)."""
+    train, val, _ = loaders
+    events = []
+    budget = FinetuneBudget(epochs=5, lr=0.0, lr_alternatives=(0.05, 0.0))  # the repeat is dropped
+    result = finetune(model, train, val, budget, progress=events.append, stage="after_pruning")
+    assert [(t["lr"], t["epochs"]) for t in result.lr_trials] == [(0.0, 3), (0.05, 2)]  # lr: the rest
+    still, moved = result.lr_trials
+    kept = still if still["val_accuracy"] >= moved["val_accuracy"] else moved
+    assert result.lr == kept["lr"] and result.best_epoch == kept["best_epoch"]
+    assert result.best_val_accuracy == kept["val_accuracy"] == evaluate(model, val)  # its weights
+    assert len(result.history) == kept["epochs"] and still["val_accuracy"] != moved["val_accuracy"]
+    # one stage in the events: epochs counted across the rates, the rate named
+    epochs = [(e.step, e.metrics["lr"]) for e in events if "batch" not in e.metrics]
+    assert epochs == [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0), (3, 0.05), (4, 0.05), (5, 0.05)]
+    assert {e.total for e in events} == {5} and not model.training
+
+
+def test_a_rate_search_keeps_the_first_rate_on_ties_and_fits_the_epochs(model, loaders):
+    train, val, _ = loaders
+    before = [p.detach().clone() for p in model.parameters()]
+    result = finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.0, lr_alternatives=(0.0,)),
+                      stage="after_pruning")  # fmt: skip
+    assert result.lr == 0.0 and result.lr_trials == ()  # one rate: a plain fine-tune
+    tie = finetune(model, train, val, FinetuneBudget(epochs=1, lr=0.0, lr_alternatives=(5.0,)),
+                   stage="after_pruning")  # fmt: skip
+    assert tie.lr == 0.0 and tie.lr_trials == ()  # one epoch: room for lr only
+    # a rate that ruins the model never wins over one that leaves it as it was
+    ruin = finetune(model, train, val, FinetuneBudget(epochs=2, lr=0.0, lr_alternatives=(1e4,)),
+                    stage="after_pruning")  # fmt: skip
+    assert ruin.lr == 0.0 and [t["lr"] for t in ruin.lr_trials] == [0.0, 1e4]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # lr 0's weights

@@ -154,3 +154,15 @@ def test_the_data_split_seed_is_not_the_job_seed() -> None:
     assert PruneConfig.from_dict(PruneConfig(data_seed=2).to_dict()).data_seed == 2
     with pytest.raises(ConfigError, match="data_seed"):
         PruneConfig(data_seed=-1)
+
+
+def test_lr_alternatives_are_checked_and_the_default_fine_tune_tries_two_rates():
+    assert PruneConfig().after_pruning.lr_alternatives == (0.05,)
+    assert PruneConfig().before_pruning.lr_alternatives == ()
+    config = PruneConfig(after_pruning=FinetuneBudget(epochs=4, lr_alternatives=[0.1, 0.2]))
+    assert config.after_pruning.lr_alternatives == (0.1, 0.2)
+    assert PruneConfig.from_dict(config.to_dict()) == config
+    for bad, match in (("0.1", "lr_alternatives must be a list"), ([-1.0], r"lr_alternatives\[\]"),
+                       ([0.1] * 17, "lr_alternatives has 17 entries")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            FinetuneBudget(lr_alternatives=bad)
