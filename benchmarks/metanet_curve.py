@@ -60,6 +60,21 @@ def _augment(a: argparse.Namespace) -> dict:
     return dict(AUG) if a.aug else {}
 
 
+def _train_members(zoos: list[str], snapshots: int | None, cap: int | None = None) -> int:
+    """How many meta-train members ``ZooDataModule(train_snapshots=snapshots,
+    max_train_members=cap)`` will take (read from the zoo indexes: nothing is encoded twice)."""
+    from metanet.zoo import Zoo
+
+    count = 0
+    for d in zoos:
+        z = Zoo.open(d)
+        runs = set(z.run_of(m) for m in z.meta_train)
+        n = len(z.meta_train) if snapshots is None else sum(
+            min(snapshots, len(z.config.run_members(r))) for r in runs)  # fmt: skip
+        count += n if cap is None else min(cap, n)
+    return count
+
+
 def fit(a: argparse.Namespace) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -68,14 +83,16 @@ def fit(a: argparse.Namespace) -> int:
     from metanet.training import MetaPruneModule, ZooDataModule
 
     L.seed_everything(a.seed)
-    probe = ZooDataModule(a.zoo, train_snapshots=a.snapshots)
-    probe.setup("fit")
-    members = len(probe.train_members)
+    zoo = a.zoo[0] if len(a.zoo) == 1 else a.zoo
+    members = _train_members(a.zoo, a.snapshots, a.max_train)
     # every row takes exactly --steps optimizer steps per epoch: each member's batches
     # rounded up, the epoch cut at --steps (a shuffled subset when members > steps)
     per_member = -(-a.steps // members)
-    data = ZooDataModule(a.zoo, batch_size=64, batches_per_member=per_member, eval_batch_size=256,
-                         train_snapshots=a.snapshots)  # fmt: skip
+    data = ZooDataModule(zoo, batch_size=64, batches_per_member=per_member, eval_batch_size=256,
+                         train_snapshots=a.snapshots, max_val_members=a.max_val,
+                         max_train_members=a.max_train)  # fmt: skip
+    data.setup("fit")  # once (Lightning's own call returns at once)
+    assert len(data.train_members) == members, (len(data.train_members), members)
     module = MetaPruneModule(
         num_layers=4, hidden=32, node_ratio=0.1, edge_ratio=0.1, edge_encoding="canonical",
         lr=1e-3, weight_decay=5e-4, lr_step_epochs=100, reg=0.0, val_max_speedup=3.0,
@@ -106,10 +123,11 @@ def fit(a: argparse.Namespace) -> int:
     export_checkpoint(ckpt.best_model_path, root / "best")
     best = max(curve, key=lambda r: r["auc"])
     _update(Path(a.out), a.tag, {
-        "zoo": a.zoo, "snapshots_per_run": a.snapshots, "train_members": members,
+        "zoo": zoo, "snapshots_per_run": a.snapshots, "train_members": members,
         "train_runs": len({m.name.split(".")[0] for m in data.train_members}),
         "val_members": len(data.val_members), "augment": _augment(a) or None,
         "steps": trainer.global_step, "batches_per_member": per_member, "curve": curve,
+        "max_val": a.max_val, "max_train": a.max_train,
         "best": best, "last": curve[-1], "seconds": round(seconds), "seed": a.seed,
         "export": str(root / "best"),
     })  # fmt: skip
@@ -173,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit")
-    f.add_argument("--zoo", required=True)
+    f.add_argument("--zoo", required=True, nargs="+",
+                   help="zoo directories (several: one meta-training over all, e.g. the chunks of "
+                   "metanet/configs/zoo_resnet20_digits_distinct.yaml)")
     f.add_argument("--snapshots", type=int, default=None, help="members per meta-train run")
     f.add_argument("--aug", action="store_true", help="the augmentations of AUG")
     f.add_argument("--aug-only", choices=("scale", "noise", "dropout", "mixup"), default=None,
@@ -183,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=int, default=36, help="optimizer steps per epoch")
     f.add_argument("--val-every", type=int, default=2)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-val", type=int, default=None,
+                   help="meta-val runs per zoo (the first ones; default all): validation cost")
+    f.add_argument("--max-train", type=int, default=None,
+                   help="meta-train members per zoo (the first ones, whole runs in order; default all)")
     f.add_argument("--runs", default="runs/metanet-curve")
     h = sub.add_parser("heldout")
     h.add_argument("--export", default=None, help="a metanet export (none: the default only)")

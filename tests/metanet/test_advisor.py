@@ -109,3 +109,28 @@ def test_the_method_chooses_among_winners_only(registry) -> None:
     attach_record(registry / "net-a", {FAMILY: _record("wins")})
     _, details, _ = _metanetwork(model, ctx)
     assert details["name"] == "net-a" and [c["record"] for c in details["candidates"]] == ["wins"] * 2
+
+
+def test_the_shipped_networks_lose_on_their_family_and_are_never_offered(monkeypatch) -> None:
+    """Both shipped networks carry a measured held-out record (benchmarks/RESULTS.md, issue 21
+    third and fourth passes) that loses on ResNet-20s: ``auto`` offers neither there."""
+    from metanet.choice import NoMetanetworkError, choose_metanetwork
+    from metanet.export import read_document
+
+    monkeypatch.delenv("METAPRUNE_METANET_PATH", raising=False)
+    found = records(FAMILY)
+    assert {"resnet20-digits", "general-digits"} <= set(found)
+    for name in ("resnet20-digits", "general-digits"):
+        record = found[name]
+        assert record is not None and record["verdict"] == "loses", name
+        assert set(record["targets"]) == {"2.0", "3.0"}
+        assert all(s["models"] == 8 and not s["meets_rule"] for s in record["targets"].values())
+        assert read_document(name)["config"]  # the record did not replace the export's config
+    assert winners(FAMILY) == []
+    graph = encode(create_model(FAMILY, in_channels=1).eval(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(NoMetanetworkError, match="does not lose to the baseline"):
+        choose_metanetwork(graph, ["resnet20-digits", "general-digits"], family=FAMILY)
+    config = PruneConfig(method="metanet", before_pruning=ZERO, after_pruning=ZERO)
+    choice = advise(config, FAMILY)
+    assert choice is not None and choice.method != "metanet"
+    assert "resnet20-digits: 'loses'" in choice.reason and "general-digits: 'loses'" in choice.reason

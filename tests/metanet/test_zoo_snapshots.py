@@ -133,3 +133,23 @@ def test_float16_snapshots_are_stored_half_and_load_as_float32(tmp_path: Path) -
     # the snapshot's recorded test accuracy is that of the stored weights
     _, _, test = make_loaders(task_splits(config), config.batch_size, seed=config.seed)
     assert zoo.metrics("0000.1")["test_accuracy"] == evaluate(model.eval(), test)
+
+
+def test_the_distinct_run_recipe_takes_late_members_and_unused_seeds() -> None:
+    """Issue 21's fourth pass: chunks of distinct runs whose latest 3 members all come after
+    the light prune (what a metanetwork meets), with seeds no other zoo or held-out model has."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "metanet" / "configs"
+    data = yaml.safe_load((root / "zoo_resnet20_digits_distinct.yaml").read_text())
+    config = ZooConfig.from_dict(data)
+    base = ZooConfig.from_dict(yaml.safe_load((root / "zoo_resnet20_digits.yaml").read_text()))
+    assert config.train == base.train and config.finetune == base.finetune  # the zoo recipe
+    assert config.snapshot_epochs() == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    late = dict(zip(config.run_members("0000")[:-1], config.snapshot_epochs()))
+    assert [late[m] for m in config.run_members("0000")[-3:-1]] == [16, 18]
+    assert all(e > config.train.epochs for e in (16, 18))  # in the fine-tune, after the prune
+    assert config.snapshot_dtype == "float16" and config.size == 8
+    chunks = {config.seed + 8 * c + i for c in range(16) for i in range(config.size)}
+    used = set(range(0, 40)) | set(range(100, 140)) | set(range(1000, 1012)) | set(range(2000, 2040))
+    assert min(chunks) == 3000 and not chunks & used  # shipped zoos, held-out models (100+)
