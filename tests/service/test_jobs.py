@@ -246,7 +246,7 @@ def test_a_metanet_job_with_auto_reports_why_it_ran_the_baseline(
     choice = report["method_choice"]
     assert report["method"] == "group-l2" and choice["requested"] == "metanet"
     assert choice["reason"].startswith("no registered metanetwork has a winning held-out record")
-    assert "resnet20-digits: no record" in choice["reason"]
+    assert "resnet20-digits: 'loses'" in choice["reason"]  # its held-out record (issue 21)
     assert "metanet" not in report["stages"]["before_pruning"]
 
 
