@@ -119,25 +119,15 @@ class FinetuneBudget:
         object.__setattr__(
             self, "weight_decay", check_number("weight_decay", self.weight_decay, minimum=0.0)
         )
-        if isinstance(self.milestones, (str, bytes)) or not isinstance(
-            self.milestones, (list, tuple)
-        ):
-            raise ConfigError(
-                f"milestones must be a list of epochs (found {quote(self.milestones)})"
-            )
-        _check_length("milestones", self.milestones)
-        for m in self.milestones:
+        milestones = _check_list("milestones", self.milestones, "epochs")
+        for m in milestones:
             check_int("milestones[]", m, minimum=1)
-        object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
+        object.__setattr__(self, "milestones", tuple(sorted(milestones)))
         object.__setattr__(self, "gamma", check_number("gamma", self.gamma, 0.0, 1.0))
-        if isinstance(self.lr_alternatives, (str, bytes)) or not isinstance(
-            self.lr_alternatives, (list, tuple)
-        ):
-            raise ConfigError(
-                f"lr_alternatives must be a list of learning rates (found {quote(self.lr_alternatives)})"
-            )
-        _check_length("lr_alternatives", self.lr_alternatives)
-        rates = tuple(check_number("lr_alternatives[]", r, minimum=0.0) for r in self.lr_alternatives)
+        rates = tuple(
+            check_number("lr_alternatives[]", r, minimum=0.0)
+            for r in _check_list("lr_alternatives", self.lr_alternatives, "learning rates")
+        )
         object.__setattr__(self, "lr_alternatives", rates)
 
 
@@ -288,14 +278,10 @@ class SparseTraining:
             "search_fraction",
             check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
         )
-        if isinstance(self.auto_grid, (str, bytes)) or not isinstance(
-            self.auto_grid, (list, tuple)
-        ):
-            raise ConfigError(
-                f"sparse.auto_grid must be a list of numbers (found {self.auto_grid!r})"
-            )
-        _check_length("sparse.auto_grid", self.auto_grid)
-        grid = tuple(check_number("sparse.auto_grid[]", g, minimum=0.0) for g in self.auto_grid)
+        grid = tuple(
+            check_number("sparse.auto_grid[]", g, minimum=0.0)
+            for g in _check_list("sparse.auto_grid", self.auto_grid, "numbers")
+        )
         if not grid:
             raise ConfigError("sparse.auto_grid must not be empty")
         object.__setattr__(self, "auto_grid", tuple(sorted(set(grid), reverse=True)))
@@ -517,9 +503,13 @@ def _migrate(data: Any) -> Any:
     return out
 
 
-def _check_length(name: str, values: tuple | list) -> None:
+def _check_list(name: str, values: object, what: str) -> tuple:
+    """``values`` as a tuple, if it is a list or tuple of at most ``MAX_LIST`` entries."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of {what} (found {quote(values)})")
     if len(values) > MAX_LIST:
         raise ConfigError(f"{name} has {len(values):,} entries (at most {MAX_LIST} are accepted)")
+    return tuple(values)
 
 
 def _check_bool(name: str, value: object) -> None:
