@@ -4,14 +4,16 @@ MACs and parameters are Torch-Pruning's ``count_ops_and_params`` (multiply-accum
 of one forward pass on the example inputs, by its per-module-type hooks), counted on a copy
 on the meta device: the counts follow from shapes alone, so measuring a ResNet-50 at 224
 after every pruning step costs a traversal, not a forward pass. The traversal calls
-Torch-Pruning's own hooks, but skips the work that only computes values of layers whose
-output shape is known without it (normalisations, activations, dropout, and
-``nn.MultiheadAttention`` without weights): on the meta device they run through Python
-decompositions, and were most of a count (a ResNet-50 at 224: 0.10 CPU s a count with
-Torch-Pruning's deep copy and BatchNorm forward, 0.02 without; ``benchmarks/RESULTS.md``,
-issue 18). A model whose forward reads tensor values is measured on real data by
-Torch-Pruning's counter itself. The paper's "speed-up" is base MACs / pruned MACs. The parameter ratio is defined the same way round (base /
-pruned), so every target is a number ``>= 1`` that grows as the model shrinks.
+Torch-Pruning's own hooks, but layers whose output shape is known without running them
+(normalisations, activations, dropout, ``nn.MultiheadAttention`` without weights) return
+a tensor of that shape: on the meta device their forwards are Python decompositions, and
+with Torch-Pruning's own deep copy they were most of a count (ResNet-50 at 224: 0.131 CPU s
+a count before, 0.025 now; benchmarks/RESULTS.md, issue 18). A model whose forward reads
+tensor values is measured on real data by Torch-Pruning's counter itself.
+
+The paper's "speed-up" is base MACs / pruned MACs. The parameter ratio is defined the same
+way round (base / pruned), so every target is a number ``>= 1`` that grows as the model
+shrinks.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _shape_only(module: nn.Module) -> Callable[..., Any] | None:
     by ``isinstance`` (subclasses such as a channels-first ``LayerNorm2d`` keep the shape),
     but only leaves: a layer with children (timm's ``BatchNormAct2d``) calls them, and
     Torch-Pruning counts what they do."""
-    if isinstance(module, nn.MultiheadAttention):
+    if type(module) is nn.MultiheadAttention:  # exact type, as Torch-Pruning's hook
         return functools.partial(_attention_shape, module)
     if next(module.children(), None) is not None:
         return None
