@@ -58,6 +58,7 @@ def _load_helper(name: str):
 
 heldout_mod = _load_helper("quality_heldout")
 
+from metaprune.checkpoint import save  # noqa: E402
 from metaprune.data import get_dataset, make_loaders  # noqa: E402
 from metaprune.pruning import (  # noqa: E402
     FinetuneBudget,
@@ -109,9 +110,9 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
         out.setdefault("default", {})[str(t)] = rec
         log(f"{h.name} b{budget} {t}x default: {100 * rec['test']:.1f} ({rec['criterion']}, reg {rec['reg']}, "
             f"{rec['epochs_trained']} ep, {rec['seconds']:.0f}s)")  # fmt: skip
-        if a.save_pruned:  # for fine-tune experiments on the same pruned model (our own file)
+        if a.save_pruned:  # for fine-tune experiments on the same pruned model (a checkpoint, no pickle)
             a.save_pruned.mkdir(parents=True, exist_ok=True)
-            torch.save(result.model, a.save_pruned / f"{h.family}_s{h.seed}_b{budget}_{t:g}x.pt")
+            save(result.model, result.spec, a.save_pruned / f"{h.family}_s{h.seed}_b{budget}_{t:g}x.safetensors")
         if a.finetune and t in a.finetune:
             splits = get_dataset("digits", seed=0)
             train, val, test = make_loaders(splits, config.batch_size, config.seed)

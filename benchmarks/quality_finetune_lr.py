@@ -1,9 +1,9 @@
 """The after-pruning fine-tune's learning rate on saved pruned models (issue 20).
 
-    python benchmarks/quality_finetune_lr.py /tmp/pruned/*.pt --plans 20@0.01 10@0.01 10@0.05
+    python benchmarks/quality_finetune_lr.py /tmp/pruned/*.safetensors --plans 20@0.01 10@0.01 10@0.05
 
-Each ``*.pt`` is a whole pruned module saved by ``quality_families.py --save-pruned`` (our
-own files). Every plan ``EPOCHS@LR`` (or ``default``: the library's after-pruning budget,
+Each file is a pruned checkpoint written by ``quality_families.py --save-pruned`` and read
+with :func:`metaprune.load` (safetensors and a JSON spec: nothing is unpickled). Every plan ``EPOCHS@LR`` (or ``default``: the library's after-pruning budget,
 its rate search included) fine-tunes a copy with the default after-pruning
 budget (cosine, best validation epoch) changed only in epochs and rate, from the same seed;
 the per-epoch validation history, the selected epoch and the test accuracy are written to
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from metaprune.checkpoint import load  # noqa: E402
 from metaprune.data import get_dataset, make_loaders  # noqa: E402
 from metaprune.pruning import PruneConfig, evaluate, finetune  # noqa: E402
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = get_dataset("digits", seed=0)
     data = json.loads(a.out.read_text()) if a.out.exists() else {}
     for path in a.models:
-        pruned = torch.load(path, weights_only=False)  # our own benchmark file
+        pruned, _ = load(path)
         for plan in a.plans:
             key = f"{path.stem}/{plan}"
             if key in data:
