@@ -51,11 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SparseRun", "search_reg", "sparse_train"]
 
-#: how the ranked winner continues: False (successive halving) ranks both arms part-way
-#: through the winner's own schedule and the winner simply trains on; True ranks them on
-#: short complete schedules and the winner warm-restarts (measured worse: RESULTS, issue 20)
-WARM_RESTART = False
-
 
 def _regulariser(model: nn.Module, ctx: MethodContext, reg: float) -> tp.pruner.GroupNormPruner:
     regulariser = tp.pruner.GroupNormPruner(
@@ -169,16 +164,14 @@ def search_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, float, 
         return a > b and not (images is not None and within_noise(a, b, images))
 
     measure(None, "as given")  # the 0-epoch path: free of training, always a candidate
-    if rivals:  # rank early, on the schedule the winner finishes (``WARM_RESTART``: a short one)
-        horizon = rank * per_epoch if WARM_RESTART else total - rank * per_epoch
-        arms = [SparseRun(model, ctx, grid[i], horizon) for i in (prior, *rivals)]
+    if rivals:  # rank on short complete schedules (annealed: what a short training leaves)
+        arms = [SparseRun(model, ctx, grid[i], rank * per_epoch) for i in (prior, *rivals)]
         for arm, role in zip(arms, ("prior, ranked", "challenger, ranked")):
             arm.advance(rank * per_epoch)
             measure(arm, role)
         scores = [t["val_accuracy"] for t in trials[1:3]]
         winner = arms[1] if beats(scores[1], scores[0]) else arms[0]
-        if WARM_RESTART:  # continues its own state on a fresh schedule
-            winner.restart(total - 2 * rank * per_epoch)
+        winner.restart(total - 2 * rank * per_epoch)  # warm restart: continues its own state
     else:
         winner = SparseRun(model, ctx, grid[prior], total)
     winner.advance(winner.horizon - winner.iterations)

@@ -33,14 +33,14 @@ def _norm(model) -> float:
     return float(sum(p.detach().abs().sum() for p in model.parameters()))
 
 
-ROLES = ["as given", "prior, ranked", "challenger, ranked", "winner"]
+ROLES = ["as given", "incumbent, matched", "challenger", "challenger", "incumbent"]
 
 
 @pytest.mark.timeout(120)
-def test_the_prior_and_its_nearest_neighbour_rank_then_the_winner_continues(model, loaders, example,
-                                                                           fast_config):  # fmt: skip
-    """Equal scores: the prior (the grid's middle at 2x) wins the ranking and continues
-    from its own 2-epoch state for the other 6; every trial is scored and counted."""
+def test_the_prior_trains_the_budget_and_its_neighbours_an_epoch_each(model, loaders, example,
+                                                                      fast_config):  # fmt: skip
+    """Equal scores: nothing beats the incumbent (the grid's middle at 2x), which trained
+    the budget but the challengers' epochs; every trial is scored and counted."""
     scored = []
 
     def proxy(m):
@@ -57,10 +57,10 @@ def test_the_prior_and_its_nearest_neighbour_rank_then_the_winner_continues(mode
     search = info["reg_search"]
     per_epoch = len(loaders[0])  # 4 batches of 32
     assert [t["role"] for t in search["trials"]] == ROLES
-    assert [t["reg"] for t in search["trials"]] == [0.0, GRID[1], GRID[0], GRID[1]]
-    assert [t["epochs"] for t in search["trials"]] == [0.0, 2.0, 2.0, 8.0]  # 2 ranked + 6 more
-    assert search["grid"] == [GRID[1], GRID[0]] and search["prior"] == search["winner"] == GRID[1]
-    assert search["kept"] == {**search["trials"][-1], "displaced_winner": False}
+    assert [t["reg"] for t in search["trials"]] == [0.0, GRID[1], GRID[0], GRID[2], GRID[1]]
+    assert [t["epochs"] for t in search["trials"]] == [0.0, 1.0, 1.0, 1.0, 8.0]
+    assert search["grid"] == [GRID[1], GRID[0], GRID[2]] and search["prior"] == GRID[1]
+    assert search["kept"] == {**search["trials"][-1], "displaced_incumbent": False}
     assert info["sparse_reg"] == GRID[1] and search["winner_epochs"] == 8.0
     # the whole search is inside the budget: every trial's iterations counted
     assert search["iterations_trained"] == 10 * per_epoch == search["iterations_per_epoch"] * 10
@@ -68,7 +68,7 @@ def test_the_prior_and_its_nearest_neighbour_rank_then_the_winner_continues(mode
     assert "64 validation images" in search["noise"]
     # the proxy saw the model as given first, and the prepared model is the last one scored
     assert scored[0][0] is model and scored[0][1] == given == _norm(model)  # never modified
-    assert scored[-1][0] is prepared and len({n for _, n in scored[1:]}) == 3  # 3 trained states
+    assert scored[-1][0] is prepared and len({n for _, n in scored[1:]}) == 4  # 4 trained copies
     assert ctx.info["stage_seconds"]["reg_search"] == search["seconds"] > 0
     _, val, _ = loaders
     assert info["val_accuracy"] == evaluate(prepared, val)  # recalibrated, the real figure
@@ -76,21 +76,19 @@ def test_the_prior_and_its_nearest_neighbour_rank_then_the_winner_continues(mode
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    ("scores", "images", "winner", "kept"),
+    ("scores", "images", "kept"),
     [
-        ([0.5, 0.5, 0.9, 0.95], 180, GRID[0], 3),  # the challenger ranks ahead: it continues
-        ([0.5, 0.5, 0.55, 0.6], 180, GRID[1], 3),  # ahead within noise: the prior continues
-        ([0.5, 0.5, 0.9, 0.3], None, GRID[0], 2),  # its continuation is worse: the ranked state
-        ([0.5, 0.95, 0.5, 0.6], 180, GRID[1], 1),  # the prior's own ranked state
-        ([0.9, 0.5, 0.5, 0.3], 180, GRID[1], 0),  # the model as given: the 0-epoch path
+        ([0.5, 0.5, 0.9, 0.5, 0.3], None, 2),  # a challenger far ahead: it is the model
+        ([0.5, 0.5, 0.9, 0.5, 0.88], 180, 4),  # ahead within noise: the incumbent stays
+        ([0.5, 0.95, 0.5, 0.5, 0.6], 180, 1),  # the incumbent's own first epoch
+        ([0.9, 0.5, 0.5, 0.5, 0.3], 180, 0),  # the model as given: the 0-epoch path
     ],
 )  # fmt: skip
-def test_the_ranking_and_the_final_choice_move_only_beyond_noise(
-    scores, images, winner, kept, model, loaders, example, fast_config
+def test_only_a_checkpoint_better_beyond_noise_displaces_the_incumbent(
+    scores, images, kept, model, loaders, example, fast_config
 ):
-    """The challenger continues only when it ranks ahead beyond one standard error; the
-    winner's last checkpoint is kept unless another scored one beats it beyond noise, and
-    the kept copy is the model as it was scored."""
+    """The incumbent's last checkpoint is the model unless another scored one beats it
+    beyond one standard error; the kept copy is the model as it was scored."""
     given = copy.deepcopy(model)
     it, seen = iter(scores), []
 
@@ -104,10 +102,9 @@ def test_the_ranking_and_the_final_choice_move_only_beyond_noise(
     info = ctx.info["before_pruning"]
     search = info["reg_search"]
     trial = search["trials"][kept]
-    assert search["winner"] == winner and search["trials"][-1]["reg"] == winner
-    assert search["kept"] == {**trial, "displaced_winner": kept != 3}
-    assert info["sparse_reg"] == trial["reg"] == [0.0, GRID[1], GRID[0], winner][kept]
-    assert search["winner_epochs"] == trial["epochs"] == [0.0, 2.0, 2.0, 8.0][kept]
+    assert search["kept"] == {**trial, "displaced_incumbent": kept != 4}
+    assert info["sparse_reg"] == trial["reg"] == [0.0, GRID[1], GRID[0], GRID[2], GRID[1]][kept]
+    assert search["winner_epochs"] == trial["epochs"] == [0.0, 1.0, 1.0, 1.0, 8.0][kept]
     assert info["epochs_trained"] == 10.0  # every trial counted, whichever model is kept
     assert _norm(prepared) == pytest.approx(seen[kept], rel=1e-5)  # as scored, not trained on
     if kept == 0:  # the caller's model is copied (then BN-recalibrated), not handed back
@@ -117,38 +114,18 @@ def test_the_ranking_and_the_final_choice_move_only_beyond_noise(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("epochs", "rank"), [(1, 0), (4, 0), (5, 1), (6, 1)])
-def test_short_budgets_rank_shorter_or_not_at_all(epochs, rank, model, loaders, example, fast_config):
-    """Each arm ranks on a fifth of the budget in whole epochs, none below 5 epochs; the
-    winner continues for the rest, and the model as given is still a candidate."""
+@pytest.mark.parametrize(("epochs", "challengers"), [(1, 0), (4, 0), (5, 1)])
+def test_short_budgets_have_fewer_challengers(epochs, challengers, model, loaders, example, fast_config):
+    """An epoch per challenger, a fifth of the budget at most: none below 5 epochs; the
+    incumbent trains the rest, and the model as given is still a candidate."""
     ctx = _ctx(_sl_config(fast_config, epochs=epochs), loaders, example, lambda m: 0.5)
     get_method("group-l2-sl").prepare(model, ctx)
     search = ctx.info["before_pruning"]["reg_search"]
-    assert [t["role"] for t in search["trials"]] == (ROLES if rank else ["as given", "winner"])
-    assert [t["epochs"] for t in search["trials"]][1:] == [rank, rank] * bool(rank) + [epochs - rank]
-    assert search["grid"] == [GRID[1], GRID[0]][: 1 + bool(rank)]
+    roles = ["as given"] + ["incumbent, matched"] * bool(challengers) + ["challenger"] * challengers
+    assert [t["role"] for t in search["trials"]] == roles + ["incumbent"]
+    assert search["grid"] == [GRID[1], GRID[0]][: 1 + challengers]
+    assert search["trials"][-1]["epochs"] == epochs - challengers
     assert search["epochs_trained"] == epochs and ctx.info["before_pruning"]["sparse_reg"] == GRID[1]
-
-
-def test_a_warm_restart_continues_the_runs_own_state(model, loaders, example, fast_config):
-    """The winner's continuation: the schedule starts again at the full rate, while the
-    weights, momentum and iteration count carry on."""
-    from metaprune.pruning.sparse import SparseRun
-
-    config = _sl_config(fast_config, epochs=3)
-    ctx = _ctx(config, loaders, example)
-    run = SparseRun(model, ctx, 0.1, 4)
-    assert run.model is not model and run.optimizer.param_groups[0]["lr"] == 0.05
-    run.advance(4)
-    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed
-    weights, momentum = _norm(run.model), [s["momentum_buffer"].clone() for s in run.optimizer.state.values()]
-    run.restart(6)
-    assert run.optimizer.param_groups[0]["lr"] == 0.05 and (run.iterations, run.horizon) == (4, 10)
-    assert _norm(run.model) == weights  # nothing trained by the restart itself
-    assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(run.optimizer.state.values(), momentum))
-    run.advance(6)
-    assert run.iterations == 10 and _norm(run.model) != weights
-    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_auto_reg_needs_the_proxy(model, loaders, example, fast_config):
