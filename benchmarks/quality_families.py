@@ -104,6 +104,8 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
     model, spec = heldout_mod.load(h)
     out: dict[str, dict[str, Any]] = {}
     base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT)
+    if a.search_fraction is not None:  # the reg search's challenger share (0: the prior alone)
+        base = dataclasses.replace(base, sparse=SparseTraining(search_fraction=a.search_fraction))
     for t in [] if a.oracle_only else targets:
         config = dataclasses.replace(base, target=Target("macs", t))
         result, rec = _run(h.path, None, config)
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-only", action="store_true", help="no default rows (add oracle rows to a run)")
     p.add_argument("--finetune", type=float, nargs="*", default=[], help="targets fine-tuned after")
     p.add_argument("--only-seeds", type=int, nargs="+", help="of the --seeds models, run these seeds only")
+    p.add_argument("--search-fraction", type=float, help="default rows: sparse.search_fraction (0: no challengers)")
     p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")

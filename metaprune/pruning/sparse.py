@@ -13,7 +13,9 @@ proxy prunes a copy to the requested target, recalibrates BatchNorm and scores i
 validation split. But prunability after one or two epochs does not rank strengths as the
 whole budget does (a held-out ResNet-56: 0.1 led 0.03 by 17 points after two epochs and
 ended 55 points behind it after ten; issue 20), so a short trial never decides which
-strength trains on. Instead the **prior's strength** (0.03, the hindsight-best at 2x on
+strength trains on (measured: a 2-epoch ranking, part-way on the winner's schedule or on a
+complete short one, ordered 0.03 against 0.1 no better than the prior did; issue 20, sixth
+pass in benchmarks/RESULTS.md). Instead the **prior's strength** (0.03, the hindsight-best at 2x on
 held-out ResNet-20, ResNet-56 and VGG-19 models; 0.1 from ~2.8x, the hindsight-best at 3x on
 ResNet-20s; no strength is best on every model: issue 20) is the incumbent and trains most
 of the budget; its grid neighbours are challengers that train one epoch each on the same
