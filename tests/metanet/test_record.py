@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from graph_encoding import encode
 from metanet import MetaNetwork, export
 from metanet.choice import NoMetanetworkError, choose_metanetwork
 from metanet.export import read_document
-from metanet.record import attach_record, heldout_record, record_verdict
+from metanet.record import attach_record, extrapolate_runs, heldout_record, record_verdict
 from metaprune.models import create_model
 
 NETS = ["net-a", "net-b"]
@@ -41,6 +42,22 @@ def test_record_applies_the_decision_rule() -> None:
     rows["other/fam/s100/2.0"] = {"test": 0.0}
     assert heldout_record(rows, "net")["fam"]["targets"]["2.0"]["models"] == 4
     assert heldout_record(rows, "missing") == {}
+
+
+def test_extrapolation_is_log_linear_in_runs() -> None:
+    # +0.5 points per doubling from 0 at 16 runs: +2 points at 16 * 2**4 = 256 runs
+    fit = extrapolate_runs([(16, 0.0), (32, 0.005), (64, 0.01)])
+    assert fit["slope"] == pytest.approx(0.005) and fit["intercept"] == pytest.approx(-0.02)
+    assert fit["runs_for_goal"] == pytest.approx(256) and fit["goal"] == 0.02
+    assert extrapolate_runs([(24, 0.0), (96, 0.02)], goal=0.01)["runs_for_goal"] == pytest.approx(48)
+    # least squares over three noisy points: the middle one pulls neither end
+    assert extrapolate_runs([(8, 0.0), (16, 0.01), (32, 0.0)])["slope"] == pytest.approx(0.0)
+    assert extrapolate_runs([(24, 0.01), (96, 0.0)])["runs_for_goal"] is None  # falls
+    assert extrapolate_runs([(24, 0.0), (96, 1e-12)])["runs_for_goal"] == math.inf
+    with pytest.raises(ValueError, match="two different run counts"):
+        extrapolate_runs([(24, 0.0), (24, 0.01)])
+    with pytest.raises(ValueError, match="must be positive"):
+        extrapolate_runs([(0, 0.0), (24, 0.01)])
 
 
 @pytest.fixture
