@@ -89,7 +89,9 @@ def record_verdict(document: Mapping[str, Any], family: str) -> str | None:
     return entry.get("verdict") if isinstance(entry, Mapping) else None
 
 
-def extrapolate_runs(points: Sequence[tuple[float, float]], goal: float = MIN_GAIN) -> dict[str, Any]:
+def extrapolate_runs(
+    points: Sequence[tuple[float, float]], goal: float = MIN_GAIN
+) -> dict[str, Any]:
     """Least-squares line of held-out gain against log2(distinct training runs), and the
     number of runs where that line reaches ``goal``.
 

@@ -49,7 +49,8 @@ def test_extrapolation_is_log_linear_in_runs() -> None:
     fit = extrapolate_runs([(16, 0.0), (32, 0.005), (64, 0.01)])
     assert fit["slope"] == pytest.approx(0.005) and fit["intercept"] == pytest.approx(-0.02)
     assert fit["runs_for_goal"] == pytest.approx(256) and fit["goal"] == 0.02
-    assert extrapolate_runs([(24, 0.0), (96, 0.02)], goal=0.01)["runs_for_goal"] == pytest.approx(48)
+    half = extrapolate_runs([(24, 0.0), (96, 0.02)], goal=0.01)
+    assert half["runs_for_goal"] == pytest.approx(48)
     # least squares over three noisy points: the middle one pulls neither end
     assert extrapolate_runs([(8, 0.0), (16, 0.01), (32, 0.0)])["slope"] == pytest.approx(0.0)
     assert extrapolate_runs([(24, 0.01), (96, 0.0)])["runs_for_goal"] is None  # falls
