@@ -201,7 +201,8 @@ def curve(a: argparse.Namespace) -> int:
             raise SystemExit(f"curve: no {tag!r} rows paired with 'default' on {a.family} in {source}")
         targets = record["targets"]
         print(f"| {tag} | {runs} | " + " | ".join(
-            f"{100 * s['gain']:+.1f}, {s['wins']}/{s['models']}" for s in targets.values()) + " |")  # fmt: skip
+            f"{100 * s['gain']:+.1f} ± {100 * s.get('gain_se', 0):.1f}, {s['wins']}/{s['models']}"
+            for s in targets.values()) + " |")  # fmt: skip
         points.append((int(runs), {t: s["gain"] for t, s in targets.items()}))
     names = sorted(set.intersection(*(set(g) for _, g in points)))
     for name in [*names, "mean"]:

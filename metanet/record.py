@@ -60,9 +60,12 @@ def heldout_record(
             n = len(pairs)
             gain = sum(m - b for m, b in pairs) / n
             wins = sum(m > b for m, b in pairs)
+            # the paired standard error: one model's swing is the curve's noise, not its slope
+            var = sum((m - b - gain) ** 2 for m, b in pairs) / (n - 1) if n > 1 else 0.0
             summary[target] = {
                 "models": n, "metanet": sum(m for m, _ in pairs) / n,
                 "baseline": sum(b for _, b in pairs) / n, "gain": gain, "wins": wins,
+                "gain_se": math.sqrt(var / n),
                 "meets_rule": gain >= min_gain and wins >= min_wins * n,
             }  # fmt: skip
         verdict = "wins" if all(s["meets_rule"] for s in summary.values()) else "loses"

@@ -32,6 +32,9 @@ def test_record_applies_the_decision_rule() -> None:
     t2 = win["fam"]["targets"]["2.0"]
     assert t2["models"] == 4 and t2["wins"] == 3 and t2["gain"] == pytest.approx(0.0225)
     assert t2["baseline"] == pytest.approx(0.8) and t2["meets_rule"]
+    # paired differences 0.03, 0.03, 0.04, -0.01: sample sd 0.0222, over sqrt(4)
+    assert t2["gain_se"] == pytest.approx(0.0111, abs=1e-4)
+    assert win["fam"]["targets"]["3.0"]["gain_se"] == pytest.approx(0.0)
     assert win["fam"]["verdict"] == "wins" and win["fam"]["baseline"] == "default"
     # 2 of 4 wins, or a mean gain under 2 points at one target: loses
     for gains in ({"2.0": [0.1, 0.1, -0.01, -0.01]}, {"2.0": [0.05] * 4, "3.0": [0.015] * 4}):
