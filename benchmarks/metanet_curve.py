@@ -7,6 +7,8 @@ weight-space augmentations, and the held-out 0-epoch check of the result.
     # held-out ResNet-20s (benchmarks/quality_heldout.py, seeds 100+), 0 epochs, 2x / 3x MACs:
     # the guarded metanet path with an export against the default (`auto`: criterion chosen on validation)
     nice python benchmarks/metanet_curve.py heldout --export runs/metanet-curve/s3-aug/best --n 5
+    # the learning curve of held-out gain against distinct training runs, and its extrapolation
+    python benchmarks/metanet_curve.py curve --point d21-r24-3x-aug:24 --point d21-r96-3x-aug:96
 
 ``fit`` uses the recipe of ``general-digits`` (canonical edges, 4 x 32, ratios 0.1,
 prune-aware objective, batch-statistics BN, gradient clip 1) and holds the number of
@@ -185,6 +187,34 @@ def heldout(a: argparse.Namespace) -> int:
     return 0
 
 
+def curve(a: argparse.Namespace) -> int:
+    """Held-out gain and paired wins per point (``TAG:RUNS[:JSON]``), and the log-linear
+    extrapolation (metanet.record.extrapolate_runs) to the decision rule's +2 points."""
+    from metanet.record import extrapolate_runs, heldout_record
+
+    points: list[tuple[int, dict]] = []
+    for spec in a.point:
+        tag, runs, *path = spec.split(":")
+        source = Path(path[0] if path else a.heldout_out)
+        record = heldout_record(json.loads(source.read_text()), tag).get(a.family)
+        if record is None:
+            raise SystemExit(f"curve: no {tag!r} rows paired with 'default' on {a.family} in {source}")
+        targets = record["targets"]
+        print(f"| {tag} | {runs} | " + " | ".join(
+            f"{100 * s['gain']:+.1f} ± {100 * s.get('gain_se', 0):.1f}, {s['wins']}/{s['models']}"
+            for s in targets.values()) + " |")  # fmt: skip
+        points.append((int(runs), {t: s["gain"] for t, s in targets.items()}))
+    names = sorted(set.intersection(*(set(g) for _, g in points)))
+    for name in [*names, "mean"]:
+        gains = [(r, sum(g[t] for t in names) / len(names) if name == "mean" else g[name])
+                 for r, g in points]  # fmt: skip
+        fit = extrapolate_runs(gains)
+        need = fit["runs_for_goal"]
+        print(f"{name}: {100 * fit['slope']:+.2f} points per doubling of distinct runs; "
+              f"+{100 * fit['goal']:.0f} points at " + ("never" if need is None else f"~{need:.0f} runs"))  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--family", default="cifar_resnet20")
     h.add_argument("--n", type=int, default=5)
     h.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0])
-    h.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
     h.add_argument("--shard", default="0/1", help="i/k: every k-th (model, target) from the i-th")
     h.add_argument("--no-default", action="store_true", help="skip the baseline rows")
     h.add_argument("--default-if-rewritten", action="store_true",
@@ -222,11 +251,18 @@ def main(argv: list[str] | None = None) -> int:
                    "it pruned the input exactly as the baseline does, so its row is the baseline's")
     h.add_argument("--reverse", action="store_true",
                    help="the shard from its end (a second process meets the first half-way)")
+    c = sub.add_parser("curve")
+    c.add_argument("--point", action="append", required=True,
+                   help="TAG:RUNS[:JSON]: a held-out tag, its distinct meta-train runs, its rows "
+                   "(default --heldout-out)")
+    c.add_argument("--family", default="cifar_resnet20")
+    for q in (h, c):
+        q.add_argument("--heldout-out", default=str(OUT.with_name("metanet_curve_heldout.json")))
     for q in (f, h):
         q.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    return fit(a) if a.cmd == "fit" else heldout(a)
+    return {"fit": fit, "heldout": heldout, "curve": curve}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,21 @@ Decision rule (issue 21): at every target, the metanetwork's mean test accuracy 
 baseline's by at least ``min_gain`` (2 points) with paired wins on at least ``min_wins``
 (three quarters) of the models. Anything less is ``"loses"``: such a network is not to be
 shipped or chosen for that family.
+
+:func:`extrapolate_runs` fits the learning curve of such records (gain against the number of
+distinct training runs, log-linear) and says where it would reach the rule's gain.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["attach_record", "heldout_record", "record_verdict"]
+__all__ = ["attach_record", "extrapolate_runs", "heldout_record", "record_verdict"]
 
 MIN_GAIN = 0.02
 MIN_WINS = 0.75
@@ -56,9 +60,12 @@ def heldout_record(
             n = len(pairs)
             gain = sum(m - b for m, b in pairs) / n
             wins = sum(m > b for m, b in pairs)
+            # the paired standard error: one model's swing is the curve's noise, not its slope
+            var = sum((m - b - gain) ** 2 for m, b in pairs) / (n - 1) if n > 1 else 0.0
             summary[target] = {
                 "models": n, "metanet": sum(m for m, _ in pairs) / n,
                 "baseline": sum(b for _, b in pairs) / n, "gain": gain, "wins": wins,
+                "gain_se": math.sqrt(var / n),
                 "meets_rule": gain >= min_gain and wins >= min_wins * n,
             }  # fmt: skip
         verdict = "wins" if all(s["meets_rule"] for s in summary.values()) else "loses"
@@ -83,3 +90,35 @@ def record_verdict(document: Mapping[str, Any], family: str) -> str | None:
     """``"wins"`` / ``"loses"`` from an export's record for ``family``; ``None``: no evidence."""
     entry = (document.get("heldout") or {}).get(family)
     return entry.get("verdict") if isinstance(entry, Mapping) else None
+
+
+def extrapolate_runs(
+    points: Sequence[tuple[float, float]], goal: float = MIN_GAIN
+) -> dict[str, Any]:
+    """Least-squares line of held-out gain against log2(distinct training runs), and the
+    number of runs where that line reaches ``goal``.
+
+    An assumption made explicit, not a measurement: weight-space learning curves are often
+    near log-linear over a decade; two or three points cannot show that this one is.
+
+    Args:
+        points: ``(distinct runs, gain)`` pairs, e.g. ``(24, 0.001)``; at least two run counts.
+
+    Returns:
+        ``slope`` (gain per doubling), ``intercept`` (gain at 1 run) and ``runs_for_goal``
+        (``None`` when the line does not rise).
+    """
+    if any(runs <= 0 for runs, _ in points):
+        raise ValueError(f"extrapolate_runs: run counts must be positive (found {points})")
+    xs = [math.log2(runs) for runs, _ in points]
+    if len(set(xs)) < 2:
+        raise ValueError(
+            f"extrapolate_runs: needs at least two different run counts (found {points})"
+        )
+    ys = [gain for _, gain in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    intercept = my - slope * mx
+    doublings = (goal - intercept) / slope if slope > 0 else None
+    runs = None if doublings is None else math.inf if doublings > 1000 else 2**doublings
+    return {"slope": slope, "intercept": intercept, "goal": goal, "runs_for_goal": runs}

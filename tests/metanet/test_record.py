@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from graph_encoding import encode
 from metanet import MetaNetwork, export
 from metanet.choice import NoMetanetworkError, choose_metanetwork
 from metanet.export import read_document
-from metanet.record import attach_record, heldout_record, record_verdict
+from metanet.record import attach_record, extrapolate_runs, heldout_record, record_verdict
 from metaprune.models import create_model
 
 NETS = ["net-a", "net-b"]
@@ -31,6 +32,9 @@ def test_record_applies_the_decision_rule() -> None:
     t2 = win["fam"]["targets"]["2.0"]
     assert t2["models"] == 4 and t2["wins"] == 3 and t2["gain"] == pytest.approx(0.0225)
     assert t2["baseline"] == pytest.approx(0.8) and t2["meets_rule"]
+    # paired differences 0.03, 0.03, 0.04, -0.01: sample sd 0.0222, over sqrt(4)
+    assert t2["gain_se"] == pytest.approx(0.0111, abs=1e-4)
+    assert win["fam"]["targets"]["3.0"]["gain_se"] == pytest.approx(0.0)
     assert win["fam"]["verdict"] == "wins" and win["fam"]["baseline"] == "default"
     # 2 of 4 wins, or a mean gain under 2 points at one target: loses
     for gains in ({"2.0": [0.1, 0.1, -0.01, -0.01]}, {"2.0": [0.05] * 4, "3.0": [0.015] * 4}):
@@ -41,6 +45,23 @@ def test_record_applies_the_decision_rule() -> None:
     rows["other/fam/s100/2.0"] = {"test": 0.0}
     assert heldout_record(rows, "net")["fam"]["targets"]["2.0"]["models"] == 4
     assert heldout_record(rows, "missing") == {}
+
+
+def test_extrapolation_is_log_linear_in_runs() -> None:
+    # +0.5 points per doubling from 0 at 16 runs: +2 points at 16 * 2**4 = 256 runs
+    fit = extrapolate_runs([(16, 0.0), (32, 0.005), (64, 0.01)])
+    assert fit["slope"] == pytest.approx(0.005) and fit["intercept"] == pytest.approx(-0.02)
+    assert fit["runs_for_goal"] == pytest.approx(256) and fit["goal"] == 0.02
+    half = extrapolate_runs([(24, 0.0), (96, 0.02)], goal=0.01)
+    assert half["runs_for_goal"] == pytest.approx(48)
+    # least squares over three noisy points: the middle one pulls neither end
+    assert extrapolate_runs([(8, 0.0), (16, 0.01), (32, 0.0)])["slope"] == pytest.approx(0.0)
+    assert extrapolate_runs([(24, 0.01), (96, 0.0)])["runs_for_goal"] is None  # falls
+    assert extrapolate_runs([(24, 0.0), (96, 1e-12)])["runs_for_goal"] == math.inf
+    with pytest.raises(ValueError, match="two different run counts"):
+        extrapolate_runs([(24, 0.0), (24, 0.01)])
+    with pytest.raises(ValueError, match="must be positive"):
+        extrapolate_runs([(0, 0.0), (24, 0.01)])
 
 
 @pytest.fixture
