@@ -300,7 +300,9 @@ def prune(
     # every copy pruned with a data-aware criterion
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
-    def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
+    def prune_to_target(
+        m: nn.Module, cand: Candidate, steps: int, step_fn: Any, adaptive: bool = _ADAPTIVE
+    ) -> list[StepInfo]:
         with _one_thread():  # the gradient pass too (importance) and the steps
             importance = make_importance(
                 cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
@@ -311,7 +313,7 @@ def prune(
                 round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
                 min_channels=pruning.min_channels,
                 latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
-                on_step=step_fn, frozen=structure.frozen_modules, adaptive=_ADAPTIVE,
+                on_step=step_fn, frozen=structure.frozen_modules, adaptive=adaptive,
             )  # fmt: skip
 
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
@@ -333,7 +335,7 @@ def prune(
         return score_copy(prune_copy(m, cand, search_steps, curve=False)[0])
 
     def prune_copy(
-        m: nn.Module, cand: Candidate, steps: int, curve: bool = True
+        m: nn.Module, cand: Candidate, steps: int, curve: bool = True, adaptive: bool = _ADAPTIVE
     ) -> tuple[nn.Module, list[StepInfo], dict[int, nn.Module]]:
         """A copy of ``m`` pruned with ``cand``, its steps, and (``curve``) copies of it at
         the steps where the curve wants a point (a search keeps the winner's: no second
@@ -351,7 +353,7 @@ def prune(
                 due.pop(0)
 
         ticks[0] = meter.tick if meter else None
-        history = prune_to_target(m, cand, steps, on_step)
+        history = prune_to_target(m, cand, steps, on_step, adaptive)
         m.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
         return m, history, snapshots
 
@@ -409,6 +411,10 @@ def prune(
         # at a large input two rounds: every candidate recalibrated and scored on half
         # the proxy's images, the best _FINALISTS on the other half too (scored over all)
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
+        # and each candidate visits only some steps of the schedule; the winner is then
+        # pruned again on every step (the job's prune is never an adaptive one)
+        quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps)
+        reusable = search_steps == pruning.steps and not (quick or _ADAPTIVE)
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
         keep = _FINALISTS if two_rounds else 1
 
@@ -418,9 +424,9 @@ def prune(
             kept: list[tuple[float, int, Candidate, Any]] = []
 
             def search_proxy(m: nn.Module, cand: Candidate) -> float:
-                result = prune_copy(m, cand, search_steps)
+                result = prune_copy(m, cand, search_steps, curve=reusable, adaptive=quick or _ADAPTIVE)
                 score = score_copy(result[0], *first)
-                if two_rounds or search_steps == pruning.steps:
+                if two_rounds or reusable:
                     kept.append((-score, candidates.index(cand), cand, result))
                     kept.sort(key=lambda k: k[:2])
                     del kept[keep:]
@@ -437,15 +443,16 @@ def prune(
                                             finalists=_FINALISTS)  # fmt: skip
             record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
                                "validation_images": len(proxy_val.dataset),
-                               "rounds": 1 + two_rounds}  # fmt: skip
+                               "rounds": 1 + two_rounds, "adaptive": quick or _ADAPTIVE}  # fmt: skip
             winner = [k[3] for k in kept if k[2] == best]
-            reused = winner[0] if winner and search_steps == pruning.steps else None
+            reused = winner[0] if winner and reusable else None
             record["reused_winner"] = reused is not None
             kept.clear()
             return best, record, reused
 
         with timed("criterion_search"):  # validation only
-            per_candidate = step_units + sum(map(len, first)) if two_rounds else proxy_units
+            steps_each = min(search_steps, 8) if quick else step_units
+            per_candidate = steps_each + (sum(map(len, first)) if two_rounds else len(proxy_calib) + len(proxy_val))
             units = per_candidate * len(candidates) + keep * sum(map(len, second))
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0
@@ -455,7 +462,7 @@ def prune(
             proxy_meter[:] = [meter]
             meter.start()
             if kinds:  # before any copy exists: the pass's peak memory shares with nothing
-                with _one_thread():
+                with _gradient_threads(len(grads.calibration.dataset) * values):
                     grads.gather(model)
             chosen, found, pruned = search(model)
             if ctx.reference is not None:  # the prepared model must beat it beyond noise
@@ -492,6 +499,8 @@ def prune(
         meter.start(criterion=chosen.label)
         if pruned is None:
             pruned = prune_copy(model, chosen, pruning.steps)
+            if kinds:  # no prune after this one
+                grads.forget()
         start_model, (model, history, snapshots) = model, pruned
         curve = []
         for info in history:
@@ -645,6 +654,18 @@ def _second_round(images: int, values: int, candidates: int) -> bool:
 
 #: candidates of the criterion search's second round (where it has one)
 _FINALISTS = 2
+
+
+def _quick_search(images: int, values: int, search_steps: int | None) -> bool:
+    """Whether the criterion search's candidates prune adaptively
+    (``progressive_prune(adaptive=True)``: a handful of the schedule's steps, each
+    a ranking and a count, instead of every one) and the winner is pruned again on the
+    full schedule: where one proxy pass is over ``_LARGE_INPUT_VALUES`` input values
+    and ``importance.search_steps`` is left at its default. A ViT-B/16 at 224 visits 8
+    steps instead of 38 (one thread: 8.7 CPU s against 34 for a group-L2 candidate);
+    its six candidates' steps were ~7 of the job's 14 units of a batch-64 forward
+    (benchmarks/RESULTS.md, issue 18)."""
+    return search_steps is None and images * values > _LARGE_INPUT_VALUES
 
 
 def _search_images(val_images: int, search_images: int, values: int) -> int:
@@ -821,6 +842,23 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _gradient_threads(values: int) -> Iterator[None]:
+    """The taylor / hessian gradient pass over ``values`` input values in all: on the
+    job's threads (``torch.get_num_threads()``: ``--threads``, an executor's task
+    threads) where that is more than ``_LARGE_INPUT_VALUES`` (32 images at 224 px), on one
+    thread below (8x8 and 32x32 inputs: small kernels, where a second thread mostly
+    spins). A rule on the configured threads, never on the load, so a job's gradients
+    do not depend on what else runs. ViT-B/16 at 224 on an idle machine: two threads
+    halve the pass's wall time at 1.1x its CPU (at load 5-8 they cost 1.8x the CPU, so
+    a job on a shared machine should be given one thread; benchmarks/RESULTS.md, issue 18)."""
+    if values > _LARGE_INPUT_VALUES:
+        yield
+    else:
+        with _one_thread():
+            yield
 
 
 @contextlib.contextmanager

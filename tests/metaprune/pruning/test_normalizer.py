@@ -38,7 +38,8 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
     proxy = info["criterion_search"]["proxy"]
     small = len(splits.val)  # <= 512 images: scored whole (search_images is for large splits)
-    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small, "rounds": 1}
+    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small,
+                     "rounds": 1, "adaptive": False}  # fmt: skip
     assert all("final_accuracy" not in t for t in trials)  # one round at a small input
     assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
@@ -59,8 +60,9 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     model, spec, splits, fast_config, monkeypatch
 ):
     """Where a proxy pass is over the large-input budget (made tiny here), every candidate
-    is scored on half the proxy's images and the best two on the other half too; the
-    winner's copy is still the job's prune, identical to a job with its criterion fixed."""
+    prunes adaptively (a few steps of the schedule) and is scored on half the proxy's
+    images, the best two on the other half too; the winner is pruned again on the full
+    schedule: the job's prune is identical to a job with its criterion fixed."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
@@ -68,7 +70,8 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     torch.manual_seed(0)
     result = prune(model, splits, config, spec=spec)
     search = result.report["stages"]["prune"]["criterion_search"]
-    assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32, "rounds": 2}
+    assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32,
+                               "rounds": 2, "adaptive": True}  # fmt: skip
     trials = search["trials"]
     first = [t["val_accuracy"] for t in trials]
     assert all(round(a * 16) == a * 16 for a in first)  # scored on 16 images
@@ -79,7 +82,7 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     assert all(round(a * 32) == a * 32 and 0 <= a <= 1 for a in finals.values())  # on all 32
     winner = max(sorted(finals), key=finals.__getitem__)
     assert search["chosen"] == f"group-l2[{trials[winner]['normalizer']}]"
-    assert search["reused_winner"] is True
+    assert search["reused_winner"] is False  # an adaptive prune is never the job's
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=trials[winner]["normalizer"]))
     torch.manual_seed(0)
     again = prune(model, splits, fixed, spec=spec)

@@ -105,6 +105,7 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
     small = len(splits.val)  # <= 512 images: the proxy scores the whole split, not 48
     assert small <= 512 and result.report["stages"]["prune"]["criterion_search"]["proxy"] == {
         "steps": 10, "calibration_images": small, "validation_images": small, "rounds": 1,
+        "adaptive": False,
     }  # fmt: skip
 
 
