@@ -152,14 +152,25 @@ class GradientCache:
 
 
 def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Names, shapes and float64 sums of the parameters and buffers: equal for copies of
-    one model. Buffers count: the gradients are taken in eval mode, through BatchNorm's
-    running statistics (a recalibrated copy of the same weights has other gradients)."""
+    """Names, shapes and sums of the bits of the parameters and buffers: equal for copies
+    of one model. Buffers count: the gradients are taken in eval mode, through
+    BatchNorm's running statistics (a recalibrated copy of the same weights has other
+    gradients). Integer sums are exact in any order, so the fingerprint does not depend
+    on the number of threads (a float64 sum did: gathered on two threads, the gradients
+    of a ViT-B/16 were gathered again by the first copy pruned on one; RESULTS.md, issue 18)."""
     with torch.no_grad():
-        return tuple(
-            (n, tuple(t.shape), float(t.detach().double().sum()))
-            for n, t in (*model.named_parameters(), *model.named_buffers())
-        )
+        return tuple((n, tuple(t.shape), _bit_sum(t.detach()))
+                     for n, t in (*model.named_parameters(), *model.named_buffers()))  # fmt: skip
+
+
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bit_sum(t: Tensor) -> int:
+    """The sum of ``t``'s elements read as integers of their width (int64, wrapping)."""
+    if t.is_floating_point() and not t.is_complex():
+        t = t.view(_BITS[t.element_size()])
+    return int(t.to(torch.int64).sum()) if t.numel() else 0
 
 
 def _gather(

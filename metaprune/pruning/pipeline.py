@@ -411,12 +411,14 @@ def prune(
         # at a large input two rounds: every candidate recalibrated and scored on half
         # the proxy's images, the best _FINALISTS on the other half too (scored over all)
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
-        # and each candidate visits only some steps of the schedule; the winner is then
-        # pruned again on every step (the job's prune is never an adaptive one)
-        quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps)
-        reusable = search_steps == pruning.steps and not (quick or _ADAPTIVE)
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
-        keep = _FINALISTS if two_rounds else 1
+        # and there each candidate of the first round prunes adaptively (a few of the
+        # schedule's steps); the finalists are then pruned on every step and scored on all
+        # the proxy's images, and the winner's prune is the job's (never an adaptive one)
+        quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps) and not _ADAPTIVE
+        finals = (two_rounds or quick) and len(candidates) > _FINALISTS
+        keep = _FINALISTS if finals else 1
+        reusable = search_steps == pruning.steps and not _ADAPTIVE
 
         def search(m: nn.Module) -> tuple[Candidate, dict[str, Any], Any]:
             """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
@@ -424,26 +426,32 @@ def prune(
             kept: list[tuple[float, int, Candidate, Any]] = []
 
             def search_proxy(m: nn.Module, cand: Candidate) -> float:
-                result = prune_copy(m, cand, search_steps, curve=reusable, adaptive=quick or _ADAPTIVE)
+                result = prune_copy(m, cand, search_steps, curve=reusable and not quick,
+                                    adaptive=quick or _ADAPTIVE)  # fmt: skip
                 score = score_copy(result[0], *first)
-                if two_rounds or reusable:
+                if (two_rounds or reusable) and not quick:
                     kept.append((-score, candidates.index(cand), cand, result))
                     kept.sort(key=lambda k: k[:2])
                     del kept[keep:]
                 return score
 
-            def final_proxy(cand: Candidate) -> float:  # the second round: the other half
+            def final_proxy(cand: Candidate) -> float:  # the second round
+                if quick:  # the finalist on the full schedule, scored on all the images
+                    result = prune_copy(m, cand, search_steps)
+                    kept.append((0.0, candidates.index(cand), cand, result))
+                    return score_copy(result[0])
+                # the other half of the images
                 minus, _, _, result = next(k for k in kept if k[2] == cand)
                 score = score_copy(result[0], *second)
                 n1, n2 = len(first[1].dataset), len(second[1].dataset)
                 return (-minus * n1 + score * n2) / (n1 + n2)  # accuracy over all the images
 
             best, record = choose_criterion(m, candidates, search_proxy,
-                                            final=final_proxy if two_rounds else None,
+                                            final=final_proxy if finals else None,
                                             finalists=_FINALISTS)  # fmt: skip
             record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
                                "validation_images": len(proxy_val.dataset),
-                               "rounds": 1 + two_rounds, "adaptive": quick or _ADAPTIVE}  # fmt: skip
+                               "rounds": 1 + finals, "adaptive": quick or _ADAPTIVE}  # fmt: skip
             winner = [k[3] for k in kept if k[2] == best]
             reused = winner[0] if winner and reusable else None
             record["reused_winner"] = reused is not None
@@ -451,9 +459,10 @@ def prune(
             return best, record, reused
 
         with timed("criterion_search"):  # validation only
-            steps_each = min(search_steps, 8) if quick else step_units
-            per_candidate = steps_each + (sum(map(len, first)) if two_rounds else len(proxy_calib) + len(proxy_val))
-            units = per_candidate * len(candidates) + keep * sum(map(len, second))
+            whole = len(proxy_calib) + len(proxy_val)
+            per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
+            final_units = step_units + whole if quick else sum(map(len, second))
+            units = per_candidate * len(candidates) + finals * keep * final_units
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0
             units *= 1 + (ctx.reference is not None)

@@ -61,8 +61,8 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
 ):
     """Where a proxy pass is over the large-input budget (made tiny here), every candidate
     prunes adaptively (a few steps of the schedule) and is scored on half the proxy's
-    images, the best two on the other half too; the winner is pruned again on the full
-    schedule: the job's prune is identical to a job with its criterion fixed."""
+    images; the best two are pruned on the full schedule and scored on all of them; the
+    winner's copy is the job's prune, identical to a job with its criterion fixed."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
@@ -82,7 +82,7 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     assert all(round(a * 32) == a * 32 and 0 <= a <= 1 for a in finals.values())  # on all 32
     winner = max(sorted(finals), key=finals.__getitem__)
     assert search["chosen"] == f"group-l2[{trials[winner]['normalizer']}]"
-    assert search["reused_winner"] is False  # an adaptive prune is never the job's
+    assert search["reused_winner"] is True  # a finalist's full prune
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=trials[winner]["normalizer"]))
     torch.manual_seed(0)
     again = prune(model, splits, fixed, spec=spec)
