@@ -38,8 +38,10 @@ work (a batch of at most 2**22 input values, a timed pass, a pruning step); the 
 ``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
 shrink to what the job needs there: an image budget left at its default holds at most
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
-images 32), the curve has one point between its ends, and the criterion search scores
-every candidate on half its images and the best two on the other half as well.
+images 32), the curve has one point between its ends, the gradient pass runs on the job's
+threads, and the criterion search prunes every candidate adaptively (a few steps of the
+schedule) and scores it on half its images, then prunes the best two on every step and
+scores them on all of them; the winner's copy is the job's prune.
 """
 
 from __future__ import annotations
