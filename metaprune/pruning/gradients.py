@@ -39,7 +39,7 @@ network; and per step they would cost ``steps`` passes over the images.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -145,6 +145,16 @@ class GradientCache:
             self._grads, self._seen = _gather(model, self.calibration, kinds, self.on_batch)
             self._key = key
             self.passes += 1
+
+    def zero_kinds(self, ignore: Collection[str] = ()) -> tuple[str, ...]:
+        """The kinds gathered whose gradients are exactly zero for every parameter but
+        those named in ``ignore`` (a classifier's own, which get a gradient whatever its
+        weights): no loss gradient passed the classifier (zero-initialised, as torchvision's
+        ViT is before training), so a criterion reading them scores every channel
+        ``0 / 0`` and prunes nothing."""
+        with torch.no_grad():
+            return tuple(k for k, g in self._grads.items()
+                         if not any(t.any() for n, t in g.items() if n not in ignore))  # fmt: skip
 
     def forget(self) -> None:
         """Drop the stored gradients (a later request gathers them again)."""

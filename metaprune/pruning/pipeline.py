@@ -475,6 +475,16 @@ def prune(
             if kinds:  # before any copy exists: the pass's peak memory shares with nothing
                 with _gradient_threads(len(grads.calibration.dataset) * values):
                     grads.gather(model)
+                # all-zero gradients rank nothing: their candidates would walk the whole
+                # schedule without pruning (a random-weight ViT-B/16: ~2 units of steps)
+                head = {id(p) for p in find_classifier(model, example).parameters()}
+                zero = grads.zero_kinds({n for n, p in model.named_parameters() if id(p) in head})
+                if zero and any(GRADIENT_KIND.get(c.criterion) not in zero for c in candidates):
+                    candidates = [c for c in candidates if GRADIENT_KIND.get(c.criterion) not in zero]
+                    prune_info["gradients"]["zero"] = list(zero)
+                    if len(candidates) <= _FINALISTS:  # one round (first, second: unused)
+                        two_rounds, finals, keep = False, False, 1
+                        first, second = (), ()
             chosen, found, pruned = search(model)
             if ctx.reference is not None:  # the prepared model must beat it beyond noise
                 ref_chosen, ref_found, ref_pruned = search(ctx.reference)

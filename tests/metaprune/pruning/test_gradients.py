@@ -192,3 +192,22 @@ def test_a_copy_is_recognised_whatever_the_threads_and_a_changed_weight_is_not()
     assert cache.passes == 2
     # float32 bits read as int32: 1.0 is 0x3F800000, -1.0 is 0xBF800000 (negative as int32)
     assert gradients._bit_sum(torch.tensor([1.0, -1.0])) == 0x3F800000 + 0xBF800000 - (1 << 32)
+
+
+def test_zero_kinds_names_the_gradients_that_rank_nothing():
+    """A zero-initialised classifier (torchvision's ViT before training) passes no loss
+    gradient back: every gathered gradient is exactly zero."""
+    data = _data()
+    cal = calibration_subset(data, images=8, batch_size=4, seed=0)
+    net = _net().eval()
+    cache = GradientCache(cal, ("mean", "fisher"))
+    cache.gather(net)
+    assert cache.zero_kinds() == ()
+    with torch.no_grad():
+        net[3].weight.zero_()
+        net[3].bias.zero_()
+    cache.gather(net)
+    assert cache.passes == 2 and cache.zero_kinds() == ()  # the classifier's own are not
+    assert set(cache.zero_kinds({"3.weight", "3.bias"})) == {"mean", "fisher"}
+    cache.forget()
+    assert cache.zero_kinds() == ()  # nothing gathered: nothing to judge

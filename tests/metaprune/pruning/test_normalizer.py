@@ -92,3 +92,28 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     # the large-input budgets: batches of 16 images, the curve on 16 + 16 of them
     work = result.report["work"]
     assert work["eval_batch_size"] == 16 and work["curve_images"] == [16, 16]
+
+
+@pytest.mark.timeout(180)
+def test_zero_gradients_leave_the_data_aware_candidates_out(
+    model, spec, splits, fast_config, tmp_path, monkeypatch
+):
+    """A zero-initialised classifier (torchvision's ViT before training) passes no loss
+    gradient back: taylor and hessian would score every channel 0 / 0 and walk the whole
+    schedule without pruning, so the search leaves them out and says why."""
+    import importlib
+
+    from metaprune.pruning.targets import find_classifier
+
+    registry = importlib.import_module("metanet.export")  # no metanetwork: the baseline's search
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.delenv("METAPRUNE_METANET_PATH", raising=False)
+    with torch.no_grad():
+        for p in find_classifier(model, torch.zeros(1, 1, 8, 8)).parameters():
+            p.zero_()
+    config = dataclasses.replace(_auto_at_zero_epochs(fast_config), method="metanet")
+    info = prune(model, splits, config, spec=spec).report["stages"]["prune"]
+    assert info["gradients"]["zero"] == ["fisher", "mean"]
+    labels = [(t["criterion"], t["normalizer"]) for t in info["criterion_search"]["trials"]]
+    assert labels == [("group-l2", n) for n in NORMALIZER_CANDIDATES] + [("group-l2-macs", "sum")]
+    assert info["criterion"] in ("group-l2", "group-l2-macs")
