@@ -38,8 +38,7 @@ work (a batch of at most 2**22 input values, a timed pass, a pruning step); the 
 ``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
 shrink to what the job needs there: an image budget left at its default holds at most
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
-images 32), the curve has one point between its ends, the gradient pass runs on the job's
-threads, and the criterion search prunes every candidate adaptively (a few steps of the
+images 32), the curve has one point between its ends, and the criterion search prunes every candidate adaptively (a few steps of the
 schedule) and scores it on half its images, then prunes the best two on every step and
 scores them on all of them; the winner's copy is the job's prune.
 """
@@ -473,7 +472,7 @@ def prune(
             proxy_meter[:] = [meter]
             meter.start()
             if kinds:  # before any copy exists: the pass's peak memory shares with nothing
-                with _gradient_threads(len(grads.calibration.dataset) * values):
+                with _one_thread():  # two threads: 1.1x its CPU idle, 3-4x at load 2-6
                     grads.gather(model)
                 # all-zero gradients rank nothing: their candidates would walk the whole
                 # schedule without pruning (a random-weight ViT-B/16: ~2 units of steps)
@@ -863,23 +862,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _gradient_threads(values: int) -> Iterator[None]:
-    """The taylor / hessian gradient pass over ``values`` input values in all: on the
-    job's threads (``torch.get_num_threads()``: ``--threads``, an executor's task
-    threads) where that is more than ``_LARGE_INPUT_VALUES`` (32 images at 224 px), on one
-    thread below (8x8 and 32x32 inputs: small kernels, where a second thread mostly
-    spins). A rule on the configured threads, never on the load, so a job's gradients
-    do not depend on what else runs. ViT-B/16 at 224 on an idle machine: two threads
-    halve the pass's wall time at 1.1x its CPU (at load 5-8 they cost 1.8x the CPU, so
-    a job on a shared machine should be given one thread; benchmarks/RESULTS.md, issue 18)."""
-    if values > _LARGE_INPUT_VALUES:
-        yield
-    else:
-        with _one_thread():
-            yield
 
 
 @contextlib.contextmanager
