@@ -40,7 +40,7 @@ shrink to what the job needs there: an image budget left at its default holds at
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
 images 32), the curve has one point between its ends, and the criterion search prunes every candidate adaptively (a few steps of the
 schedule) and scores it on half its images, then prunes the best two on every step and
-scores them on all of them; the winner's copy is the job's prune.
+scores them on the other half; the winner's copy is the job's prune.
 """
 
 from __future__ import annotations
@@ -414,8 +414,8 @@ def prune(
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
         # and there each candidate of the first round prunes adaptively (a few of the
-        # schedule's steps); the finalists are then pruned on every step and scored on all
-        # the proxy's images, and the winner's prune is the job's (never an adaptive one)
+        # schedule's steps); the finalists are then pruned on every step and scored on the
+        # other half (their score: over both halves), and the winner's prune is the job's
         quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps) and not _ADAPTIVE
         finals = (two_rounds or quick) and len(candidates) > _FINALISTS
         keep = _FINALISTS if finals else 1
@@ -425,23 +425,25 @@ def prune(
             """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
             # the best candidates so far: (-score, order, candidate, result); ties: the earlier
             kept: list[tuple[float, int, Candidate, Any]] = []
+            firsts: dict[Candidate, float] = {}  # first-round scores
 
             def search_proxy(m: nn.Module, cand: Candidate) -> float:
                 result = prune_copy(m, cand, search_steps, curve=reusable and not quick,
                                     adaptive=quick or _ADAPTIVE)  # fmt: skip
                 score = score_copy(result[0], *first)
+                firsts[cand] = score
                 if (two_rounds or reusable) and not quick:
                     kept.append((-score, candidates.index(cand), cand, result))
                     kept.sort(key=lambda k: k[:2])
                     del kept[keep:]
                 return score
 
-            def final_proxy(cand: Candidate) -> float:  # the second round
-                if quick:  # the finalist on the full schedule, scored on all the images
+            def final_proxy(cand: Candidate) -> float:  # the second round: the other half
+                if quick:  # the finalist pruned on the full schedule (reused if it wins)
                     result = prune_copy(m, cand, search_steps)
-                    kept.append((0.0, candidates.index(cand), cand, result))
-                    return score_copy(result[0])
-                # the other half of the images
+                    kept.append((-firsts[cand], candidates.index(cand), cand, result))
+                    if not second:  # one round of images (a small input): all of them
+                        return score_copy(result[0])
                 minus, _, _, result = next(k for k in kept if k[2] == cand)
                 score = score_copy(result[0], *second)
                 n1, n2 = len(first[1].dataset), len(second[1].dataset)
@@ -462,7 +464,7 @@ def prune(
         with timed("criterion_search"):  # validation only
             whole = len(proxy_calib) + len(proxy_val)
             per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
-            final_units = step_units + whole if quick else sum(map(len, second))
+            final_units = (step_units if quick else 0) + (sum(map(len, second)) or whole)
             units = per_candidate * len(candidates) + finals * keep * final_units
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0

@@ -61,8 +61,8 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
 ):
     """Where a proxy pass is over the large-input budget (made tiny here), every candidate
     prunes adaptively (a few steps of the schedule) and is scored on half the proxy's
-    images; the best two are pruned on the full schedule and scored on all of them; the
-    winner's copy is the job's prune, identical to a job with its criterion fixed."""
+    images; the best two are pruned on the full schedule and scored on the other half;
+    the winner's copy is the job's prune, identical to a job with its criterion fixed."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8

@@ -115,8 +115,8 @@ def test_a_two_round_search_reads_half_the_proxy_per_candidate(
 ):
     """At a large input (the budget made tiny here) each of the 3 candidates recalibrates
     and scores on 16 + 16 proxy images (after an adaptive prune) and the 2 finalists,
-    pruned on the full schedule, on all 32 + 32: 224 images read by the search, with an
-    event after every batch."""
+    pruned on the full schedule, on the other 16 + 16: 160 images read by the search
+    instead of 3 x 64, with an event after every batch."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
@@ -135,7 +135,7 @@ def test_a_two_round_search_reads_half_the_proxy_per_candidate(
           spec=spec)  # fmt: skip
     search = [(r, step, total) for st, r, step, total in marks if st == "criterion_search"]
     after = next(r for st, r, _, _ in marks if st == "prune")  # the first event after it
-    assert after - search[0][0] == 3 * (16 + 16) + 2 * (32 + 32)
+    assert after - search[0][0] == 3 * (16 + 16) + 2 * (16 + 16)
     reads = [r for r, _, _ in search] + [after]
     assert max(b - a for a, b in zip(reads, reads[1:])) <= 16  # one batch of 16 images
     # the plan counts the work: one unit per event, never capped below it before the finish
