@@ -38,9 +38,10 @@ work (a batch of at most 2**22 input values, a timed pass, a pruning step); the 
 ``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
 shrink to what the job needs there: an image budget left at its default holds at most
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
-images 32), the curve has one point between its ends, and the criterion search prunes every candidate adaptively (a few steps of the
-schedule) and scores it on half its images, then prunes the best two on every step and
-scores them on the other half; the winner's copy is the job's prune.
+images 32), the curve has one point between its ends, and the criterion search prunes
+every candidate adaptively (a few steps of the schedule) and scores it on half its
+images, then prunes the best two on every step and scores them on the other half; the
+winner's copy is the job's prune.
 """
 
 from __future__ import annotations
@@ -476,9 +477,9 @@ def prune(
             if kinds:  # before any copy exists: the pass's peak memory shares with nothing
                 with _one_thread():  # two threads: 1.1x its CPU idle, 3-4x at load 2-6
                     grads.gather(model)
+                    head = {id(p) for p in find_classifier(model, example).parameters()}
                 # all-zero gradients rank nothing: their candidates would walk the whole
                 # schedule without pruning (a random-weight ViT-B/16: ~2 units of steps)
-                head = {id(p) for p in find_classifier(model, example).parameters()}
                 zero = grads.zero_kinds({n for n, p in model.named_parameters() if id(p) in head})
                 if zero and any(GRADIENT_KIND.get(c.criterion) not in zero for c in candidates):
                     candidates = [c for c in candidates if GRADIENT_KIND.get(c.criterion) not in zero]
