@@ -17,7 +17,11 @@ CPU seconds, not wall (the machine is shared):
 * **count** (``--parts count``): one ``measure_cost`` against Torch-Pruning's
   ``count_ops_and_params`` on ResNet-50, ConvNeXt-T and ViT-B/16 at 224 (CPU s per count,
   one thread, equal counts checked), and a group-L2 prune of each to 2x MACs (50-step
-  schedule) with the CPU seconds its counts took.
+  schedule) with the CPU seconds its counts took;
+* **search** (``--parts search --model vit_b_16``): one search candidate's prune to 2x
+  MACs (group-L2 ``sum``, one thread) on the full 50-step schedule, adaptively
+  (``progressive_prune(adaptive=True)``) and on coarser schedules: CPU and wall s, steps
+  visited, speed-up reached, and the CPU s of building the pruner (its dependency graph).
 
 Prints one JSON object; the figures are in ``benchmarks/RESULTS.md``.
 """
@@ -130,6 +134,33 @@ def _count_costs(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
+def _search_costs(model: torch.nn.Module) -> dict[str, Any]:
+    """One candidate's prune to 2x: the full schedule against cheaper ones (one thread)."""
+    from metaprune.pruning import Target, progressive_prune
+    from metaprune.pruning.importance import make_importance
+    from metaprune.pruning.structure import make_pruner
+    from metaprune.pruning.targets import find_classifier
+
+    torch.set_num_threads(1)
+    example = torch.randn(1, 3, 224, 224)
+    start = _cpu()
+    make_pruner(copy.deepcopy(model), example, make_importance("group-l2"),
+                ignored_layers=[find_classifier(model, example)])  # fmt: skip
+    out: dict[str, Any] = {"make_pruner_and_copy_cpu_s": _cpu() - start}
+    for name, steps, adaptive in (("full_50", 50, False), ("adaptive_50", 50, True),
+                                  ("steps_12", 12, False), ("steps_8", 8, False)):  # fmt: skip
+        start, wall = _cpu(), time.perf_counter()
+        history = progressive_prune(copy.deepcopy(model), example, Target("macs", 2.0), steps=steps,
+                                    importance=make_importance("group-l2", normalizer="sum"),
+                                    adaptive=adaptive)  # fmt: skip
+        out[name] = {"cpu_s": _cpu() - start, "wall_s": time.perf_counter() - wall,
+                     "visited": len(history) - 1, "last_step": history[-1].step,
+                     "speedup": history[-1].macs_speedup}  # fmt: skip
+        log = f"{name}: {out[name]}"
+        print(log, file=sys.stderr, flush=True)
+    return out
+
+
 def _thread_costs(model: torch.nn.Module, threads: int) -> dict[str, list[float]]:
     """[CPU s, wall s] of the gradient pass over 16 images and of a 27-image forward."""
     from metaprune.pruning.gradients import GradientCache
@@ -152,14 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     from metaprune.models import ArchSpec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count"])
-    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads")
+    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count", "search"])
+    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads / search")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
     if "threads" in a.parts:
         model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
         out = {"model": a.model, "load_before": os.getloadavg()}
         out.update({f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)})
+        out["load_after"] = os.getloadavg()
+        print(json.dumps(out, indent=1))
+        return 0
+    if "search" in a.parts:
+        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
+        out = {"model": a.model, "load_before": os.getloadavg(), **_search_costs(model)}
         out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
         return 0

@@ -42,6 +42,8 @@ def _each_index_once(group: tp.dependency.Group) -> tp.dependency.Group:
     from the width attribute: ``in_channels`` fell below the weight's width, which the
     channel plan then rebuilt wrong."""
     for i, item in enumerate(group.items):
+        if len(set(item.idxs)) == len(item.idxs):  # the common case, checked in C
+            continue
         seen: set[int] = set()
         keep = [j for j, idx in enumerate(item.idxs) if not (idx in seen or seen.add(idx))]
         if len(keep) < len(item.idxs):

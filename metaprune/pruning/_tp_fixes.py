@@ -16,7 +16,10 @@ each one the smallest change to the function or class Torch-Pruning looks up by 
   goes wrong through sliced residuals (ReXNet), and an input of unknown width leaves
   the concatenation unmapped instead of raising (CSPNet);
 * splits: each output gets its own slice, after pruning too (MixNet), and sizes
-  Torch-Pruning cannot infer come from autograd (ShuffleNet's ``chunk``).
+  Torch-Pruning cannot infer come from autograd (ShuffleNet's ``chunk``);
+* the mappings are recomputed only when the model's widths changed since they were last
+  computed (Torch-Pruning recomputes them for every group it builds: a third of a
+  ViT-B/16 pruning step).
 
 (With ReXNet's widths inferred wrongly, the offsets shifted indices past every layer's
 width and the group walk, which follows a layer again for every new index list, did not
@@ -141,6 +144,31 @@ def _split_index_mapping(graph: Any, split_node: Any) -> None:
 
 
 tp.dependency.index_mapping.update_split_index_mapping = _split_index_mapping
+
+
+_update_index_mapping = tp.dependency.index_mapping.update_index_mapping
+
+
+def _widths_index_mapping(graph: Any) -> None:
+    """Torch-Pruning's update of every index mapping of ``graph``, skipped while the
+    shapes of its model's parameters and buffers are those of the last update. The
+    mappings are a function of the widths (and of what the trace recorded); only a prune,
+    which changes shapes, changes them, and Torch-Pruning recomputes them each time it
+    builds a group: every group of every step (a ViT-B/16's 40-step prune to 2x spent
+    20 s of 67 here, profiled; RESULTS.md, issue 18)."""
+    model = getattr(graph, "model", None)
+    key = None
+    if model is not None:
+        key = tuple(tuple(t.shape) for t in (*model.parameters(), *model.buffers()))
+        if graph.__dict__.get("_mapped_widths") == key:
+            return
+    graph.__dict__.pop("_mapped_widths", None)  # a failed update leaves no key behind
+    _update_index_mapping(graph)
+    if key is not None:
+        graph.__dict__["_mapped_widths"] = key
+
+
+tp.dependency.index_mapping.update_index_mapping = _widths_index_mapping
 
 
 def _traced_split_sizes(grad_fn: Any) -> list[int] | None:

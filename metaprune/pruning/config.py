@@ -157,7 +157,12 @@ class ImportanceOptions:
     proxy disagreed with the full search at 3 of 4 targets on a held-out ResNet-20
     (candidates landed at 1.58-1.74x for a 1.5x target; ``benchmarks/RESULTS.md``).
     The same proxy scores ``reg="auto"``'s trials and the criterion choice of
-    ``method="auto"`` (:mod:`metaprune.pruning.choose`).
+    ``method="auto"`` (:mod:`metaprune.pruning.choose`). At a large input (a proxy pass
+    over 2**22 input values, e.g. 32 images at 224 px) with ``search_steps`` left at
+    ``None``, the candidates prune adaptively (a few steps of the schedule) and the best
+    two again on every step before the final choice; on held-out ``digits`` models that
+    cheaper first round changed the choice in 3 of 8 jobs (``benchmarks/RESULTS.md``,
+    issue 18). Set ``search_steps`` to ``pruning.steps`` to search on every step.
 
     ``calibration_images``: how many training images (a fixed seeded subset, never
     validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their

@@ -39,7 +39,7 @@ network; and per step they would cost ``steps`` passes over the images.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -146,20 +146,41 @@ class GradientCache:
             self._key = key
             self.passes += 1
 
+    def zero_kinds(self, ignore: Collection[str] = ()) -> tuple[str, ...]:
+        """The kinds gathered whose gradients are exactly zero for every parameter but
+        those named in ``ignore`` (a classifier's own, which get a gradient whatever its
+        weights): no loss gradient passed the classifier (zero-initialised, as torchvision's
+        ViT is before training), so a criterion reading them scores every channel
+        ``0 / 0`` and prunes nothing."""
+        with torch.no_grad():
+            return tuple(k for k, g in self._grads.items()
+                         if not any(t.any() for n, t in g.items() if n not in ignore))  # fmt: skip
+
     def forget(self) -> None:
         """Drop the stored gradients (a later request gathers them again)."""
         self._key, self._grads, self._seen = None, {}, 0
 
 
 def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Names, shapes and float64 sums of the parameters and buffers: equal for copies of
-    one model. Buffers count: the gradients are taken in eval mode, through BatchNorm's
-    running statistics (a recalibrated copy of the same weights has other gradients)."""
+    """Names, shapes and sums of the bits of the parameters and buffers: equal for copies
+    of one model. Buffers count: the gradients are taken in eval mode, through
+    BatchNorm's running statistics (a recalibrated copy of the same weights has other
+    gradients). Integer sums are exact in any order, so the fingerprint does not depend
+    on the number of threads (a float64 sum did: gathered on two threads, the gradients
+    of a ViT-B/16 were gathered again by the first copy pruned on one; RESULTS.md, issue 18)."""
     with torch.no_grad():
-        return tuple(
-            (n, tuple(t.shape), float(t.detach().double().sum()))
-            for n, t in (*model.named_parameters(), *model.named_buffers())
-        )
+        return tuple((n, tuple(t.shape), _bit_sum(t.detach()))
+                     for n, t in (*model.named_parameters(), *model.named_buffers()))  # fmt: skip
+
+
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bit_sum(t: Tensor) -> int:
+    """The sum of ``t``'s elements read as integers of their width (int64, wrapping)."""
+    if t.is_floating_point() and not t.is_complex():
+        t = t.view(_BITS[t.element_size()])
+    return int(t.to(torch.int64).sum()) if t.numel() else 0
 
 
 def _gather(

@@ -38,8 +38,10 @@ work (a batch of at most 2**22 input values, a timed pass, a pruning step); the 
 ``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
 shrink to what the job needs there: an image budget left at its default holds at most
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
-images 32), the curve has one point between its ends, and the criterion search scores
-every candidate on half its images and the best two on the other half as well.
+images 32), the curve has one point between its ends, and the criterion search prunes
+every candidate adaptively (a few steps of the schedule) and scores it on half its
+images, then prunes the best two on every step and scores them on the other half; the
+winner's copy is the job's prune.
 """
 
 from __future__ import annotations
@@ -300,7 +302,9 @@ def prune(
     # every copy pruned with a data-aware criterion
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
-    def prune_to_target(m: nn.Module, cand: Candidate, steps: int, step_fn: Any) -> list[StepInfo]:
+    def prune_to_target(
+        m: nn.Module, cand: Candidate, steps: int, step_fn: Any, adaptive: bool = _ADAPTIVE
+    ) -> list[StepInfo]:
         with _one_thread():  # the gradient pass too (importance) and the steps
             importance = make_importance(
                 cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
@@ -311,7 +315,7 @@ def prune(
                 round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
                 min_channels=pruning.min_channels,
                 latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
-                on_step=step_fn, frozen=structure.frozen_modules, adaptive=_ADAPTIVE,
+                on_step=step_fn, frozen=structure.frozen_modules, adaptive=adaptive,
             )  # fmt: skip
 
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
@@ -333,7 +337,7 @@ def prune(
         return score_copy(prune_copy(m, cand, search_steps, curve=False)[0])
 
     def prune_copy(
-        m: nn.Module, cand: Candidate, steps: int, curve: bool = True
+        m: nn.Module, cand: Candidate, steps: int, curve: bool = True, adaptive: bool = _ADAPTIVE
     ) -> tuple[nn.Module, list[StepInfo], dict[int, nn.Module]]:
         """A copy of ``m`` pruned with ``cand``, its steps, and (``curve``) copies of it at
         the steps where the curve wants a point (a search keeps the winner's: no second
@@ -351,7 +355,7 @@ def prune(
                 due.pop(0)
 
         ticks[0] = meter.tick if meter else None
-        history = prune_to_target(m, cand, steps, on_step)
+        history = prune_to_target(m, cand, steps, on_step, adaptive)
         m.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
         return m, history, snapshots
 
@@ -410,43 +414,59 @@ def prune(
         # the proxy's images, the best _FINALISTS on the other half too (scored over all)
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
-        keep = _FINALISTS if two_rounds else 1
+        # and there each candidate of the first round prunes adaptively (a few of the
+        # schedule's steps); the finalists are then pruned on every step and scored on the
+        # other half (their score: over both halves), and the winner's prune is the job's
+        quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps) and not _ADAPTIVE
+        finals = (two_rounds or quick) and len(candidates) > _FINALISTS
+        keep = _FINALISTS if finals else 1
+        reusable = search_steps == pruning.steps and not _ADAPTIVE
 
         def search(m: nn.Module) -> tuple[Candidate, dict[str, Any], Any]:
             """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
             # the best candidates so far: (-score, order, candidate, result); ties: the earlier
             kept: list[tuple[float, int, Candidate, Any]] = []
+            firsts: dict[Candidate, float] = {}  # first-round scores
 
             def search_proxy(m: nn.Module, cand: Candidate) -> float:
-                result = prune_copy(m, cand, search_steps)
+                result = prune_copy(m, cand, search_steps, curve=reusable and not quick,
+                                    adaptive=quick or _ADAPTIVE)  # fmt: skip
                 score = score_copy(result[0], *first)
-                if two_rounds or search_steps == pruning.steps:
+                firsts[cand] = score
+                if (two_rounds or reusable) and not quick:
                     kept.append((-score, candidates.index(cand), cand, result))
                     kept.sort(key=lambda k: k[:2])
                     del kept[keep:]
                 return score
 
             def final_proxy(cand: Candidate) -> float:  # the second round: the other half
+                if quick:  # the finalist pruned on the full schedule (reused if it wins)
+                    result = prune_copy(m, cand, search_steps)
+                    kept.append((-firsts[cand], candidates.index(cand), cand, result))
+                    if not second:  # one round of images (a small input): all of them
+                        return score_copy(result[0])
                 minus, _, _, result = next(k for k in kept if k[2] == cand)
                 score = score_copy(result[0], *second)
                 n1, n2 = len(first[1].dataset), len(second[1].dataset)
                 return (-minus * n1 + score * n2) / (n1 + n2)  # accuracy over all the images
 
             best, record = choose_criterion(m, candidates, search_proxy,
-                                            final=final_proxy if two_rounds else None,
+                                            final=final_proxy if finals else None,
                                             finalists=_FINALISTS)  # fmt: skip
             record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
                                "validation_images": len(proxy_val.dataset),
-                               "rounds": 1 + two_rounds}  # fmt: skip
+                               "rounds": 1 + finals, "adaptive": quick or _ADAPTIVE}  # fmt: skip
             winner = [k[3] for k in kept if k[2] == best]
-            reused = winner[0] if winner and search_steps == pruning.steps else None
+            reused = winner[0] if winner and reusable else None
             record["reused_winner"] = reused is not None
             kept.clear()
             return best, record, reused
 
         with timed("criterion_search"):  # validation only
-            per_candidate = step_units + sum(map(len, first)) if two_rounds else proxy_units
-            units = per_candidate * len(candidates) + keep * sum(map(len, second))
+            whole = len(proxy_calib) + len(proxy_val)
+            per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
+            final_units = (step_units if quick else 0) + (sum(map(len, second)) or whole)
+            units = per_candidate * len(candidates) + finals * keep * final_units
             # per-sample gradients report per chunk: at most one unit per image
             units += len(grads.calibration.dataset) if kinds else 0
             units *= 1 + (ctx.reference is not None)
@@ -455,8 +475,18 @@ def prune(
             proxy_meter[:] = [meter]
             meter.start()
             if kinds:  # before any copy exists: the pass's peak memory shares with nothing
-                with _one_thread():
+                with _one_thread():  # two threads: 1.1x its CPU idle, 3-4x at load 2-6
                     grads.gather(model)
+                    head = {id(p) for p in find_classifier(model, example).parameters()}
+                # all-zero gradients rank nothing: their candidates would walk the whole
+                # schedule without pruning (a random-weight ViT-B/16: ~2 units of steps)
+                zero = grads.zero_kinds({n for n, p in model.named_parameters() if id(p) in head})
+                if zero and any(GRADIENT_KIND.get(c.criterion) not in zero for c in candidates):
+                    candidates = [c for c in candidates if GRADIENT_KIND.get(c.criterion) not in zero]
+                    prune_info["gradients"]["zero"] = list(zero)
+                    if len(candidates) <= _FINALISTS:  # one round (first, second: unused)
+                        two_rounds, finals, keep = False, False, 1
+                        first, second = (), ()
             chosen, found, pruned = search(model)
             if ctx.reference is not None:  # the prepared model must beat it beyond noise
                 ref_chosen, ref_found, ref_pruned = search(ctx.reference)
@@ -492,6 +522,8 @@ def prune(
         meter.start(criterion=chosen.label)
         if pruned is None:
             pruned = prune_copy(model, chosen, pruning.steps)
+            if kinds:  # no prune after this one
+                grads.forget()
         start_model, (model, history, snapshots) = model, pruned
         curve = []
         for info in history:
@@ -645,6 +677,18 @@ def _second_round(images: int, values: int, candidates: int) -> bool:
 
 #: candidates of the criterion search's second round (where it has one)
 _FINALISTS = 2
+
+
+def _quick_search(images: int, values: int, search_steps: int | None) -> bool:
+    """Whether the criterion search's candidates prune adaptively
+    (``progressive_prune(adaptive=True)``: a handful of the schedule's steps, each
+    a ranking and a count, instead of every one) and the winner is pruned again on the
+    full schedule: where one proxy pass is over ``_LARGE_INPUT_VALUES`` input values
+    and ``importance.search_steps`` is left at its default. A ViT-B/16 at 224 visits 8
+    steps instead of 38 (one thread: 8.7 CPU s against 34 for a group-L2 candidate);
+    its six candidates' steps were ~7 of the job's 14 units of a batch-64 forward
+    (benchmarks/RESULTS.md, issue 18)."""
+    return search_steps is None and images * values > _LARGE_INPUT_VALUES
 
 
 def _search_images(val_images: int, search_images: int, values: int) -> int:

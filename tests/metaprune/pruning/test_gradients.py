@@ -158,3 +158,56 @@ def test_a_model_too_large_for_per_sample_chunks_gets_micro_batch_squares(monkey
     assert cache.passes == 1
     for n, p in net.named_parameters():
         torch.testing.assert_close(p.grad, mean[n], rtol=1e-5, atol=1e-7)
+
+
+def test_a_copy_is_recognised_whatever_the_threads_and_a_changed_weight_is_not():
+    """Gathered on two threads (a large input) and asked for by a copy on one (a pruning
+    step): the same model, no second pass. Sums of many float elements depend on the
+    reduction's order; the fingerprint's integer sums do not."""
+    import copy
+
+    from metaprune.pruning import gradients
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 3)).eval()  # 131k weights
+    with torch.no_grad():
+        net[0].weight.mul_(torch.logspace(-6, 6, 512))  # magnitudes far apart: order matters
+    cal = [(torch.randn(4, 512), torch.randint(0, 3, (4,)))]
+    cache = GradientCache(cal, ("mean",))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cache.gather(net)
+        key = gradients._fingerprint(net)
+        torch.set_num_threads(1)
+        assert gradients._fingerprint(copy.deepcopy(net)) == key
+        assert gather_gradients(copy.deepcopy(net), cache, "mean") == 4 and cache.passes == 1
+    finally:
+        torch.set_num_threads(before)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[2].bias[0] = torch.nextafter(other[2].bias[0], torch.tensor(1.0))  # one ulp
+    assert gradients._fingerprint(other) != key
+    gather_gradients(other, cache, "mean")
+    assert cache.passes == 2
+    # float32 bits read as int32: 1.0 is 0x3F800000, -1.0 is 0xBF800000 (negative as int32)
+    assert gradients._bit_sum(torch.tensor([1.0, -1.0])) == 0x3F800000 + 0xBF800000 - (1 << 32)
+
+
+def test_zero_kinds_names_the_gradients_that_rank_nothing():
+    """A zero-initialised classifier (torchvision's ViT before training) passes no loss
+    gradient back: every gathered gradient is exactly zero."""
+    data = _data()
+    cal = calibration_subset(data, images=8, batch_size=4, seed=0)
+    net = _net().eval()
+    cache = GradientCache(cal, ("mean", "fisher"))
+    cache.gather(net)
+    assert cache.zero_kinds() == ()
+    with torch.no_grad():
+        net[3].weight.zero_()
+        net[3].bias.zero_()
+    cache.gather(net)
+    assert cache.passes == 2 and cache.zero_kinds() == ()  # the classifier's own are not
+    assert set(cache.zero_kinds({"3.weight", "3.bias"})) == {"mean", "fisher"}
+    cache.forget()
+    assert cache.zero_kinds() == ()  # nothing gathered: nothing to judge

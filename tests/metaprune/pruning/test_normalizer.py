@@ -38,7 +38,8 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
     # a cheap proxy: search_steps (20 = this schedule) on fixed subsets of the splits
     proxy = info["criterion_search"]["proxy"]
     small = len(splits.val)  # <= 512 images: scored whole (search_images is for large splits)
-    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small, "rounds": 1}
+    assert proxy == {"steps": 20, "calibration_images": small, "validation_images": small,
+                     "rounds": 1, "adaptive": False}  # fmt: skip
     assert all("final_accuracy" not in t for t in trials)  # one round at a small input
     assert all(0 <= t["val_accuracy"] <= 1 and t["seconds"] > 0 for t in trials)
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=info["normalizer"]))
@@ -59,8 +60,9 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     model, spec, splits, fast_config, monkeypatch
 ):
     """Where a proxy pass is over the large-input budget (made tiny here), every candidate
-    is scored on half the proxy's images and the best two on the other half too; the
-    winner's copy is still the job's prune, identical to a job with its criterion fixed."""
+    prunes adaptively (a few steps of the schedule) and is scored on half the proxy's
+    images; the best two are pruned on the full schedule and scored on the other half;
+    the winner's copy is the job's prune, identical to a job with its criterion fixed."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
@@ -68,7 +70,8 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     torch.manual_seed(0)
     result = prune(model, splits, config, spec=spec)
     search = result.report["stages"]["prune"]["criterion_search"]
-    assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32, "rounds": 2}
+    assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32,
+                               "rounds": 2, "adaptive": True}  # fmt: skip
     trials = search["trials"]
     first = [t["val_accuracy"] for t in trials]
     assert all(round(a * 16) == a * 16 for a in first)  # scored on 16 images
@@ -79,7 +82,7 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     assert all(round(a * 32) == a * 32 and 0 <= a <= 1 for a in finals.values())  # on all 32
     winner = max(sorted(finals), key=finals.__getitem__)
     assert search["chosen"] == f"group-l2[{trials[winner]['normalizer']}]"
-    assert search["reused_winner"] is True
+    assert search["reused_winner"] is True  # a finalist's full prune
     fixed = dataclasses.replace(config, importance=ImportanceOptions(normalizer=trials[winner]["normalizer"]))
     torch.manual_seed(0)
     again = prune(model, splits, fixed, spec=spec)
@@ -89,3 +92,28 @@ def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_th
     # the large-input budgets: batches of 16 images, the curve on 16 + 16 of them
     work = result.report["work"]
     assert work["eval_batch_size"] == 16 and work["curve_images"] == [16, 16]
+
+
+@pytest.mark.timeout(180)
+def test_zero_gradients_leave_the_data_aware_candidates_out(
+    model, spec, splits, fast_config, tmp_path, monkeypatch
+):
+    """A zero-initialised classifier (torchvision's ViT before training) passes no loss
+    gradient back: taylor and hessian would score every channel 0 / 0 and walk the whole
+    schedule without pruning, so the search leaves them out and says why."""
+    import importlib
+
+    from metaprune.pruning.targets import find_classifier
+
+    registry = importlib.import_module("metanet.export")  # no metanetwork: the baseline's search
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.delenv("METAPRUNE_METANET_PATH", raising=False)
+    with torch.no_grad():
+        for p in find_classifier(model, torch.zeros(1, 1, 8, 8)).parameters():
+            p.zero_()
+    config = dataclasses.replace(_auto_at_zero_epochs(fast_config), method="metanet")
+    info = prune(model, splits, config, spec=spec).report["stages"]["prune"]
+    assert info["gradients"]["zero"] == ["fisher", "mean"]
+    labels = [(t["criterion"], t["normalizer"]) for t in info["criterion_search"]["trials"]]
+    assert labels == [("group-l2", n) for n in NORMALIZER_CANDIDATES] + [("group-l2-macs", "sum")]
+    assert info["criterion"] in ("group-l2", "group-l2-macs")

@@ -441,6 +441,9 @@ def test_at_a_large_input_batches_grow_and_the_curve_and_search_shrink():
     assert not pipeline._second_round(32, large, 2)  # no more candidates than finalists
     assert not pipeline._second_round(180, digits, 6) and not pipeline._second_round(64, cifar, 6)
     assert not pipeline._second_round(1, 1 << 23, 6)  # one image has no halves
+    # adaptive candidates where a proxy pass is a large input's work, unless steps are set
+    assert pipeline._quick_search(32, large, None) and not pipeline._quick_search(32, large, 20)
+    assert not pipeline._quick_search(180, digits, None) and not pipeline._quick_search(512, cifar, None)
 
 
 def test_halves_split_a_fixed_subset_in_two():
@@ -466,12 +469,14 @@ def test_pruning_steps_run_on_one_thread_and_restore_the_count():
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("large", [False, True])
 def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
-    model, spec, splits, fast_config, monkeypatch
+    model, spec, splits, fast_config, monkeypatch, large
 ):
     """The checks, the taylor / hessian gradients and the rebuild check run on one thread
-    (a second one mostly spins there); image passes keep the caller's threads. The
-    gradient pass runs before the search copies the model (its peak memory alone)."""
+    (a second one mostly spins there; at a large input, the budget made tiny here, too);
+    image passes keep the caller's threads. The gradient pass runs before the search
+    copies the model (its peak memory alone)."""
     from metaprune.pruning import pipeline
     from metaprune.pruning.gradients import GradientCache
 
@@ -489,6 +494,8 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
     for name in ("check_prunable", "check_rebuild", "make_importance", "evaluate"):
         spy(name, getattr(pipeline, name))
     spy("gather", GradientCache.gather, GradientCache)
+    if large:
+        monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
     config = dataclasses.replace(
         fast_config, method="taylor", before_pruning=FinetuneBudget(epochs=0),
         after_pruning=FinetuneBudget(epochs=0), importance=ImportanceOptions(normalizer="auto"),
@@ -503,6 +510,9 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
     assert seen["check_prunable"] == seen["check_rebuild"] == [1]
     assert seen["make_importance"] and set(seen["make_importance"]) == {1}
     # one pass, before the first of the 3 candidates (taylor x 3 normalisers) is copied
-    assert seen["gather"][0] == 1 and order.index("gather") < order.index("make_importance")
-    assert seen["make_importance"] == [1, 1, 1]
+    assert seen["gather"][0] == 1
+    assert order.index("gather") < order.index("make_importance")
+    # 3 candidates (taylor x 3 normalisers); at a large input they prune adaptively and
+    # the 2 finalists again on the full schedule
+    assert seen["make_importance"] == [1] * (5 if large else 3)
     assert set(seen["evaluate"]) == {2}

@@ -105,6 +105,7 @@ def test_every_stage_reports_after_at_most_one_batch_of_work(model, spec, splits
     small = len(splits.val)  # <= 512 images: the proxy scores the whole split, not 48
     assert small <= 512 and result.report["stages"]["prune"]["criterion_search"]["proxy"] == {
         "steps": 10, "calibration_images": small, "validation_images": small, "rounds": 1,
+        "adaptive": False,
     }  # fmt: skip
 
 
@@ -113,8 +114,9 @@ def test_a_two_round_search_reads_half_the_proxy_per_candidate(
     model, spec, splits, fast_config, monkeypatch
 ):
     """At a large input (the budget made tiny here) each of the 3 candidates recalibrates
-    and scores on 16 + 16 proxy images and the 2 finalists on the other 16 + 16: 160
-    images read by the search instead of 3 x 64, with an event after every batch."""
+    and scores on 16 + 16 proxy images (after an adaptive prune) and the 2 finalists,
+    pruned on the full schedule, on the other 16 + 16: 160 images read by the search
+    instead of 3 x 64, with an event after every batch."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8

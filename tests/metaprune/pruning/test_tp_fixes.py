@@ -184,3 +184,47 @@ def test_an_index_listed_twice_is_pruned_once() -> None:
     group.prune()
     assert model[0].out_channels == model[0].weight.shape[0] == 6
     assert model[2].in_channels == model[2].weight.shape[1] == 6
+
+
+def test_index_mappings_are_recomputed_only_when_widths_change(monkeypatch) -> None:
+    """Torch-Pruning recomputes every index mapping for every group it builds; they are a
+    function of the widths, so the update runs again only after a prune changed a shape,
+    and a prune with the shortcut is the same prune, index for index, as without it."""
+    from metaprune.pruning import _tp_fixes
+
+    calls = [0]
+    original = _tp_fixes._update_index_mapping
+
+    def counted(graph):
+        calls[0] += 1
+        original(graph)
+
+    monkeypatch.setattr(_tp_fixes, "_update_index_mapping", counted)
+    model = _splat()
+    x = torch.randn(2, 3, 8, 8)
+    pruner = make_pruner(model, x, tp.importance.GroupMagnitudeImportance(),
+                         ignored_layers=[model[4]], pruning_ratio=0.5)  # fmt: skip
+    built = calls[0]
+    assert built == 1  # the graph's own update at build time
+    dg = pruner.DG
+    groups = list(dg.get_all_groups(ignored_layers=[model[4]]))
+    assert len(groups) >= 2 and calls[0] == built  # widths unchanged: no update
+    before = model[0].out_channels
+    dg.get_pruning_group(model[0], tp.prune_conv_out_channels, [0]).prune()
+    assert model[0].out_channels == before - 1
+    dg.get_pruning_group(model[0], tp.prune_conv_out_channels, [1])
+    assert calls[0] == built + 1  # a shape changed: updated once, then reused
+    dg.get_pruning_group(model[0], tp.prune_conv_out_channels, [2])
+    assert calls[0] == built + 1
+
+    # the same progressive prune with and without the shortcut: identical models
+    monkeypatch.setattr(_tp_fixes, "_update_index_mapping", original)
+    results = []
+    for update in (_tp_fixes._widths_index_mapping, original):
+        monkeypatch.setattr(tp.dependency.index_mapping, "update_index_mapping", update)
+        pruned = copy.deepcopy(_splat())
+        history = progressive_prune(pruned, x, 1.6, steps=10, ignored_layers=[pruned[4]])
+        results.append((history, pruned.state_dict()))
+    (h1, a), (h2, b) = results
+    assert h1 == h2 and h1[-1].reached and h1[-1].step > 1
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
