@@ -135,18 +135,29 @@ def _cpu_split(marks: list[tuple[float, str, str]], start: float, key: Any,
     return out
 
 
-def run_model(name: str, size: int = 224) -> dict[str, Any]:
+def run_model(
+    name: str, size: int = 224, search_steps: int | None = None, head_std: float = 0.0
+) -> dict[str, Any]:
     """One model: unit, our job, Torch-Pruning's one-shot baseline (in this process)."""
     import torch_pruning as tp
 
     from metaprune.data import get_dataset, make_loaders
     from metaprune.models import ArchSpec
-    from metaprune.pruning import FinetuneBudget, PruneConfig, Target, evaluate, prune
+    from metaprune.pruning import (
+        FinetuneBudget,
+        ImportanceOptions,
+        PruneConfig,
+        Target,
+        evaluate,
+        prune,
+    )
     from metaprune.pruning.targets import find_classifier, measure_cost
 
     torch.manual_seed(0)
     spec = ArchSpec(f"torchvision/{name}", {"num_classes": 10})
     model = spec.build().eval()
+    if head_std:  # torchvision's ViT zero-initialises its head: no loss gradient passes it
+        torch.nn.init.normal_(find_classifier(model, torch.zeros(1, 3, size, size)).weight, std=head_std)
     splits = get_dataset("synthetic", seed=0, num_classes=10, image_size=size)
     x = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
     _unit(model, x[:4])  # warm-up
@@ -167,6 +178,7 @@ def run_model(name: str, size: int = 224) -> dict[str, Any]:
     config = PruneConfig(
         target=Target("macs", 2.0),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
+        importance=ImportanceOptions(search_steps=search_steps),
     )  # fmt: skip
     start, cpu = time.perf_counter(), _cpu()
     job_cpu_start = cpu
@@ -312,15 +324,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)  # smoke runs
     p.add_argument("--finetune-images", type=int, default=1112,
                    help="ImageFolder train/ images (10 %% become validation)")  # fmt: skip
+    p.add_argument("--search-steps", type=int, default=None,
+                   help="importance.search_steps (50: every candidate on the full schedule)")  # fmt: skip
+    p.add_argument("--head-std", type=float, default=0.0,
+                   help="re-initialise the classifier N(0, std): gradients reach a zero-init head's inputs")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     if a.child:  # one measurement in this (fresh) process; JSON on stdout
         rec = (run_finetune(a.finetune_images) if a.child == "finetune"
-               else run_model(a.child, a.image_size))  # fmt: skip
+               else run_model(a.child, a.image_size, a.search_steps, a.head_std))  # fmt: skip
         print(json.dumps(rec))
         return 0
     for name in [*a.models, *(["finetune"] if a.finetune else [])]:
         args = ["--child", name, "--finetune-images", str(a.finetune_images)]
+        args += ["--search-steps", str(a.search_steps)] if a.search_steps else []
+        args += ["--head-std", str(a.head_std)] if a.head_std else []
         proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:
