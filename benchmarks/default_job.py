@@ -53,11 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     import metaprune
 
-    if a.quick_search:
-        from metaprune.pruning import pipeline
-
-        pipeline._quick_search = lambda images, values, search_steps: search_steps is None
-
     for family in a.families:
         for h in heldout_mod.heldout_models(family, a.seeds):
             for t in a.targets:
@@ -67,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 config = PruneConfig(target=Target("macs", t), before_pruning=FinetuneBudget(epochs=0),
                                      after_pruning=FinetuneBudget(epochs=0))  # fmt: skip
-                if a.calibration_images is not None:  # only then: older configs lack the key
+                if a.calibration_images is not None or a.quick_search:  # older configs lack the keys
                     from metaprune.pruning import ImportanceOptions
 
-                    config = dataclasses.replace(
-                        config, importance=ImportanceOptions(calibration_images=a.calibration_images)
-                    )
+                    extra = {"calibration_images": a.calibration_images} if a.calibration_images else {}
+                    extra |= {"adaptive_search": True} if a.quick_search else {}
+                    config = dataclasses.replace(config, importance=ImportanceOptions(**extra))
                 start = time.perf_counter()
                 report = prune(h.path, "digits", config).report
                 results = json.loads(a.out.read_text()) if a.out.exists() else {}

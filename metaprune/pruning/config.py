@@ -157,12 +157,14 @@ class ImportanceOptions:
     proxy disagreed with the full search at 3 of 4 targets on a held-out ResNet-20
     (candidates landed at 1.58-1.74x for a 1.5x target; ``benchmarks/RESULTS.md``).
     The same proxy scores ``reg="auto"``'s trials and the criterion choice of
-    ``method="auto"`` (:mod:`metaprune.pruning.choose`). At a large input (a proxy pass
-    over 2**22 input values, e.g. 32 images at 224 px) with ``search_steps`` left at
-    ``None``, the candidates prune adaptively (a few steps of the schedule) and the best
-    two again on every step before the final choice; on held-out ``digits`` models that
-    cheaper first round changed the choice in 3 of 8 jobs (``benchmarks/RESULTS.md``,
-    issue 18). Set ``search_steps`` to ``pruning.steps`` to search on every step.
+    ``method="auto"`` (:mod:`metaprune.pruning.choose`).
+
+    ``adaptive_search`` (off by default): with ``search_steps`` left at ``None``, the
+    candidates prune adaptively (a few steps of the schedule) and the best two again on
+    every step before the final choice. Cheaper (ViT-B/16 at 224: 12.9 against 13.9
+    wall units of a batch-64 forward), but on held-out ``digits`` models it changed the
+    choice in 3 of 8 jobs, 1.25 test points worse on average and 8.6 at worst
+    (``benchmarks/RESULTS.md``, issue 18), so the default searches on every step.
 
     ``calibration_images``: how many training images (a fixed seeded subset, never
     validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their
@@ -177,6 +179,7 @@ class ImportanceOptions:
     search_steps: int | None = None
     search_images: int = 64
     calibration_images: int = 64
+    adaptive_search: bool = False
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
@@ -186,6 +189,7 @@ class ImportanceOptions:
         if self.search_steps is not None:
             check_int("importance.search_steps", self.search_steps, minimum=1)
         check_int("importance.search_images", self.search_images, minimum=1)
+        _check_bool("importance.adaptive_search", self.adaptive_search)
 
 
 @dataclasses.dataclass(frozen=True)

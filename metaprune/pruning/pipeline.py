@@ -417,7 +417,7 @@ def prune(
         # and there each candidate of the first round prunes adaptively (a few of the
         # schedule's steps); the finalists are then pruned on every step and scored on the
         # other half (their score: over both halves), and the winner's prune is the job's
-        quick = _quick_search(len(proxy_val.dataset), values, opts.search_steps) and not _ADAPTIVE
+        quick = _quick_search(opts) and not _ADAPTIVE
         finals = (two_rounds or quick) and len(candidates) > _FINALISTS
         keep = _FINALISTS if finals else 1
         reusable = search_steps == pruning.steps and not _ADAPTIVE
@@ -679,16 +679,15 @@ def _second_round(images: int, values: int, candidates: int) -> bool:
 _FINALISTS = 2
 
 
-def _quick_search(images: int, values: int, search_steps: int | None) -> bool:
+def _quick_search(opts: ImportanceOptions) -> bool:
     """Whether the criterion search's candidates prune adaptively
     (``progressive_prune(adaptive=True)``: a handful of the schedule's steps, each
-    a ranking and a count, instead of every one) and the winner is pruned again on the
-    full schedule: where one proxy pass is over ``_LARGE_INPUT_VALUES`` input values
-    and ``importance.search_steps`` is left at its default. A ViT-B/16 at 224 visits 8
-    steps instead of 38 (one thread: 8.7 CPU s against 34 for a group-L2 candidate);
-    its six candidates' steps were ~7 of the job's 14 units of a batch-64 forward
-    (benchmarks/RESULTS.md, issue 18)."""
-    return search_steps is None and images * values > _LARGE_INPUT_VALUES
+    a ranking and a count, instead of every one) and the best two are pruned again on
+    the full schedule: where ``importance.adaptive_search`` asks for it and
+    ``importance.search_steps`` is left at its default. A ViT-B/16 at 224 visits 8
+    steps instead of 38, but the cheaper first round changes the choice too often to be
+    the default (:class:`ImportanceOptions`; benchmarks/RESULTS.md, issue 18)."""
+    return opts.adaptive_search and opts.search_steps is None
 
 
 def _search_images(val_images: int, search_images: int, values: int) -> int:

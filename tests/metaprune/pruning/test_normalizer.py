@@ -56,22 +56,27 @@ def test_pipeline_searches_on_validation_and_reports_it(model, spec, splits, fas
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("adaptive", [False, True])
 def test_at_a_large_input_two_rounds_keep_the_winner_a_fixed_criterion_prunes_the_same(
-    model, spec, splits, fast_config, monkeypatch
+    model, spec, splits, fast_config, monkeypatch, adaptive
 ):
     """Where a proxy pass is over the large-input budget (made tiny here), every candidate
-    prunes adaptively (a few steps of the schedule) and is scored on half the proxy's
-    images; the best two are pruned on the full schedule and scored on the other half;
-    the winner's copy is the job's prune, identical to a job with its criterion fixed."""
+    prunes (on the full schedule, or adaptively: a few steps of it, where asked for) and
+    is scored on half the proxy's images; the best two (pruned again on the full schedule
+    if adaptive) are scored on the other half; the winner's copy is the job's prune,
+    identical to a job with its criterion fixed."""
     from metaprune.pruning import pipeline
 
     monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
     config = _auto_at_zero_epochs(fast_config)
+    config = dataclasses.replace(
+        config, importance=dataclasses.replace(config.importance, adaptive_search=adaptive)
+    )
     torch.manual_seed(0)
     result = prune(model, splits, config, spec=spec)
     search = result.report["stages"]["prune"]["criterion_search"]
     assert search["proxy"] == {"steps": 20, "calibration_images": 32, "validation_images": 32,
-                               "rounds": 2, "adaptive": True}  # fmt: skip
+                               "rounds": 2, "adaptive": adaptive}  # fmt: skip
     trials = search["trials"]
     first = [t["val_accuracy"] for t in trials]
     assert all(round(a * 16) == a * 16 for a in first)  # scored on 16 images

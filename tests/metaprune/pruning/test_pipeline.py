@@ -441,9 +441,12 @@ def test_at_a_large_input_batches_grow_and_the_curve_and_search_shrink():
     assert not pipeline._second_round(32, large, 2)  # no more candidates than finalists
     assert not pipeline._second_round(180, digits, 6) and not pipeline._second_round(64, cifar, 6)
     assert not pipeline._second_round(1, 1 << 23, 6)  # one image has no halves
-    # adaptive candidates where a proxy pass is a large input's work, unless steps are set
-    assert pipeline._quick_search(32, large, None) and not pipeline._quick_search(32, large, 20)
-    assert not pipeline._quick_search(180, digits, None) and not pipeline._quick_search(512, cifar, None)
+    # adaptive candidates only where asked for, and never with the steps set
+    assert not pipeline._quick_search(ImportanceOptions())
+    assert pipeline._quick_search(ImportanceOptions(adaptive_search=True))
+    assert not pipeline._quick_search(ImportanceOptions(adaptive_search=True, search_steps=20))
+    with pytest.raises(ConfigError, match=r"importance\.adaptive_search must be true or false"):
+        ImportanceOptions(adaptive_search="yes")  # type: ignore[arg-type]
 
 
 def test_halves_split_a_fixed_subset_in_two():
@@ -512,7 +515,7 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
     # one pass, before the first of the 3 candidates (taylor x 3 normalisers) is copied
     assert seen["gather"][0] == 1
     assert order.index("gather") < order.index("make_importance")
-    # 3 candidates (taylor x 3 normalisers); at a large input they prune adaptively and
-    # the 2 finalists again on the full schedule
-    assert seen["make_importance"] == [1] * (5 if large else 3)
+    # 3 candidates (taylor x 3 normalisers), each pruned once on the full schedule (at a
+    # large input the 2 finalists' prunes are reused: the adaptive round is opt-in)
+    assert seen["make_importance"] == [1] * 3
     assert set(seen["evaluate"]) == {2}

@@ -125,7 +125,8 @@ def test_a_two_round_search_reads_half_the_proxy_per_candidate(
         splits.num_classes, splits.in_channels, splits.image_size, splits.name,
     )  # fmt: skip
     config = dataclasses.replace(
-        fast_config, data_workers=0, importance=ImportanceOptions(normalizer="auto"),
+        fast_config, data_workers=0,
+        importance=ImportanceOptions(normalizer="auto", adaptive_search=True),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
     )  # fmt: skip
     marks: list[tuple[str, int, int, int]] = []
