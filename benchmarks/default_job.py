@@ -9,9 +9,9 @@ every other setting at the library's defaults, on the held-out models of
 pruned model's validation and test accuracy right after pruning and BatchNorm
 recalibration (no fine-tune), the chosen normaliser and the wall time. Only keys every
 config version has are set, so an older checkout runs the same jobs (``--tag`` names the
-rows); results go to ``benchmarks/scale/default_job_<tag>.json``. ``--quick-search`` runs
-the criterion search a large input gets (adaptive candidates, the winner pruned again on
-the full schedule) on these models too: how often its choice differs, and what it costs.
+rows); results go to ``benchmarks/scale/default_job_<tag>.json``. ``--quick-search`` sets
+``importance.adaptive_search`` (adaptive candidates, the best two pruned again on the full
+schedule): how often its choice differs from the default search's, and what it costs.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=None,
                    help="importance.calibration_images (taylor / hessian gradients); default: the library's")  # fmt: skip
     p.add_argument("--quick-search", action="store_true",
-                   help="the large-input criterion search (adaptive candidates, the winner "
-                        "pruned again) at this input too: how often its choice differs")  # fmt: skip
+                   help="importance.adaptive_search (adaptive candidates, the best two "
+                        "pruned again): how often its choice differs")  # fmt: skip
     a = p.parse_args(argv)
     a.out = a.out / f"default_job_{a.tag}.json"
     torch.set_num_threads(1)

@@ -38,10 +38,11 @@ work (a batch of at most 2**22 input values, a timed pass, a pruning step); the 
 ``work`` says what the budgets amounted to. At a large input (3x224x224) the defaults
 shrink to what the job needs there: an image budget left at its default holds at most
 2**22 input values' worth of work (1,024 recalibration images become 128, 64 gradient
-images 32), the curve has one point between its ends, and the criterion search prunes
-every candidate adaptively (a few steps of the schedule) and scores it on half its
-images, then prunes the best two on every step and scores them on the other half; the
-winner's copy is the job's prune.
+images 32), the curve has one point between its ends, and the criterion search scores
+every candidate on half its images and the best two on the other half as well; the
+winner's copy is the job's prune. ``importance.adaptive_search`` (opt-in) makes the first
+round cheaper: each candidate prunes on a few steps of the schedule, the best two again
+on every step.
 """
 
 from __future__ import annotations
@@ -414,9 +415,9 @@ def prune(
         # the proxy's images, the best _FINALISTS on the other half too (scored over all)
         two_rounds = _second_round(len(proxy_val.dataset), values, len(candidates))
         first, second = zip(*map(_halves, (proxy_calib, proxy_val))) if two_rounds else ((), ())
-        # and there each candidate of the first round prunes adaptively (a few of the
-        # schedule's steps); the finalists are then pruned on every step and scored on the
-        # other half (their score: over both halves), and the winner's prune is the job's
+        # where asked for (importance.adaptive_search), each candidate of the first round
+        # prunes adaptively (a few of the schedule's steps); the finalists are then pruned on
+        # every step (scored on the other half, if any), and the winner's prune is the job's
         quick = _quick_search(opts) and not _ADAPTIVE
         finals = (two_rounds or quick) and len(candidates) > _FINALISTS
         keep = _FINALISTS if finals else 1
