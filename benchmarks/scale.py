@@ -71,6 +71,24 @@ def _rss_gb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
 
 
+def _tree_rss_gb() -> float:
+    """Resident memory of this process and its children (the search's worker processes):
+    an upper bound, pages shared between them (the model in shared memory) count twice."""
+    total = _rss_gb()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * resource.getpagesize() / 1024**3
+            except OSError:
+                continue
+    return total
+
+
 class _RssByStage:
     """Samples the resident memory every 50 ms and keeps the peak per job stage (the stage
     of the last progress event; ``what`` adds the candidate or task inside a search)."""
@@ -78,7 +96,7 @@ class _RssByStage:
     def __init__(self) -> None:
         import threading
 
-        self.label, self.peaks = "start", dict[str, float]()
+        self.label, self.peaks, self.tree = "start", dict[str, float](), 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -87,6 +105,7 @@ class _RssByStage:
         while not self._stop.wait(0.05):
             rss = _rss_gb()
             self.peaks[self.label] = max(self.peaks.get(self.label, 0.0), rss)
+            self.tree = max(self.tree, _tree_rss_gb())
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
@@ -95,9 +114,10 @@ class _RssByStage:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process (all threads): robust to other processes' load."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process (all threads) and of its children that ended (the
+    search's worker processes, counted when the search stops them): robust to other
+    processes' load."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def _unit(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
@@ -245,6 +265,7 @@ def run_model(
         "peak_rss_gb_after_job": rss_job,
         "rss_gb_before_job": rss_before,
         "peak_rss_gb_by_stage": rss_stages,  # sampled every 50 ms, by the last event's stage
+        "peak_rss_gb_with_workers": round(rss.tree, 3),  # this process + its children, summed
         "macs_speedup": report["speedup"]["macs"],
         "target_reached": report["target_reached"],
         "normalizer": report["stages"]["prune"]["normalizer"],

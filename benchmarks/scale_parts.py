@@ -18,6 +18,11 @@ CPU seconds, not wall (the machine is shared):
   ``count_ops_and_params`` on ResNet-50, ConvNeXt-T and ViT-B/16 at 224 (CPU s per count,
   one thread, equal counts checked), and a group-L2 prune of each to 2x MACs (50-step
   schedule) with the CPU seconds its counts took;
+* **concurrent** (``--parts concurrent --model vit_b_16``): two search candidates' prunes
+  to 2x MACs (group-L2 ``sum`` and ``max``, 50-step schedule, torch on one thread each)
+  one after the other, then at once on two Python threads, then at once in two spawned
+  worker processes (model in shared memory, pruned copies back through it): CPU
+  (this process and its workers) and wall s, equal pruned models checked;
 * **search** (``--parts search --model vit_b_16``): one search candidate's prune to 2x
   MACs (group-L2 ``sum``, one thread) on the full 50-step schedule, adaptively
   (``progressive_prune(adaptive=True)``) and on coarser schedules: CPU and wall s, steps
@@ -161,6 +166,63 @@ def _search_costs(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
+def _prune_one(model: torch.nn.Module, normalizer: str) -> tuple[torch.nn.Module, list[Any]]:
+    from metaprune.pruning import Target, progressive_prune
+    from metaprune.pruning.importance import make_importance
+
+    torch.set_num_threads(1)
+    model = copy.deepcopy(model)
+    history = progressive_prune(model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+                                Target("macs", 2.0), steps=50,
+                                importance=make_importance("group-l2", normalizer=normalizer))  # fmt: skip
+    return model, history
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _concurrent_costs(model: torch.nn.Module) -> dict[str, Any]:
+    """Two candidates' prunes: one after the other, on two threads, in two processes."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    norms = ("sum", "max")
+    out: dict[str, Any] = {}
+    results: dict[str, list[Any]] = {}
+    for how in ("sequential", "threads", "processes"):
+        start, wall, child = _cpu(), time.perf_counter(), _children_cpu()
+        if how == "sequential":
+            got = [_prune_one(model, n) for n in norms]
+        elif how == "threads":
+            with cf.ThreadPoolExecutor(2) as pool:
+                got = list(pool.map(_prune_one, [model] * 2, norms))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+                list(pool.map(_import_only, range(2)))  # start-up, timed apart
+                ready, ready_cpu = time.perf_counter() - wall, _cpu() - start + _children_cpu() - child
+                got = list(pool.map(_prune_one, [model] * 2, norms))
+            out["processes_start_up"] = [ready_cpu, ready]
+        out[how] = [_cpu() - start + _children_cpu() - child, time.perf_counter() - wall]
+        results[how] = got
+        print(how, out[how], file=sys.stderr, flush=True)
+    for how in ("threads", "processes"):
+        out[f"{how}_equal"] = all(
+            [h.macs for h in a[1]] == [h.macs for h in b[1]]
+            and all(torch.equal(x, y) for x, y in zip(a[0].state_dict().values(), b[0].state_dict().values()))
+            for a, b in zip(results["sequential"], results[how])
+        )
+    return out
+
+
+def _import_only(_: int) -> int:
+    import metaprune.pruning  # noqa: F401
+
+    return os.getpid()
+
+
 def _thread_costs(model: torch.nn.Module, threads: int) -> dict[str, list[float]]:
     """[CPU s, wall s] of the gradient pass over 16 images and of a 27-image forward."""
     from metaprune.pruning.gradients import GradientCache
@@ -183,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaprune.models import ArchSpec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count", "search"])
+    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count", "search", "concurrent"])
     p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads / search")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
@@ -191,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
         out = {"model": a.model, "load_before": os.getloadavg()}
         out.update({f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)})
+        out["load_after"] = os.getloadavg()
+        print(json.dumps(out, indent=1))
+        return 0
+    if "concurrent" in a.parts:
+        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
+        out = {"model": a.model, "load_before": os.getloadavg(), **_concurrent_costs(model)}
         out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
         return 0

@@ -166,6 +166,16 @@ class ImportanceOptions:
     choice in 3 of 8 jobs, 1.25 test points worse on average and 8.6 at worst
     (``benchmarks/RESULTS.md``, issue 18), so the default searches on every step.
 
+    ``search_workers``: how many candidates of the search prune at once, each in its own
+    spawned worker process (the job's process is one of them): ``0`` (default) is the
+    job's torch threads (a job that owns two cores prunes two candidates at once; a
+    service job runs with its per-job thread setting) at a large input (3x224x224; below
+    it a worker's start-up, ~4 CPU s, outweighs a search's steps), ``1`` is one at a time.
+    The result is the same whatever the number: every copy is pruned by the same
+    function on one thread and scored in the job's process in candidate order
+    (:mod:`metaprune.pruning.search_pool`). Candidates pruned one at a time on Python
+    threads were slower than one after the other (Torch-Pruning's steps hold the GIL).
+
     ``calibration_images``: how many training images (a fixed seeded subset, never
     validation or test) the data-aware criteria ``taylor`` and ``hessian`` compute their
     loss gradients on, once per job (one per-sample pass serves both, every candidate
@@ -180,6 +190,7 @@ class ImportanceOptions:
     search_images: int = 64
     calibration_images: int = 64
     adaptive_search: bool = False
+    search_workers: int = 0
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)
@@ -190,6 +201,7 @@ class ImportanceOptions:
             check_int("importance.search_steps", self.search_steps, minimum=1)
         check_int("importance.search_images", self.search_images, minimum=1)
         _check_bool("importance.adaptive_search", self.adaptive_search)
+        check_int("importance.search_workers", self.search_workers, minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +463,7 @@ class PruneConfig:
             ("max_batch_size", "latency.batch_size", self.latency.batch_size or 1),
             ("max_threads", "latency.threads", self.latency.threads),
             ("max_threads", "data_workers", self.data_workers or 0),
+            ("max_threads", "importance.search_workers", self.importance.search_workers),
             ("max_repeats", "latency.repeats", self.latency.repeats),
             ("max_repeats", "latency.warmup", self.latency.warmup),
             ("max_latency_seconds", "latency.seconds", self.latency.seconds),

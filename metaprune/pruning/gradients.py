@@ -146,6 +146,10 @@ class GradientCache:
             self._key = key
             self.passes += 1
 
+    def gathered_for(self, model: nn.Module, kind: str) -> bool:
+        """Whether the ``kind`` gradients of ``model`` (or of a copy of it) are stored."""
+        return kind in self._grads and self._key == _fingerprint(model)
+
     def zero_kinds(self, ignore: Collection[str] = ()) -> tuple[str, ...]:
         """The kinds gathered whose gradients are exactly zero for every parameter but
         those named in ``ignore`` (a classifier's own, which get a gradient whatever its

@@ -80,15 +80,17 @@ from metaprune.pruning.choose import (
 from metaprune.pruning.config import ImportanceOptions, PruneConfig, PruningOptions
 from metaprune.pruning.finetune import evaluate, finetune
 from metaprune.pruning.gradients import GradientCache, fisher_estimate
-from metaprune.pruning.importance import COST_AWARE, DATA_AWARE, GRADIENT_KIND, make_importance
+from metaprune.pruning.importance import COST_AWARE, DATA_AWARE, GRADIENT_KIND
 from metaprune.pruning.latency import LatencyMeasurement, auto_batch_size, time_forward
 from metaprune.pruning.methods import MethodContext, get_method
 from metaprune.pruning.normalizer import NORMALIZER_CANDIDATES
 from metaprune.pruning.progress import CancelToken, ProgressCallback, StageMeter
-from metaprune.pruning.progressive import StepInfo, progressive_prune
+from metaprune.pruning.progressive import StepInfo
 from metaprune.pruning.reachable import check_reachable
 from metaprune.pruning.rebuild import check_rebuild
 from metaprune.pruning.report import REPORT_VERSION, plot_curve, write_report
+from metaprune.pruning.search_pool import PruneTask, SearchPool
+from metaprune.pruning.search_pool import prune_copy as prune_pruned_copy
 from metaprune.pruning.structure import check_prunable
 from metaprune.pruning.targets import find_classifier, layer_widths, measure_cost
 from metaprune.version import __version__
@@ -303,21 +305,24 @@ def prune(
     # every copy pruned with a data-aware criterion
     grads: Any = subset(splits.train, opts.calibration_images, "importance.calibration_images")
 
-    def prune_to_target(
-        m: nn.Module, cand: Candidate, steps: int, step_fn: Any, adaptive: bool = _ADAPTIVE
-    ) -> list[StepInfo]:
-        with _one_thread():  # the gradient pass too (importance) and the steps
-            importance = make_importance(
-                cand.criterion, p=opts.p, group_reduction=opts.group_reduction,
-                normalizer=cand.normalizer, seed=config.seed, model=m, calibration=grads,
-            )  # fmt: skip
-            return progressive_prune(
-                m, example, target, importance=importance, steps=steps,
-                round_to=pruning.round_to, max_layer_ratio=pruning.max_layer_ratio,
-                min_channels=pruning.min_channels,
-                latency_fn=(lambda m: latency(m).median) if target.kind == "latency" else None,
-                on_step=step_fn, frozen=structure.frozen_modules, adaptive=adaptive,
-            )  # fmt: skip
+    prune_options = {"p": opts.p, "group_reduction": opts.group_reduction, "seed": config.seed,
+                     "round_to": pruning.round_to, "max_layer_ratio": pruning.max_layer_ratio,
+                     "min_channels": pruning.min_channels}  # fmt: skip
+    latency_fn = (lambda m: latency(m).median) if target.kind == "latency" else None
+
+    def prune_task(m: nn.Module, cand: Candidate, steps: int, curve: bool, adaptive: bool) -> PruneTask:
+        """What pruning a copy of ``m`` with ``cand`` takes (in this process or a worker);
+        ``curve``: keep copies at the steps where the curve wants a point."""
+        return PruneTask(
+            cand.label, m, example, target, cand.criterion, cand.normalizer, steps, grads,
+            prune_options, frozen=tuple(structure.frozen_modules), adaptive=adaptive,
+            milestones=tuple(_milestones(target.value, curve_points)) if curve else (),
+        )  # fmt: skip
+
+    def step_event(label: str, info: StepInfo) -> None:
+        if proxy_meter:
+            speedup = round(info.value(target.kind), 3)
+            proxy_meter[-1].advance(candidate=label, step=info.step, speedup=speedup)
 
     # the proxy every automatic choice is scored by (metaprune/pruning/choose.py): a copy
     # pruned to the target in search_steps steps, one BatchNorm pass over search_images
@@ -343,22 +348,10 @@ def prune(
         """A copy of ``m`` pruned with ``cand``, its steps, and (``curve``) copies of it at
         the steps where the curve wants a point (a search keeps the winner's: no second
         prune)."""
-        meter = proxy_meter[-1] if proxy_meter else None
-        m, snapshots = copy.deepcopy(m), {}
-        due = _milestones(target.value, curve_points) if curve else []
-
-        def on_step(info: StepInfo, pruned: nn.Module) -> None:
-            if meter is not None:
-                meter.advance(candidate=cand.label, step=info.step, speedup=round(info.value(target.kind), 3))
-            if due and info.value(target.kind) >= due[0] and not info.reached:
-                snapshots[info.step] = copy.deepcopy(pruned)
-            while due and info.value(target.kind) >= due[0]:
-                due.pop(0)
-
-        ticks[0] = meter.tick if meter else None
-        history = prune_to_target(m, cand, steps, on_step, adaptive)
-        m.zero_grad(set_to_none=True)  # a data-aware criterion's gradients rode along
-        return m, history, snapshots
+        ticks[0] = proxy_meter[-1].tick if proxy_meter else None
+        done = prune_pruned_copy(prune_task(m, cand, steps, curve, adaptive),
+                                 functools.partial(step_event, cand.label), latency_fn)  # fmt: skip
+        return done.model, done.history, done.snapshots
 
     def score_copy(m: nn.Module, calib_loader: Any = None, val_loader: Any = None) -> float:
         # recalibrating in place is harmless to a reused winner: every recalibration
@@ -429,9 +422,19 @@ def prune(
             kept: list[tuple[float, int, Candidate, Any]] = []
             firsts: dict[Candidate, float] = {}  # first-round scores
 
+            curve, adaptive = reusable and not quick, quick or _ADAPTIVE
+            pruned_before = 0 if pool is None else pool.pruned_in_workers
+            # with workers, the copies are pruned at once (search_pool.py), scored in order
+            copies = None if pool is None else pool.results(
+                [prune_task(m, c, search_steps, curve, adaptive) for c in candidates], step_event)
+
             def search_proxy(m: nn.Module, cand: Candidate) -> float:
-                result = prune_copy(m, cand, search_steps, curve=reusable and not quick,
-                                    adaptive=quick or _ADAPTIVE)  # fmt: skip
+                if copies is None:
+                    result = prune_copy(m, cand, search_steps, curve, adaptive)
+                else:
+                    ticks[0] = proxy_meter[-1].tick if proxy_meter else None
+                    done = next(copies)
+                    result = done.model, done.history, done.snapshots
                 score = score_copy(result[0], *first)
                 firsts[cand] = score
                 if (two_rounds or reusable) and not quick:
@@ -457,13 +460,19 @@ def prune(
             record["proxy"] = {"steps": search_steps, "calibration_images": len(proxy_calib.dataset),
                                "validation_images": len(proxy_val.dataset),
                                "rounds": 1 + finals, "adaptive": quick or _ADAPTIVE}  # fmt: skip
+            record["workers"] = 1 if pool is None else pool.workers  # copies pruned at once
+            if pool is not None:
+                record["pruned_in_workers"] = pool.pruned_in_workers - pruned_before
             winner = [k[3] for k in kept if k[2] == best]
             reused = winner[0] if winner and reusable else None
             record["reused_winner"] = reused is not None
             kept.clear()
             return best, record, reused
 
-        with timed("criterion_search"):  # validation only
+        workers = _search_workers(opts.search_workers, len(proxy_val.dataset) * values, device, target)
+        with timed("criterion_search"), contextlib.ExitStack() as stack:  # validation only
+            # started first: the workers' start-up shares the cores with the gradient pass
+            pool = stack.enter_context(SearchPool(workers)) if workers > 1 else None
             whole = len(proxy_calib) + len(proxy_val)
             per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
             final_units = (step_units if quick else 0) + (sum(map(len, second)) or whole)
@@ -500,6 +509,7 @@ def prune(
                     model, chosen, found, pruned = ctx.reference, ref_chosen, ref_found, ref_pruned
                     prepared_val = evaluate(model, val, device, on_batch=meter.tick)  # curve step 0
             prune_info["criterion_search"] = found  # the search of the model pruned
+            stack.close()  # the workers end with the search
             meter.finish(chosen=chosen.label)
         if kinds and pruned is not None:  # the winner's prune is reused: no more gradients
             grads.forget()
@@ -689,6 +699,18 @@ def _quick_search(opts: ImportanceOptions) -> bool:
     steps instead of 38, but the cheaper first round changes the choice too often to be
     the default (:class:`ImportanceOptions`; benchmarks/RESULTS.md, issue 18)."""
     return opts.adaptive_search and opts.search_steps is None
+
+
+def _search_workers(requested: int, proxy_values: int, device: torch.device, target: Any) -> int:
+    """How many candidates the criterion search prunes at once: ``requested``, or for ``0``
+    the job's torch threads where one proxy pass holds more than ``_LARGE_INPUT_VALUES``
+    input values (a worker's start-up, ~4 CPU s, outweighs a small search's steps). One
+    on a GPU and for a latency target (timings in parallel would disturb each other)."""
+    if device.type != "cpu" or target.kind == "latency":
+        return 1
+    if requested:
+        return requested
+    return torch.get_num_threads() if proxy_values > _LARGE_INPUT_VALUES else 1
 
 
 def _search_images(val_images: int, search_images: int, values: int) -> int:

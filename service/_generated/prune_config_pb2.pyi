@@ -36,7 +36,7 @@ class FinetuneBudget(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., schedule: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., milestones: _Optional[_Iterable[int]] = ..., gamma: _Optional[float] = ..., lr_alternatives: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ImportanceOptions(_message.Message):
-    __slots__ = ("p", "group_reduction", "normalizer", "search_steps", "search_images", "calibration_images", "adaptive_search")
+    __slots__ = ("p", "group_reduction", "normalizer", "search_steps", "search_images", "calibration_images", "adaptive_search", "search_workers")
     P_FIELD_NUMBER: _ClassVar[int]
     GROUP_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     NORMALIZER_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class ImportanceOptions(_message.Message):
     SEARCH_IMAGES_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
     p: int
     group_reduction: str
     normalizer: str
@@ -51,7 +52,8 @@ class ImportanceOptions(_message.Message):
     search_images: int
     calibration_images: int
     adaptive_search: bool
-    def __init__(self, p: _Optional[int] = ..., group_reduction: _Optional[str] = ..., normalizer: _Optional[str] = ..., search_steps: _Optional[int] = ..., search_images: _Optional[int] = ..., calibration_images: _Optional[int] = ..., adaptive_search: _Optional[bool] = ...) -> None: ...
+    search_workers: int
+    def __init__(self, p: _Optional[int] = ..., group_reduction: _Optional[str] = ..., normalizer: _Optional[str] = ..., search_steps: _Optional[int] = ..., search_images: _Optional[int] = ..., calibration_images: _Optional[int] = ..., adaptive_search: _Optional[bool] = ..., search_workers: _Optional[int] = ...) -> None: ...
 
 class PruningOptions(_message.Message):
     __slots__ = ("steps", "round_to", "min_channels", "max_layer_ratio", "curve_every", "curve_bn_recalibration", "curve_points", "curve_images")

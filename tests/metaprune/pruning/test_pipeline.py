@@ -480,7 +480,7 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
     (a second one mostly spins there; at a large input, the budget made tiny here, too);
     image passes keep the caller's threads. The gradient pass runs before the search
     copies the model (its peak memory alone)."""
-    from metaprune.pruning import pipeline
+    from metaprune.pruning import pipeline, search_pool
     from metaprune.pruning.gradients import GradientCache
 
     seen: dict[str, list[int]] = {}
@@ -494,14 +494,16 @@ def test_single_image_checks_and_the_gradient_pass_run_on_one_thread(
 
         monkeypatch.setattr(owner, name, wrapped)
 
-    for name in ("check_prunable", "check_rebuild", "make_importance", "evaluate"):
+    for name in ("check_prunable", "check_rebuild", "evaluate"):
         spy(name, getattr(pipeline, name))
+    spy("make_importance", search_pool.make_importance, search_pool)
     spy("gather", GradientCache.gather, GradientCache)
     if large:
         monkeypatch.setattr(pipeline, "_LARGE_INPUT_VALUES", 1024)  # 16 images of 1x8x8
     config = dataclasses.replace(
         fast_config, method="taylor", before_pruning=FinetuneBudget(epochs=0),
-        after_pruning=FinetuneBudget(epochs=0), importance=ImportanceOptions(normalizer="auto"),
+        after_pruning=FinetuneBudget(epochs=0),
+        importance=ImportanceOptions(normalizer="auto", search_workers=1),  # all in this process
     )  # fmt: skip
     before = torch.get_num_threads()
     torch.set_num_threads(2)
