@@ -150,6 +150,21 @@ class GradientCache:
         """Whether the ``kind`` gradients of ``model`` (or of a copy of it) are stored."""
         return kind in self._grads and self._key == _fingerprint(model)
 
+    def stored(self, kind: str) -> GradientCache:
+        """A cache holding only the stored ``kind`` gradients (the same tensors), without
+        images or callback: what a worker process pruning a copy of the same model needs
+        (asked for another model or kind, it would fail: it has no images)."""
+        light = GradientCache([], (kind,))
+        light._key, light._seen, light._grads = self._key, self._seen, {kind: self._grads[kind]}
+        return light
+
+    def share_memory(self) -> None:
+        """Move the stored gradients to shared memory (once, before worker processes read
+        them: moved later, the process would hold both copies at once)."""
+        for grads in self._grads.values():
+            for g in grads.values():
+                g.share_memory_()
+
     def zero_kinds(self, ignore: Collection[str] = ()) -> tuple[str, ...]:
         """The kinds gathered whose gradients are exactly zero for every parameter but
         those named in ``ignore`` (a classifier's own, which get a gradient whatever its

@@ -473,6 +473,8 @@ def prune(
         with timed("criterion_search"), contextlib.ExitStack() as stack:  # validation only
             # started first: the workers' start-up shares the cores with the gradient pass
             pool = stack.enter_context(SearchPool(workers)) if workers > 1 else None
+            if pool is not None:
+                pool.share(model)
             whole = len(proxy_calib) + len(proxy_val)
             per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
             final_units = (step_units if quick else 0) + (sum(map(len, second)) or whole)
@@ -488,6 +490,8 @@ def prune(
                 with _one_thread():  # two threads: 1.1x its CPU idle, 3-4x at load 2-6
                     grads.gather(model)
                     head = {id(p) for p in find_classifier(model, example).parameters()}
+                if pool is not None:
+                    pool.share(grads)
                 # all-zero gradients rank nothing: their candidates would walk the whole
                 # schedule without pruning (a random-weight ViT-B/16: ~2 units of steps)
                 zero = grads.zero_kinds({n for n, p in model.named_parameters() if id(p) in head})

@@ -122,9 +122,7 @@ def _portable(task: PruneTask) -> PruneTask | None:
     if kind is not None:
         if not (isinstance(calibration, GradientCache) and calibration.gathered_for(task.model, kind)):
             return None
-        light = copy.copy(calibration)
-        light.calibration, light.on_batch = [], None  # gathering again would fail loudly
-        return dataclasses.replace(task, calibration=light)
+        return dataclasses.replace(task, calibration=calibration.stored(kind))
     if task.criterion in COST_AWARE:
         images, labels = next(iter(calibration))
         return dataclasses.replace(task, calibration=[(images[:1].clone(), labels[:1].clone())])
@@ -180,6 +178,13 @@ class SearchPool:
             self._drain(on_step)
             self.pruned_in_workers += 1
             yield pending.get()  # a worker's error is raised here, in the job's process
+
+    def share(self, *holders: nn.Module | GradientCache) -> None:
+        """Move models' weights or gathered gradients to shared memory now, while the
+        memory they leave behind can serve what comes next (moved when a task is first
+        sent, ViT-B/16's job held both copies: a peak of 6.2 GB instead of 5.1)."""
+        for holder in holders:
+            holder.share_memory()
 
     def _step(self, on_step: Callable[[str, StepInfo], None], label: str, info: StepInfo) -> None:
         on_step(label, info)
