@@ -211,3 +211,30 @@ def test_zero_kinds_names_the_gradients_that_rank_nothing():
     assert set(cache.zero_kinds({"3.weight", "3.bias"})) == {"mean", "fisher"}
     cache.forget()
     assert cache.zero_kinds() == ()  # nothing gathered: nothing to judge
+
+
+def test_the_stored_gradients_of_one_kind_serve_a_copy_and_nothing_else():
+    """What a search worker gets: one kind's tensors, shared, no images; it serves a copy
+    of the model and fails loudly for any other model or kind."""
+    import copy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    cache = GradientCache([(torch.randn(8, 6), torch.randint(0, 3, (8,)))], ("mean", "fisher"))
+    cache.gather(net)
+    assert cache.gathered_for(copy.deepcopy(net), "fisher") and not cache.gathered_for(net, "other")
+    cache.share_memory()
+    light = cache.stored("fisher")
+    assert light.kinds == ("fisher",) and len(light) == 0
+    twin = copy.deepcopy(net)
+    assert gather_gradients(twin, light, "fisher") == 8 and light.passes == 0
+    for (n, p), (_, q) in zip(net.named_parameters(), twin.named_parameters()):
+        assert q.grad is cache._grads["fisher"][n] and q.grad.is_shared()
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[0].bias.add_(1.0)
+    assert not cache.gathered_for(other, "fisher")
+    with pytest.raises(ValueError, match="no images"):
+        gather_gradients(other, light, "fisher")
+    with pytest.raises(ValueError, match="no images"):
+        gather_gradients(copy.deepcopy(net), light, "mean")

@@ -104,3 +104,23 @@ def test_search_workers_are_bounded_by_the_thread_limit():
 def test_a_pool_needs_two_workers(bad):
     with pytest.raises(ValueError, match="workers >= 2"):
         SearchPool(bad)
+
+
+def test_the_default_prunes_on_the_jobs_threads_at_a_large_input():
+    """0: as many copies at once as the job has torch threads, where one proxy pass is over
+    the large-input budget (3x224x224); one at a time below it, on a GPU and for a latency
+    target; a number asked for is used as given."""
+    from metaprune.pruning import Target, pipeline
+
+    cpu, macs, large = torch.device("cpu"), Target("macs", 2.0), pipeline._LARGE_INPUT_VALUES
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert pipeline._search_workers(0, large + 1, cpu, macs) == 3
+        assert pipeline._search_workers(0, large, cpu, macs) == 1
+        assert pipeline._search_workers(2, 64, cpu, macs) == 2
+        assert pipeline._search_workers(1, large + 1, cpu, macs) == 1
+        assert pipeline._search_workers(0, large + 1, cpu, Target("latency", 2.0)) == 1
+        assert pipeline._search_workers(4, large + 1, torch.device("cuda"), macs) == 1
+    finally:
+        torch.set_num_threads(before)
