@@ -34,6 +34,7 @@ Results: ``benchmarks/scale/results.json`` (one entry per model / the fine-tune)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -71,22 +72,22 @@ def _rss_gb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
 
 
-def _tree_rss_gb() -> float:
-    """Resident memory of this process and its children (the search's worker processes):
-    an upper bound, pages shared between them (the model in shared memory) count twice."""
-    total = _rss_gb()
+def _tree_memory_gb() -> tuple[float, float]:
+    """(RSS, PSS) of this process and its children (the search's worker processes),
+    summed: the RSS sum counts pages shared between them (the model in shared memory)
+    once per process, the PSS sum divides them among the processes that map them."""
+    pids = ["self"]
     for task in Path("/proc/self/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/statm") as f:
-                    total += int(f.read().split()[1]) * resource.getpagesize() / 1024**3
-            except OSError:
-                continue
-    return total
+        with contextlib.suppress(OSError):
+            pids += (task / "children").read_text().split()
+    rss = pss = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Rss:", "Pss:")):
+                    kb = int(line.split()[1]) / 1024**2
+                    rss, pss = (rss + kb, pss) if line.startswith("Rss:") else (rss, pss + kb)
+    return rss, pss
 
 
 class _RssByStage:
@@ -96,16 +97,19 @@ class _RssByStage:
     def __init__(self) -> None:
         import threading
 
-        self.label, self.peaks, self.tree = "start", dict[str, float](), 0.0
+        self.label, self.peaks, self.tree = "start", dict[str, float](), [0.0, 0.0]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.05):
             rss = _rss_gb()
             self.peaks[self.label] = max(self.peaks.get(self.label, 0.0), rss)
-            self.tree = max(self.tree, _tree_rss_gb())
+            ticks += 1
+            if ticks % 10 == 0:  # every 0.5 s: reading smaps costs more than statm
+                self.tree = [max(a, b) for a, b in zip(self.tree, _tree_memory_gb())]
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
@@ -265,7 +269,9 @@ def run_model(
         "peak_rss_gb_after_job": rss_job,
         "rss_gb_before_job": rss_before,
         "peak_rss_gb_by_stage": rss_stages,  # sampled every 50 ms, by the last event's stage
-        "peak_rss_gb_with_workers": round(rss.tree, 3),  # this process + its children, summed
+        # this process and its children (search workers), summed, sampled every 0.5 s
+        "peak_rss_gb_with_workers": round(rss.tree[0], 3),
+        "peak_pss_gb_with_workers": round(rss.tree[1], 3),
         "macs_speedup": report["speedup"]["macs"],
         "target_reached": report["target_reached"],
         "normalizer": report["stages"]["prune"]["normalizer"],

@@ -42,7 +42,9 @@ images 32), the curve has one point between its ends, and the criterion search s
 every candidate on half its images and the best two on the other half as well; the
 winner's copy is the job's prune. ``importance.adaptive_search`` (opt-in) makes the first
 round cheaper: each candidate prunes on a few steps of the schedule, the best two again
-on every step.
+on every step. There, too, the candidates' copies are pruned as many at once as the job
+has torch threads (``importance.search_workers``; the job's process and spawned workers,
+:mod:`metaprune.pruning.search_pool`), with the same result as one at a time.
 """
 
 from __future__ import annotations
@@ -415,6 +417,7 @@ def prune(
         finals = (two_rounds or quick) and len(candidates) > _FINALISTS
         keep = _FINALISTS if finals else 1
         reusable = search_steps == pruning.steps and not _ADAPTIVE
+        search_curve, search_adaptive = reusable and not quick, quick or _ADAPTIVE
 
         def search(m: nn.Module) -> tuple[Candidate, dict[str, Any], Any]:
             """``m``'s best candidate, the search's record, and the winner's prune (reused)."""
@@ -422,8 +425,8 @@ def prune(
             kept: list[tuple[float, int, Candidate, Any]] = []
             firsts: dict[Candidate, float] = {}  # first-round scores
 
-            curve, adaptive = reusable and not quick, quick or _ADAPTIVE
-            pruned_before = 0 if pool is None else pool.pruned_in_workers
+            curve, adaptive = search_curve, search_adaptive
+            pruned_before = 0 if pool is None else len(pool.pruned_in_workers)
             # with workers, the copies are pruned at once (search_pool.py), scored in order
             copies = None if pool is None else pool.results(
                 [prune_task(m, c, search_steps, curve, adaptive) for c in candidates], step_event)
@@ -462,7 +465,7 @@ def prune(
                                "rounds": 1 + finals, "adaptive": quick or _ADAPTIVE}  # fmt: skip
             record["workers"] = 1 if pool is None else pool.workers  # copies pruned at once
             if pool is not None:
-                record["pruned_in_workers"] = pool.pruned_in_workers - pruned_before
+                record["pruned_in_workers"] = pool.pruned_in_workers[pruned_before:]
             winner = [k[3] for k in kept if k[2] == best]
             reused = winner[0] if winner and reusable else None
             record["reused_winner"] = reused is not None
@@ -473,8 +476,10 @@ def prune(
         with timed("criterion_search"), contextlib.ExitStack() as stack:  # validation only
             # started first: the workers' start-up shares the cores with the gradient pass
             pool = stack.enter_context(SearchPool(workers)) if workers > 1 else None
-            if pool is not None:
+            if pool is not None:  # the candidates that need no gradients start meanwhile
                 pool.share(model)
+                pool.prefetch([prune_task(model, c, search_steps, search_curve, search_adaptive)
+                               for c in candidates[1 :: pool.workers] if c.criterion not in GRADIENT_KIND])  # fmt: skip
             whole = len(proxy_calib) + len(proxy_val)
             per_candidate = (min(search_steps, 8) if quick else step_units) + (sum(map(len, first)) or whole)
             final_units = (step_units if quick else 0) + (sum(map(len, second)) or whole)

@@ -30,9 +30,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
+import torch.multiprocessing  # noqa: F401 (tensors pickle into shared memory)
 from torch import Tensor, nn
 
 from metaprune.pruning.config import Target
@@ -133,12 +135,14 @@ class SearchPool:
     """``workers - 1`` spawned processes that prune :class:`PruneTask`\\ s beside the
     job's process (``workers`` copies at once).
 
-    :meth:`results` yields the pruned copies in task order: when the next copy is not in
-    a worker already, the job's process hands the following tasks to its idle workers and
-    prunes that one itself. Steps done in a worker are reported through ``on_step`` in
-    the job's process (between its own steps, and every ``poll`` seconds while it waits),
-    so progress and cancellation work as in a sequential search. At most ``workers``
-    copies are pruned or waiting at once (memory: a ViT-B/16 copy is ~0.35 GB).
+    :meth:`results` yields the pruned copies in task order: a copy a worker has (or is
+    pruning) is waited for; any other the job's process prunes itself, first handing the
+    next tasks to its idle workers. :meth:`prefetch` starts tasks early (the candidates
+    that need no gradients, while the job's process gathers them). Steps done in a worker
+    are reported through ``on_step`` in the job's process (between its own steps, and
+    every ``poll`` seconds while it waits), so progress and cancellation work as in a
+    sequential search. At most ``3 * (workers - 1)`` copies wait in or for the workers
+    (memory: a ViT-B/16 copy is ~0.35 GB, with its curve's snapshot ~0.45 GB).
     """
 
     def __init__(self, workers: int, poll: float = 0.5) -> None:
@@ -150,7 +154,16 @@ class SearchPool:
         with _children_allowed():
             self._pool = ctx.Pool(workers - 1, initializer=_start_worker,
                                   initargs=(self._events, os.getpid()))  # fmt: skip
-        self.pruned_in_workers = 0
+        self._early: list[tuple[PruneTask, Any]] = []  # prefetched: (task, AsyncResult)
+        self.pruned_in_workers: list[str] = []  # labels of the tasks a worker pruned
+
+    def prefetch(self, tasks: Sequence[PruneTask]) -> None:
+        """Start ``tasks`` in the workers now, up to ``2 * (workers - 1)`` of them;
+        :meth:`results` takes them up (a task it is not asked for is dropped unused)."""
+        for task in tasks[: 2 * (self.workers - 1)]:
+            portable = _portable(task)
+            if portable is not None:
+                self._early.append((task, self._submit(portable)))
 
     def results(
         self,
@@ -159,25 +172,41 @@ class SearchPool:
         latency_fn: Callable[[nn.Module], float] | None = None,
     ) -> Iterator[PrunedCopy]:
         """The pruned copies of ``tasks``, in order (see the class doc)."""
-        running: dict[int, Any] = {}  # task index -> AsyncResult, in a worker
+        started: dict[int, Any] = {}  # task index -> AsyncResult, in a worker
         for i, task in enumerate(tasks):
-            if i not in running:
-                for j in range(i + 1, min(len(tasks), i + self.workers)):
-                    if j not in running and len(running) < self.workers - 1:
-                        portable = _portable(tasks[j])
-                        if portable is not None:
-                            running[j] = self._pool.apply_async(_run_task, (portable,))
+            early = next((k for k, (t, _) in enumerate(self._early) if _same(t, task)), None)
+            if early is not None:
+                started[i] = self._early.pop(early)[1]
+        for i, task in enumerate(tasks):
+            if i not in started:
+                self._top_up(tasks, started, i)
                 own = prune_copy(task, lambda info, t=task: self._step(on_step, t.label, info),
                                  latency_fn)  # fmt: skip
                 self._drain(on_step)
                 yield own
                 continue
-            pending = running.pop(i)
+            pending = started.pop(i)
             while not pending.ready():
                 self._drain(on_step, self.poll)
             self._drain(on_step)
-            self.pruned_in_workers += 1
+            self.pruned_in_workers.append(task.label)
             yield pending.get()  # a worker's error is raised here, in the job's process
+
+    def _submit(self, task: PruneTask) -> Any:
+        # pickled now, in this thread: the pool's sender thread would pickle it later,
+        # while this process may be using the model (the gradient pass swaps its weights)
+        return self._pool.apply_async(_run_task, (bytes(ForkingPickler.dumps(task)),))
+
+    def _top_up(self, tasks: Sequence[PruneTask], started: dict[int, Any], i: int) -> None:
+        """Hand idle workers the first tasks after ``i`` that none has."""
+        busy = sum(not r.ready() for r in started.values())
+        for j in range(i + 1, len(tasks)):
+            if busy >= self.workers - 1 or len(started) >= 3 * (self.workers - 1):
+                return
+            portable = None if j in started else _portable(tasks[j])
+            if portable is not None:
+                started[j] = self._submit(portable)
+                busy += 1
 
     def share(self, *holders: nn.Module | GradientCache) -> None:
         """Move models' weights or gathered gradients to shared memory now, while the
@@ -213,6 +242,12 @@ class SearchPool:
         self.close()
 
 
+def _same(a: PruneTask, b: PruneTask) -> bool:
+    """Whether ``a`` and ``b`` prune the same model the same way (a prefetched task)."""
+    return a.model is b.model and a.label == b.label and a.calibration is b.calibration and (
+        a.steps, a.target, a.adaptive, a.milestones) == (b.steps, b.target, b.adaptive, b.milestones)
+
+
 _EVENTS: Any = None  # the worker's queue of step reports
 
 
@@ -229,7 +264,8 @@ def _start_worker(events: Any, parent: int) -> None:
     threading.Thread(target=watch, name="metaprune-search-watch", daemon=True).start()
 
 
-def _run_task(task: PruneTask) -> PrunedCopy:
+def _run_task(payload: bytes) -> PrunedCopy:
+    task = ForkingPickler.loads(payload)  # the job process's own PruneTask (see _submit)
     return prune_copy(task, lambda info: _EVENTS.put((task.label, info)))
 
 

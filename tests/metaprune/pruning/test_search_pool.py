@@ -50,9 +50,12 @@ def test_candidates_pruned_at_once_give_the_sequential_search(model, spec, split
     one, two = (results[w].report for w in (1, 2))
     s1, s2 = (r["stages"]["prune"]["criterion_search"] for r in (one, two))
     assert (s1["workers"], s2["workers"]) == (1, 2)
-    # in pairs: the job's process prunes the 1st, 3rd, 5th, the worker the others (per MAC,
-    # hessian: the cost-aware and data-aware criteria's inputs cross too)
-    assert "pruned_in_workers" not in s1 and s2.pop("pruned_in_workers") == 3
+    # the worker pruned at least the 2nd and 4th copies (started during the gradient pass;
+    # per MAC: a cost-aware criterion's input crosses too); the job's process the 1st
+    assert "pruned_in_workers" not in s1
+    in_workers = s2.pop("pruned_in_workers")
+    assert {"group-l2[mean]", "group-l2-macs[sum]"} <= set(in_workers)
+    assert "group-l2[sum]" not in in_workers and len(in_workers) == len(set(in_workers))
     labels = [f"{t['criterion']}[{t['normalizer']}]" for t in s2["trials"]]
     assert labels == ["group-l2[sum]", "group-l2[mean]", "group-l2[max]", "group-l2-macs[sum]",
                       "taylor[mean]", "hessian[mean]"]  # fmt: skip
