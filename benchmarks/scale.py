@@ -38,6 +38,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -160,7 +161,8 @@ def _cpu_split(marks: list[tuple[float, str, str]], start: float, key: Any,
 
 
 def run_model(
-    name: str, size: int = 224, search_steps: int | None = None, head_std: float = 0.0
+    name: str, size: int = 224, search_steps: int | None = None, head_std: float = 0.0,
+    search_workers: int = 0,
 ) -> dict[str, Any]:
     """One model: unit, our job, Torch-Pruning's one-shot baseline (in this process)."""
     import torch_pruning as tp
@@ -202,8 +204,9 @@ def run_model(
     config = PruneConfig(
         target=Target("macs", 2.0),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
-        importance=ImportanceOptions(search_steps=search_steps),
+        importance=ImportanceOptions(search_steps=search_steps, search_workers=search_workers),
     )  # fmt: skip
+    load_before = os.getloadavg()
     start, cpu = time.perf_counter(), _cpu()
     job_cpu_start = cpu
     rss_before = _rss_gb()
@@ -284,6 +287,7 @@ def run_model(
         "overhead_vs_torch_pruning": job / tp_seconds,
         "overhead_vs_torch_pruning_cpu": job_cpu / tp_cpu,
         "threads": torch.get_num_threads(),
+        "load_average_before_after": [load_before, os.getloadavg()],  # 1, 5, 15 min
     }
 
 
@@ -355,17 +359,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="importance.search_steps (50: every candidate on the full schedule)")  # fmt: skip
     p.add_argument("--head-std", type=float, default=0.0,
                    help="re-initialise the classifier N(0, std): gradients reach a zero-init head's inputs")  # fmt: skip
+    p.add_argument("--search-workers", type=int, default=0,
+                   help="importance.search_workers (1: one candidate at a time; 0: the default)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     if a.child:  # one measurement in this (fresh) process; JSON on stdout
         rec = (run_finetune(a.finetune_images) if a.child == "finetune"
-               else run_model(a.child, a.image_size, a.search_steps, a.head_std))  # fmt: skip
+               else run_model(a.child, a.image_size, a.search_steps, a.head_std, a.search_workers))  # fmt: skip
         print(json.dumps(rec))
         return 0
     for name in [*a.models, *(["finetune"] if a.finetune else [])]:
         args = ["--child", name, "--finetune-images", str(a.finetune_images)]
         args += ["--search-steps", str(a.search_steps)] if a.search_steps else []
         args += ["--head-std", str(a.head_std)] if a.head_std else []
+        args += ["--search-workers", str(a.search_workers)] if a.search_workers else []
         proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:
