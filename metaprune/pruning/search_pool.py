@@ -155,6 +155,7 @@ class SearchPool:
             self._pool = ctx.Pool(workers - 1, initializer=_start_worker,
                                   initargs=(self._events, os.getpid()))  # fmt: skip
         self._early: list[tuple[PruneTask, Any]] = []  # prefetched: (task, AsyncResult)
+        self._pids = {p.pid for p in self._pool._pool}  # type: ignore[attr-defined]
         self.pruned_in_workers: list[str] = []  # labels of the tasks a worker pruned
 
     def prefetch(self, tasks: Sequence[PruneTask]) -> None:
@@ -188,9 +189,18 @@ class SearchPool:
             pending = started.pop(i)
             while not pending.ready():
                 self._drain(on_step, self.poll)
+                self._check_workers()
+            self._check_workers()  # replaced after it died: its task may have been lost
             self._drain(on_step)
             self.pruned_in_workers.append(task.label)
             yield pending.get()  # a worker's error is raised here, in the job's process
+
+    def _check_workers(self) -> None:
+        """Raise if a worker died (killed, out of memory): the pool would replace it and
+        its copy would never come."""
+        gone = self._pids - {p.pid for p in self._pool._pool}  # type: ignore[attr-defined]
+        if gone:
+            raise RuntimeError(f"a criterion-search worker process ended unexpectedly (pid {min(gone)})")
 
     def _submit(self, task: PruneTask) -> Any:
         # pickled now, in this thread: the pool's sender thread would pickle it later,

@@ -127,3 +127,24 @@ def test_the_default_prunes_on_the_jobs_threads_at_a_large_input():
         assert pipeline._search_workers(4, large + 1, torch.device("cuda"), macs) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_is_an_error_not_a_hang(model, example):
+    """A worker killed mid-prune (e.g. out of memory): the job's process raises."""
+    import os
+    import signal
+
+    from metaprune.pruning import Target
+    from metaprune.pruning.search_pool import PruneTask
+
+    options = {"p": 2, "group_reduction": "mean", "seed": 0, "round_to": None,
+               "max_layer_ratio": 0.75, "min_channels": 2}  # fmt: skip
+    tasks = [PruneTask(f"t{i}", model, example, Target("macs", 2.0), "group-l2", "sum", 200, None, options)
+             for i in range(2)]  # fmt: skip
+    with SearchPool(2) as pool:
+        for pid in pool._pids:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="worker process ended unexpectedly"):
+            list(pool.results(tasks, lambda label, info: None))
+    assert not multiprocessing.active_children()
