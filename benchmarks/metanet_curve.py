@@ -4,6 +4,8 @@ weight-space augmentations, and the held-out 0-epoch check of the result.
     # meta-train on a snapshot zoo (metanet/configs/zoo_resnet20_digits_snap3.yaml), at equal steps
     nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 1 --tag s1
     nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 3 --aug --tag s3-aug
+    # the same run trained on to 8 epochs from its last checkpoint (same options, --resume TAG)
+    nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 3 --aug --epochs 8 --tag s3-aug-e8 --resume s3-aug
     # held-out ResNet-20s (benchmarks/quality_heldout.py, seeds 100+), 0 epochs, 2x / 3x MACs:
     # the guarded metanet path with an export against the default (`auto`: criterion chosen on validation)
     nice python benchmarks/metanet_curve.py heldout --export runs/metanet-curve/s3-aug/best --n 5
