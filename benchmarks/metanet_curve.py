@@ -4,6 +4,8 @@ weight-space augmentations, and the held-out 0-epoch check of the result.
     # meta-train on a snapshot zoo (metanet/configs/zoo_resnet20_digits_snap3.yaml), at equal steps
     nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 1 --tag s1
     nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 3 --aug --tag s3-aug
+    # the same run trained on to 8 epochs from its last checkpoint (same options, --resume TAG)
+    nice python benchmarks/metanet_curve.py fit --zoo runs/zoo-resnet20-digits-snap3 --snapshots 3 --aug --epochs 8 --tag s3-aug-e8 --resume s3-aug
     # held-out ResNet-20s (benchmarks/quality_heldout.py, seeds 100+), 0 epochs, 2x / 3x MACs:
     # the guarded metanet path with an export against the default (`auto`: criterion chosen on validation)
     nice python benchmarks/metanet_curve.py heldout --export runs/metanet-curve/s3-aug/best --n 5
@@ -102,6 +104,7 @@ def fit(a: argparse.Namespace) -> int:
         batch_stats=True, grad_clip=1.0, **_augment(a),
     )  # fmt: skip
     curve: list[dict] = []
+    resume, prior = _resume(a)
 
     class Record(Callback):
         def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -120,10 +123,11 @@ def fit(a: argparse.Namespace) -> int:
                         callbacks=[ckpt, Record()], enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(root))  # fmt: skip
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     seconds = time.perf_counter() - start
-    export_checkpoint(ckpt.best_model_path, root / "best")
+    curve = [*prior, *curve]  # selection over the whole run, the resumed epochs included
     best = max(curve, key=lambda r: r["auc"])
+    export_checkpoint(resume if best in prior else ckpt.best_model_path, root / "best")
     _update(Path(a.out), a.tag, {
         "zoo": zoo, "snapshots_per_run": a.snapshots, "train_members": members,
         "train_runs": len({m.name.split(".")[0] for m in data.train_members}),
@@ -131,9 +135,29 @@ def fit(a: argparse.Namespace) -> int:
         "steps": trainer.global_step, "batches_per_member": per_member, "curve": curve,
         "max_val": a.max_val, "max_train": a.max_train,
         "best": best, "last": curve[-1], "seconds": round(seconds), "seed": a.seed,
-        "export": str(root / "best"),
+        "export": str(root / "best"), "resumed_from": a.resume,
     })  # fmt: skip
     return 0
+
+
+def _resume(a: argparse.Namespace) -> tuple[str | None, list[dict]]:
+    """``--resume TAG``: the checkpoint of run TAG (its only one, which must be its last
+    validation: ``save_top_k=1`` keeps the best) and TAG's curve; more epochs on the same
+    optimizer state are the same run trained longer, without paying its first epochs again."""
+    if a.resume is None:
+        return None, []
+    done = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
+    if a.resume not in done:
+        raise SystemExit(f"fit --resume: no run {a.resume!r} in {a.out}")
+    prior = done[a.resume]["curve"]
+    ckpts = sorted((Path(a.runs) / a.resume / "checkpoints").glob("*.ckpt"))
+    if len(ckpts) != 1:
+        raise SystemExit(f"fit --resume: expected one checkpoint of {a.resume!r}, found {ckpts}")
+    epoch = torch.load(ckpts[0], map_location="cpu", weights_only=False)["epoch"]
+    if epoch != prior[-1]["epoch"] or a.epochs <= epoch + 1:
+        raise SystemExit(f"fit --resume: {ckpts[0]} is epoch {epoch}; the run's last validation "
+                         f"was epoch {prior[-1]['epoch']} and --epochs must exceed {epoch + 1}")  # fmt: skip
+    return str(ckpts[0]), prior
 
 
 def heldout(a: argparse.Namespace) -> int:
@@ -238,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--max-train", type=int, default=None,
                    help="meta-train members per zoo (the first ones, whole runs in order; default all)")
     f.add_argument("--runs", default="runs/metanet-curve")
+    f.add_argument("--resume", default=None,
+                   help="a run's tag (same options) to train on from its last checkpoint to --epochs")
     h = sub.add_parser("heldout")
     h.add_argument("--export", default=None, help="a metanet export (none: the default only)")
     h.add_argument("--tag", default="metanet")
