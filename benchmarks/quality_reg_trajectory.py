@@ -53,8 +53,10 @@ def log(*args: Any) -> None:
     print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
-def fixed_trajectory(reg: float, rows: list[dict[str, float]]):
-    """A stand-in for ``search_reg``: ``reg`` trains the whole budget, scored every epoch."""
+def fixed_trajectory(reg: float, rows: list[dict[str, float]], switch: tuple[int, float] | None = None):
+    """A stand-in for ``search_reg``: ``reg`` trains the whole budget, scored every epoch
+    (``switch=(epoch, reg2)``: from that epoch on the strength is ``reg2``, same run and
+    schedule: what a step-down rule firing there would do)."""
 
     def search(model, ctx):
         start = time.perf_counter()
@@ -62,6 +64,8 @@ def fixed_trajectory(reg: float, rows: list[dict[str, float]]):
         epochs = ctx.config.before_pruning.epochs
         run = SparseRun(model, ctx, reg, epochs * per_epoch)
         for epoch in range(epochs + 1):
+            if switch is not None and epoch == switch[0] + 1:
+                run.regulariser.reg = switch[1]  # GroupNormPruner reads it at every step
             if epoch:
                 run.advance(per_epoch)
             rows.append({"epoch": epoch, "proxy": ctx.proxy(run.model),
@@ -81,19 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regs", type=float, nargs="+", default=[0.03, 0.1])
     p.add_argument("--target", type=float, default=3.0)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--switch", help="EPOCH:REG, e.g. 3:0.03: after that epoch the strength steps to REG")
+    p.add_argument("--only-seeds", type=int, nargs="+")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     original = methods.search_reg
+    switch = None
+    if a.switch:
+        at, to = a.switch.split(":")
+        switch = (int(at), float(to))
     for fam in a.family:
         for h in heldout_mod.heldout_models(fam, a.seeds, log=log, seed0=a.seed0):
+            if a.only_seeds and h.seed not in a.only_seeds:
+                continue
             for reg in a.regs:
-                key = f"{h.name}/{reg:g}/{a.target:g}x"
+                key = f"{h.name}/{reg:g}/{a.target:g}x" + (f"/switch{a.switch}" if a.switch else "")
                 data = json.loads(a.out.read_text()) if a.out.exists() else {"runs": {}}
                 if key in data["runs"]:
                     continue
                 rows: list[dict[str, float]] = []
-                methods.search_reg = fixed_trajectory(reg, rows)
+                methods.search_reg = fixed_trajectory(reg, rows, switch)
                 config = PruneConfig(target=Target("macs", a.target), after_pruning=FinetuneBudget(epochs=0),
                                      before_pruning=FinetuneBudget(epochs=a.epochs))  # fmt: skip
                 try:
