@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -53,10 +54,17 @@ def log(*args: Any) -> None:
     print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
-def fixed_trajectory(reg: float, rows: list[dict[str, float]], switch: tuple[int, float] | None = None):
+def fixed_trajectory(
+    reg: float,
+    rows: list[dict[str, float]],
+    switch: tuple[int, float] | None = None,
+    step_down: tuple[float, float] | None = None,
+):
     """A stand-in for ``search_reg``: ``reg`` trains the whole budget, scored every epoch
     (``switch=(epoch, reg2)``: from that epoch on the strength is ``reg2``, same run and
-    schedule: what a step-down rule firing there would do)."""
+    schedule: what a step-down rule firing there would do; ``step_down=(z, reg2)``: the
+    rule itself, from epoch 2 on: the first time the proxy is more than ``z`` standard
+    errors below its best so far, the strength becomes ``reg2``)."""
 
     def search(model, ctx):
         start = time.perf_counter()
@@ -66,6 +74,11 @@ def fixed_trajectory(reg: float, rows: list[dict[str, float]], switch: tuple[int
         for epoch in range(epochs + 1):
             if switch is not None and epoch == switch[0] + 1:
                 run.regulariser.reg = switch[1]  # GroupNormPruner reads it at every step
+            if step_down is not None and len(rows) >= 3 and run.regulariser.reg == reg:
+                peak, last = max(r["proxy"] for r in rows[:-1]), rows[-1]["proxy"]
+                if peak - last > step_down[0] * math.sqrt((peak * (1 - peak) + last * (1 - last)) / ctx.proxy_images):
+                    run.regulariser.reg = step_down[1]
+                    rows[-1]["step_down"] = step_down[1]
             if epoch:
                 run.advance(per_epoch)
             rows.append({"epoch": epoch, "proxy": ctx.proxy(run.model),
@@ -86,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=3.0)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--switch", help="EPOCH:REG, e.g. 3:0.03: after that epoch the strength steps to REG")
+    p.add_argument("--step-down", help="Z:REG, e.g. 2:0.03: the step-down rule (see fixed_trajectory)")
     p.add_argument("--only-seeds", type=int, nargs="+")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
@@ -95,17 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.switch:
         at, to = a.switch.split(":")
         switch = (int(at), float(to))
+    step_down = None
+    if a.step_down:
+        z, to = a.step_down.split(":")
+        step_down = (float(z), float(to))
     for fam in a.family:
         for h in heldout_mod.heldout_models(fam, a.seeds, log=log, seed0=a.seed0):
             if a.only_seeds and h.seed not in a.only_seeds:
                 continue
             for reg in a.regs:
-                key = f"{h.name}/{reg:g}/{a.target:g}x" + (f"/switch{a.switch}" if a.switch else "")
+                key = f"{h.name}/{reg:g}/{a.target:g}x" + (f"/switch{a.switch}" if a.switch else "") + (
+                    f"/stepdown{a.step_down}" if a.step_down else "")
                 data = json.loads(a.out.read_text()) if a.out.exists() else {"runs": {}}
                 if key in data["runs"]:
                     continue
                 rows: list[dict[str, float]] = []
-                methods.search_reg = fixed_trajectory(reg, rows, switch)
+                methods.search_reg = fixed_trajectory(reg, rows, switch, step_down)
                 config = PruneConfig(target=Target("macs", a.target), after_pruning=FinetuneBudget(epochs=0),
                                      before_pruning=FinetuneBudget(epochs=a.epochs))  # fmt: skip
                 try:
