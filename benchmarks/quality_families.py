@@ -103,7 +103,7 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
     """Every row of one (model, budget): row label -> target -> result."""
     model, spec = heldout_mod.load(h)
     out: dict[str, dict[str, Any]] = {}
-    base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT)
+    base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT, seed=a.seed)
     if a.search_fraction is not None:  # the reg search's challenger share (0: the prior alone)
         base = dataclasses.replace(base, sparse=SparseTraining(search_fraction=a.search_fraction))
     for t in [] if a.oracle_only else targets:
@@ -131,7 +131,7 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
         splits = get_dataset("digits", seed=0)
         for reg in a.oracle_regs or PruneConfig().sparse.auto_grid:
             config = PruneConfig(method="group-l2-sl", sparse=SparseTraining(reg=reg),
-                                 before_pruning=FinetuneBudget(epochs=budget))  # fmt: skip
+                                 before_pruning=FinetuneBudget(epochs=budget), seed=a.seed)  # fmt: skip
             train, val, _ = make_loaders(splits, config.batch_size, config.seed)
             ctx = MethodContext(config, train, val, torch.device("cpu"), torch.zeros(1, 1, 8, 8))
             torch.manual_seed(config.seed)
@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-only", action="store_true", help="no default rows (add oracle rows to a run)")
     p.add_argument("--finetune", type=float, nargs="*", default=[], help="targets fine-tuned after")
     p.add_argument("--only-seeds", type=int, nargs="+", help="of the --seeds models, run these seeds only")
+    p.add_argument("--seed", type=int, default=0,
+                   help="PruneConfig.seed of the default rows and of the fixed-reg rows' training (data "
+                   "order; the fixed-reg rows prune with seed 0): training noise, same models")
+    p.add_argument("--seed0", type=int, default=heldout_mod.SEED0,
+                   help="first model seed (100: the held-out models; 200: a set to fit constants on)")
     p.add_argument("--search-fraction", type=float, help="default rows: sparse.search_fraction (0: no challengers)")
     p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report_only:
         for fam in a.family:
             for budget in a.budgets:
-                for h in heldout_mod.heldout_models(fam, a.seeds, log=log):
+                for h in heldout_mod.heldout_models(fam, a.seeds, log=log, seed0=a.seed0):
                     if a.only_seeds and h.seed not in a.only_seeds:
                         continue
                     key = f"{h.name}/{budget}"

@@ -50,20 +50,24 @@ class Heldout:
     metrics: dict
 
 
-def recipe(family: str, n: int):
+def recipe(family: str, n: int, seed0: int = SEED0):
     from metanet.zoo.config import ZooConfig
 
     data = yaml.safe_load(RECIPE.read_text())
-    data.update(arch=family, arch_kwargs=FAMILY_KWARGS[family], size=n, seed=SEED0)
+    data.update(arch=family, arch_kwargs=FAMILY_KWARGS[family], size=n, seed=seed0)
     return ZooConfig.from_dict(data)
 
 
-def heldout_models(family: str, n: int, cache: Path = CACHE, log=print) -> list[Heldout]:
-    """``n`` held-out models of ``family`` (built on first use, then cached)."""
+def heldout_models(
+    family: str, n: int, cache: Path = CACHE, log=print, seed0: int = SEED0
+) -> list[Heldout]:
+    """``n`` held-out models of ``family`` (built on first use, then cached); ``seed0``
+    other than :data:`SEED0`: another set of the same recipe (e.g. 200: models to fit a
+    rule's constants on, apart from the held-out ones), in its own cache folder."""
     from metanet.zoo.member import build_member, member_paths, read_metrics
 
-    config = recipe(family, n)
-    root = cache / family
+    config = recipe(family, n, seed0)
+    root = cache / family if seed0 == SEED0 else cache / f"seeds{seed0}" / family
     out = []
     for index, name in enumerate(config.member_names()):
         ckpt, metrics_path = member_paths(root, name)
