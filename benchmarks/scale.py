@@ -162,7 +162,7 @@ def _cpu_split(marks: list[tuple[float, str, str]], start: float, key: Any,
 
 def run_model(
     name: str, size: int = 224, search_steps: int | None = None, head_std: float = 0.0,
-    search_workers: int = 0,
+    search_workers: int | None = None,
 ) -> dict[str, Any]:
     """One model: unit, our job, Torch-Pruning's one-shot baseline (in this process)."""
     import torch_pruning as tp
@@ -204,7 +204,8 @@ def run_model(
     config = PruneConfig(
         target=Target("macs", 2.0),
         before_pruning=FinetuneBudget(epochs=0), after_pruning=FinetuneBudget(epochs=0),
-        importance=ImportanceOptions(search_steps=search_steps, search_workers=search_workers),
+        importance=ImportanceOptions(search_steps=search_steps, **(
+            {} if search_workers is None else {"search_workers": search_workers})),
     )  # fmt: skip
     load_before = os.getloadavg()
     start, cpu = time.perf_counter(), _cpu()
@@ -359,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="importance.search_steps (50: every candidate on the full schedule)")  # fmt: skip
     p.add_argument("--head-std", type=float, default=0.0,
                    help="re-initialise the classifier N(0, std): gradients reach a zero-init head's inputs")  # fmt: skip
-    p.add_argument("--search-workers", type=int, default=0,
-                   help="importance.search_workers (1: one candidate at a time; 0: the default)")  # fmt: skip
+    p.add_argument("--search-workers", type=int, default=None,
+                   help="importance.search_workers (default: the library's, 1 = one candidate at a time; "
+                        "0 = the job's threads at 224 px)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     if a.child:  # one measurement in this (fresh) process; JSON on stdout
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--child", name, "--finetune-images", str(a.finetune_images)]
         args += ["--search-steps", str(a.search_steps)] if a.search_steps else []
         args += ["--head-std", str(a.head_std)] if a.head_std else []
-        args += ["--search-workers", str(a.search_workers)] if a.search_workers else []
+        args += ["--search-workers", str(a.search_workers)] if a.search_workers is not None else []
         proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:

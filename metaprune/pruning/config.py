@@ -167,13 +167,16 @@ class ImportanceOptions:
     (``benchmarks/RESULTS.md``, issue 18), so the default searches on every step.
 
     ``search_workers``: how many candidates of the search prune at once, each in its own
-    spawned worker process (the job's process is one of them): ``0`` (default) is the
-    job's torch threads (a job that owns two cores prunes two candidates at once; a
-    service job runs with its per-job thread setting) at a large input (3x224x224; below
-    it a worker's start-up, ~4 CPU s, outweighs a search's steps), ``1`` is one at a time.
-    The result is the same whatever the number: every copy is pruned by the same
-    function on one thread and scored in the job's process in candidate order
-    (:mod:`metaprune.pruning.search_pool`). Candidates pruned one at a time on Python
+    spawned worker process (the job's process is one of them). ``1`` (default) is one at
+    a time; ``0`` is the job's torch threads at a large input (3x224x224; below it a
+    worker's start-up, ~4 CPU s, outweighs a search's steps); ``N`` is N. Opt-in because,
+    measured side by side on an idle machine (benchmarks/RESULTS.md, issue 18), two at
+    once cut a ViT-B/16 job at 224 from 18.2 to 15.4 batch-64 forwards but raised the
+    job's memory with its worker from 5.0 to 7.5 GB (PSS), and made ResNet-50 slower (10.6
+    -> 13.6: its scoring forwards share the cores with the worker); on a loaded machine
+    it is slower everywhere. The result is the same whatever the number: every copy is
+    pruned by the same function on one thread and scored in the job's process in
+    candidate order (:mod:`metaprune.pruning.search_pool`). Candidates pruned on Python
     threads were slower than one after the other (Torch-Pruning's steps hold the GIL).
 
     ``calibration_images``: how many training images (a fixed seeded subset, never
@@ -190,7 +193,7 @@ class ImportanceOptions:
     search_images: int = 64
     calibration_images: int = 64
     adaptive_search: bool = False
-    search_workers: int = 0
+    search_workers: int = 1
 
     def __post_init__(self) -> None:
         check_int("importance.p", self.p, minimum=1)

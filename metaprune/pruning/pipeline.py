@@ -42,8 +42,8 @@ images 32), the curve has one point between its ends, and the criterion search s
 every candidate on half its images and the best two on the other half as well; the
 winner's copy is the job's prune. ``importance.adaptive_search`` (opt-in) makes the first
 round cheaper: each candidate prunes on a few steps of the schedule, the best two again
-on every step. There, too, the candidates' copies are pruned as many at once as the job
-has torch threads (``importance.search_workers``; the job's process and spawned workers,
+on every step. ``importance.search_workers`` (opt-in) prunes the candidates' copies
+several at once (the job's process and spawned workers,
 :mod:`metaprune.pruning.search_pool`), with the same result as one at a time.
 """
 

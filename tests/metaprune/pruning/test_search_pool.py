@@ -110,12 +110,13 @@ def test_a_pool_needs_two_workers(bad):
 
 
 def test_the_default_prunes_on_the_jobs_threads_at_a_large_input():
-    """0: as many copies at once as the job has torch threads, where one proxy pass is over
+    """One at a time by default; 0: as many copies at once as the job has torch threads, where one proxy pass is over
     the large-input budget (3x224x224); one at a time below it, on a GPU and for a latency
     target; a number asked for is used as given."""
     from metaprune.pruning import Target, pipeline
 
     cpu, macs, large = torch.device("cpu"), Target("macs", 2.0), pipeline._LARGE_INPUT_VALUES
+    assert ImportanceOptions().search_workers == 1  # opt-in: memory and ResNet-50's wall
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
