@@ -153,7 +153,7 @@ def _resume(a: argparse.Namespace) -> tuple[str | None, list[dict]]:
     ckpts = sorted((Path(a.runs) / a.resume / "checkpoints").glob("*.ckpt"))
     if len(ckpts) != 1:
         raise SystemExit(f"fit --resume: expected one checkpoint of {a.resume!r}, found {ckpts}")
-    epoch = torch.load(ckpts[0], map_location="cpu", weights_only=False)["epoch"]
+    epoch = torch.load(ckpts[0], map_location="cpu", weights_only=True)["epoch"]  # tensors and plain types only
     if epoch != prior[-1]["epoch"] or a.epochs <= epoch + 1:
         raise SystemExit(f"fit --resume: {ckpts[0]} is epoch {epoch}; the run's last validation "
                          f"was epoch {prior[-1]['epoch']} and --epochs must exceed {epoch + 1}")  # fmt: skip

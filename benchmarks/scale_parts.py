@@ -249,25 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads / search")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
-    if "threads" in a.parts:
-        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
-        out = {"model": a.model, "load_before": os.getloadavg()}
-        out.update({f"{n}_threads_run_{r}": _thread_costs(model, n) for r in (1, 2) for n in (1, 2)})
-        out["load_after"] = os.getloadavg()
-        print(json.dumps(out, indent=1))
-        return 0
-    if "concurrent" in a.parts:
-        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
-        out = {"model": a.model, "load_before": os.getloadavg(), **_concurrent_costs(model)}
-        out["load_after"] = os.getloadavg()
-        print(json.dumps(out, indent=1))
-        return 0
-    if "search" in a.parts:
-        model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
-        out = {"model": a.model, "load_before": os.getloadavg(), **_search_costs(model)}
-        out["load_after"] = os.getloadavg()
-        print(json.dumps(out, indent=1))
-        return 0
+    one_model = {"threads": lambda m: {f"{n}_threads_run_{r}": _thread_costs(m, n) for r in (1, 2) for n in (1, 2)},
+                 "concurrent": _concurrent_costs, "search": _search_costs}  # fmt: skip
+    for part, costs in one_model.items():  # a part on one model: its JSON, and done
+        if part in a.parts:
+            model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
+            out = {"model": a.model, "load_before": os.getloadavg(), **costs(model)}
+            out["load_after"] = os.getloadavg()
+            print(json.dumps(out, indent=1))
+            return 0
     torch.set_num_threads(1)
     if "count" in a.parts:
         names = ("resnet50", "convnext_tiny", "vit_b_16")
