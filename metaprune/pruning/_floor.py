@@ -29,6 +29,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from metaprune.pruning._score_cache import ScoreCache, cacheable
+
 __all__ = ["FlooredPruner"]
 
 # layers whose every parameter Torch-Pruning prunes itself
@@ -58,6 +60,10 @@ class FlooredPruner(tp.pruner.BasePruner):
     ``max(min_channels, ceil((1 - max_layer_ratio) * initial width))`` channels, rounded up
     to ``round_to``; call :meth:`prune_step` instead of ``step``.
 
+    ``reuse_scores``: a group whose layers hold the same tensors as at its last scoring is
+    not scored again (:mod:`metaprune.pruning._score_cache`; bit for bit the same scores,
+    for the criteria known to allow it). Change no weight through ``.data`` between steps.
+
     Attributes:
         saturated: after a step, whether no prunable channel was left above its floor
             when the step started (further steps cannot change the model).
@@ -66,9 +72,11 @@ class FlooredPruner(tp.pruner.BasePruner):
     """
 
     def __init__(
-        self, *args: Any, min_channels: int = 2, max_layer_ratio: float = 0.75, **kwargs: Any
+        self, *args: Any, min_channels: int = 2, max_layer_ratio: float = 0.75,
+        reuse_scores: bool = True, **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.scores = ScoreCache() if reuse_scores and cacheable(self.importance) else None
         self.min_channels = min_channels
         self.max_layer_ratio = max_layer_ratio
         self.saturated = False
@@ -103,8 +111,9 @@ class FlooredPruner(tp.pruner.BasePruner):
 
     @torch.no_grad()
     def estimate_importance(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        score = super().estimate_importance
         try:
-            imp = super().estimate_importance(group)
+            imp = score(group) if self.scores is None else self.scores.scores(group, lambda: score(group))
         except (IndexError, RuntimeError) as err:
             # Torch-Pruning maps some groups' indices past a layer's width (DPN's sliced
             # dense concatenations): such a group cannot be scored, so it is not pruned

@@ -37,7 +37,10 @@ import torch_pruning as tp
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from metaprune.pruning import _tp_reshape  # noqa: F401 (applies the reshape mapping)
+from metaprune.pruning import (
+    _tp_groups,  # noqa: F401 (indexes the groups' items)
+    _tp_reshape,  # noqa: F401 (applies the reshape mapping)
+)
 
 __all__ = ["MAX_MAPPED_INDICES", "MAX_WALKS_PER_LAYER", "MappingTooLarge", "recorded_concat_widths"]
 
@@ -159,7 +162,7 @@ def _widths_index_mapping(graph: Any) -> None:
     model = getattr(graph, "model", None)
     key = None
     if model is not None:
-        key = tuple(tuple(t.shape) for t in (*model.parameters(), *model.buffers()))
+        key = _widths(graph, model)
         if graph.__dict__.get("_mapped_widths") == key:
             return
     graph.__dict__.pop("_mapped_widths", None)  # a failed update leaves no key behind
@@ -169,6 +172,20 @@ def _widths_index_mapping(graph: Any) -> None:
 
 
 tp.dependency.index_mapping.update_index_mapping = _widths_index_mapping
+
+
+def _widths(graph: Any, model: Any) -> tuple:
+    """The shapes of every parameter and buffer of ``model``, read from its modules'
+    own tables (listed once per graph: the graph is keyed by those very modules, so a
+    prune changes their tensors, never the modules; ``model.parameters()`` walks the
+    tree with names and a memo: 0.7 of a ViT-B/16 prune's 17 CPU s)."""
+    modules = graph.__dict__.get("_width_modules")
+    if modules is None:
+        modules = graph.__dict__["_width_modules"] = list(model.modules())
+    return tuple(
+        t.shape for m in modules for table in (m._parameters, m._buffers)
+        for t in table.values() if t is not None
+    )  # fmt: skip
 
 
 def _traced_split_sizes(grad_fn: Any) -> list[int] | None:

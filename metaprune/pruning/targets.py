@@ -91,6 +91,8 @@ def _shape_only(module: nn.Module) -> Callable[..., Any] | None:
     Torch-Pruning counts what they do."""
     if type(module) is nn.MultiheadAttention:  # exact type, as Torch-Pruning's hook
         return functools.partial(_attention_shape, module)
+    if type(module) is nn.Linear:  # exact type, as Torch-Pruning's hook
+        return functools.partial(_linear_shape, module)
     if next(module.children(), None) is not None:
         return None
     if type(module) in _SAME_SHAPE or isinstance(module, _NORMS):
@@ -100,6 +102,16 @@ def _shape_only(module: nn.Module) -> Callable[..., Any] | None:
 
 def _same_shape(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     return x
+
+
+def _linear_shape(module: nn.Linear, x: Tensor) -> Tensor:
+    """``nn.Linear``'s output: its input's shape with the weight's rows as the last axis
+    (on the meta device ``F.linear`` of a 3-d input runs Python decompositions: most of a
+    ViT-B/16 count). A width mismatch raises, as the real layer would."""
+    out_features, in_features = module.weight.shape
+    if x.shape[-1:] != (in_features,):
+        raise ValueError(f"linear layer of {in_features} inputs got shape {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 def _attention_shape(module: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
