@@ -12,6 +12,7 @@ item is replaced by position (``group[i] = ...``); the answers are the scans' an
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch_pruning as tp
@@ -66,3 +67,27 @@ def _replace_item(group: Any, k: Any, item: Any) -> None:
 _Group.has_pruning_op = _has_pruning_op
 _Group.add_and_merge = _add_and_merge
 _Group.__setitem__ = _replace_item
+
+
+# A group's items get plain and root index lists from its walk's (index, root index)
+# pairs: once per item of every group built (ViT-B/16: 23k lists a prune, 8 % of its
+# time as list comprehensions); ``map`` with ``itemgetter`` makes the same lists in C.
+_HybridIndex = tp._helpers._HybridIndex
+_idx, _root_idx = operator.itemgetter(0), operator.itemgetter(1)  # fields of _HybridIndex
+
+
+def _to_plain_idxs(idxs: Any) -> Any:
+    if len(idxs) == 0 or not isinstance(idxs[0], _HybridIndex):
+        return idxs
+    return list(map(_idx, idxs))
+
+
+def _to_root_idxs(idxs: Any) -> Any:
+    if len(idxs) == 0 or not isinstance(idxs[0], _HybridIndex):
+        return idxs
+    return list(map(_root_idx, idxs))
+
+
+assert _HybridIndex._fields == ("idx", "root_idx")  # what the getters above read
+tp._helpers.to_plain_idxs = _to_plain_idxs
+tp._helpers.to_root_idxs = _to_root_idxs
