@@ -17,11 +17,14 @@ from typing import Any
 
 import torch_pruning as tp
 
-__all__: list[str] = []
+__all__ = ["ORIGINALS"]
 
 _Group = tp.dependency.Group
 _GroupItem = tp._helpers.GroupItem
 _set_item = _Group.__setitem__
+#: Torch-Pruning's own scans (the tests compare the groups both build)
+ORIGINALS = {"has_pruning_op": _Group.has_pruning_op, "add_and_merge": _Group.add_and_merge,
+             "to_plain_idxs": tp._helpers.to_plain_idxs, "to_root_idxs": tp._helpers.to_root_idxs}
 
 
 def _positions(group: Any) -> dict[tuple[int, Any], list[int]]:

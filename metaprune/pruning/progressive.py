@@ -113,7 +113,9 @@ def progressive_prune(
             and, if given, measured at every step.
         on_step: called with the :class:`StepInfo` and the model after step 0 (before any
             pruning) and after every step; e.g. evaluates accuracy for a curve. It may
-            raise (e.g. ``PruneCancelled``) to abort.
+            raise (e.g. ``PruneCancelled``) to abort. It may change weights only in ways
+            their version counters see (not through ``.data``): a group whose layers
+            hold the same tensors is not scored again (``FlooredPruner``'s ``reuse_scores``).
         should_stop: an extra stop condition, checked after every step.
         frozen: paths of layers whose coupled groups are never pruned
             (:attr:`~metaprune.pruning.structure.PruningStructure.frozen_modules`).

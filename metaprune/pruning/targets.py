@@ -85,7 +85,8 @@ _NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 def _shape_only(module: nn.Module) -> Callable[..., Any] | None:
     """A forward giving ``module``'s output shape without computing it, or ``None``.
 
-    Activations and dropout by exact type (a subclass may reshape); normalisation layers
+    Activations, dropout and ``nn.Linear`` by exact type (a subclass may reshape; Torch-
+    Pruning's linear hook reads only shapes); normalisation layers
     by ``isinstance`` (subclasses such as a channels-first ``LayerNorm2d`` keep the shape),
     but only leaves: a layer with children (timm's ``BatchNormAct2d``) calls them, and
     Torch-Pruning counts what they do."""
