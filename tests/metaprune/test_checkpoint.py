@@ -324,6 +324,22 @@ def test_load_falls_back_when_meta_construction_fails(
     assert torch.equal(loaded.scale, torch.ones(3))
 
 
+def test_loaded_tensors_are_aligned_as_fresh_allocations(tmp_path) -> None:
+    # safetensors' views sit at the file's offsets; an AVX-512 convolution over a
+    # misaligned weight can differ in the last bit from the saved model's output
+    spec = ArchSpec("torchvision/mnasnet0_5", {"num_classes": 3})
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    save(model, spec, tmp_path / "m.safetensors")
+    state, _ = checkpoint.load_state(tmp_path / "m.safetensors")
+    assert len(state) == len(model.state_dict())
+    assert all(t.data_ptr() % 64 == 0 for t in state.values() if t.numel())
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    loaded, _ = load(tmp_path / "m.safetensors")
+    assert all(t.data_ptr() % 64 == 0 for t in (*loaded.parameters(), *loaded.buffers()) if t.numel())
+
+
 def test_modules_that_check_their_state_version_load(tmp_path) -> None:
     # torchvision's MNASNet refuses a state dict without module versions
     spec = ArchSpec("torchvision/mnasnet0_5", {"num_classes": 3})
