@@ -55,6 +55,7 @@ __all__ = [
     "SPEC_KEY",
     "VERSION_KEY",
     "CheckpointError",
+    "aligned",
     "check_layout",
     "check_safetensors_file",
     "CheckpointNotFoundError",
@@ -202,7 +203,7 @@ def load_state(
             # shapes and dtypes from the header first: no tensor data is read for a mismatch
             found = {key: _describe_slice(f.get_slice(key)) for key in f.keys()}  # noqa: SIM118
             order = _check_state(found, spec, where, limits)
-            state = {key: _aligned(f.get_tensor(key)) for key in order}
+            state = {key: aligned(f.get_tensor(key)) for key in order}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
             f"{where} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}"
@@ -216,7 +217,7 @@ def load_state(
 _ALIGNMENT = 64
 
 
-def _aligned(tensor: Tensor) -> Tensor:
+def aligned(tensor: Tensor) -> Tensor:
     """``tensor`` in memory of its own, aligned as a fresh allocation is. safetensors hands
     out views at the file's offsets, and on an AVX-512 machine a convolution over such a
     view can differ in the last bit from the same weights at an aligned address, so a

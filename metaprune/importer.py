@@ -162,7 +162,7 @@ def _read_safetensors(path: Path, limits: Limits) -> dict[str, Tensor]:
     checkpoint.check_safetensors_file(path, limits, f"weights {str(path)!r}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            return {key: checkpoint.aligned(f.get_tensor(key)) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise WeightsImportError(
             f"weights {str(path)!r} is not a readable safetensors file: {describe_exception(err)}"
