@@ -28,6 +28,15 @@ it beyond noise (one standard error on the proxy's validation images,
 nothing is extrapolated. ``epochs_trained`` counts every trial and never exceeds the budget
 the user set. Nothing here can see the test split: the method context carries only the
 training and validation loaders.
+
+**The step-down** (``sparse.step_down = z``, 0 = off): a strength that is too strong for a
+model shows in its run, not in a short trial: the proxy of 0.1 on such models peaks within
+a few epochs and then decays (fitting-set ResNet-56 and VGG-19 models, issue 20, seventh
+pass). So the incumbent is also scored after every epoch (a proxy per epoch, no training),
+and from epoch 2 on, the first time its score falls more than ``z`` standard errors below
+its best so far (the model as given included) its strength steps to the next weaker value
+of the grid for the rest of the same schedule (once; momentum and learning rate carry on).
+Only the run's end (and, as always, the scored checkpoints) can be kept.
 """
 
 from __future__ import annotations
