@@ -36,7 +36,11 @@ pass). So the incumbent is also scored after every epoch (a proxy per epoch, no 
 and from epoch 2 on, the first time its score falls more than ``z`` standard errors below
 its best so far (the model as given included) its strength steps to the next weaker value
 of the grid for the rest of the same schedule (once; momentum and learning rate carry on).
-Only the run's end (and, as always, the scored checkpoints) can be kept.
+Only the run's end (and, as always, the scored checkpoints) can be kept. Off by default:
+measured with ``z = 2`` and no challengers on rebuilt held-out models (issue 20, eighth pass
+in benchmarks/RESULTS.md) it was better at 2x (where it never fired: the prior alone) and
+worse at 3x (it fired on one VGG-19 whose weaker run never recovered; the shipped search
+had kept an earlier checkpoint there).
 """
 
 from __future__ import annotations
