@@ -93,6 +93,8 @@ def _run(model_or_path, spec, config: PruneConfig) -> tuple[Any, dict[str, Any]]
         "reg_trials": [{k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
                        for t in bp.get("reg_search", {}).get("trials", [])],
         "reg_kept": bp.get("reg_search", {}).get("kept"),
+        "step_down": bp.get("reg_search", {}).get("step_down"),
+        "incumbent_proxy": bp.get("reg_search", {}).get("incumbent_proxy"),
         "criterion_trials": {f"{t['criterion']}[{t['normalizer']}]": round(t["val_accuracy"], 3)
                              for t in r["stages"]["prune"].get("criterion_search", {}).get("trials", [])},
         "seconds": time.perf_counter() - start,
@@ -104,8 +106,10 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
     model, spec = heldout_mod.load(h)
     out: dict[str, dict[str, Any]] = {}
     base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT, seed=a.seed)
-    if a.search_fraction is not None:  # the reg search's challenger share (0: the prior alone)
-        base = dataclasses.replace(base, sparse=SparseTraining(search_fraction=a.search_fraction))
+    sparse = {k: v for k, v in (("search_fraction", a.search_fraction), ("step_down", a.step_down))
+              if v is not None}  # fmt: skip
+    if sparse:  # the reg search's challenger share (0: the prior alone), its step-down (0: off)
+        base = dataclasses.replace(base, sparse=SparseTraining(**sparse))
     for t in [] if a.oracle_only else targets:
         config = dataclasses.replace(base, target=Target("macs", t))
         result, rec = _run(h.path, None, config)
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed0", type=int, default=heldout_mod.SEED0,
                    help="first model seed (100: the held-out models; 200: a set to fit constants on)")
     p.add_argument("--search-fraction", type=float, help="default rows: sparse.search_fraction (0: no challengers)")
+    p.add_argument("--step-down", type=float, help="default rows: sparse.step_down (standard errors; 0: off)")
     p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")

@@ -283,11 +283,17 @@ class SparseTraining:
             report's ``epochs_trained``). Only the training and validation splits are used.
         search_fraction: at most this fraction of the ``before_pruning`` iterations trains
             the challengers (an epoch each; default 0.2: two in 10 epochs, none below 5).
+        step_down: ``0`` (default) or a number of standard errors ``z``: the prior's run
+            is scored by the proxy after every epoch, and from epoch 2 on, the first time
+            its score falls more than ``z`` standard errors below its best so far, its
+            strength steps down to the next weaker one of ``auto_grid`` for the rest of
+            the same schedule (once). Costs a proxy per epoch, no training.
         auto_grid: candidate values, tried largest first.
     """
 
     reg: float | str = "auto"
     search_fraction: float = 0.2
+    step_down: float = 0.0
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
     def __post_init__(self) -> None:
@@ -301,6 +307,9 @@ class SparseTraining:
             self,
             "search_fraction",
             check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
+        )
+        object.__setattr__(
+            self, "step_down", check_number("sparse.step_down", self.step_down, minimum=0.0)
         )
         grid = tuple(
             check_number("sparse.auto_grid[]", g, minimum=0.0)

@@ -123,6 +123,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         tried = ", ".join(("as given" if t["role"] == "as given" else f"{t['reg']:g} after {t['epochs']:g} ep")
                           + f": {_pct(t['val_accuracy'])}" for t in sparse["trials"])  # fmt: skip
         why = "beat the prior's beyond noise" if sparse["kept"]["displaced_incumbent"] else "the prior's"
+        step = sparse.get("step_down") or {}
+        if step.get("after_epoch") is not None:  # the prior's run went on weaker
+            why += f", stepped down to {step['to']:g} after epoch {step['after_epoch']:g} (proxy drop)"
         lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} ({why}; "
                         f"{sparse['epochs_trained']:.2f} epochs in all; pruned validation accuracy "
                         f"{tried})")  # fmt: skip

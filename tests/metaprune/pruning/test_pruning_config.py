@@ -81,6 +81,7 @@ def test_sparse_reg_is_a_number_or_auto():
     assert data["sparse"] == {
         "reg": 0.05,
         "search_fraction": 0.25,
+        "step_down": 0.0,
         "auto_grid": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001],
     }
     assert PruneConfig.from_dict(json.loads(json.dumps(data))).sparse.reg == 0.05
@@ -93,6 +94,9 @@ def test_sparse_reg_is_a_number_or_auto():
         SparseTraining(auto_grid=())
     with pytest.raises(ConfigError, match="search_fraction"):
         SparseTraining(search_fraction=2.0)
+    with pytest.raises(ConfigError, match=r"sparse.step_down must be in \[0"):
+        SparseTraining(step_down=-1.0)
+    assert SparseTraining(step_down=2).step_down == 2.0
     # the retired pre-pruning tolerance of version-1 data is dropped, not an error
     old = PruneConfig.from_dict({"version": 1, "sparse": {"reg": "auto", "auto_tolerance": 0.02}})
     assert old.sparse == SparseTraining()

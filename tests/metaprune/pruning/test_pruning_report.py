@@ -81,3 +81,9 @@ def test_format_report_lists_the_reg_trials_and_why_one_was_kept():
     stages["before_pruning"]["sparse_reg"] = 0.1
     text = format_report(_report(stages=stages))
     assert "sparse reg 0.1 (beat the prior's beyond noise; 10.00 epochs in all" in text
+    search["kept"]["displaced_incumbent"] = False
+    search["step_down"] = {"z": 2.0, "to": 0.03, "after_epoch": 3.0}
+    text = format_report(_report(stages=stages))
+    assert "(the prior's, stepped down to 0.03 after epoch 3 (proxy drop); 10.00 epochs in all" in text
+    search["step_down"]["after_epoch"] = None  # watched, never fired: nothing to say
+    assert "stepped down" not in format_report(_report(stages=stages))

@@ -201,3 +201,100 @@ def test_the_challengers_are_the_priors_neighbours_nearer_the_middle_first():
     assert [grid[i] for i in _challengers(6, 2)] == [0.1, 0.01]  # 2x: equally near, stronger first
     assert [grid[i] for i in _challengers(6, 1)] == [0.03, 0.3]  # 3x: the middle first
     assert _challengers(1, 0) == [] and _challengers(2, 0) == [1] and _challengers(3, 0) == [1]
+
+
+def _stepping(fast_config, epochs, scores, *, fraction=0.0, images=180, z=2.0):
+    """A 3x job (prior GRID[0], weaker GRID[1]) whose proxy returns ``scores`` in order."""
+    config = dataclasses.replace(_sl_config(fast_config, epochs=epochs, search_fraction=fraction, step_down=z),
+                                 target=dataclasses.replace(fast_config.target, value=3.0))  # fmt: skip
+    it = iter(scores)
+    return config, lambda m: next(it)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("scores", "after"),
+    [
+        ([0.5, 0.6, 0.9, 0.5, 0.5, 0.6], 3.0),  # 0.9 -> 0.5 on 180 images: > 2 standard errors
+        ([0.5, 0.6, 0.9, 0.85, 0.84, 0.5], None),  # 0.9 -> 0.84: within 2 standard errors
+        ([0.9, 0.5, 0.6, 0.7, 0.8, 0.8], 2.0),  # the model as given counts as the best so far
+        ([0.5, 0.9, 0.5, 0.9, 0.9, 0.9], 2.0),  # first checked after epoch 2, never after 1
+        ([0.5, 0.6, 0.7, 0.8, 0.9, 0.1], None),  # a drop at the last epoch: nothing left to step
+    ],
+)  # fmt: skip
+def test_the_step_down_fires_once_on_a_significant_drop(scores, after, model, loaders, example, fast_config):
+    """The prior's run scored every epoch; the first drop beyond z standard errors below its
+    best so far (from epoch 2) steps it to the next weaker strength for the rest of the same
+    schedule; every epoch is still the prior's run, counted once."""
+    config, proxy = _stepping(fast_config, 5, scores)
+    events = []
+    ctx = MethodContext(config, loaders[0], loaders[1], torch.device("cpu"), example, proxy=proxy,
+                        progress=events.append, proxy_images=180)  # fmt: skip
+    torch.manual_seed(0)
+    get_method("group-l2-sl").prepare(model, ctx)
+    info = ctx.info["before_pruning"]
+    search = info["reg_search"]
+    path = search["incumbent_proxy"]
+    assert [p["epoch"] for p in path] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [p["val_accuracy"] for p in path] == scores
+    assert search["step_down"] == {"z": 2.0, "to": GRID[1], "after_epoch": after}
+    stepped = [GRID[0]] * 6 if after is None else [GRID[0] if e <= after else GRID[1] for e in range(6)]
+    assert [p["reg"] for p in path[1:]] == stepped[1:] and path[0]["reg"] == 0.0
+    # two trials (the model as given, the incumbent at the end), five proxies in between
+    assert [t["role"] for t in search["trials"]] == ["as given", "incumbent"]
+    assert search["trials"][-1] == {"reg": stepped[-1], "epochs": 5.0, "role": "incumbent",
+                                    "val_accuracy": scores[-1]}  # fmt: skip
+    assert search["proxies"] == 6 and search["epochs_trained"] == info["epochs_trained"] == 5.0
+    assert search["iterations_trained"] == 5 * search["iterations_per_epoch"]
+    # the kept strength is the one the run ended with (the model as given aside)
+    assert info["sparse_reg"] == (0.0 if search["kept"]["role"] == "as given" else stepped[-1])
+    if after is not None:
+        assert f"{GRID[1]:g} after epoch {after:g}" in search["rule"]
+    # a progress event per proxy, counted against the planned number, the last one complete
+    proxies = [e for e in events if e.stage == "reg_search"]
+    assert [e.step for e in proxies] == [1, 2, 3, 4, 5, 6] and {e.total for e in proxies} == {6}
+    assert [e.metrics["role"] for e in proxies] == ["as given"] + ["incumbent, watched"] * 4 + ["incumbent"]
+
+
+@pytest.mark.timeout(120)
+def test_the_step_down_beside_challengers_stays_inside_the_budget(model, loaders, example, fast_config):
+    """With challengers, the incumbent's matched epoch is its first watched point; the
+    budget still counts every trial and the step-down changes no count."""
+    scores = [0.5, 0.9, 0.5] + [0.3] * 7 + [0.4]  # given, matched, the rival (0.1), epochs 2..8, end
+    config, proxy = _stepping(fast_config, 10, scores, fraction=0.2)
+    ctx = MethodContext(config, loaders[0], loaders[1], torch.device("cpu"), example, proxy=proxy,
+                        proxy_images=180)  # fmt: skip
+    get_method("group-l2-sl").prepare(model, ctx)
+    search = ctx.info["before_pruning"]["reg_search"]
+    assert [t["role"] for t in search["trials"]] == ["as given", "incumbent, matched", "challenger", "incumbent"]
+    assert [t["reg"] for t in search["trials"]] == [0.0, GRID[0], GRID[1], GRID[1]]  # stepped to the rival's
+    assert [p["epoch"] for p in search["incumbent_proxy"]] == [float(e) for e in range(10)]
+    assert search["step_down"]["after_epoch"] == 2.0  # 0.9 after epoch 1, 0.3 after 2
+    assert search["trials"][-1]["epochs"] == 9.0
+    assert search["kept"]["role"] == "incumbent, matched"  # 0.9 beats the end (0.4) beyond noise
+    assert search["epochs_trained"] == 10.0 and search["proxies"] == len(scores) == 11
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("epochs", "z", "images", "grid"), [(5, 0.0, 180, GRID), (2, 2.0, 180, GRID),
+                                                             (5, 2.0, None, GRID), (5, 2.0, 180, (0.1,))])  # fmt: skip
+def test_no_watch_where_the_step_down_cannot_fire(epochs, z, images, grid, model, loaders, example, fast_config):
+    """Off (z 0), too short a budget (no epoch left after the first check), no image count
+    to judge noise, or no weaker strength: no per-epoch proxy, the search as shipped."""
+    config = _sl_config(fast_config, epochs=epochs, search_fraction=0.0, step_down=z)
+    config = dataclasses.replace(config, target=dataclasses.replace(fast_config.target, value=3.0),
+                                 sparse=dataclasses.replace(config.sparse, auto_grid=grid))  # fmt: skip
+    ctx = _ctx(config, loaders, example, lambda m: 0.5)
+    ctx.proxy_images = images
+    get_method("group-l2-sl").prepare(model, ctx)
+    search = ctx.info["before_pruning"]["reg_search"]
+    assert search["step_down"] is None and search["incumbent_proxy"] == [] and search["proxies"] == 2
+    assert search["epochs_trained"] == epochs
+
+
+def test_dropped_is_beyond_z_standard_errors_below_the_best_before():
+    from metaprune.pruning.sparse import dropped
+
+    assert dropped([0.5, 0.9, 0.5], 180, 2.0) and not dropped([0.5, 0.9, 0.85], 180, 2.0)
+    assert not dropped([0.5, 0.6, 0.9], 180, 2.0)  # a rise is never a drop
+    assert dropped([0.9, 0.8], 1000, 2.0) and not dropped([0.9, 0.8], 1000, 7.0)  # z scales the bar
