@@ -276,13 +276,18 @@ class SparseTraining:
         reg: a number ``>= 0``, or ``"auto"`` (default): chosen per job by the accuracy
             it delivers at the target (:mod:`metaprune.pruning.sparse`): a prior strength
             of ``auto_grid`` (its middle; one step stronger from ~2.8x) trains the budget,
-            its grid neighbours train an epoch each from the same weights, and one of those
+            its grid neighbours (see ``search_fraction``) train an epoch each from the same
+            weights, and one of those
             checkpoints (or the model as given) replaces the prior's only when it scores
             better beyond noise on validation after pruning a copy to the target (BN
             recalibrated). The whole search fits in ``before_pruning.epochs`` (the
             report's ``epochs_trained``). Only the training and validation splits are used.
         search_fraction: at most this fraction of the ``before_pruning`` iterations trains
-            the challengers (an epoch each; default 0.2: two in 10 epochs, none below 5).
+            the challengers (an epoch each; 0.2: two in 10 epochs, none below 5). ``None``
+            (default): 0.2 from ~2.8x, where the prior is the stronger strength and a weaker
+            challenger is its fallback, and 0 below, where the prior trained alone was
+            better (issue 20, eighth pass in benchmarks/RESULTS.md: validation of a fitting
+            set, then held-out models).
         step_down: ``0`` (default) or a number of standard errors ``z``: the prior's run
             is scored by the proxy after every epoch, and from epoch 2 on, the first time
             its score falls more than ``z`` standard errors below its best so far, its
@@ -292,7 +297,7 @@ class SparseTraining:
     """
 
     reg: float | str = "auto"
-    search_fraction: float = 0.2
+    search_fraction: float | None = None
     step_down: float = 0.0
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
@@ -303,11 +308,12 @@ class SparseTraining:
                     f"sparse.reg must be a number >= 0 or 'auto' (found {self.reg!r})"
                 )
             object.__setattr__(self, "reg", check_number("sparse.reg", self.reg, minimum=0.0))
-        object.__setattr__(
-            self,
-            "search_fraction",
-            check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
-        )
+        if self.search_fraction is not None:
+            object.__setattr__(
+                self,
+                "search_fraction",
+                check_number("sparse.search_fraction", self.search_fraction, 0.0, 1.0),
+            )
         object.__setattr__(
             self, "step_down", check_number("sparse.step_down", self.step_down, minimum=0.0)
         )

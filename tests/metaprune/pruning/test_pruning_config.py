@@ -94,6 +94,8 @@ def test_sparse_reg_is_a_number_or_auto():
         SparseTraining(auto_grid=())
     with pytest.raises(ConfigError, match="search_fraction"):
         SparseTraining(search_fraction=2.0)
+    assert SparseTraining().search_fraction is None  # auto: challengers from ~2.8x (sparse.py)
+    assert PruneConfig.from_dict({"sparse": {"search_fraction": None}}).sparse.search_fraction is None
     with pytest.raises(ConfigError, match=r"sparse.step_down must be in \[0"):
         SparseTraining(step_down=-1.0)
     assert SparseTraining(step_down=2).step_down == 2.0

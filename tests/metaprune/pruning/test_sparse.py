@@ -23,6 +23,7 @@ def _ctx(config, loaders, example, proxy=None):
 
 
 def _sl_config(fast_config, epochs=2, **sparse):
+    sparse.setdefault("search_fraction", 0.2)  # challengers at every target (None: from ~2.8x)
     return dataclasses.replace(
         fast_config, method="group-l2-sl", sparse=SparseTraining(auto_grid=GRID, **sparse),
         before_pruning=FinetuneBudget(epochs=epochs, lr=0.05),
@@ -72,6 +73,28 @@ def test_the_prior_trains_the_budget_and_its_neighbours_an_epoch_each(model, loa
     assert ctx.info["stage_seconds"]["reg_search"] == search["seconds"] > 0
     _, val, _ = loaders
     assert info["val_accuracy"] == evaluate(prepared, val)  # recalibrated, the real figure
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("target", "roles", "epochs"), [
+    (2.0, ["as given", "incumbent"], [0.0, 10.0]),  # below ~2.8x: the prior trains alone
+    # from ~2.8x: challengers (the prior 0.3 is the grid's end: one neighbour, 0.1)
+    (3.0, ["as given", "incumbent, matched", "challenger", "incumbent"], [0.0, 1.0, 1.0, 9.0]),
+])  # fmt: skip
+def test_by_default_challengers_train_only_where_the_prior_is_the_stronger_strength(
+    target, roles, epochs, model, loaders, example, fast_config
+):
+    config = _sl_config(fast_config, epochs=10, search_fraction=None)
+    config = dataclasses.replace(config, target=dataclasses.replace(config.target, value=target))
+    assert config.sparse.search_fraction is None
+    ctx = _ctx(config, loaders, example, lambda m: 0.5)
+    ctx.proxy_images = 64
+    get_method("group-l2-sl").prepare(model, ctx)
+    search = ctx.info["before_pruning"]["reg_search"]
+    assert [t["role"] for t in search["trials"]] == roles
+    assert [t["epochs"] for t in search["trials"]] == epochs
+    assert search["prior"] == GRID[1 if target < 2.8 else 0]
+    assert search["epochs_trained"] == 10.0 == config.before_pruning.epochs
 
 
 @pytest.mark.timeout(120)
