@@ -44,19 +44,9 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/metanet.py
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.append(str(_HERE))  # last, after the repo: quality_heldout, not metanet.py
 
-
-def _load_helper(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-heldout_mod = _load_helper("quality_heldout")
+import quality_heldout as heldout_mod  # noqa: E402
 
 from metaprune.checkpoint import save  # noqa: E402
 from metaprune.data import get_dataset, make_loaders  # noqa: E402

@@ -32,19 +32,9 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/metanet.py
 if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))  # last, after the repo: quality_heldout, not metanet.py
 
-
-def _load_helper(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-heldout_mod = _load_helper("quality_heldout")
+import quality_heldout as heldout_mod  # noqa: E402
 
 from metaprune.pruning import FinetuneBudget, PruneConfig, Target, evaluate, methods, prune  # noqa: E402
 from metaprune.pruning.sparse import SparseRun  # noqa: E402

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import yaml
 
-__all__ = ["TINY_CONFIG", "TINY_DATASET", "make_tiny_models", "write_manifest"]
+__all__ = ["TINY_CONFIG", "TINY_DATASET", "TINY_FIXED_CONFIG", "make_tiny_models", "write_manifest"]
 
 #: 4 classes of 1x8x8 synthetic images (128 train, 64 validation, 64 test).
 TINY_DATASET: dict[str, Any] = {
@@ -26,6 +26,9 @@ TINY_CONFIG: dict[str, Any] = {
     "batch_size": 32,
     "latency": {"batch_size": 8, "repeats": 2, "warmup": 1},
 }
+#: :data:`TINY_CONFIG` with a fixed normaliser, for tests of the batch machinery: no
+#: normaliser search, about half of a task's time (the search has tests of its own).
+TINY_FIXED_CONFIG: dict[str, Any] = {**TINY_CONFIG, "importance": {"normalizer": "mean"}}
 
 
 def make_tiny_models(

@@ -29,7 +29,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 @pytest.fixture(scope="module")
 def real_job(connect: Callable[..., PruningClient], model_id: str, tmp_path_factory) -> tuple:
     client = connect("alice")
-    job = client.create_job(model_id, "synthetic", tiny_config(after_pruning={"epochs": 0}))
+    job = client.create_job(model_id, "synthetic", tiny_config(after_pruning={"epochs": 0}, importance={"normalizer": "auto"}))
     job = client.watch(job.job_id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     paths = client.download(job.job_id, tmp_path_factory.mktemp("schema"))

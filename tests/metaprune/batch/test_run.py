@@ -16,6 +16,7 @@ from metaprune.batch import run_batch
 from metaprune.batch.cli import run as cli_run  # noqa: F401 - the CLI module imports cleanly
 from metaprune.cli import main
 from metaprune.pruning import measure_cost
+from metaprune.testing.batch import TINY_FIXED_CONFIG as CONFIG
 from metaprune.testing.batch import make_tiny_models, write_manifest
 
 pytestmark = pytest.mark.timeout(600)
@@ -35,7 +36,7 @@ def result_mtimes(out: Path) -> dict[str, int]:
 def test_a_zoo_completes_with_a_broken_entry_failed_and_reruns_are_idempotent(tmp_path):
     models = make_tiny_models(tmp_path / "zoo", n=3)
     (tmp_path / "zoo" / "broken.safetensors").write_bytes(os.urandom(256))  # a corrupt checkpoint
-    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}], config=CONFIG)
     out = tmp_path / "out"
     outcome = run_batch(manifest, out, workers=2, progress=False)
 
@@ -93,7 +94,7 @@ def test_a_zoo_completes_with_a_broken_entry_failed_and_reruns_are_idempotent(tm
 @pytest.mark.slow
 def test_sigkill_of_the_batch_process_midway_then_resume(tmp_path, capsys):
     make_tiny_models(tmp_path / "zoo", n=3)
-    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}], config=CONFIG)
     out = tmp_path / "out"
     root = str(Path(metaprune.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}

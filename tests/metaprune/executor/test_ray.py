@@ -12,6 +12,7 @@ import metaprune.testing.tasks  # noqa: F401 - registers the test tasks
 from metaprune.batch import run_batch
 from metaprune.errors import NotFoundError
 from metaprune.executor import Resources, TaskSpec, create_executor
+from metaprune.testing.batch import TINY_FIXED_CONFIG as CONFIG
 from metaprune.testing.batch import make_tiny_models, write_manifest
 from metaprune.testing.procs import descendants, wait_gone
 
@@ -73,7 +74,7 @@ def test_the_executor_contract_on_ray():
 @pytest.mark.slow
 def test_a_batch_on_ray_gives_the_same_summary_as_on_local_processes(tmp_path):
     make_tiny_models(tmp_path / "zoo", n=2)
-    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"path": "zoo/*.safetensors"}], config=CONFIG)
     local = run_batch(manifest, tmp_path / "local", backend="local", workers=2, progress=False)
     on_ray = run_batch(manifest, tmp_path / "ray", backend="ray", workers=2, progress=False)
     assert local.counts["succeeded"] == on_ray.counts["succeeded"] == 4
