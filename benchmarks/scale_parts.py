@@ -23,6 +23,9 @@ CPU seconds, not wall (the machine is shared):
   one after the other, then at once on two Python threads, then at once in two spawned
   worker processes (model in shared memory, pruned copies back through it): CPU
   (this process and its workers) and wall s, equal pruned models checked;
+* **prune** (``--parts prune --model vit_b_16``): one search candidate's prune to 2x MACs
+  (group-L2 ``sum``, 50-step schedule, one thread) and nothing else: CPU and wall s, steps;
+  run it from two checkouts, alternating, to compare them on a shared machine;
 * **search** (``--parts search --model vit_b_16``): one search candidate's prune to 2x
   MACs (group-L2 ``sum``, one thread) on the full 50-step schedule, adaptively
   (``progressive_prune(adaptive=True)``) and on coarser schedules: CPU and wall s, steps
@@ -178,6 +181,13 @@ def _prune_one(model: torch.nn.Module, normalizer: str) -> tuple[torch.nn.Module
     return model, history
 
 
+def _prune_costs(model: torch.nn.Module) -> dict[str, Any]:
+    start, wall = _cpu(), time.perf_counter()
+    _, history = _prune_one(model, "sum")
+    return {"cpu_s": round(_cpu() - start, 2), "wall_s": round(time.perf_counter() - wall, 2),
+            "steps": len(history) - 1}  # fmt: skip
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -245,12 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     from metaprune.models import ArchSpec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count", "search", "concurrent"])
-    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads / search")
+    p.add_argument("--parts", nargs="+", default=["all"], choices=["all", "threads", "count", "prune", "search", "concurrent"])
+    p.add_argument("--model", default="resnet50", help="torchvision model of --parts threads / prune / search / concurrent")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
     one_model = {"threads": lambda m: {f"{n}_threads_run_{r}": _thread_costs(m, n) for r in (1, 2) for n in (1, 2)},
-                 "concurrent": _concurrent_costs, "search": _search_costs}  # fmt: skip
+                 "concurrent": _concurrent_costs, "prune": _prune_costs, "search": _search_costs}  # fmt: skip
     for part, costs in one_model.items():  # a part on one model: its JSON, and done
         if part in a.parts:
             model = ArchSpec(f"torchvision/{a.model}", {"num_classes": 10}).build().eval()
