@@ -142,8 +142,16 @@ def mark_channels(
             importance = pruner.importance(group)
         if importance is None:
             continue
+        # channel groups (attention heads, grouped convolutions) lose the same positions in
+        # every group, ranked by the mean over groups, as Torch-Pruning prunes them
+        ch_groups = pruner._get_channel_groups(group)
+        if ch_groups < 1 or len(importance) % ch_groups or lost % ch_groups:
+            ch_groups = 1
+        size = len(importance) // ch_groups
+        scores = importance.detach().cpu().float().view(ch_groups, size).mean(0)
         # ties by index: the same channels on every run (stable sort)
-        channels = tuple(sorted(int(i) for i in torch.argsort(importance.cpu(), stable=True)[:lost]))
+        lowest = torch.argsort(scores, stable=True)[: lost // ch_groups]
+        channels = tuple(sorted(int(i) + g * size for g in range(ch_groups) for i in lowest))
         out.append(Marked(path, roots, channels, tuple(_slices(group, set(channels), pruner.DG))))
     return out
 
@@ -181,7 +189,9 @@ def growing_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[s
     penalty (module doc); return the kept candidate (``model`` itself if the model as given
     is kept, the trained copy otherwise) and the record for the report."""
     if ctx.dry_prune is None:
-        raise ValueError("growing_reg needs ctx.dry_prune (prune a copy to the target and score it)")
+        raise ValueError(
+            "growing_reg needs ctx.dry_prune (prune a copy to the target and score it)"
+        )
     start = time.perf_counter()
     sparse, budget = ctx.config.sparse, ctx.config.before_pruning
     if budget.lr * sparse.growing_ceiling >= 1.0:
