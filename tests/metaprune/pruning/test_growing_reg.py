@@ -195,3 +195,32 @@ def test_a_ceiling_too_large_for_the_learning_rate_is_refused(model, loaders, ex
                         dry_prune=lambda m: (0.5, m))  # fmt: skip
     with pytest.raises(ValueError, match="growing_ceiling 200 times before_pruning.lr 0.01"):
         get_method("growing-reg").prepare(model, ctx)
+
+
+@pytest.mark.timeout(300)
+def test_a_job_with_growing_reg_reports_and_counts_everything(model, splits, fast_config):
+    """Through ``prune``: the dry prune is the job's proxy, the budget is exact, the stage
+    figures are inside ``before_pruning``, and the summary says what was penalised."""
+    from metaprune.pruning import prune
+    from metaprune.pruning.report import format_report
+
+    config = dataclasses.replace(
+        fast_config, method="growing-reg", before_pruning=FinetuneBudget(epochs=2),
+        after_pruning=FinetuneBudget(epochs=0),
+    )  # fmt: skip
+    events = []
+    torch.manual_seed(0)
+    result = prune(model, splits, config, progress=lambda e: events.append(e))
+    report = result.report
+    stage = report["stages"]["before_pruning"]
+    record = stage["growing_reg"]
+    assert report["method"] == "growing-reg" and stage["epochs_trained"] == 2.0
+    assert [t["role"] for t in record["trials"]] == ["as given", "end"]
+    assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in record["trials"])
+    assert 0 < record["marked"]["channels"] < record["marked"]["of"]
+    assert record["marked_norm"]["after"] < record["marked_norm"]["before"]
+    assert 0 < report["stage_seconds"]["reg_search"] <= report["stage_seconds"]["before_pruning"]
+    assert report["speedup"]["macs"] >= config.target.value * 0.99
+    assert "growing" in format_report(report) and "channels in" in format_report(report)
+    stages = {getattr(e, "stage", None) for e in events}
+    assert {"before_pruning", "reg_search"} <= stages
