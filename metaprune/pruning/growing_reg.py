@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["GrowingPenalty", "Marked", "growing_reg", "mark_channels"]
 
 _NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
+#: the largest ``lr * ceiling``: a penalised weight shrinks by at most half per step
+_LR_TIMES_CEILING = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +196,8 @@ def growing_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[s
         )
     start = time.perf_counter()
     sparse, budget = ctx.config.sparse, ctx.config.before_pruning
-    if budget.lr * sparse.growing_ceiling >= 1.0:
-        raise ValueError(
-            f"sparse.growing_ceiling {sparse.growing_ceiling:g} times before_pruning.lr {budget.lr:g} "
-            "must be below 1 (SGD would overshoot zero); lower the ceiling"
-        )
+    # SGD shrinks a penalised weight by lr * c per step: past 1 it would overshoot zero
+    ceiling = sparse.growing_ceiling if budget.lr <= 0 else min(sparse.growing_ceiling, _LR_TIMES_CEILING / budget.lr)
     given, pruned = ctx.dry_prune(model)
     proxy_seconds = time.perf_counter() - start
     trained = copy.deepcopy(model)  # the model as given stays a candidate
@@ -206,7 +205,7 @@ def growing_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[s
                            group_reduction=ctx.config.importance.group_reduction)  # fmt: skip
     del pruned
     total = budget.epochs * max(1, len(ctx.train_loader))
-    penalty = GrowingPenalty(marked, sparse.growing_ceiling, round(sparse.growing_ramp * total))
+    penalty = GrowingPenalty(marked, ceiling, round(sparse.growing_ramp * total))
     initial_norm = marked_norm(marked)
     ctx.finetune(trained, "before_pruning", regularizer=penalty)
     assert penalty.iterations <= total, (penalty.iterations, total)  # the budget, exactly
@@ -220,7 +219,8 @@ def growing_reg(model: nn.Module, ctx: MethodContext) -> tuple[nn.Module, dict[s
         "penalised with an L2 coefficient growing linearly to the ceiling, then held; the run's "
         "end is kept unless the model as given prunes better beyond noise (validation accuracy "
         "after pruning a copy to the target, BN recalibrated)",
-        "ceiling": sparse.growing_ceiling,
+        "ceiling": ceiling,
+        "ceiling_capped": ceiling < sparse.growing_ceiling,
         "ramp": sparse.growing_ramp,
         "ramp_iterations": penalty.ramp,
         "iterations_trained": penalty.iterations,

@@ -185,16 +185,19 @@ def test_the_method_stays_in_the_budget_and_fades_the_marked_channels(
     assert moved < 0.02, float(moved)
 
 
-def test_a_ceiling_too_large_for_the_learning_rate_is_refused(model, loaders, example, fast_config):
+def test_a_ceiling_too_large_for_the_learning_rate_is_capped(model, loaders, example, fast_config):
+    """SGD shrinks a penalised weight by lr * c per step: c is capped at 0.5 / lr."""
     config = dataclasses.replace(
         fast_config, method="growing-reg", sparse=SparseTraining(growing_ceiling=200.0),
         before_pruning=FinetuneBudget(epochs=1, lr=0.01),
     )  # fmt: skip
     train, val, _ = loaders
     ctx = MethodContext(config, train, val, torch.device("cpu"), example, proxy=lambda m: 0.5,
-                        dry_prune=lambda m: (0.5, m))  # fmt: skip
-    with pytest.raises(ValueError, match="growing_ceiling 200 times before_pruning.lr 0.01"):
-        get_method("growing-reg").prepare(model, ctx)
+                        dry_prune=lambda m: (0.5, _pruned(m, example, 1)))  # fmt: skip
+    get_method("growing-reg").prepare(model, ctx)
+    record = ctx.info["before_pruning"]["growing_reg"]
+    assert record["ceiling"] == pytest.approx(50.0) and record["ceiling_capped"] is True
+    assert record["kept"] == "end"  # equal scores: the run's end
 
 
 @pytest.mark.timeout(300)
