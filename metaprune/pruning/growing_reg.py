@@ -53,7 +53,7 @@ from metaprune.pruning.targets import find_classifier
 if TYPE_CHECKING:
     from metaprune.pruning.methods import MethodContext
 
-__all__ = ["GrowingPenalty", "Marked", "growing_reg", "mark_channels"]
+__all__ = ["GrowingPenalty", "Marked", "growing_reg", "mark_channels", "marked_norm"]
 
 _NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
 #: the largest ``lr * ceiling``: a penalised weight shrinks by at most half per step
