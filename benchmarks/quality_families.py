@@ -17,6 +17,8 @@ MACs target, through :func:`metaprune.pruning.prune` exactly as a user runs it:
   criterion search (``--oracle-method auto``; the first run used group-L2 normalisers
   only, ``group-l2``); the **oracle** is the best of them per model and target *on
   test*, i.e. in hindsight (a bound no method can use, reported as such);
+* ``--growing``: the default rows run ``method="growing-reg"`` (targeted growing
+  regularisation, ``--ceiling`` / ``--ramp``) instead of ``auto``;
 * ``default+ft`` (``--finetune``): the default's pruned model after the default
   after-pruning fine-tune (20 epochs, best validation epoch).
 
@@ -85,6 +87,8 @@ def _run(model_or_path, spec, config: PruneConfig) -> tuple[Any, dict[str, Any]]
         "reg_kept": bp.get("reg_search", {}).get("kept"),
         "step_down": bp.get("reg_search", {}).get("step_down"),
         "incumbent_proxy": bp.get("reg_search", {}).get("incumbent_proxy"),
+        "growing_reg": {k: v for k, v in bp.get("growing_reg", {}).items() if k not in ("rule", "marked")}
+        | {"marked": {k: v for k, v in bp.get("growing_reg", {}).get("marked", {}).items() if k != "groups"}},
         "criterion_trials": {f"{t['criterion']}[{t['normalizer']}]": round(t["val_accuracy"], 3)
                              for t in r["stages"]["prune"].get("criterion_search", {}).get("trials", [])},
         "seconds": time.perf_counter() - start,
@@ -98,6 +102,10 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
     base = PruneConfig(before_pruning=FinetuneBudget(epochs=budget), after_pruning=NO_FT, seed=a.seed)
     sparse = {k: v for k, v in (("search_fraction", a.search_fraction), ("step_down", a.step_down))
               if v is not None}  # fmt: skip
+    if a.growing:  # targeted growing regularisation as the default rows (issue 20, session 10)
+        sparse.update({k: v for k, v in (("growing_ceiling", a.ceiling), ("growing_ramp", a.ramp))
+                       if v is not None})  # fmt: skip
+        base = dataclasses.replace(base, method="growing-reg")
     if sparse:  # the reg search's challenger share (0: the prior alone), its step-down (0: off)
         base = dataclasses.replace(base, sparse=SparseTraining(**sparse))
     for t in [] if a.oracle_only else targets:
@@ -202,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="first model seed (100: the held-out models; 200: a set to fit constants on)")
     p.add_argument("--search-fraction", type=float, help="default rows: sparse.search_fraction (0: no challengers)")
     p.add_argument("--step-down", type=float, help="default rows: sparse.step_down (standard errors; 0: off)")
+    p.add_argument("--growing", action="store_true",
+                   help="default rows: method growing-reg (targeted growing regularisation) instead of auto")
+    p.add_argument("--ceiling", type=float, help="with --growing: sparse.growing_ceiling")
+    p.add_argument("--ramp", type=float, help="with --growing: sparse.growing_ramp")
     p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")

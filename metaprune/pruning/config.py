@@ -48,7 +48,8 @@ __all__ = [
 CONFIG_VERSION = 2
 TARGET_KINDS = ("macs", "params", "latency")
 METHODS = (
-    "auto", "metanet", "group-l2", "group-l2-sl", "group-l2-macs", "taylor", "hessian", "random",
+    "auto", "metanet", "group-l2", "group-l2-sl", "growing-reg", "group-l2-macs", "taylor", "hessian",
+    "random",
 )
 SCHEDULES = ("cosine", "step", "constant")
 NORMALIZERS = ("max", "mean", "sum", "lamp", "none")
@@ -294,12 +295,23 @@ class SparseTraining:
             strength steps down to the next weaker one of ``auto_grid`` for the rest of
             the same schedule (once). Costs a proxy per epoch, no training.
         auto_grid: candidate values, tried largest first.
+        growing_ceiling: ``method="growing-reg"`` (:mod:`metaprune.pruning.growing_reg`):
+            the largest per-channel L2 coefficient on the channels a dry prune to the
+            target removes (kept channels get none). Capped at ``0.5 / before_pruning.lr``
+            (SGD shrinks a weight by ``lr`` times it per step; the report says when it
+            was capped). 10 (``lr * c = 0.1`` at the default rate) was best of 1 and 10 on
+            a fitting set's validation (issue 20, session 10).
+        growing_ramp: the share of the ``before_pruning`` iterations over which that
+            coefficient grows linearly from 0 to ``growing_ceiling``; it is then held
+            (0.25 and 0.5 were within noise on the fitting set; 0.25 led).
     """
 
     reg: float | str = "auto"
     search_fraction: float | None = None
     step_down: float = 0.0
     auto_grid: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    growing_ceiling: float = 10.0
+    growing_ramp: float = 0.25
 
     def __post_init__(self) -> None:
         if self.reg != "auto":
@@ -324,6 +336,10 @@ class SparseTraining:
         if not grid:
             raise ConfigError("sparse.auto_grid must not be empty")
         object.__setattr__(self, "auto_grid", tuple(sorted(set(grid), reverse=True)))
+        object.__setattr__(self, "growing_ceiling",
+                           check_number("sparse.growing_ceiling", self.growing_ceiling, minimum=0.0))
+        object.__setattr__(self, "growing_ramp",
+                           check_number("sparse.growing_ramp", self.growing_ramp, 0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,8 @@ method              before pruning                                      importan
 ``metanet``         metanetwork transform, then fine-tune               group-l2
 ``group-l2``        plain fine-tune                                     group-l2
 ``group-l2-sl``     sparse training (DepGraph group-norm regulariser)   group-l2
+``growing-reg``     targeted growing L2 on the channels a dry prune     group-l2
+                    removes (GReg-1's idea; :mod:`.growing_reg`)
 ``taylor``          plain fine-tune                                     taylor
 ``hessian``         plain fine-tune                                     hessian
 ``random``          plain fine-tune                                     random
@@ -48,6 +50,7 @@ from metaprune.pruning._checks import ConfigError
 from metaprune.pruning.bn import calibration_subset, recalibrate_bn
 from metaprune.pruning.config import PruneConfig
 from metaprune.pruning.finetune import FinetuneResult, evaluate, finetune
+from metaprune.pruning.growing_reg import growing_reg
 from metaprune.pruning.progress import CancelToken, ProgressCallback, notify
 from metaprune.pruning.sparse import search_reg, sparse_train
 
@@ -94,6 +97,9 @@ class MethodContext:
     proxy: Callable[[nn.Module], float] | None = None
     #: how many validation images ``proxy`` scores on (``None``: unknown, no noise model)
     proxy_images: int | None = None
+    #: ``dry_prune(model)``: ``(score, pruned)``, the proxy's score and the best-scoring
+    #: pruned copy it made (which channels the job's routine removes; set by the pipeline)
+    dry_prune: Callable[[nn.Module], tuple[float, nn.Module]] | None = None
     #: the model's architecture name (its spec), if known: what held-out records are kept by
     family: str | None = None
     #: set by ``prepare``: a model the prepared one must beat at the target (the ``metanet``
@@ -246,9 +252,23 @@ def _sparse(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return model
 
 
+def _growing(model: nn.Module, ctx: MethodContext) -> nn.Module:
+    """Targeted growing regularisation (:mod:`metaprune.pruning.growing_reg`); with no
+    epochs there is nothing to train: the model as given, as ``group-l2``."""
+    if ctx.config.before_pruning.epochs == 0:
+        return plain_finetune(model, ctx, as_given=True)
+    start = time.perf_counter()
+    model, record = growing_reg(model, ctx)
+    ctx.info.setdefault("stage_seconds", {})["reg_search"] = record["proxy_seconds"]
+    ctx.record(model, start, None, growing_reg=record, epochs_trained=record["epochs_trained"])
+    return model
+
+
 _as_given = functools.partial(plain_finetune, as_given=True)
 register_method(Method("group-l2", "group-l2", _as_given, "plain fine-tune, group L2 importance"))
 register_method(Method("group-l2-sl", "group-l2", _sparse, "sparse training, group L2 importance"))
+register_method(Method("growing-reg", "group-l2", _growing,
+                       "targeted growing regularisation, group L2 importance", data_aware=True))
 register_method(Method("group-l2-macs", "group-l2-macs", _as_given, "plain fine-tune, group L2 per MAC"))
 register_method(Method("taylor", "taylor", _as_given, "plain fine-tune, first-order Taylor"))
 register_method(Method("hessian", "hessian", _as_given, "plain fine-tune, OBD (Fisher) importance"))

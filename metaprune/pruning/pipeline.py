@@ -369,14 +369,22 @@ def prune(
     step_units = min(search_steps, 8) if _ADAPTIVE else max(1, search_steps // 2)
     proxy_units = step_units + len(proxy_calib) + len(proxy_val)
 
-    def reg_proxy(m: nn.Module) -> float:
+    def dry_prune(m: nn.Module) -> tuple[float, nn.Module]:
+        """The proxy's score of ``m`` and the best of its pruned copies (the first of equals)."""
         proxy_meter[:] = [StageMeter(progress, cancel, "reg_search", proxy_units * len(reg_candidates))]
-        return max(proxy(m, c) for c in reg_candidates)
+        best: tuple[float, nn.Module] | None = None
+        for c in reg_candidates:
+            pruned = prune_copy(m, c, search_steps, curve=False)[0]
+            score = score_copy(pruned)
+            if best is None or score > best[0]:
+                best = (score, pruned)
+        assert best is not None
+        return best
 
     ctx = MethodContext(config, train, val, device, example, progress, cancel, metanetwork,
                         calibration_loader=calib, input_val_accuracy=base["val_accuracy"],
-                        proxy=reg_proxy, proxy_images=len(proxy_val.dataset),
-                        family=family)  # fmt: skip
+                        proxy=lambda m: dry_prune(m)[0], proxy_images=len(proxy_val.dataset),
+                        family=family, dry_prune=dry_prune)  # fmt: skip
     with timed("before_pruning"), _encoding_errors_as_input_errors():
         model = method.prepare(model, ctx)
     seconds.update(ctx.info.pop("stage_seconds", {}))  # e.g. reg_search, inside before_pruning

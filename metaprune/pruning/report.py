@@ -129,6 +129,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.insert(2, f"  sparse reg {report['stages']['before_pruning']['sparse_reg']:g} ({why}; "
                         f"{sparse['epochs_trained']:.2f} epochs in all; pruned validation accuracy "
                         f"{tried})")  # fmt: skip
+    greg = report.get("stages", {}).get("before_pruning", {}).get("growing_reg")
+    if greg:  # targeted growing regularisation: which channels, the schedule, what was kept
+        tried = ", ".join(f"{t['role']}: {_pct(t['val_accuracy'])}" for t in greg["trials"])
+        lines.insert(2, f"  growing    {greg['marked']['channels']} of {greg['marked']['of']} channels in "
+                        f"{len(greg['marked']['groups'])} groups penalised, L2 up to {greg['ceiling']:g} over "
+                        f"{greg['ramp_iterations']} of {greg['iterations_trained']} iterations; kept "
+                        f"{greg['kept']} (pruned validation accuracy {tried})")  # fmt: skip
     crit = report.get("stages", {}).get("prune", {}).get("criterion_search")
     if crit:
         tried = ", ".join(f"{t['criterion']}[{t['normalizer']}]: {_pct(t['val_accuracy'])}"

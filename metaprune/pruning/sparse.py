@@ -1,5 +1,9 @@
 """Sparse training (DepGraph's group-norm regulariser) and its ``reg="auto"`` search.
 
+Method ``group-l2-sl``. Since issue 20's ninth pass ``method="auto"`` no longer runs it at
+>= 1 epoch (unless ``sparse.reg`` is a fixed number): targeted growing regularisation
+(:mod:`metaprune.pruning.growing_reg`) beat it on held-out models.
+
 ``sparse_train`` runs one sparse training of the ``before_pruning`` budget: after every
 backward pass, Torch-Pruning's ``GroupNormPruner`` adds the gradient of a group-norm
 penalty that drives whole unimportant channel groups towards zero, so that a magnitude

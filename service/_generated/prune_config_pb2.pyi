@@ -76,16 +76,20 @@ class PruningOptions(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., max_layer_ratio: _Optional[float] = ..., curve_every: _Optional[int] = ..., curve_bn_recalibration: _Optional[bool] = ..., curve_points: _Optional[int] = ..., curve_images: _Optional[int] = ...) -> None: ...
 
 class SparseTraining(_message.Message):
-    __slots__ = ("reg", "auto_grid", "search_fraction", "step_down")
+    __slots__ = ("reg", "auto_grid", "search_fraction", "step_down", "growing_ceiling", "growing_ramp")
     REG_FIELD_NUMBER: _ClassVar[int]
     AUTO_GRID_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FRACTION_FIELD_NUMBER: _ClassVar[int]
     STEP_DOWN_FIELD_NUMBER: _ClassVar[int]
+    GROWING_CEILING_FIELD_NUMBER: _ClassVar[int]
+    GROWING_RAMP_FIELD_NUMBER: _ClassVar[int]
     reg: _struct_pb2.Value
     auto_grid: _containers.RepeatedScalarFieldContainer[float]
     search_fraction: float
     step_down: float
-    def __init__(self, reg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., auto_grid: _Optional[_Iterable[float]] = ..., search_fraction: _Optional[float] = ..., step_down: _Optional[float] = ...) -> None: ...
+    growing_ceiling: float
+    growing_ramp: float
+    def __init__(self, reg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., auto_grid: _Optional[_Iterable[float]] = ..., search_fraction: _Optional[float] = ..., step_down: _Optional[float] = ..., growing_ceiling: _Optional[float] = ..., growing_ramp: _Optional[float] = ...) -> None: ...
 
 class LatencyOptions(_message.Message):
     __slots__ = ("batch_size", "threads", "repeats", "warmup", "seconds")

@@ -46,7 +46,7 @@ def registry(tmp_path, monkeypatch):
 
 
 def test_without_a_winning_record_metanet_auto_runs_the_strongest_baseline(registry) -> None:
-    for epochs, method in ((0, "group-l2"), (10, "group-l2-sl")):
+    for epochs, method in ((0, "group-l2"), (10, "growing-reg")):
         budget = FinetuneBudget(epochs=epochs)
         for metanet in (None, "auto"):
             config = PruneConfig(method="metanet", metanet=metanet, before_pruning=budget)
@@ -84,7 +84,7 @@ def test_a_winning_record_offers_the_metanetwork_on_its_family_only(registry) ->
     assert "net-b: 2x +2.5 points, 7/8 wins, 3x +2.5 points, 7/8 wins against 'default'" in choice.reason
     assert "net-a" not in choice.reason
     # epochs: the record says nothing there; other families: no evidence
-    assert resolve_method(PruneConfig(), FAMILY).method == "group-l2-sl"
+    assert resolve_method(PruneConfig(), FAMILY).method == "growing-reg"
     assert resolve_method(auto, "cifar_resnet56") == baseline_method(auto)
     assert resolve_method(auto, None) == baseline_method(auto)
     # metanet auto with a winner: the method runs and chooses among the winners

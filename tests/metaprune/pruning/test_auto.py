@@ -24,9 +24,9 @@ def test_rule_follows_the_before_pruning_budget():
     config = PruneConfig()
     assert config.method == "auto"
     choice = resolve_method(config)
-    assert (choice.method, choice.requested) == ("group-l2-sl", "auto")
-    assert "10 epoch(s)" in choice.reason and "validation accuracy at the target" in choice.reason
-    assert "trials inside the budget" in choice.reason
+    assert (choice.method, choice.requested, choice.data_aware) == ("growing-reg", "auto", True)
+    assert "10 epoch(s)" in choice.reason and "dry prune to the target" in choice.reason
+    assert "held-out ResNet-20, ResNet-56 and VGG-19" in choice.reason
     zero = resolve_method(dataclasses.replace(config, before_pruning=FinetuneBudget(epochs=0)))
     assert (zero.method, zero.requested) == ("group-l2", "auto")
     assert "0 epochs" in zero.reason and "per MAC, taylor, hessian) chosen by validation" in zero.reason
@@ -34,7 +34,7 @@ def test_rule_follows_the_before_pruning_budget():
                                      importance=ImportanceOptions(normalizer="max"))  # fmt: skip
     assert "group-L2 with the 'max' normaliser" in resolve_method(fixed_norm).reason
     fixed = resolve_method(dataclasses.replace(config, sparse=SparseTraining(reg=0.05)))
-    assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason
+    assert fixed.method == "group-l2-sl" and "reg=0.05" in fixed.reason  # a fixed reg: sparse training
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "auto"])
@@ -74,7 +74,7 @@ def test_advisors_come_first_in_order_and_can_be_skipped(monkeypatch):
 def test_rule_is_deterministic():
     configs = [PruneConfig(before_pruning=FinetuneBudget(epochs=e)) for e in (0, 1, 3)]
     assert [resolve_method(c) for c in configs] == [resolve_method(c) for c in configs]
-    assert [resolve_method(c).method for c in configs] == ["group-l2", "group-l2-sl", "group-l2-sl"]
+    assert [resolve_method(c).method for c in configs] == ["group-l2", "growing-reg", "growing-reg"]
 
 
 @pytest.mark.timeout(120)

@@ -83,6 +83,8 @@ def test_sparse_reg_is_a_number_or_auto():
         "search_fraction": 0.25,
         "step_down": 0.0,
         "auto_grid": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001],
+        "growing_ceiling": 10.0,
+        "growing_ramp": 0.25,
     }
     assert PruneConfig.from_dict(json.loads(json.dumps(data))).sparse.reg == 0.05
     assert PruneConfig.from_dict({"sparse": {"reg": "auto"}}).sparse == SparseTraining()
@@ -99,6 +101,11 @@ def test_sparse_reg_is_a_number_or_auto():
     with pytest.raises(ConfigError, match=r"sparse.step_down must be in \[0"):
         SparseTraining(step_down=-1.0)
     assert SparseTraining(step_down=2).step_down == 2.0
+    with pytest.raises(ConfigError, match=r"sparse.growing_ramp must be in \[0"):
+        SparseTraining(growing_ramp=1.5)
+    with pytest.raises(ConfigError, match=r"sparse.growing_ceiling must be in \[0"):
+        SparseTraining(growing_ceiling=-1.0)
+    assert SparseTraining(growing_ceiling=3, growing_ramp=0).growing_ceiling == 3.0
     # the retired pre-pruning tolerance of version-1 data is dropped, not an error
     old = PruneConfig.from_dict({"version": 1, "sparse": {"reg": "auto", "auto_tolerance": 0.02}})
     assert old.sparse == SparseTraining()
