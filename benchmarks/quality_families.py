@@ -19,6 +19,10 @@ MACs target, through :func:`metaprune.pruning.prune` exactly as a user runs it:
   test*, i.e. in hindsight (a bound no method can use, reported as such);
 * ``--growing``: the default rows run ``method="growing-reg"`` (targeted growing
   regularisation, ``--ceiling`` / ``--ramp``) instead of ``auto``;
+* ``prune-first`` (``--prune-first``, instead of the default rows): the same total
+  epochs spent the classical way, a reference any preparation must beat: the 0-epoch
+  default prunes the model as given, then the default after-pruning fine-tune recipe
+  (its learning-rate search included) trains the pruned model for the budget;
 * ``default+ft`` (``--finetune``): the default's pruned model after the default
   after-pruning fine-tune (20 epochs, best validation epoch).
 
@@ -108,11 +112,15 @@ def cells(h, budget: int, targets: list[float], a) -> dict[str, dict[str, Any]]:
         base = dataclasses.replace(base, method="growing-reg")
     if sparse:  # the reg search's challenger share (0: the prior alone), its step-down (0: off)
         base = dataclasses.replace(base, sparse=SparseTraining(**sparse))
+    label = "prune-first" if a.prune_first else "default"
+    if a.prune_first:  # the budget after pruning instead of before it
+        base = dataclasses.replace(base, before_pruning=FinetuneBudget(epochs=0),
+                                   after_pruning=dataclasses.replace(PruneConfig().after_pruning, epochs=budget))
     for t in [] if a.oracle_only else targets:
         config = dataclasses.replace(base, target=Target("macs", t))
         result, rec = _run(h.path, None, config)
-        out.setdefault("default", {})[str(t)] = rec
-        log(f"{h.name} b{budget} {t}x default: {100 * rec['test']:.1f} ({rec['criterion']}, reg {rec['reg']}, "
+        out.setdefault(label, {})[str(t)] = rec
+        log(f"{h.name} b{budget} {t}x {label}: {100 * rec['test']:.1f} ({rec['criterion']}, reg {rec['reg']}, "
             f"{rec['epochs_trained']} ep, {rec['seconds']:.0f}s)")  # fmt: skip
         if a.save_pruned:  # for fine-tune experiments on the same pruned model (a checkpoint, no pickle)
             a.save_pruned.mkdir(parents=True, exist_ok=True)
@@ -214,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="default rows: method growing-reg (targeted growing regularisation) instead of auto")
     p.add_argument("--ceiling", type=float, help="with --growing: sparse.growing_ceiling")
     p.add_argument("--ramp", type=float, help="with --growing: sparse.growing_ramp")
+    p.add_argument("--prune-first", action="store_true",
+                   help="rows 'prune-first': prune at 0 epochs, then fine-tune the pruned model for the budget")
     p.add_argument("--save-pruned", type=Path, help="save the default's pruned models (whole modules) here")
     p.add_argument("--out", type=Path, default=OUT / "families.json")
     p.add_argument("--report-only", action="store_true")
