@@ -1,13 +1,14 @@
 """One small model per torchvision and timm family, pruned, saved and reloaded as a user would.
 
-    PYTHONPATH=. .venv/bin/python -m metaprune.testing.prune_sweep [name ... | --timm | --torchvision | --all-torchvision]
+    PYTHONPATH=. .venv/bin/python -m metaprune.testing.prune_sweep [--epochs N] [name ... | --timm | --torchvision | --all-torchvision]
 
 With no argument: every torchvision and timm family below. A name is a spec name
 (``timm/resnet18``, ``torchvision/vgg11_bn``; sizes as below when listed, else 64 px).
 
 Each model (random init, 10 classes) is pruned with :func:`metaprune.prune` to 2x MACs at
 64x64 (transformers at a multiple of their patch and window: the encoder sweep's sizes)
-with 0 epochs on a small seeded ``synthetic`` task, saved with ``result.save``, and
+with 0 epochs (``--epochs N``: the default method with N preparation epochs, i.e.
+``growing-reg``) on a small seeded ``synthetic`` task, saved with ``result.save``, and
 reloaded **in a fresh process** with :func:`metaprune.load`; its outputs on a fixed input
 are compared with the in-memory pruned model's. Prints a markdown table (source/family,
 model, result, MACs speed-up, max output difference, reason, seconds). Results:
@@ -91,21 +92,23 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _config(steps: int = 12) -> Any:
+def _config(steps: int = 12, epochs: int = 0) -> Any:
     from metaprune.pruning import PruneConfig
 
     return PruneConfig.from_dict({
-        "method": "group-l2",
+        "method": "auto" if epochs else "group-l2",
         "target": {"kind": "macs", "value": 2.0},
         "importance": {"normalizer": "mean"},
         "pruning": {"steps": steps, "curve_points": 0, "curve_bn_recalibration": False},
-        "before_pruning": {"epochs": 0}, "after_pruning": {"epochs": 0},
+        "before_pruning": {"epochs": epochs}, "after_pruning": {"epochs": 0},
         "bn_recalibration_images": 16, "batch_size": 16,
         "latency": {"batch_size": 1, "repeats": 1, "warmup": 1},
     })  # fmt: skip
 
 
-def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path, steps: int = 12) -> Outcome:
+def prune_one(
+    name: str, kwargs: dict[str, Any], side: int, out: Path, steps: int = 12, epochs: int = 0
+) -> Outcome:
     """Prune ``name`` (a spec name) to 2x at ``side`` px and save it with its reference
     outputs into ``out``; the reload happens later, in a fresh process."""
     import metaprune
@@ -122,7 +125,7 @@ def prune_one(name: str, kwargs: dict[str, Any], side: int, out: Path, steps: in
         splits = get_dataset(
             "synthetic", None, 0, image_size=side, num_classes=10, n_train=32, n_val=16, n_test=16
         )
-        result = metaprune.prune(model, splits, _config(steps), spec=spec)
+        result = metaprune.prune(model, splits, _config(steps, epochs), spec=spec)
         result.save(out)
     except InvalidInputError as err:
         return Outcome(source, name, "refused", reason=str(err),
@@ -187,7 +190,7 @@ def reload_all(outcomes: list[tuple[Outcome, Path]]) -> None:
 
 
 def run(
-    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False, steps: int = 12
+    models: list[tuple[str, dict[str, Any], int]], *, each: bool = False, steps: int = 12, epochs: int = 0
 ) -> list[Outcome]:
     """Prune, save and reload each ``(spec name, kwargs, side)`` in ``steps`` progressive
     steps; see the module doc. The reloads run in one fresh process at the end, or
@@ -199,7 +202,7 @@ def run(
         pairs = []
         for i, (name, kwargs, side) in enumerate(models):
             directory = Path(tmp) / str(i)
-            pairs.append((prune_one(name, kwargs, side, directory, steps), directory))
+            pairs.append((prune_one(name, kwargs, side, directory, steps, epochs), directory))
             if each:
                 reload_all(pairs[-1:])
             print(f"  {json.dumps(asdict(pairs[-1][0]))}", file=sys.stderr, flush=True)
@@ -230,7 +233,12 @@ def main(args: list[str]) -> None:
     if {"-h", "--help"} & set(args):
         print(__doc__)
         return
-    rows = run(_selection(args), each=True)
+    epochs = 0
+    if args[:1] == ["--epochs"]:
+        if len(args) < 2 or not args[1].isdigit():
+            raise SystemExit(f"--epochs needs a whole number of epochs (found {args[1:2]})")
+        epochs, args = int(args[1]), args[2:]
+    rows = run(_selection(args), each=True, epochs=epochs)
     print("| source | model | result | MACs speed-up | max diff | reason | s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
