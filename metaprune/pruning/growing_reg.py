@@ -48,7 +48,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from metaprune.pruning.choose import within_noise
 from metaprune.pruning.structure import make_pruner
-from metaprune.pruning.targets import find_classifier
+from metaprune.pruning.targets import find_classifier, layer_widths
 
 if TYPE_CHECKING:
     from metaprune.pruning.methods import MethodContext
@@ -125,19 +125,16 @@ def mark_channels(
         ignored_layers=[find_classifier(model, example_inputs)],
     )  # fmt: skip
     names = {m: n for n, m in model.named_modules()}
+    after = layer_widths(pruned)  # by module path: the paths survive the deep copy
     out: list[Marked] = []
     for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                           root_module_types=pruner.root_module_types):  # fmt: skip
         root = group[0].dep.target.module
         path, width = names.get(root), _out_width(root)
-        if path is None or width is None:
-            continue
-        try:
-            now = _out_width(pruned.get_submodule(path))
-        except AttributeError:
-            continue  # a layer the pruned copy no longer has: nothing to read
+        if path is None or width is None or path not in after:
+            continue  # not a root this penalty knows, or a layer the pruned copy lost
         roots = len(group[0].idxs)
-        lost = min(roots, max(0, width - (now if now is not None else width)) * roots // width)
+        lost = min(roots, max(0, width - after[path]) * roots // width)
         if lost == 0:
             continue
         with torch.no_grad():

@@ -341,9 +341,6 @@ def prune(
         pruning.curve_points, curve_images * (1 + _curve_recalibrates(config)), values
     )
 
-    def proxy(m: nn.Module, cand: Candidate) -> float:
-        return score_copy(prune_copy(m, cand, search_steps, curve=False)[0])
-
     def prune_copy(
         m: nn.Module, cand: Candidate, steps: int, curve: bool = True, adaptive: bool = _ADAPTIVE
     ) -> tuple[nn.Module, list[StepInfo], dict[int, nn.Module]]:
